@@ -1,0 +1,102 @@
+#include "engine/quantize_engine.h"
+
+#include <algorithm>
+
+#include "engine/kernel_selection.h"
+#include "engine/thread_pool.h"
+
+namespace arrowquant::engine {
+
+namespace {
+
+// About 256 KB of float32 per task: big enough to hide scheduling cost, small enough to balance.
+constexpr int64_t kElementsPerTask = 64 * 1024;
+// Below this much work in one call, waking other threads costs more than it saves.
+constexpr int64_t kMinElementsForThreads = 128 * 1024;
+
+struct Task {
+  int64_t job;
+  int64_t group_begin;
+  int64_t group_end;
+};
+
+// Tasks must not share an output byte: a task boundary goes where the first element index is a
+// multiple of 4 (the most 2-bit codes one byte holds). Group starts inside a row are multiples
+// of the group size (>= 16); row starts are aligned when cols is a multiple of 4, and otherwise
+// every 4th row start is.
+std::vector<Task> plan_tasks(const kernels::GroupGeometry* geometries, size_t count, int64_t* total_elements) {
+  std::vector<Task> tasks;
+  *total_elements = 0;
+  for (size_t j = 0; j < count; ++j) {
+    const kernels::GroupGeometry& geo = geometries[j];
+    const int64_t groups = geo.num_groups();
+    if (groups == 0) continue;
+    *total_elements += geo.numel();
+    const int64_t unit = geo.cols % 4 == 0 ? 1 : 4 * geo.groups_per_row();
+    const int64_t groups_per_task =
+        std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(1, int64_t{geo.group_size} * unit)) * unit;
+    for (int64_t g = 0; g < groups; g += groups_per_task) {
+      tasks.push_back({static_cast<int64_t>(j), g, std::min(groups, g + groups_per_task)});
+    }
+  }
+  return tasks;
+}
+
+int effective_threads(int requested, int64_t total_elements) {
+  if (total_elements < kMinElementsForThreads) return 1;
+  return requested <= 0 ? hardware_threads() : requested;
+}
+
+}  // namespace
+
+kernels::GroupGeometry geometry_for_shape(std::span<const int64_t> shape, int32_t group_size) {
+  kernels::GroupGeometry geo;
+  geo.group_size = group_size;
+  if (shape.size() >= 2) {
+    geo.rows = shape[0];
+    geo.cols = 1;
+    for (size_t i = 1; i < shape.size(); ++i) geo.cols *= shape[i];
+  } else {
+    geo.rows = 1;
+    geo.cols = shape.empty() ? 1 : shape[0];
+  }
+  return geo;
+}
+
+int64_t packed_bytes(int64_t numel, int bits) { return (numel / 8) * bits + ((numel % 8) * bits + 7) / 8; }
+
+std::optional<NonFiniteValue> quantize_tensors(std::span<const kernels::QuantizeJob> jobs, int num_threads) {
+  std::vector<kernels::GroupGeometry> geometries;
+  geometries.reserve(jobs.size());
+  for (const auto& job : jobs) geometries.push_back(job.geometry);
+  int64_t total = 0;
+  const std::vector<Task> tasks = plan_tasks(geometries.data(), geometries.size(), &total);
+
+  const kernels::KernelTable& table = active_kernels();
+  std::vector<kernels::KernelStatus> status(tasks.size());
+  parallel_for(static_cast<int64_t>(tasks.size()), effective_threads(num_threads, total), [&](int64_t t) {
+    const Task& task = tasks[static_cast<size_t>(t)];
+    status[static_cast<size_t>(t)] = table.quantize_groups(jobs[static_cast<size_t>(task.job)], task.group_begin, task.group_end);
+  });
+  // Tasks are in (tensor, group) order, so the first failed task holds the first bad value.
+  for (size_t t = 0; t < tasks.size(); ++t) {
+    if (!status[t].ok) return NonFiniteValue{tasks[t].job, status[t].bad_index};
+  }
+  return std::nullopt;
+}
+
+void dequantize_tensors(std::span<const kernels::DequantizeJob> jobs, int num_threads) {
+  std::vector<kernels::GroupGeometry> geometries;
+  geometries.reserve(jobs.size());
+  for (const auto& job : jobs) geometries.push_back(job.geometry);
+  int64_t total = 0;
+  const std::vector<Task> tasks = plan_tasks(geometries.data(), geometries.size(), &total);
+
+  const kernels::KernelTable& table = active_kernels();
+  parallel_for(static_cast<int64_t>(tasks.size()), effective_threads(num_threads, total), [&](int64_t t) {
+    const Task& task = tasks[static_cast<size_t>(t)];
+    table.dequantize_groups(jobs[static_cast<size_t>(task.job)], task.group_begin, task.group_end);
+  });
+}
+
+}  // namespace arrowquant::engine

@@ -1,0 +1,33 @@
+// Runs the quantization kernels over many tensors at once: splits the work into tasks (whole
+// small tensors, or chunks of groups of a large one) and spreads them over the thread pool.
+// No Arrow, no Python: callers own every buffer. The result never depends on the thread count.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "kernels/quant/quant_kernels.h"
+
+namespace arrowquant::engine {
+
+// Geometry of a tensor of the given shape (see docs/format.md): rows = shape[0] when ndim >= 2,
+// else 1; cols = the product of the other dimensions.
+kernels::GroupGeometry geometry_for_shape(std::span<const int64_t> shape, int32_t group_size);
+
+// ceil(numel * bits / 8).
+int64_t packed_bytes(int64_t numel, int bits);
+
+struct NonFiniteValue {
+  int64_t tensor_index;   // index into the jobs span
+  int64_t element_index;  // flattened index of the first NaN / Inf in that tensor
+};
+
+// Quantizes every job (outputs must be zeroed by the caller). On a NaN / Inf returns where the
+// first one is (lowest tensor, then lowest index); outputs are then unspecified.
+std::optional<NonFiniteValue> quantize_tensors(std::span<const kernels::QuantizeJob> jobs, int num_threads);
+
+void dequantize_tensors(std::span<const kernels::DequantizeJob> jobs, int num_threads);
+
+}  // namespace arrowquant::engine

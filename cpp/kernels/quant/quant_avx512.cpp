@@ -1,0 +1,167 @@
+// AVX-512 (F, BW, VL, DQ) path; compiled with those flags, only called when the CPU has them.
+// Same operations in the same order as the scalar reference, so the codes are identical.
+// Tails use masked loads and stores instead of scalar loops.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/quant/quant_kernels.h"
+
+namespace arrowquant::kernels::avx512 {
+
+namespace {
+
+__mmask16 first_lanes16(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
+
+}  // namespace
+
+struct Ops {
+  static void widen_to_f32(const uint16_t* src, ElementType type, int64_t n, float* dst) {
+    int64_t i = 0;
+    if (type == ElementType::kFloat16) {
+      for (; i + 16 <= n; i += 16) {
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+      }
+      if (i < n) {
+        const __mmask16 m = first_lanes16(n - i);
+        _mm512_mask_storeu_ps(dst + i, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src + i)));
+      }
+    } else {
+      // bfloat16 is the top half of a float32: widen to 32 bits and shift left by 16.
+      for (; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : first_lanes16(n - i);
+        const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + i));
+        _mm512_mask_storeu_ps(dst + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+      }
+    }
+  }
+
+  static bool min_max(const float* x, int64_t n, float* min_out, float* max_out) {
+    const __m512 first = _mm512_set1_ps(x[0]);
+    __m512 lo0 = first, hi0 = first, lo1 = first, hi1 = first;
+    // A NaN is lost by min/max, so unordered compares are OR-ed into a mask; Inf shows in min/max.
+    __mmask16 nan_lanes = 0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+      const __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
+      lo0 = _mm512_min_ps(lo0, a);
+      hi0 = _mm512_max_ps(hi0, a);
+      lo1 = _mm512_min_ps(lo1, b);
+      hi1 = _mm512_max_ps(hi1, b);
+      nan_lanes |= _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q);
+    }
+    for (; i < n; i += 16) {
+      // Missing lanes load x[0], which cannot change min or max.
+      const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : first_lanes16(n - i);
+      const __m512 a = _mm512_mask_loadu_ps(first, m, x + i);
+      lo0 = _mm512_min_ps(lo0, a);
+      hi0 = _mm512_max_ps(hi0, a);
+      nan_lanes |= _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+    }
+    const float lo = _mm512_reduce_min_ps(_mm512_min_ps(lo0, lo1));
+    const float hi = _mm512_reduce_max_ps(_mm512_max_ps(hi0, hi1));
+    if (nan_lanes != 0 || !__builtin_isfinite(lo) || !__builtin_isfinite(hi)) return false;
+    *min_out = lo;
+    *max_out = hi;
+    return true;
+  }
+
+  static void quantize_codes(const float* x, int64_t n, float offset, float scale, float bias,
+                             float qmax, uint8_t* codes) {
+    const __m512 voffset = _mm512_set1_ps(offset), vscale = _mm512_set1_ps(scale);
+    const __m512 vbias = _mm512_set1_ps(bias), vqmax = _mm512_set1_ps(qmax), zero = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+      const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : first_lanes16(n - i);
+      __m512 y = _mm512_add_ps(_mm512_div_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), voffset), vscale), vbias);
+      y = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      y = _mm512_min_ps(_mm512_max_ps(y, zero), vqmax);
+      _mm512_mask_cvtepi32_storeu_epi8(codes + i, m, _mm512_cvttps_epi32(y));
+    }
+  }
+
+  static void pack_codes(const uint8_t* codes, int64_t n, int bits, uint8_t* packed) {
+    int64_t i = 0;
+    if (bits == 8) {
+      memcpy(packed, codes, static_cast<size_t>(n));
+      return;
+    }
+    if (bits == 4) {
+      // In each 16-bit lane v = c_even | c_odd << 8; v | v >> 4 has c_even | c_odd << 4 in its
+      // low byte (codes are < 16, so nothing else lands there); vpmovwb keeps that byte.
+      for (; i + 64 <= n; i += 64) {
+        const __m512i v = _mm512_loadu_si512(codes + i);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + i / 2),
+                            _mm512_cvtepi16_epi8(_mm512_or_si512(v, _mm512_srli_epi16(v, 4))));
+      }
+      for (; i < n; i += 2) packed[i / 2] = static_cast<uint8_t>(codes[i] | (codes[i + 1] << 4));
+    } else {
+      // In each 32-bit lane v = c0 | c1 << 8 | c2 << 16 | c3 << 24. t = v | v >> 6 puts c1 at bit 2
+      // and c3 at bit 18; t | t >> 12 then brings c2 to bit 4 and c3 to bit 6. vpmovdb keeps byte 0.
+      for (; i + 64 <= n; i += 64) {
+        const __m512i v = _mm512_loadu_si512(codes + i);
+        const __m512i t = _mm512_or_si512(v, _mm512_srli_epi32(v, 6));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(packed + i / 4),
+                         _mm512_cvtepi32_epi8(_mm512_or_si512(t, _mm512_srli_epi32(t, 12))));
+      }
+      for (; i < n; i += 4) {
+        packed[i / 4] = static_cast<uint8_t>(codes[i] | (codes[i + 1] << 2) | (codes[i + 2] << 4) | (codes[i + 3] << 6));
+      }
+    }
+  }
+
+  static void unpack_codes(const uint8_t* packed, int64_t n, int bits, uint8_t* codes) {
+    int64_t i = 0;
+    if (bits == 8) {
+      memcpy(codes, packed, static_cast<size_t>(n));
+      return;
+    }
+    if (bits == 4) {
+      // Byte b widened to a 16-bit lane; (b & 0x0F) | (b & 0xF0) << 4 = the two codes in order.
+      const __m512i lo_mask = _mm512_set1_epi16(0x000F), hi_mask = _mm512_set1_epi16(0x00F0);
+      for (; i + 64 <= n; i += 64) {
+        const __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + i / 2)));
+        const __m512i c = _mm512_or_si512(_mm512_and_si512(b, lo_mask), _mm512_slli_epi16(_mm512_and_si512(b, hi_mask), 4));
+        _mm512_storeu_si512(codes + i, c);
+      }
+      for (; i < n; i += 2) {
+        codes[i] = packed[i / 2] & 0x0F;
+        codes[i + 1] = static_cast<uint8_t>(packed[i / 2] >> 4);
+      }
+    } else {
+      // Byte b widened to a 32-bit lane; b | b << 6 | b << 12 | b << 18 moves code j to bits
+      // [8j, 8j + 2); the mask clears the rest.
+      const __m512i mask = _mm512_set1_epi32(0x03030303);
+      for (; i + 64 <= n; i += 64) {
+        const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + i / 4)));
+        __m512i c = _mm512_or_si512(b, _mm512_slli_epi32(b, 6));
+        c = _mm512_or_si512(c, _mm512_or_si512(_mm512_slli_epi32(b, 12), _mm512_slli_epi32(b, 18)));
+        _mm512_storeu_si512(codes + i, _mm512_and_si512(c, mask));
+      }
+      for (; i < n; i += 4) {
+        const uint8_t b = packed[i / 4];
+        codes[i] = b & 3;
+        codes[i + 1] = (b >> 2) & 3;
+        codes[i + 2] = (b >> 4) & 3;
+        codes[i + 3] = static_cast<uint8_t>(b >> 6);
+      }
+    }
+  }
+
+  static void dequantize_codes(const uint8_t* codes, int64_t n, float scale, float zero_point, float* out) {
+    const __m512 vscale = _mm512_set1_ps(scale), vzero_point = _mm512_set1_ps(zero_point);
+    for (int64_t i = 0; i < n; i += 16) {
+      const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : first_lanes16(n - i);
+      const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, codes + i)));
+      _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_sub_ps(q, vzero_point), vscale));
+    }
+  }
+};
+
+#include "kernels/quant/quant_driver_inl.h"
+
+}  // namespace arrowquant::kernels::avx512
+
+namespace arrowquant::kernels {
+const KernelTable& avx512_kernel_table() { return avx512::make_table("avx512"); }
+}  // namespace arrowquant::kernels

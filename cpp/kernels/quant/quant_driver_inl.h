@@ -1,0 +1,170 @@
+// The group loop shared by every ISA. Included *inside* each ISA's namespace after that ISA has
+// defined `struct Ops` (its vector primitives), so each ISA gets its own copy compiled with its
+// own flags and no inline function is shared between ISAs (no ODR mixing). Deliberately no
+// include guard and no #include: the including file provides <cstdint> and <cstring>.
+//
+// Everything here that decides a value (group parameters, the wide fallback) is plain IEEE
+// float/double arithmetic, compiled with -ffp-contract=off, so all ISAs agree bit for bit.
+
+// How one group is encoded.
+struct GroupParams {
+  enum Kind : uint8_t {
+    kFill,   // every code is fill_code (constant group, or all-zero symmetric group)
+    kFloat,  // q = clamp(rne((x - offset) / scale + bias), 0, qmax) in float32
+    kWide,   // as kFloat but the float32 difference x - offset could overflow: use doubles
+  };
+  float scale;
+  float zero_point;
+  float offset;
+  float bias;
+  Kind kind;
+  uint8_t fill_code;
+};
+
+// Asymmetric: scale = (max - min) / qmax, zero_point = -min / scale. The per-element code uses
+// (x - min) / scale, which equals x / scale + zero_point exactly in real arithmetic but keeps
+// full precision when |min| >> scale (x / scale and zero_point would cancel catastrophically).
+// The range is taken in double so it cannot overflow; the quotient always fits a float.
+inline GroupParams asymmetric_group_params(float lo, float hi, int bits) {
+  const double qmax = static_cast<double>((1 << bits) - 1);
+  const float scale = static_cast<float>((static_cast<double>(hi) - static_cast<double>(lo)) / qmax);
+  if (scale == 0.0f) {
+    // Constant group (or a range below float resolution): scale = value, zero_point = -1 and
+    // code 0 decode to (0 - (-1)) * value = value exactly, zero included.
+    return {lo, -1.0f, 0.0f, 0.0f, GroupParams::kFill, 0};
+  }
+  const float zero_point = static_cast<float>(-static_cast<double>(lo) / static_cast<double>(scale));
+  const float range_f32 = hi - lo;
+  const GroupParams::Kind kind = __builtin_isinf(range_f32) ? GroupParams::kWide : GroupParams::kFloat;
+  return {scale, zero_point, lo, 0.0f, kind, 0};
+}
+
+// Symmetric: zero_point = 2^(b-1); m = the element of largest magnitude, sign kept (a tie goes to
+// the negative one); scale = m / -2^(b-1), so m itself decodes exactly (code 0).
+inline GroupParams symmetric_group_params(float lo, float hi, int bits) {
+  const float half = static_cast<float>(1 << (bits - 1));
+  const float m = (__builtin_fabsf(hi) > __builtin_fabsf(lo)) ? hi : lo;
+  const float scale = m / -half;
+  if (scale == 0.0f) {
+    // All zeros (or so tiny the scale underflows): scale +0, every code at the zero point.
+    return {0.0f, half, 0.0f, 0.0f, GroupParams::kFill, static_cast<uint8_t>(1 << (bits - 1))};
+  }
+  return {scale, half, 0.0f, half, GroupParams::kFloat, 0};
+}
+
+inline void quantize_codes_wide(const float* x, int64_t n, const GroupParams& p, double qmax,
+                                uint8_t* codes) {
+  for (int64_t i = 0; i < n; ++i) {
+    double y = __builtin_roundeven((static_cast<double>(x[i]) - p.offset) / p.scale + p.bias);
+    y = y < 0.0 ? 0.0 : (y > qmax ? qmax : y);
+    codes[i] = static_cast<uint8_t>(y);
+  }
+}
+
+inline int64_t first_non_finite(const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (!__builtin_isfinite(x[i])) return i;
+  }
+  return 0;
+}
+
+// Codes are packed over the flattened tensor: element k sits at bits [(k % per_byte) * b, +b)
+// of byte k * b / 8. A group whose first element is not at a byte boundary (rows whose length
+// is not a multiple of 8 / b) shares its edge bytes with its neighbours: those are OR-ed in.
+inline void write_codes(const uint8_t* codes, int64_t n, int bits, int64_t first, uint8_t* packed) {
+  if (bits == 8) {
+    memcpy(packed + first, codes, static_cast<size_t>(n));
+    return;
+  }
+  const int64_t per_byte = 8 / bits;
+  int64_t i = 0;
+  for (; i < n && (first + i) % per_byte != 0; ++i) {
+    const int64_t k = first + i;
+    packed[k / per_byte] |= static_cast<uint8_t>(codes[i] << ((k % per_byte) * bits));
+  }
+  const int64_t bulk = (n - i) / per_byte * per_byte;
+  Ops::pack_codes(codes + i, bulk, bits, packed + (first + i) / per_byte);
+  for (i += bulk; i < n; ++i) {
+    const int64_t k = first + i;
+    packed[k / per_byte] |= static_cast<uint8_t>(codes[i] << ((k % per_byte) * bits));
+  }
+}
+
+inline void read_codes(const uint8_t* packed, int64_t first, int64_t n, int bits, uint8_t* codes) {
+  if (bits == 8) {
+    memcpy(codes, packed + first, static_cast<size_t>(n));
+    return;
+  }
+  const int64_t per_byte = 8 / bits;
+  const unsigned mask = (1u << bits) - 1u;
+  int64_t i = 0;
+  for (; i < n && (first + i) % per_byte != 0; ++i) {
+    const int64_t k = first + i;
+    codes[i] = static_cast<uint8_t>((packed[k / per_byte] >> ((k % per_byte) * bits)) & mask);
+  }
+  const int64_t bulk = (n - i) / per_byte * per_byte;
+  Ops::unpack_codes(packed + (first + i) / per_byte, bulk, bits, codes + i);
+  for (i += bulk; i < n; ++i) {
+    const int64_t k = first + i;
+    codes[i] = static_cast<uint8_t>((packed[k / per_byte] >> ((k % per_byte) * bits)) & mask);
+  }
+}
+
+inline KernelStatus quantize_groups(const QuantizeJob& job, int64_t group_begin, int64_t group_end) {
+  alignas(64) float widened[kMaxGroupSize];
+  alignas(64) uint8_t codes[kMaxGroupSize];
+  const GroupGeometry& geo = job.geometry;
+  const int64_t groups_per_row = geo.groups_per_row();
+  const float qmax = static_cast<float>((1 << job.bits) - 1);
+  for (int64_t g = group_begin; g < group_end; ++g) {
+    const int64_t row = g / groups_per_row;
+    const int64_t col = (g - row * groups_per_row) * geo.group_size;
+    const int64_t n = geo.cols - col < geo.group_size ? geo.cols - col : geo.group_size;
+    const int64_t first = row * geo.cols + col;
+
+    const float* x;
+    if (job.element_type == ElementType::kFloat32) {
+      x = static_cast<const float*>(job.weights) + first;
+    } else {
+      Ops::widen_to_f32(static_cast<const uint16_t*>(job.weights) + first, job.element_type, n, widened);
+      x = widened;
+    }
+    float lo, hi;
+    if (!Ops::min_max(x, n, &lo, &hi)) return {false, first + first_non_finite(x, n)};
+    // Vector min/max may return either zero for {-0, +0}; adding +0 makes the result canonical.
+    lo += 0.0f;
+    hi += 0.0f;
+
+    const GroupParams p = job.symmetric ? symmetric_group_params(lo, hi, job.bits)
+                                        : asymmetric_group_params(lo, hi, job.bits);
+    switch (p.kind) {
+      case GroupParams::kFill: memset(codes, p.fill_code, static_cast<size_t>(n)); break;
+      case GroupParams::kFloat: Ops::quantize_codes(x, n, p.offset, p.scale, p.bias, qmax, codes); break;
+      case GroupParams::kWide: quantize_codes_wide(x, n, p, qmax, codes); break;
+    }
+    write_codes(codes, n, job.bits, first, job.packed);
+    job.scales[g] = p.scale;
+    job.zero_points[g] = p.zero_point;
+  }
+  return {};
+}
+
+inline void dequantize_groups(const DequantizeJob& job, int64_t group_begin, int64_t group_end) {
+  alignas(64) uint8_t codes[kMaxGroupSize];
+  const GroupGeometry& geo = job.geometry;
+  const int64_t groups_per_row = geo.groups_per_row();
+  for (int64_t g = group_begin; g < group_end; ++g) {
+    const int64_t row = g / groups_per_row;
+    const int64_t col = (g - row * groups_per_row) * geo.group_size;
+    const int64_t n = geo.cols - col < geo.group_size ? geo.cols - col : geo.group_size;
+    const int64_t first = row * geo.cols + col;
+    read_codes(job.packed, first, n, job.bits, codes);
+    Ops::dequantize_codes(codes, n, job.scales[g], job.zero_points[g], job.weights + first);
+  }
+}
+
+inline const KernelTable& make_table(const char* name) {
+  static const KernelTable table = {name, &quantize_groups, &dequantize_groups, &Ops::min_max,
+                                    &Ops::pack_codes, &Ops::unpack_codes};
+  return table;
+}

@@ -1,0 +1,107 @@
+// The scalar reference: the definition every SIMD path must match byte for byte.
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/quant/quant_kernels.h"
+
+namespace arrowquant::kernels::scalar {
+
+namespace {
+
+// IEEE binary16 -> binary32, exact for every input (subnormals renormalised, Inf/NaN kept).
+float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1Fu;
+  uint32_t mantissa = h & 0x3FFu;
+  uint32_t bits;
+  if (exponent == 0x1Fu) {
+    bits = sign | 0x7F800000u | (mantissa << 13);
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);  // rebias 15 -> 127
+  } else if (mantissa == 0) {
+    bits = sign;
+  } else {
+    // Subnormal half: shift the leading one up to the implicit bit, lowering the exponent.
+    uint32_t e = 113u;  // 127 - 15 + 1
+    while ((mantissa & 0x400u) == 0) {
+      mantissa <<= 1;
+      --e;
+    }
+    bits = sign | (e << 23) | ((mantissa & 0x3FFu) << 13);
+  }
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+float bfloat16_to_float(uint16_t b) {
+  const uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+}  // namespace
+
+struct Ops {
+  static void widen_to_f32(const uint16_t* src, ElementType type, int64_t n, float* dst) {
+    if (type == ElementType::kFloat16) {
+      for (int64_t i = 0; i < n; ++i) dst[i] = half_to_float(src[i]);
+    } else {
+      for (int64_t i = 0; i < n; ++i) dst[i] = bfloat16_to_float(src[i]);
+    }
+  }
+
+  static bool min_max(const float* x, int64_t n, float* min_out, float* max_out) {
+    float lo = x[0], hi = x[0];
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = x[i];
+      if (!(v - v == 0.0f)) return false;  // Inf - Inf and NaN - NaN are NaN
+      lo = v < lo ? v : lo;
+      hi = v > hi ? v : hi;
+    }
+    *min_out = lo;
+    *max_out = hi;
+    return true;
+  }
+
+  static void quantize_codes(const float* x, int64_t n, float offset, float scale, float bias,
+                             float qmax, uint8_t* codes) {
+    for (int64_t i = 0; i < n; ++i) {
+      float y = __builtin_roundevenf((x[i] - offset) / scale + bias);
+      y = y < 0.0f ? 0.0f : (y > qmax ? qmax : y);
+      codes[i] = static_cast<uint8_t>(y);
+    }
+  }
+
+  static void pack_codes(const uint8_t* codes, int64_t n, int bits, uint8_t* packed) {
+    const int per_byte = 8 / bits;
+    for (int64_t byte = 0; byte < n / per_byte; ++byte) {
+      unsigned v = 0;
+      for (int j = 0; j < per_byte; ++j) v |= static_cast<unsigned>(codes[byte * per_byte + j]) << (j * bits);
+      packed[byte] = static_cast<uint8_t>(v);
+    }
+  }
+
+  static void unpack_codes(const uint8_t* packed, int64_t n, int bits, uint8_t* codes) {
+    const int per_byte = 8 / bits;
+    const unsigned mask = (1u << bits) - 1u;
+    for (int64_t byte = 0; byte < n / per_byte; ++byte) {
+      for (int j = 0; j < per_byte; ++j) {
+        codes[byte * per_byte + j] = static_cast<uint8_t>((packed[byte] >> (j * bits)) & mask);
+      }
+    }
+  }
+
+  static void dequantize_codes(const uint8_t* codes, int64_t n, float scale, float zero_point, float* out) {
+    for (int64_t i = 0; i < n; ++i) out[i] = (static_cast<float>(codes[i]) - zero_point) * scale;
+  }
+};
+
+#include "kernels/quant/quant_driver_inl.h"
+
+}  // namespace arrowquant::kernels::scalar
+
+namespace arrowquant::kernels {
+const KernelTable& scalar_kernel_table() { return scalar::make_table("scalar"); }
+}  // namespace arrowquant::kernels

@@ -1,0 +1,29 @@
+"""Exceptions raised by arrowquant.
+
+Every error derives from :class:`ArrowQuantError`; each subclass is also the built-in
+exception a Python user would expect (``ValueError`` for bad values, ``TypeError`` for bad
+types), so ``except ValueError`` keeps working.
+"""
+
+
+class ArrowQuantError(Exception):
+    """Base class of every arrowquant error."""
+
+
+class ParameterError(ArrowQuantError, ValueError):
+    """A bad argument: bit_width, group_size, mode, num_threads, ..."""
+
+
+class SchemaError(ArrowQuantError, ValueError):
+    """A required column is missing from the input table."""
+
+
+class ColumnTypeError(SchemaError, TypeError):
+    """A column has the wrong Arrow type, or the input is not a table at all."""
+
+
+class DataError(ArrowQuantError, ValueError):
+    """The data itself is unusable: NaN/Inf, nulls, a shape that does not match, bad lengths."""
+
+
+__all__ = ["ArrowQuantError", "ParameterError", "SchemaError", "ColumnTypeError", "DataError"]
