@@ -469,16 +469,10 @@ arrow::Result<DequantizeInput> read_dequantize_input(const arrow::RecordBatch& b
     // Every length is checked against shape and bits before anything is read.
     std::string_view bytes = in.large ? static_cast<const arrow::LargeBinaryArray&>(*data).GetView(i)
                                       : static_cast<const arrow::BinaryArray&>(*data).GetView(i);
-    const int64_t expected_bytes = engine::packed_bytes(*numel, job.bits);
-    if (static_cast<int64_t>(bytes.size()) != expected_bytes) {
-      return DataError(label + ": 'quantized_data' has " + std::to_string(bytes.size()) + " bytes but shape " +
-                       shape_text(*shape) + " at " + std::to_string(bits) + " bits needs " + std::to_string(expected_bytes));
-    }
-    const int64_t groups = job.geometry.num_groups();
-    if (scales->length(i) != groups || zero_points->length(i) != groups) {
-      return DataError(label + ": shape " + shape_text(*shape) + " with group_size " + std::to_string(group_size) + " has " +
-                       std::to_string(groups) + " groups but 'scales' has " + std::to_string(scales->length(i)) +
-                       " and 'zero_points' has " + std::to_string(zero_points->length(i)) + " values");
+    if (std::string error = engine::check_quantized_lengths(job.geometry, job.bits, static_cast<int64_t>(bytes.size()),
+                                                            scales->length(i), zero_points->length(i), shape_text(*shape));
+        !error.empty()) {
+      return DataError(label + ": " + error);
     }
     job.packed = reinterpret_cast<const uint8_t*>(bytes.data());
     job.scales = scale_values + scales->offset(i);

@@ -63,9 +63,26 @@ kernels::GroupGeometry geometry_for_shape(std::span<const int64_t> shape, int32_
   return geo;
 }
 
+std::string check_quantized_lengths(const kernels::GroupGeometry& geometry, int bits, int64_t packed_len,
+                                    int64_t scales_len, int64_t zero_points_len, const std::string& shape_text) {
+  const int64_t expected_bytes = packed_bytes(geometry.numel(), bits);
+  if (packed_len != expected_bytes) {
+    return "'quantized_data' has " + std::to_string(packed_len) + " bytes but shape " + shape_text + " at " +
+           std::to_string(bits) + " bits needs " + std::to_string(expected_bytes);
+  }
+  const int64_t groups = geometry.num_groups();
+  if (scales_len != groups || zero_points_len != groups) {
+    return "shape " + shape_text + " with group_size " + std::to_string(geometry.group_size) + " has " +
+           std::to_string(groups) + " groups but 'scales' has " + std::to_string(scales_len) + " and 'zero_points' has " +
+           std::to_string(zero_points_len) + " values";
+  }
+  return {};
+}
+
 int64_t packed_bytes(int64_t numel, int bits) { return (numel / 8) * bits + ((numel % 8) * bits + 7) / 8; }
 
-std::optional<NonFiniteValue> quantize_tensors(std::span<const kernels::QuantizeJob> jobs, int num_threads) {
+std::optional<NonFiniteValue> quantize_tensors(std::span<const kernels::QuantizeJob> jobs, int num_threads,
+                                               std::vector<kernels::ErrorStats>* error_stats) {
   std::vector<kernels::GroupGeometry> geometries;
   geometries.reserve(jobs.size());
   for (const auto& job : jobs) geometries.push_back(job.geometry);
@@ -74,13 +91,22 @@ std::optional<NonFiniteValue> quantize_tensors(std::span<const kernels::Quantize
 
   const kernels::KernelTable& table = active_kernels();
   std::vector<kernels::KernelStatus> status(tasks.size());
+  std::vector<kernels::ErrorStats> task_stats(error_stats != nullptr ? tasks.size() : 0);
   parallel_for(static_cast<int64_t>(tasks.size()), effective_threads(num_threads, total), [&](int64_t t) {
     const Task& task = tasks[static_cast<size_t>(t)];
-    status[static_cast<size_t>(t)] = table.quantize_groups(jobs[static_cast<size_t>(task.job)], task.group_begin, task.group_end);
+    const kernels::QuantizeJob& job = jobs[static_cast<size_t>(task.job)];
+    status[static_cast<size_t>(t)] = table.quantize_groups(job, task.group_begin, task.group_end);
+    if (error_stats != nullptr && status[static_cast<size_t>(t)].ok) {
+      task_stats[static_cast<size_t>(t)] = table.measure_groups(job, task.group_begin, task.group_end);
+    }
   });
   // Tasks are in (tensor, group) order, so the first failed task holds the first bad value.
   for (size_t t = 0; t < tasks.size(); ++t) {
     if (!status[t].ok) return NonFiniteValue{tasks[t].job, status[t].bad_index};
+  }
+  if (error_stats != nullptr) {
+    error_stats->assign(jobs.size(), kernels::ErrorStats{});
+    for (size_t t = 0; t < tasks.size(); ++t) (*error_stats)[static_cast<size_t>(tasks[t].job)].merge(task_stats[t]);
   }
   return std::nullopt;
 }

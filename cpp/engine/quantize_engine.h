@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "kernels/quant/quant_kernels.h"
@@ -25,8 +26,16 @@ struct NonFiniteValue {
 };
 
 // Quantizes every job (outputs must be zeroed by the caller). On a NaN / Inf returns where the
-// first one is (lowest tensor, then lowest index); outputs are then unspecified.
-std::optional<NonFiniteValue> quantize_tensors(std::span<const kernels::QuantizeJob> jobs, int num_threads);
+// first one is (lowest tensor, then lowest index); outputs are then unspecified. If error_stats
+// is given it receives, per job, the comparison of the source with its decoded values (computed
+// while the group is still in cache; identical for any thread count).
+std::optional<NonFiniteValue> quantize_tensors(std::span<const kernels::QuantizeJob> jobs, int num_threads,
+                                               std::vector<kernels::ErrorStats>* error_stats = nullptr);
+
+// Checks stored lengths against what shape, bits and group size imply. Returns an empty string
+// if they agree, else a message (without the layer's name) saying what was expected and found.
+std::string check_quantized_lengths(const kernels::GroupGeometry& geometry, int bits, int64_t packed_len,
+                                    int64_t scales_len, int64_t zero_points_len, const std::string& shape_text);
 
 void dequantize_tensors(std::span<const kernels::DequantizeJob> jobs, int num_threads);
 

@@ -1,6 +1,7 @@
 // arrowquant._core: argument conversion, GIL release and the one place where C++ errors become
 // Python exceptions. No logic of its own.
 #include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -9,6 +10,7 @@
 #include "arrow_glue/errors.h"
 #include "arrow_glue/quantize_arrow.h"
 #include "engine/kernel_selection.h"
+#include "engine/quantize_engine.h"
 #include "engine/thread_pool.h"
 #include "kernels/cpu/cpu_features.h"
 
@@ -56,6 +58,155 @@ void run_on_batches(const std::vector<CDataAddresses>& inputs, const std::vector
   if (!status.ok()) raise_status(status);
 }
 
+[[noreturn]] void raise_error(const char* class_name, const std::string& message) {
+  nb::object errors = nb::module_::import_("arrowquant.errors");
+  PyErr_SetString(errors.attr(class_name).ptr(), message.c_str());
+  throw nb::python_error();
+}
+
+// Read-only, C-contiguous host arrays of any dtype: the Python layer has checked the dtype and
+// says how to read the elements (element_types); safetensors memory maps are read-only.
+using InputArray = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu>;
+template <typename T>
+using OutputArray = nb::ndarray<nb::numpy, T, nb::ndim<1>>;
+
+// A buffer that becomes a NumPy array without a copy: NumPy frees it through the capsule.
+template <typename T>
+struct OwnedBuffer {
+  std::unique_ptr<T[]> data;
+  size_t size = 0;
+
+  static OwnedBuffer zeroed(int64_t n) { return {std::unique_ptr<T[]>(new T[static_cast<size_t>(n)]()), static_cast<size_t>(n)}; }
+  static OwnedBuffer uninitialized(int64_t n) { return {std::unique_ptr<T[]>(new T[static_cast<size_t>(n)]), static_cast<size_t>(n)}; }
+
+  OutputArray<T> release_to_numpy() {
+    T* raw = data.release();
+    nb::capsule owner(raw, [](void* p) noexcept { delete[] static_cast<T*>(p); });
+    const size_t shape[1] = {size};
+    return OutputArray<T>(raw, 1, shape, owner);
+  }
+};
+
+std::vector<int64_t> shape_of(const InputArray& a) {
+  std::vector<int64_t> shape(a.ndim());
+  for (size_t d = 0; d < a.ndim(); ++d) shape[d] = static_cast<int64_t>(a.shape(d));
+  return shape;
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+nb::list quantize_arrays(const std::vector<InputArray>& arrays, const std::vector<int>& element_types,
+                         const std::vector<std::string>& labels, int bit_width, int group_size, bool symmetric,
+                         int num_threads, bool with_stats) {
+  using namespace arrowquant;
+  if (arrays.size() != element_types.size() || arrays.size() != labels.size()) {
+    raise_error("ParameterError", "arrays, element_types and labels must have the same length");
+  }
+  const arrow_glue::QuantizeOptions options{bit_width, group_size, symmetric, num_threads};
+  if (arrow::Status st = arrow_glue::validate_quantize_options(options); !st.ok()) raise_status(st);
+
+  std::vector<kernels::QuantizeJob> jobs(arrays.size());
+  std::vector<OwnedBuffer<uint8_t>> packed(arrays.size());
+  std::vector<OwnedBuffer<float>> scales(arrays.size()), zero_points(arrays.size());
+  for (size_t i = 0; i < arrays.size(); ++i) {
+    const int type = element_types[i];
+    const size_t expected_itemsize = type == 0 ? 4 : 2;
+    if (type < 0 || type > 2 || arrays[i].itemsize() != expected_itemsize) {
+      raise_error("ParameterError", labels[i] + ": element type " + std::to_string(type) + " does not match an itemsize of " +
+                                        std::to_string(arrays[i].itemsize()));
+    }
+    kernels::QuantizeJob& job = jobs[i];
+    job.weights = arrays[i].data();
+    job.element_type = static_cast<kernels::ElementType>(type);
+    job.geometry = engine::geometry_for_shape(shape_of(arrays[i]), group_size);
+    job.bits = bit_width;
+    job.symmetric = symmetric;
+    packed[i] = OwnedBuffer<uint8_t>::zeroed(engine::packed_bytes(job.geometry.numel(), bit_width));
+    scales[i] = OwnedBuffer<float>::uninitialized(job.geometry.num_groups());
+    zero_points[i] = OwnedBuffer<float>::uninitialized(job.geometry.num_groups());
+    job.packed = packed[i].data.get();
+    job.scales = scales[i].data.get();
+    job.zero_points = zero_points[i].data.get();
+  }
+  std::optional<engine::NonFiniteValue> bad;
+  std::vector<kernels::ErrorStats> stats;
+  {
+    nb::gil_scoped_release release;
+    bad = engine::quantize_tensors(jobs, num_threads, with_stats ? &stats : nullptr);
+  }
+  if (bad) {
+    raise_error("DataError", labels[static_cast<size_t>(bad->tensor_index)] + ": contains NaN or infinity at (flattened) index " +
+                                 std::to_string(bad->element_index) + "; only finite values can be quantized");
+  }
+  nb::list results;
+  for (size_t i = 0; i < arrays.size(); ++i) {
+    nb::object error_stats = nb::none();
+    if (with_stats) {
+      const kernels::ErrorStats& e = stats[i];
+      error_stats = nb::make_tuple(e.sum_xx, e.sum_yy, e.sum_xy, e.sum_dd, e.max_abs_error, e.count);
+    }
+    results.append(nb::make_tuple(packed[i].release_to_numpy(), scales[i].release_to_numpy(),
+                                  zero_points[i].release_to_numpy(), error_stats));
+  }
+  return results;
+}
+
+nb::list dequantize_arrays(const std::vector<InputArray>& packed, const std::vector<InputArray>& scales,
+                           const std::vector<InputArray>& zero_points, const std::vector<std::vector<int64_t>>& shapes,
+                           const std::vector<int>& bit_widths, const std::vector<int>& group_sizes,
+                           const std::vector<std::string>& labels, int num_threads) {
+  using namespace arrowquant;
+  const size_t n = packed.size();
+  if (scales.size() != n || zero_points.size() != n || shapes.size() != n || bit_widths.size() != n ||
+      group_sizes.size() != n || labels.size() != n) {
+    raise_error("ParameterError", "dequantize_arrays: all argument lists must have the same length");
+  }
+  std::vector<kernels::DequantizeJob> jobs(n);
+  std::vector<OwnedBuffer<float>> outputs(n);
+  for (size_t i = 0; i < n; ++i) {
+    const int bits = bit_widths[i], g = group_sizes[i];
+    if (bits != 2 && bits != 4 && bits != 8) raise_error("DataError", labels[i] + ": bit_width must be 2, 4 or 8; found " + std::to_string(bits));
+    if (g < kernels::kMinGroupSize || g > kernels::kMaxGroupSize || (g & (g - 1)) != 0) {
+      raise_error("DataError", labels[i] + ": group_size must be a power of two from 16 to 4096; found " + std::to_string(g));
+    }
+    if (packed[i].itemsize() != 1 || scales[i].itemsize() != 4 || zero_points[i].itemsize() != 4) {
+      raise_error("DataError", labels[i] + ": quantized_data must be bytes and scales / zero_points float32");
+    }
+    int64_t numel = 1;
+    for (int64_t d : shapes[i]) {
+      if (d < 0 || (d != 0 && numel > INT64_MAX / d)) {
+        raise_error("DataError", labels[i] + ": shape " + shape_text(shapes[i]) + " has a negative dimension or more elements than fit in 64 bits");
+      }
+      numel *= d;
+    }
+    kernels::DequantizeJob& job = jobs[i];
+    job.geometry = engine::geometry_for_shape(shapes[i], g);
+    job.bits = bits;
+    if (std::string error = engine::check_quantized_lengths(job.geometry, bits, static_cast<int64_t>(packed[i].size()),
+                                                            static_cast<int64_t>(scales[i].size()),
+                                                            static_cast<int64_t>(zero_points[i].size()), shape_text(shapes[i]));
+        !error.empty()) {
+      raise_error("DataError", labels[i] + ": " + error);
+    }
+    job.packed = static_cast<const uint8_t*>(packed[i].data());
+    job.scales = static_cast<const float*>(scales[i].data());
+    job.zero_points = static_cast<const float*>(zero_points[i].data());
+    outputs[i] = OwnedBuffer<float>::uninitialized(numel);
+    job.weights = outputs[i].data.get();
+  }
+  {
+    nb::gil_scoped_release release;
+    engine::dequantize_tensors(jobs, num_threads);
+  }
+  nb::list results;
+  for (auto& out : outputs) results.append(out.release_to_numpy());
+  return results;
+}
+
 }  // namespace
 
 NB_MODULE(_core, m) {
@@ -88,6 +239,14 @@ NB_MODULE(_core, m) {
       nb::arg("inputs"), nb::arg("outputs"), nb::arg("num_threads"),
       "Dequantizes record batches of the quantized schema.");
 
+  m.def("quantize_arrays", &quantize_arrays, nb::arg("arrays"), nb::arg("element_types"), nb::arg("labels"),
+        nb::arg("bit_width"), nb::arg("group_size"), nb::arg("symmetric"), nb::arg("num_threads"), nb::arg("with_stats"),
+        "Quantizes C-contiguous arrays (element type 0 float32, 1 float16, 2 bfloat16); returns "
+        "(packed, scales, zero_points, stats-or-None) per array, each a NumPy array owning its buffer.");
+  m.def("dequantize_arrays", &dequantize_arrays, nb::arg("packed"), nb::arg("scales"), nb::arg("zero_points"),
+        nb::arg("shapes"), nb::arg("bit_widths"), nb::arg("group_sizes"), nb::arg("labels"), nb::arg("num_threads"),
+        "Decodes packed tensors to flat float32 arrays after checking every length.");
+
   m.def("simd_info", [] {
     const auto& cpu = arrowquant::kernels::cpu_features();
     nb::list supported;
@@ -106,11 +265,7 @@ NB_MODULE(_core, m) {
   m.def(
       "select_isa",
       [](const std::string& name) {
-        if (std::string error = arrowquant::engine::select_kernels(name); !error.empty()) {
-          nb::object errors = nb::module_::import_("arrowquant.errors");
-          PyErr_SetString(errors.attr("ParameterError").ptr(), error.c_str());
-          throw nb::python_error();
-        }
+        if (std::string error = arrowquant::engine::select_kernels(name); !error.empty()) raise_error("ParameterError", error);
       },
       nb::arg("name"), "Forces a SIMD path ('scalar', 'avx2', 'avx512') or 'auto' for the best one.");
 }

@@ -3,11 +3,14 @@
 # pyarrow first: it loads the libarrow.so that the compiled core links against.
 import pyarrow as _pyarrow  # noqa: F401
 
-from . import _core
-from .errors import ArrowQuantError, ColumnTypeError, DataError, ParameterError, SchemaError
-from .quantizer import ArrowQuantV2
-
 __version__ = "0.1.0"
+
+from . import _core  # noqa: E402
+from .aq_file import AqFile  # noqa: E402
+from .errors import (  # noqa: E402
+    ArrowQuantError, ColumnTypeError, DataError, FileFormatError, MissingFileError, ParameterError, SchemaError)
+from .quantizer import ArrowQuantV2  # noqa: E402
+from .tensor import QuantizedTensor, dequantize_tensors  # noqa: E402
 
 FORMAT_NAME = "arrowquant.packed"
 FORMAT_VERSION = "1"
@@ -26,7 +29,29 @@ def set_simd_path(name: str) -> None:
     _core.select_isa(name)
 
 
+def open(path) -> AqFile:  # noqa: A001 - mirrors the built-in on purpose: aq.open("model.aq")
+    """Memory-map a .aq file: layer names, metadata, per-layer tensors without copying,
+    ``dequantize(name)`` and ``to_safetensors(path)``."""
+    return AqFile(path)
+
+
+def dequantize(quantized, dtype=None):
+    """Decode a QuantizedTensor (to an ndarray, float32 unless ``dtype``) or a quantized Arrow
+    table (to a table of float32 weights)."""
+    if isinstance(quantized, QuantizedTensor):
+        return quantized.dequantize(dtype if dtype is not None else "float32")
+    if dtype is not None:
+        raise ParameterError("dtype applies to a QuantizedTensor; tables always decode to float32")
+    return ArrowQuantV2().dequantize_arrow(quantized)
+
+
 __all__ = [
+    "AqFile",
+    "QuantizedTensor",
+    "FileFormatError",
+    "MissingFileError",
+    "open",
+    "dequantize",
     "ArrowQuantV2",
     "ArrowQuantError",
     "ColumnTypeError",

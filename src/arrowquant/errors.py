@@ -27,3 +27,14 @@ class DataError(ArrowQuantError, ValueError):
 
 
 __all__ = ["ArrowQuantError", "ParameterError", "SchemaError", "ColumnTypeError", "DataError"]
+
+
+class FileFormatError(DataError):
+    """A file (safetensors checkpoint, .aq file) is truncated, corrupt or lies about its contents."""
+
+
+class MissingFileError(ArrowQuantError, FileNotFoundError):
+    """An input file or folder does not exist, or holds no checkpoint."""
+
+
+__all__ += ["FileFormatError", "MissingFileError"]

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Mapping
 
+import numpy as np
 import pyarrow as pa
 
 from . import _core
 from ._c_data import call_with_batches
 from .errors import ColumnTypeError, ParameterError
+from .tensor import QuantizedTensor, quantize_arrays, source_dtype_of
+
+# quantize_batch_with_progress hands the core this many weights at a time, then reports.
+_PROGRESS_CHUNK_WEIGHTS = 1 << 20
 
 MODES = ("diffusion", "base")
 BIT_WIDTHS = (2, 4, 8)
@@ -122,6 +127,91 @@ class ArrowQuantV2:
                                   "(use quantize_arrow for tables and streams)")
         batches, _ = _as_batches(batch, "batch")
         return call_with_batches(_core.quantize_batches, batches, *options)[0]
+
+    def quantize(self, weights: np.ndarray, bit_width: int = 4, group_size: int | None = None,
+                 symmetric: bool | None = None, dtype: str | None = None) -> QuantizedTensor:
+        """Quantize one array (any shape; float32, float16 or bfloat16).
+
+        bfloat16 is an ``ml_dtypes.bfloat16`` array, or a uint16 array with ``dtype="bfloat16"``.
+        Half-precision inputs are widened inside the kernels, never copied to float32 first."""
+        return self.quantize_batch({"weights": weights}, bit_width, group_size, symmetric,
+                                   dtypes={"weights": dtype})["weights"]
+
+    def quantize_batch(self, weights_dict: Mapping[str, np.ndarray], bit_width: int = 4,
+                       group_size: int | None = None, symmetric: bool | None = None,
+                       dtypes: Mapping[str, str | None] | None = None) -> dict[str, QuantizedTensor]:
+        """Quantize many arrays in one call: a dict name -> QuantizedTensor, in input order.
+
+        The layers are spread over the thread pool with the GIL released."""
+        return self.quantize_batch_with_progress(weights_dict, bit_width, None, group_size, symmetric,
+                                                 dtypes=dtypes)
+
+    def quantize_batch_with_progress(self, weights_dict: Mapping[str, np.ndarray], bit_width: int = 4,
+                                     progress_callback: Callable[[str, float], Any] | None = None,
+                                     group_size: int | None = None, symmetric: bool | None = None,
+                                     dtypes: Mapping[str, str | None] | None = None) -> dict[str, QuantizedTensor]:
+        """As quantize_batch, calling ``progress_callback(layer_name, fraction_done)`` after each layer.
+
+        fraction_done is the share of all weights quantized so far (1.0 after the last layer). The
+        callback runs on the calling thread, never on a worker. If it raises, the work stops and
+        the exception propagates; nothing partial is returned."""
+        bits, group, sym, threads = self._options(bit_width, group_size, symmetric)
+        if not isinstance(weights_dict, Mapping):
+            raise ColumnTypeError(f"weights_dict must be a dict of name -> ndarray; got {type(weights_dict).__name__}")
+        if progress_callback is not None and not callable(progress_callback):
+            raise ParameterError(f"progress_callback must be callable; got {type(progress_callback).__name__}")
+        dtypes = dtypes or {}
+        names, arrays, source_dtypes = [], [], []
+        for name, array in weights_dict.items():  # validate everything before any work
+            if not isinstance(array, np.ndarray):
+                raise ColumnTypeError(f"layer {name!r}: expected a numpy.ndarray; got {type(array).__name__}")
+            try:
+                source_dtypes.append(source_dtype_of(array, dtypes.get(name)))
+            except ParameterError as e:
+                raise ParameterError(f"layer {name!r}: {e}") from None
+            names.append(name)
+            arrays.append(array)
+        labels = [f"layer {n!r}" for n in names]
+        if progress_callback is None:
+            chunks = [range(len(names))]
+        else:
+            chunks, start, weights_in_chunk = [], 0, 0
+            for i, a in enumerate(arrays):
+                weights_in_chunk += a.size
+                if weights_in_chunk >= _PROGRESS_CHUNK_WEIGHTS or i == len(arrays) - 1:
+                    chunks.append(range(start, i + 1))
+                    start, weights_in_chunk = i + 1, 0
+        total = sum(a.size for a in arrays) or 1
+        done = 0
+        results: dict[str, QuantizedTensor] = {}
+        for chunk in chunks:
+            quantized = quantize_arrays([arrays[i] for i in chunk], [source_dtypes[i] for i in chunk],
+                                        [labels[i] for i in chunk], bit_width=bits, group_size=group,
+                                        symmetric=sym, num_threads=threads)
+            for i, (tensor, _) in zip(chunk, quantized):
+                results[names[i]] = tensor
+                done += arrays[i].size
+                if progress_callback is not None:
+                    progress_callback(names[i], done / total if arrays else 1.0)
+        return results
+
+    def quantize_from_safetensors(self, safetensors_path: Any, output_path: Any, bit_width: int = 4,
+                                  group_size: int | None = None,
+                                  progress_callback: Callable[[str, float], Any] | None = None, *,
+                                  symmetric: bool | None = None, include: Any = None, exclude: Any = None) -> dict:
+        """Quantize a safetensors checkpoint (file, sharded index, or folder) into one .aq file.
+
+        Floating tensors (F32/F16/BF16) with at least 2 dimensions and 1,024 elements are
+        quantized; everything else is carried through byte for byte. ``include`` / ``exclude``
+        are glob patterns (or lists of them) on tensor names that override that choice. Returns a
+        report: layer counts, bytes, compression ratio, cosine / relative RMSE per layer and
+        overall, seconds and throughput."""
+        from .checkpoint import quantize_checkpoint
+
+        bits, group, sym, threads = self._options(bit_width, group_size, symmetric)
+        return quantize_checkpoint(safetensors_path, output_path, bit_width=bits, group_size=group, symmetric=sym,
+                                   num_threads=threads, include=include, exclude=exclude,
+                                   progress_callback=progress_callback, mode=self.mode)
 
     def dequantize_arrow(self, table: Any) -> pa.Table:
         """Decode a quantized table back to float32: columns layer_name, weights, shape."""

@@ -201,6 +201,50 @@ struct Ops {
       out[i] = _mm_cvtss_f32(_mm_mul_ss(_mm_sub_ss(q, _mm_set_ss(zero_point)), _mm_set_ss(scale)));
     }
   }
+
+  // Lanes 0-3 and 4-7 of the scalar definition are two 4-double vectors; tails go element-wise.
+  static double accumulate_error(const float* x, const float* y, int64_t n, double lanes[4][8]) {
+    __m256d acc[4][2];
+    for (int k = 0; k < 4; ++k) {
+      acc[k][0] = _mm256_load_pd(lanes[k]);
+      acc[k][1] = _mm256_load_pd(lanes[k] + 4);
+    }
+    const __m256d sign = _mm256_set1_pd(-0.0);
+    __m256d max_abs = _mm256_setzero_pd();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      for (int h = 0; h < 2; ++h) {
+        const __m256d a = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4 * h));
+        const __m256d b = _mm256_cvtps_pd(_mm_loadu_ps(y + i + 4 * h));
+        const __m256d d = _mm256_sub_pd(a, b);
+        acc[0][h] = _mm256_add_pd(acc[0][h], _mm256_mul_pd(a, a));
+        acc[1][h] = _mm256_add_pd(acc[1][h], _mm256_mul_pd(b, b));
+        acc[2][h] = _mm256_add_pd(acc[2][h], _mm256_mul_pd(a, b));
+        acc[3][h] = _mm256_add_pd(acc[3][h], _mm256_mul_pd(d, d));
+        max_abs = _mm256_max_pd(max_abs, _mm256_andnot_pd(sign, d));
+      }
+    }
+    for (int k = 0; k < 4; ++k) {
+      _mm256_store_pd(lanes[k], acc[k][0]);
+      _mm256_store_pd(lanes[k] + 4, acc[k][1]);
+    }
+    alignas(32) double m[4];
+    _mm256_store_pd(m, max_abs);
+    double result = m[0] > m[1] ? m[0] : m[1];
+    result = m[2] > result ? m[2] : result;
+    result = m[3] > result ? m[3] : result;
+    for (; i < n; ++i) {
+      const int lane = static_cast<int>(i & 7);
+      const __m128d a = _mm_set_sd(x[i]), b = _mm_set_sd(y[i]), d = _mm_sub_sd(a, b);
+      lanes[0][lane] = _mm_cvtsd_f64(_mm_add_sd(_mm_set_sd(lanes[0][lane]), _mm_mul_sd(a, a)));
+      lanes[1][lane] = _mm_cvtsd_f64(_mm_add_sd(_mm_set_sd(lanes[1][lane]), _mm_mul_sd(b, b)));
+      lanes[2][lane] = _mm_cvtsd_f64(_mm_add_sd(_mm_set_sd(lanes[2][lane]), _mm_mul_sd(a, b)));
+      lanes[3][lane] = _mm_cvtsd_f64(_mm_add_sd(_mm_set_sd(lanes[3][lane]), _mm_mul_sd(d, d)));
+      const double abs_d = _mm_cvtsd_f64(_mm_andnot_pd(_mm_set_sd(-0.0), d));
+      result = abs_d > result ? abs_d : result;
+    }
+    return result;
+  }
 };
 
 #include "kernels/quant/quant_driver_inl.h"

@@ -163,8 +163,49 @@ inline void dequantize_groups(const DequantizeJob& job, int64_t group_begin, int
   }
 }
 
+inline ErrorStats measure_groups(const QuantizeJob& job, int64_t group_begin, int64_t group_end) {
+  alignas(64) float widened[kMaxGroupSize];
+  alignas(64) float decoded[kMaxGroupSize];
+  alignas(64) uint8_t codes[kMaxGroupSize];
+  alignas(64) double lanes[4][8] = {};  // xx, yy, xy, dd; lane = element index % 8
+  double max_abs_error = 0.0;
+  const GroupGeometry& geo = job.geometry;
+  const int64_t groups_per_row = geo.groups_per_row();
+  for (int64_t g = group_begin; g < group_end; ++g) {
+    const int64_t row = g / groups_per_row;
+    const int64_t col = (g - row * groups_per_row) * geo.group_size;
+    const int64_t n = geo.cols - col < geo.group_size ? geo.cols - col : geo.group_size;
+    const int64_t first = row * geo.cols + col;
+    const float* x;
+    if (job.element_type == ElementType::kFloat32) {
+      x = static_cast<const float*>(job.weights) + first;
+    } else {
+      Ops::widen_to_f32(static_cast<const uint16_t*>(job.weights) + first, job.element_type, n, widened);
+      x = widened;
+    }
+    read_codes(job.packed, first, n, job.bits, codes);
+    Ops::dequantize_codes(codes, n, job.scales[g], job.zero_points[g], decoded);
+    const double group_max = Ops::accumulate_error(x, decoded, n, lanes);
+    max_abs_error = group_max > max_abs_error ? group_max : max_abs_error;
+  }
+  ErrorStats stats;
+  for (int lane = 0; lane < 8; ++lane) {
+    stats.sum_xx += lanes[0][lane];
+    stats.sum_yy += lanes[1][lane];
+    stats.sum_xy += lanes[2][lane];
+    stats.sum_dd += lanes[3][lane];
+  }
+  stats.max_abs_error = max_abs_error;
+  stats.count = 0;
+  for (int64_t g = group_begin; g < group_end; ++g) {
+    const int64_t col = (g % groups_per_row) * geo.group_size;
+    stats.count += geo.cols - col < geo.group_size ? geo.cols - col : geo.group_size;
+  }
+  return stats;
+}
+
 inline const KernelTable& make_table(const char* name) {
-  static const KernelTable table = {name, &quantize_groups, &dequantize_groups, &Ops::min_max,
-                                    &Ops::pack_codes, &Ops::unpack_codes};
+  static const KernelTable table = {name, &quantize_groups, &dequantize_groups, &measure_groups,
+                                    &Ops::min_max, &Ops::pack_codes, &Ops::unpack_codes};
   return table;
 }

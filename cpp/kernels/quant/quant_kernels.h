@@ -46,6 +46,27 @@ struct DequantizeJob {
   float* weights = nullptr;  // numel() floats
 };
 
+// Sums over (original x, decoded y) pairs, for cosine similarity and RMSE. Each sum is kept as
+// 8 partial sums (element i of a call goes to lane i % 8) added in a fixed order at the end, so
+// every ISA gets the same result.
+struct ErrorStats {
+  double sum_xx = 0.0;  // sum of x^2
+  double sum_yy = 0.0;  // sum of y^2
+  double sum_xy = 0.0;  // sum of x*y
+  double sum_dd = 0.0;  // sum of (x - y)^2
+  double max_abs_error = 0.0;
+  int64_t count = 0;
+
+  void merge(const ErrorStats& o) {
+    sum_xx += o.sum_xx;
+    sum_yy += o.sum_yy;
+    sum_xy += o.sum_xy;
+    sum_dd += o.sum_dd;
+    max_abs_error = o.max_abs_error > max_abs_error ? o.max_abs_error : max_abs_error;
+    count += o.count;
+  }
+};
+
 // ok == false means a NaN or +-Inf was found; bad_index is its flattened element index
 // (the first one within the groups that were asked for).
 struct KernelStatus {
@@ -63,6 +84,9 @@ struct KernelTable {
   KernelStatus (*quantize_groups)(const QuantizeJob& job, int64_t group_begin, int64_t group_end);
   // Decodes groups [group_begin, group_end) into job.weights: x = (q - zero_point) * scale.
   void (*dequantize_groups)(const DequantizeJob& job, int64_t group_begin, int64_t group_end);
+
+  // After quantize_groups over the same range: compares the source with its decoded values.
+  ErrorStats (*measure_groups)(const QuantizeJob& job, int64_t group_begin, int64_t group_end);
 
   // Building blocks, exposed for tests and microbenchmarks.
   // min/max of n >= 1 floats; returns false if any is NaN or +-Inf (min/max then undefined).

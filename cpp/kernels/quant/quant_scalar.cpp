@@ -96,6 +96,22 @@ struct Ops {
   static void dequantize_codes(const uint8_t* codes, int64_t n, float scale, float zero_point, float* out) {
     for (int64_t i = 0; i < n; ++i) out[i] = (static_cast<float>(codes[i]) - zero_point) * scale;
   }
+
+  // Adds x^2, y^2, x*y, (x-y)^2 in double to lanes[k][i % 8]; returns max |x - y|.
+  static double accumulate_error(const float* x, const float* y, int64_t n, double lanes[4][8]) {
+    double max_abs = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double a = x[i], b = y[i], d = a - b;
+      const int lane = static_cast<int>(i & 7);
+      lanes[0][lane] += a * a;
+      lanes[1][lane] += b * b;
+      lanes[2][lane] += a * b;
+      lanes[3][lane] += d * d;
+      const double abs_d = d < 0 ? -d : d;
+      max_abs = abs_d > max_abs ? abs_d : max_abs;
+    }
+    return max_abs;
+  }
 };
 
 #include "kernels/quant/quant_driver_inl.h"

@@ -1,0 +1,252 @@
+"""The quantized model file: ``.aq``, an Arrow IPC file with one record batch per tensor.
+
+Columns are those of ``quantize_arrow``'s output (docs/format.md) with ``quantized_data`` always
+``large_binary``, plus ``source_dtype`` (the safetensors dtype name). Tensors that were not
+quantized are stored too, as their raw little-endian bytes with ``group_size`` 0, ``bit_width``
+the bits of their dtype and no scales, so the file holds the whole model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import FileFormatError, MissingFileError, ParameterError
+from .safetensors_io import atomic_output, write_safetensors
+from .tensor import QUANTIZABLE_DTYPES, SAFETENSORS_DTYPES, QuantizedTensor, dequantize_tensors, to_dtype
+
+AQ_FORMAT = "arrowquant.aq"
+AQ_FORMAT_VERSION = "1"
+
+AQ_SCHEMA = pa.schema([
+    pa.field("layer_name", pa.string(), False),
+    pa.field("quantized_data", pa.large_binary(), False),
+    pa.field("scales", pa.list_(pa.float32()), False),
+    pa.field("zero_points", pa.list_(pa.float32()), False),
+    pa.field("shape", pa.list_(pa.int64()), False),
+    pa.field("bit_width", pa.uint8(), False),
+    pa.field("group_size", pa.int32(), False),
+    pa.field("symmetric", pa.bool_(), False),
+    pa.field("source_dtype", pa.string(), False),
+])
+
+
+def _float_list(values: np.ndarray) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array([0, values.size], pa.int32()), pa.array(values, pa.float32()))
+
+
+def _row(name: str, data: Any, scales: np.ndarray, zero_points: np.ndarray, shape, bit_width: int,
+         group_size: int, symmetric: bool, source_dtype: str) -> pa.RecordBatch:
+    buffer = pa.py_buffer(data)  # zero-copy over the kernel output or the source mapping
+    data_array = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), 1, [None, pa.array([0, buffer.size], pa.int64()).buffers()[1], buffer])
+    return pa.RecordBatch.from_arrays([
+        pa.array([name], pa.string()), data_array, _float_list(scales), _float_list(zero_points),
+        pa.array([list(shape)], pa.list_(pa.int64())), pa.array([bit_width], pa.uint8()),
+        pa.array([group_size], pa.int32()), pa.array([symmetric], pa.bool_()), pa.array([source_dtype], pa.string()),
+    ], schema=AQ_SCHEMA)
+
+
+class AqWriter:
+    """Streams tensors into a .aq file; the file appears (atomically) only on a clean close."""
+
+    def __init__(self, path: Any, metadata: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self._atomic = atomic_output(self.path)
+        self._tmp = self._atomic.__enter__()
+        encoded = {"arrowquant.format": AQ_FORMAT, "arrowquant.format_version": AQ_FORMAT_VERSION}
+        encoded.update({f"arrowquant.{k}": json.dumps(v) for k, v in metadata.items()})
+        try:
+            self._sink = pa.OSFile(str(self._tmp), "wb")
+            self._writer = pa.ipc.new_file(self._sink, AQ_SCHEMA.with_metadata(encoded))
+        except BaseException as e:
+            self._atomic.__exit__(type(e), e, None)
+            raise
+
+    def write_quantized(self, name: str, tensor: QuantizedTensor) -> None:
+        self._writer.write_batch(_row(name, tensor.quantized_data, tensor.scales, tensor.zero_points, tensor.shape,
+                                      tensor.bit_width, tensor.group_size, tensor.symmetric, tensor.source_dtype))
+
+    def write_raw(self, name: str, data: Any, dtype: str, shape) -> None:
+        empty = np.zeros(0, np.float32)
+        self._writer.write_batch(_row(name, data, empty, empty, shape, 8 * SAFETENSORS_DTYPES[dtype].itemsize, 0,
+                                      False, dtype))
+
+    def close(self) -> None:
+        self._writer.close()
+        self._sink.close()
+        self._atomic.__exit__(None, None, None)
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        try:
+            self._writer.close()
+            self._sink.close()
+        finally:
+            self._atomic.__exit__(type(exc) if exc else Exception, exc, None)
+
+    def __enter__(self) -> "AqWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort(exc)
+
+
+class AqFile:
+    """A memory-mapped .aq file (``arrowquant.open``). Tensors come back without copying."""
+
+    def __init__(self, path: Any) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise MissingFileError(f"{self.path}: no such .aq file")
+        try:
+            self._source = pa.memory_map(str(self.path), "r")
+            self._reader = pa.ipc.open_file(self._source)
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+            raise FileFormatError(f"{self.path}: not a readable Arrow IPC (.aq) file ({e})") from None
+        raw = self._reader.schema.metadata or {}
+        if raw.get(b"arrowquant.format") != AQ_FORMAT.encode():
+            raise FileFormatError(f"{self.path}: not an arrowquant .aq file (schema metadata arrowquant.format is "
+                                  f"{raw.get(b'arrowquant.format')!r})")
+        if raw.get(b"arrowquant.format_version") != AQ_FORMAT_VERSION.encode():
+            raise FileFormatError(f"{self.path}: .aq format version {raw.get(b'arrowquant.format_version')!r} is not "
+                                  f"supported (this arrowquant reads version {AQ_FORMAT_VERSION})")
+        missing = [f.name for f in AQ_SCHEMA if f.name not in self._reader.schema.names]
+        if missing:
+            raise FileFormatError(f"{self.path}: columns {missing} are missing")
+        self.metadata: dict[str, Any] = {}
+        for key, value in raw.items():
+            k = key.decode("utf-8", "replace").removeprefix("arrowquant.")
+            try:
+                self.metadata[k] = json.loads(value) if k not in ("format", "format_version") else value.decode()
+            except (ValueError, UnicodeDecodeError):
+                raise FileFormatError(f"{self.path}: metadata {key!r} is not valid JSON") from None
+        self._index: dict[str, tuple[int, int]] = {}
+        try:
+            for b in range(self._reader.num_record_batches):
+                for row, name in enumerate(self._reader.get_batch(b).column("layer_name").to_pylist()):
+                    if name is None or name in self._index:
+                        raise FileFormatError(f"{self.path}: layer name {name!r} is null or repeated")
+                    self._index[name] = (b, row)
+        except (pa.ArrowInvalid, pa.ArrowIOError) as e:
+            raise FileFormatError(f"{self.path}: corrupt record batch ({e})") from None
+
+    def __enter__(self) -> "AqFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._source.close()
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self._index)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def _fields(self, name: str) -> dict[str, Any]:
+        if name not in self._index:
+            raise KeyError(f"{self.path}: no layer named {name!r}")
+        b, row = self._index[name]
+        batch = self._reader.get_batch(b)
+        get = lambda c: batch.column(c)[row]  # noqa: E731
+        fields = {c: get(c).as_py() for c in ("shape", "bit_width", "group_size", "symmetric", "source_dtype")}
+        label = f"{self.path}: layer {name!r}"
+        if fields["shape"] is None or any(d is None or d < 0 for d in fields["shape"]):
+            raise FileFormatError(f"{label}: invalid shape {fields['shape']!r}")
+        if fields["source_dtype"] not in SAFETENSORS_DTYPES:
+            raise FileFormatError(f"{label}: unknown source_dtype {fields['source_dtype']!r}")
+        data = get("quantized_data")
+        fields["data"] = np.frombuffer(data.as_buffer(), np.uint8) if data.is_valid else None
+        fields["scales"] = get("scales").values.to_numpy(zero_copy_only=False) if get("scales").is_valid else None
+        fields["zero_points"] = (get("zero_points").values.to_numpy(zero_copy_only=False)
+                                 if get("zero_points").is_valid else None)
+        if fields["data"] is None or fields["scales"] is None or fields["zero_points"] is None:
+            raise FileFormatError(f"{label}: quantized_data, scales and zero_points must not be null")
+        return fields
+
+    def is_quantized(self, name: str) -> bool:
+        return self._fields(name)["group_size"] != 0
+
+    def tensor(self, name: str) -> QuantizedTensor | np.ndarray:
+        """The QuantizedTensor of a quantized layer, or the array of a carried-through one (zero-copy)."""
+        f = self._fields(name)
+        if f["group_size"] == 0:
+            dtype = SAFETENSORS_DTYPES[f["source_dtype"]]
+            expected = math.prod(f["shape"]) * dtype.itemsize
+            if f["data"].nbytes != expected:
+                raise FileFormatError(f"{self.path}: layer {name!r} holds {f['data'].nbytes} bytes but shape "
+                                      f"{f['shape']} of {f['source_dtype']} needs {expected}")
+            return f["data"].view(dtype).reshape(f["shape"])
+        if f["source_dtype"] not in QUANTIZABLE_DTYPES:
+            raise FileFormatError(f"{self.path}: layer {name!r} is quantized but its source_dtype is {f['source_dtype']}")
+        return QuantizedTensor(f["data"], f["scales"], f["zero_points"], f["shape"], f["bit_width"], f["group_size"],
+                               f["symmetric"], f["source_dtype"])
+
+    __getitem__ = tensor
+
+    def dequantize(self, name: str, dtype: Any = np.float32) -> np.ndarray:
+        """A layer decoded to ``dtype`` (default float32); carried-through layers come back as stored."""
+        t = self.tensor(name)
+        if isinstance(t, np.ndarray):
+            return t
+        return to_dtype(dequantize_tensors([t], [f"{self.path}: layer {name!r}"])[0], dtype).reshape(t.shape)
+
+    def layers(self) -> list[dict[str, Any]]:
+        """Per-layer summary: name, shape, bits, source dtype, stored bytes, whether quantized."""
+        out = []
+        for name in self._index:
+            f = self._fields(name)
+            out.append({"name": name, "shape": f["shape"], "bit_width": f["bit_width"], "group_size": f["group_size"],
+                        "source_dtype": f["source_dtype"], "quantized": f["group_size"] != 0,
+                        "bytes": f["data"].nbytes + 4 * (f["scales"].size + f["zero_points"].size)})
+        return out
+
+    def to_safetensors(self, out_path: Any, dtype: Any = None) -> None:
+        """Write a safetensors checkpoint: quantized layers dequantized to their source dtype (or to
+        ``dtype`` if given), carried-through layers byte for byte. Streams one layer at a time."""
+        if dtype is not None:
+            to_dtype(np.zeros(1, np.float32), dtype)  # validate before writing anything
+        specs, names = [], self.layer_names
+        for name in names:
+            f = self._fields(name)
+            stored = f["source_dtype"]
+            target = stored if (f["group_size"] == 0 or dtype is None) else _safetensors_name(dtype)
+            specs.append((name, target, tuple(f["shape"]), math.prod(f["shape"]) * SAFETENSORS_DTYPES[target].itemsize))
+
+        def chunks() -> Iterator[Any]:
+            for name, (_, target, _, _) in zip(names, specs):
+                t = self.tensor(name)
+                yield t if isinstance(t, np.ndarray) else np.ascontiguousarray(self.dequantize(name, target))
+
+        source_meta = self.metadata.get("source_metadata") or {}
+        merged = {k: v for meta in source_meta.values() for k, v in (meta or {}).items()}
+        out_path = Path(out_path)
+        if out_path.resolve() == self.path.resolve():
+            raise ParameterError(f"{out_path}: would overwrite the .aq file being read")
+        write_safetensors(out_path, specs, chunks(), merged or None)
+
+
+def _safetensors_name(dtype: Any) -> str:
+    if str(dtype) in ("bfloat16", "BF16"):
+        return "BF16"
+    if isinstance(dtype, str) and dtype in SAFETENSORS_DTYPES:
+        return dtype
+    return {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}[np.dtype(dtype)]
+
+
+def open_aq(path: Any) -> AqFile:
+    return AqFile(path)

@@ -1,0 +1,259 @@
+"""Reading and writing safetensors checkpoints.
+
+Why our own reader rather than the ``safetensors`` package: its NumPy API copies every tensor
+and cannot represent BF16 (NumPy has no bfloat16), while quantizing wants zero-copy views of the
+memory-mapped file for every float dtype, and pages released as soon as a tensor is done (so
+peak memory is one tensor, not the model). The ``safetensors`` package is the independent
+reader in our tests.
+
+Why our own writer: the package's writers need every tensor in memory at once; ours streams
+one tensor at a time into a temporary file that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import struct
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .errors import FileFormatError, MissingFileError, ParameterError
+from .tensor import SAFETENSORS_DTYPES
+
+# The reference implementation refuses headers above 100 MB; so do we (a corrupt length would
+# otherwise make us read and parse an arbitrary amount of the file as JSON).
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+_PAGE = mmap.PAGESIZE
+
+
+class TensorInfo:
+    __slots__ = ("name", "dtype", "shape", "begin", "end")
+
+    def __init__(self, name: str, dtype: str, shape: tuple[int, ...], begin: int, end: int) -> None:
+        self.name, self.dtype, self.shape, self.begin, self.end = name, dtype, shape, begin, end
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def parse_header(header: bytes, data_size: int, where: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Validate a safetensors JSON header against the size of the data area that follows it."""
+    try:
+        doc = json.loads(header.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FileFormatError(f"{where}: the header is not valid UTF-8 JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise FileFormatError(f"{where}: the header must be a JSON object; found {type(doc).__name__}")
+    metadata = doc.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise FileFormatError(f"{where}: __metadata__ must map strings to strings")
+    tensors: dict[str, TensorInfo] = {}
+    for name, entry in doc.items():
+        at = f"{where}: tensor {name!r}"
+        if not isinstance(entry, dict):
+            raise FileFormatError(f"{at}: entry must be an object; found {type(entry).__name__}")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype not in SAFETENSORS_DTYPES:
+            raise FileFormatError(f"{at}: unknown dtype {dtype!r}; expected one of {', '.join(SAFETENSORS_DTYPES)}")
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            raise FileFormatError(f"{at}: shape must be a list of non-negative integers; found {shape!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1]):
+            raise FileFormatError(f"{at}: data_offsets must be [begin, end] with 0 <= begin <= end; found {offsets!r}")
+        begin, end = offsets
+        expected = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
+        if end - begin != expected:
+            raise FileFormatError(f"{at}: shape {shape} of {dtype} needs {expected} bytes but data_offsets "
+                                  f"[{begin}, {end}] cover {end - begin}")
+        if end > data_size:
+            raise FileFormatError(f"{at}: data_offsets end {end} lies beyond the data area of {data_size} bytes "
+                                  "(truncated file?)")
+        tensors[name] = TensorInfo(name, dtype, tuple(shape), begin, end)
+    previous = None
+    for info in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):
+        if previous is not None and info.begin < previous.end and info.nbytes and previous.nbytes:
+            raise FileFormatError(f"{where}: tensors {previous.name!r} and {info.name!r} overlap "
+                                  f"([{previous.begin}, {previous.end}) and [{info.begin}, {info.end}))")
+        previous = info if info.nbytes else previous
+    return tensors, metadata
+
+
+class SafetensorsFile:
+    """A memory-mapped safetensors file whose header was validated before any data is touched."""
+
+    def __init__(self, path: Any) -> None:
+        self.path = Path(path)
+        try:
+            self._file = open(self.path, "rb")
+        except FileNotFoundError:
+            raise MissingFileError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise ParameterError(f"{self.path}: is a directory, not a safetensors file") from None
+        try:
+            self._map = None
+            size = os.fstat(self._file.fileno()).st_size
+            if size < 8:
+                raise FileFormatError(f"{self.path}: {size} bytes is too short for a safetensors file (8-byte header length)")
+            (header_len,) = struct.unpack("<Q", self._file.read(8))
+            if header_len > min(size - 8, MAX_HEADER_BYTES):
+                raise FileFormatError(f"{self.path}: header length {header_len} exceeds the file's {size - 8} remaining "
+                                      f"bytes (or the {MAX_HEADER_BYTES}-byte limit): truncated or not safetensors")
+            header = self._file.read(header_len)
+            self.data_start = 8 + header_len
+            self.tensors, self.metadata = parse_header(header, size - self.data_start, str(self.path))
+            if size > self.data_start:
+                self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def __enter__(self) -> "SafetensorsFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # arrays still view it; the mapping goes when they do
+        self._file.close()
+
+    def names(self) -> list[str]:
+        """Tensor names in the order their data appears in the file."""
+        return [t.name for t in sorted(self.tensors.values(), key=lambda t: t.begin)]
+
+    def array(self, name: str) -> np.ndarray:
+        """A read-only, zero-copy view of a tensor (BF16 as ml_dtypes.bfloat16, F8 as uint8)."""
+        info = self.tensors[name]
+        dtype = SAFETENSORS_DTYPES[info.dtype]
+        if info.nbytes == 0:
+            return np.zeros(info.shape, dtype)
+        view = np.frombuffer(self._map, dtype=dtype, count=info.numel, offset=self.data_start + info.begin)
+        return view.reshape(info.shape)
+
+    def raw_bytes(self, name: str) -> memoryview:
+        info = self.tensors[name]
+        if info.nbytes == 0:
+            return memoryview(b"")
+        start = self.data_start + info.begin
+        return memoryview(self._map)[start:start + info.nbytes]
+
+    def release(self, name: str) -> None:
+        """Drop a tensor's pages from this process's resident memory (they stay in the page cache)."""
+        info = self.tensors[name]
+        if self._map is None or info.nbytes == 0 or not hasattr(self._map, "madvise"):
+            return
+        start = (self.data_start + info.begin) // _PAGE * _PAGE
+        end = self.data_start + info.end
+        self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+
+def resolve_checkpoint(path: Any) -> list[Path]:
+    """The safetensors files of a checkpoint: a file, a ``*.safetensors.index.json``, or a folder
+    holding one index or any number of ``*.safetensors`` files."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"{path}: no such file or directory")
+    if path.is_dir():
+        indexes = sorted(path.glob("*.safetensors.index.json"))
+        if len(indexes) > 1:
+            raise FileFormatError(f"{path}: holds several index files ({', '.join(i.name for i in indexes)}); "
+                                  "pass the one to use")
+        if indexes:
+            return resolve_checkpoint(indexes[0])
+        files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
+        if not files:
+            raise MissingFileError(f"{path}: folder holds no .safetensors files and no *.safetensors.index.json")
+        return files
+    if path.name.endswith(".json"):
+        try:
+            index = json.loads(path.read_text("utf-8"))
+            weight_map = index["weight_map"]
+            assert isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())
+        except (ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError):
+            raise FileFormatError(f"{path}: not a safetensors index (expected JSON with a 'weight_map' of "
+                                  "tensor name -> file name)") from None
+        files = []
+        for shard in dict.fromkeys(weight_map.values()):
+            shard_path = path.parent / shard
+            if not shard_path.is_file():
+                raise MissingFileError(f"{path}: shard {shard!r} does not exist next to the index")
+            files.append(shard_path)
+        return files
+    return [path]
+
+
+def _header_bytes(specs: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str] | None) -> bytes:
+    doc: dict[str, Any] = {}
+    if metadata:
+        doc["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    for name, dtype, shape, nbytes in specs:
+        doc[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    return header + b" " * (-len(header) % 8)  # pad so the data area starts 8-byte aligned
+
+
+def write_safetensors(path: Any, specs: list[tuple[str, str, tuple[int, ...], int]],
+                      chunks: Iterable[Any], metadata: dict[str, str] | None = None) -> None:
+    """Stream a safetensors file: ``specs`` lists (name, dtype, shape, nbytes) in order and
+    ``chunks`` yields each tensor's bytes in the same order. Atomic: a temporary file in the
+    destination folder is renamed into place only after the last byte is written."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            header = _header_bytes(specs, metadata)
+            f.write(struct.pack("<Q", len(header)))
+            f.write(header)
+            iterator: Iterator[Any] = iter(chunks)
+            for name, _, _, nbytes in specs:
+                chunk = next(iterator)
+                if isinstance(chunk, np.ndarray):  # as bytes: bfloat16 has no buffer-protocol format
+                    chunk = np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)
+                data = memoryview(chunk).cast("B")
+                if data.nbytes != nbytes:
+                    raise FileFormatError(f"{path}: tensor {name!r} produced {data.nbytes} bytes, expected {nbytes}")
+                f.write(data)
+
+
+class atomic_output:
+    """Context manager giving a temporary path beside ``path``; renamed onto ``path`` on success,
+    deleted on any failure (including KeyboardInterrupt)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise ParameterError(f"{self.path}: the output folder {self.path.parent} does not exist")
+        if self.path.is_dir():
+            raise ParameterError(f"{self.path}: is a directory; give a file path for the output")
+        self.tmp = self.path.parent / f".{self.path.name}.{os.getpid()}.partial"
+
+    def __enter__(self) -> Path:
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass

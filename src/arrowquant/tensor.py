@@ -1,0 +1,162 @@
+"""NumPy side of the engine: dtypes, QuantizedTensor, and calls into the compiled core."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+import ml_dtypes
+import numpy as np
+
+from . import _core
+from .errors import ParameterError
+
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+# safetensors dtype name -> numpy dtype (F8 types are read as raw bytes).
+SAFETENSORS_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": BFLOAT16,
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"), "F8_E4M3": np.dtype("u1"), "F8_E5M2": np.dtype("u1"),
+}
+QUANTIZABLE_DTYPES = ("F32", "F16", "BF16")
+# Element type codes of the compiled core.
+_ELEMENT_TYPE = {"F32": 0, "F16": 1, "BF16": 2}
+
+
+def source_dtype_of(array: np.ndarray, dtype: Any = None) -> str:
+    """The safetensors name of a quantizable array's dtype: F32, F16 or BF16.
+
+    bfloat16 comes as an ml_dtypes.bfloat16 array, or as uint16 with dtype="bfloat16"."""
+    if dtype is not None:
+        if str(dtype) != "bfloat16":
+            raise ParameterError(f"dtype may only be 'bfloat16' (to read a uint16 array as bfloat16); got {dtype!r}")
+        if array.dtype not in (np.dtype(np.uint16), np.dtype(np.int16), BFLOAT16):
+            raise ParameterError(f"dtype='bfloat16' needs a 2-byte array (uint16 or bfloat16); got {array.dtype}")
+        return "BF16"
+    if array.dtype == BFLOAT16:
+        return "BF16"
+    if array.dtype == np.float32:
+        return "F32"
+    if array.dtype == np.float16:
+        return "F16"
+    raise ParameterError(
+        f"weights must be float32, float16 or bfloat16; got {array.dtype} "
+        "(convert with .astype(np.float32), or pass a uint16 array with dtype='bfloat16')")
+
+
+def kernel_view(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous, aligned, native-endian view the kernels can read (a copy only if needed)."""
+    if not array.flags.c_contiguous or not array.flags.aligned or not array.dtype.isnative:
+        array = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("="), copy=False)
+        if not array.flags.aligned:
+            array = array.copy()
+    if array.dtype.itemsize == 2 and array.dtype != np.float16:
+        array = array.view(np.uint16)  # bfloat16 bits
+    return array
+
+
+def to_dtype(values: np.ndarray, dtype: Any) -> np.ndarray:
+    """float32 -> the requested float dtype (float32, float16, bfloat16 / 'bfloat16' / 'BF16', or a safetensors name)."""
+    if isinstance(dtype, str) and dtype in SAFETENSORS_DTYPES:
+        dtype = SAFETENSORS_DTYPES[dtype]
+    target = BFLOAT16 if str(dtype) in ("bfloat16", "BF16") else np.dtype(dtype)
+    if target not in (np.dtype(np.float32), np.dtype(np.float16), BFLOAT16):
+        raise ParameterError(f"dtype must be float32, float16 or bfloat16; got {dtype!r}")
+    return values if target == np.float32 else values.astype(target)
+
+
+class QuantizedTensor:
+    """One quantized tensor in arrowquant's packed format (docs/format.md).
+
+    ``quantized_data``, ``scales`` and ``zero_points`` are NumPy arrays over the buffers the
+    kernels wrote (or over a memory-mapped .aq file): no copies."""
+
+    __slots__ = ("quantized_data", "scales", "zero_points", "shape", "bit_width", "group_size", "symmetric",
+                 "source_dtype")
+
+    def __init__(self, quantized_data: np.ndarray, scales: np.ndarray, zero_points: np.ndarray,
+                 shape: Sequence[int], bit_width: int, group_size: int, symmetric: bool,
+                 source_dtype: str = "F32") -> None:
+        self.quantized_data = quantized_data
+        self.scales = scales
+        self.zero_points = zero_points
+        self.shape = tuple(int(d) for d in shape)
+        self.bit_width = int(bit_width)
+        self.group_size = int(group_size)
+        self.symmetric = bool(symmetric)
+        self.source_dtype = source_dtype
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of codes plus scales plus zero points."""
+        return self.quantized_data.nbytes + self.scales.nbytes + self.zero_points.nbytes
+
+    def dequantize(self, dtype: Any = np.float32) -> np.ndarray:
+        """Decode to an array of the original shape: x = (q - zero_point) * scale."""
+        return to_dtype(dequantize_tensors([self], ["tensor"])[0], dtype).reshape(self.shape)
+
+    def __repr__(self) -> str:
+        return (f"QuantizedTensor(shape={self.shape}, bit_width={self.bit_width}, group_size={self.group_size}, "
+                f"symmetric={self.symmetric}, source_dtype={self.source_dtype!r}, nbytes={self.nbytes})")
+
+
+class ErrorStats:
+    """Original vs dequantized comparison of one tensor (sums in float64, from the kernels)."""
+
+    __slots__ = ("sum_xx", "sum_yy", "sum_xy", "sum_dd", "max_abs_error", "count")
+
+    def __init__(self, sum_xx, sum_yy, sum_xy, sum_dd, max_abs_error, count):
+        self.sum_xx, self.sum_yy, self.sum_xy, self.sum_dd = sum_xx, sum_yy, sum_xy, sum_dd
+        self.max_abs_error, self.count = max_abs_error, count
+
+    @property
+    def cosine(self) -> float:
+        """Cosine similarity; 1.0 when both are all zero, 0.0 when exactly one is."""
+        if self.sum_xx == 0 and self.sum_yy == 0:
+            return 1.0
+        if self.sum_xx == 0 or self.sum_yy == 0:
+            return 0.0
+        return float(min(1.0, self.sum_xy / math.sqrt(self.sum_xx * self.sum_yy)))
+
+    @property
+    def relative_rmse(self) -> float:
+        """RMSE / RMS(original) (0.0 for an all-zero original that decodes to zeros)."""
+        if self.sum_xx == 0:
+            return 0.0 if self.sum_dd == 0 else math.inf
+        return math.sqrt(self.sum_dd / self.sum_xx)
+
+    @property
+    def rmse(self) -> float:
+        return math.sqrt(self.sum_dd / self.count) if self.count else 0.0
+
+
+def quantize_arrays(arrays: Sequence[np.ndarray], source_dtypes: Sequence[str], labels: Sequence[str], *,
+                    bit_width: int, group_size: int, symmetric: bool, num_threads: int | None,
+                    with_stats: bool = False) -> list[tuple[QuantizedTensor, ErrorStats | None]]:
+    """Quantize arrays in one call of the core (GIL released, layers spread over the pool)."""
+    views = [kernel_view(a) for a in arrays]
+    results = _core.quantize_arrays(views, [_ELEMENT_TYPE[d] for d in source_dtypes], list(labels), bit_width,
+                                    group_size, symmetric, num_threads or 0, with_stats)
+    out = []
+    for array, dtype, (packed, scales, zero_points, stats) in zip(arrays, source_dtypes, results):
+        tensor = QuantizedTensor(packed, scales, zero_points, array.shape, bit_width, group_size, symmetric, dtype)
+        out.append((tensor, ErrorStats(*stats) if stats is not None else None))
+    return out
+
+
+def dequantize_tensors(tensors: Iterable[QuantizedTensor], labels: Sequence[str],
+                       num_threads: int | None = None) -> list[np.ndarray]:
+    """Flat float32 arrays, one per tensor (every length checked against shape and bits first)."""
+    tensors = list(tensors)
+    return _core.dequantize_arrays(
+        [np.ascontiguousarray(t.quantized_data, np.uint8) for t in tensors],
+        [np.ascontiguousarray(t.scales, np.float32) for t in tensors],
+        [np.ascontiguousarray(t.zero_points, np.float32) for t in tensors],
+        [list(t.shape) for t in tensors], [t.bit_width for t in tensors], [t.group_size for t in tensors],
+        list(labels), num_threads or 0)
