@@ -176,6 +176,9 @@ class AqFile:
                                  if get("zero_points").is_valid else None)
         if fields["data"] is None or fields["scales"] is None or fields["zero_points"] is None:
             raise FileFormatError(f"{label}: quantized_data, scales and zero_points must not be null")
+        # The mapping is read-only but NumPy would call these views writeable: a write would crash.
+        for key in ("data", "scales", "zero_points"):
+            fields[key].flags.writeable = False
         return fields
 
     def is_quantized(self, name: str) -> bool:

@@ -35,11 +35,12 @@ def source_dtype_of(array: np.ndarray, dtype: Any = None) -> str:
         if array.dtype not in (np.dtype(np.uint16), np.dtype(np.int16), BFLOAT16):
             raise ParameterError(f"dtype='bfloat16' needs a 2-byte array (uint16 or bfloat16); got {array.dtype}")
         return "BF16"
-    if array.dtype == BFLOAT16:
+    native = array.dtype if array.dtype == BFLOAT16 else array.dtype.newbyteorder("=")
+    if native == BFLOAT16:
         return "BF16"
-    if array.dtype == np.float32:
+    if native == np.float32:
         return "F32"
-    if array.dtype == np.float16:
+    if native == np.float16:
         return "F16"
     raise ParameterError(
         f"weights must be float32, float16 or bfloat16; got {array.dtype} "
