@@ -130,3 +130,22 @@ def test_concurrent_python_threads_get_the_same_bytes_as_a_sequential_run():
     assert not errors
     for i in range(8):
         assert results[i].equals(expected[i % 4])
+
+
+def test_error_statistics_are_identical_on_every_path_and_thread_count():
+    from arrowquant.tensor import quantize_arrays
+    rng = np.random.default_rng(8)
+    arrays = [rng.standard_normal((300, 777)).astype(np.float32), (rng.standard_normal(5000) * 1e18).astype(np.float32)]
+    seen = set()
+    try:
+        for path in SIMD_PATHS:
+            aq.set_simd_path(path)
+            for threads in (1, 2):
+                out = quantize_arrays(arrays, ["F32", "F32"], ["a", "b"], bit_width=4, group_size=64, symmetric=False,
+                                      num_threads=threads, with_stats=True)
+                seen.add(tuple((s.sum_xx, s.sum_yy, s.sum_xy, s.sum_dd, s.max_abs_error, s.count) for _, s in out))
+    finally:
+        aq.set_simd_path("auto")
+    assert len(seen) == 1
+    (a, b), = seen
+    assert a[5] == 300 * 777 and np.isfinite(b[0])  # the 1e18-scale layer took the float64 route

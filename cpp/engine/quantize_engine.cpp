@@ -95,10 +95,8 @@ std::optional<NonFiniteValue> quantize_tensors(std::span<const kernels::Quantize
   parallel_for(static_cast<int64_t>(tasks.size()), effective_threads(num_threads, total), [&](int64_t t) {
     const Task& task = tasks[static_cast<size_t>(t)];
     const kernels::QuantizeJob& job = jobs[static_cast<size_t>(task.job)];
-    status[static_cast<size_t>(t)] = table.quantize_groups(job, task.group_begin, task.group_end);
-    if (error_stats != nullptr && status[static_cast<size_t>(t)].ok) {
-      task_stats[static_cast<size_t>(t)] = table.measure_groups(job, task.group_begin, task.group_end);
-    }
+    status[static_cast<size_t>(t)] = table.quantize_groups(job, task.group_begin, task.group_end,
+                                                           error_stats != nullptr ? &task_stats[static_cast<size_t>(t)] : nullptr);
   });
   // Tasks are in (tensor, group) order, so the first failed task holds the first bad value.
   for (size_t t = 0; t < tasks.size(); ++t) {

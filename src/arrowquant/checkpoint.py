@@ -87,6 +87,7 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
                         writer.write_raw(name, sf.raw_bytes(name), info.dtype, info.shape)
                         carried += 1
                     else:
+                        sf.prefetch(name)
                         [(tensor, stats)] = quantize_arrays(
                             [sf.array(name)], [info.dtype], [f"{sf.path.name}: layer {name!r}"], bit_width=bits,
                             group_size=group_size, symmetric=symmetric, num_threads=num_threads, with_stats=True)

@@ -29,6 +29,7 @@ from .tensor import SAFETENSORS_DTYPES
 # otherwise make us read and parse an arbitrary amount of the file as JSON).
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 _PAGE = mmap.PAGESIZE
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux value; older Pythons lack the name
 
 
 class TensorInfo:
@@ -154,6 +155,18 @@ class SafetensorsFile:
             return memoryview(b"")
         start = self.data_start + info.begin
         return memoryview(self._map)[start:start + info.nbytes]
+
+    def prefetch(self, name: str) -> None:
+        """Map a tensor's pages in one system call (MADV_POPULATE_READ, Linux >= 5.14) instead of
+        one page fault per 4 KB while the kernels read it; silently skipped where unsupported."""
+        info = self.tensors[name]
+        if self._map is None or info.nbytes == 0 or not hasattr(self._map, "madvise"):
+            return
+        start = (self.data_start + info.begin) // _PAGE * _PAGE
+        try:
+            self._map.madvise(_MADV_POPULATE_READ, start, self.data_start + info.end - start)
+        except OSError:
+            pass
 
     def release(self, name: str) -> None:
         """Drop a tensor's pages from this process's resident memory (they stay in the page cache)."""

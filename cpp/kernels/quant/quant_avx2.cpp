@@ -202,45 +202,43 @@ struct Ops {
     }
   }
 
-  // Lanes 0-3 and 4-7 of the scalar definition are two 4-double vectors; tails go element-wise.
-  static double accumulate_error(const float* x, const float* y, int64_t n, double lanes[4][8]) {
-    __m256d acc[4][2];
+  // Lanes 0-7 and 8-15 of the scalar definition are two vectors; the tail goes element-wise.
+  static float accumulate_error(const float* x, const float* y, int64_t n, float lanes[4][16]) {
+    __m256 acc[4][2];
     for (int k = 0; k < 4; ++k) {
-      acc[k][0] = _mm256_load_pd(lanes[k]);
-      acc[k][1] = _mm256_load_pd(lanes[k] + 4);
+      acc[k][0] = _mm256_load_ps(lanes[k]);
+      acc[k][1] = _mm256_load_ps(lanes[k] + 8);
     }
-    const __m256d sign = _mm256_set1_pd(-0.0);
-    __m256d max_abs = _mm256_setzero_pd();
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 max_abs = _mm256_setzero_ps();
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
+    for (; i + 16 <= n; i += 16) {
       for (int h = 0; h < 2; ++h) {
-        const __m256d a = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4 * h));
-        const __m256d b = _mm256_cvtps_pd(_mm_loadu_ps(y + i + 4 * h));
-        const __m256d d = _mm256_sub_pd(a, b);
-        acc[0][h] = _mm256_add_pd(acc[0][h], _mm256_mul_pd(a, a));
-        acc[1][h] = _mm256_add_pd(acc[1][h], _mm256_mul_pd(b, b));
-        acc[2][h] = _mm256_add_pd(acc[2][h], _mm256_mul_pd(a, b));
-        acc[3][h] = _mm256_add_pd(acc[3][h], _mm256_mul_pd(d, d));
-        max_abs = _mm256_max_pd(max_abs, _mm256_andnot_pd(sign, d));
+        const __m256 a = _mm256_loadu_ps(x + i + 8 * h), b = _mm256_loadu_ps(y + i + 8 * h);
+        const __m256 d = _mm256_sub_ps(a, b);
+        acc[0][h] = _mm256_add_ps(acc[0][h], _mm256_mul_ps(a, a));
+        acc[1][h] = _mm256_add_ps(acc[1][h], _mm256_mul_ps(b, b));
+        acc[2][h] = _mm256_add_ps(acc[2][h], _mm256_mul_ps(a, b));
+        acc[3][h] = _mm256_add_ps(acc[3][h], _mm256_mul_ps(d, d));
+        max_abs = _mm256_max_ps(max_abs, _mm256_andnot_ps(sign, d));
       }
     }
     for (int k = 0; k < 4; ++k) {
-      _mm256_store_pd(lanes[k], acc[k][0]);
-      _mm256_store_pd(lanes[k] + 4, acc[k][1]);
+      _mm256_store_ps(lanes[k], acc[k][0]);
+      _mm256_store_ps(lanes[k] + 8, acc[k][1]);
     }
-    alignas(32) double m[4];
-    _mm256_store_pd(m, max_abs);
-    double result = m[0] > m[1] ? m[0] : m[1];
-    result = m[2] > result ? m[2] : result;
-    result = m[3] > result ? m[3] : result;
+    alignas(32) float m[8];
+    _mm256_store_ps(m, max_abs);
+    float result = 0.0f;
+    for (float v : m) result = v > result ? v : result;
     for (; i < n; ++i) {
-      const int lane = static_cast<int>(i & 7);
-      const __m128d a = _mm_set_sd(x[i]), b = _mm_set_sd(y[i]), d = _mm_sub_sd(a, b);
-      lanes[0][lane] = _mm_cvtsd_f64(_mm_add_sd(_mm_set_sd(lanes[0][lane]), _mm_mul_sd(a, a)));
-      lanes[1][lane] = _mm_cvtsd_f64(_mm_add_sd(_mm_set_sd(lanes[1][lane]), _mm_mul_sd(b, b)));
-      lanes[2][lane] = _mm_cvtsd_f64(_mm_add_sd(_mm_set_sd(lanes[2][lane]), _mm_mul_sd(a, b)));
-      lanes[3][lane] = _mm_cvtsd_f64(_mm_add_sd(_mm_set_sd(lanes[3][lane]), _mm_mul_sd(d, d)));
-      const double abs_d = _mm_cvtsd_f64(_mm_andnot_pd(_mm_set_sd(-0.0), d));
+      const int lane = static_cast<int>(i & 15);
+      const __m128 a = _mm_set_ss(x[i]), b = _mm_set_ss(y[i]), d = _mm_sub_ss(a, b);
+      lanes[0][lane] = _mm_cvtss_f32(_mm_add_ss(_mm_set_ss(lanes[0][lane]), _mm_mul_ss(a, a)));
+      lanes[1][lane] = _mm_cvtss_f32(_mm_add_ss(_mm_set_ss(lanes[1][lane]), _mm_mul_ss(b, b)));
+      lanes[2][lane] = _mm_cvtss_f32(_mm_add_ss(_mm_set_ss(lanes[2][lane]), _mm_mul_ss(a, b)));
+      lanes[3][lane] = _mm_cvtss_f32(_mm_add_ss(_mm_set_ss(lanes[3][lane]), _mm_mul_ss(d, d)));
+      const float abs_d = _mm_cvtss_f32(_mm_andnot_ps(_mm_set_ss(-0.0f), d));
       result = abs_d > result ? abs_d : result;
     }
     return result;

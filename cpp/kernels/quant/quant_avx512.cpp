@@ -157,28 +157,27 @@ struct Ops {
     }
   }
 
-  // Lanes 0-7 of the scalar definition are one 8-double vector; the tail is a masked step
-  // (masked-off lanes add nothing).
-  static double accumulate_error(const float* x, const float* y, int64_t n, double lanes[4][8]) {
-    __m512d xx = _mm512_load_pd(lanes[0]), yy = _mm512_load_pd(lanes[1]);
-    __m512d xy = _mm512_load_pd(lanes[2]), dd = _mm512_load_pd(lanes[3]);
-    __m512d max_abs = _mm512_setzero_pd();
-    for (int64_t i = 0; i < n; i += 8) {
-      const __mmask8 m = n - i >= 8 ? static_cast<__mmask8>(0xFF) : static_cast<__mmask8>((1u << (n - i)) - 1u);
-      const __m512d a = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, x + i));
-      const __m512d b = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, y + i));
-      const __m512d d = _mm512_sub_pd(a, b);
-      xx = _mm512_mask_add_pd(xx, m, xx, _mm512_mul_pd(a, a));
-      yy = _mm512_mask_add_pd(yy, m, yy, _mm512_mul_pd(b, b));
-      xy = _mm512_mask_add_pd(xy, m, xy, _mm512_mul_pd(a, b));
-      dd = _mm512_mask_add_pd(dd, m, dd, _mm512_mul_pd(d, d));
-      max_abs = _mm512_max_pd(max_abs, _mm512_abs_pd(d));
+  // Lanes 0-15 of the scalar definition are one vector; the tail is a masked step (masked-off
+  // lanes are left untouched).
+  static float accumulate_error(const float* x, const float* y, int64_t n, float lanes[4][16]) {
+    __m512 xx = _mm512_load_ps(lanes[0]), yy = _mm512_load_ps(lanes[1]);
+    __m512 xy = _mm512_load_ps(lanes[2]), dd = _mm512_load_ps(lanes[3]);
+    __m512 max_abs = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+      const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : first_lanes16(n - i);
+      const __m512 a = _mm512_maskz_loadu_ps(m, x + i), b = _mm512_maskz_loadu_ps(m, y + i);
+      const __m512 d = _mm512_sub_ps(a, b);
+      xx = _mm512_mask_add_ps(xx, m, xx, _mm512_mul_ps(a, a));
+      yy = _mm512_mask_add_ps(yy, m, yy, _mm512_mul_ps(b, b));
+      xy = _mm512_mask_add_ps(xy, m, xy, _mm512_mul_ps(a, b));
+      dd = _mm512_mask_add_ps(dd, m, dd, _mm512_mul_ps(d, d));
+      max_abs = _mm512_max_ps(max_abs, _mm512_abs_ps(d));
     }
-    _mm512_store_pd(lanes[0], xx);
-    _mm512_store_pd(lanes[1], yy);
-    _mm512_store_pd(lanes[2], xy);
-    _mm512_store_pd(lanes[3], dd);
-    return _mm512_reduce_max_pd(max_abs);
+    _mm512_store_ps(lanes[0], xx);
+    _mm512_store_ps(lanes[1], yy);
+    _mm512_store_ps(lanes[2], xy);
+    _mm512_store_ps(lanes[3], dd);
+    return _mm512_reduce_max_ps(max_abs);
   }
 };
 

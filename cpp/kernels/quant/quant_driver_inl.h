@@ -110,9 +110,67 @@ inline void read_codes(const uint8_t* packed, int64_t first, int64_t n, int bits
   }
 }
 
-inline KernelStatus quantize_groups(const QuantizeJob& job, int64_t group_begin, int64_t group_end) {
+// Running comparison of source and decoded values (see ErrorStats for the summation order).
+struct ErrorAccumulator {
+  // Float32 lanes are flushed into float64 at the first group boundary after this many elements.
+  static constexpr int64_t kFlushElements = 1024;
+  // Groups with |x| above this go straight to float64: 1,024 float32 squares of 1e17 stay finite.
+  static constexpr float kFloat32SafeMagnitude = 1e17f;
+
+  alignas(64) float lanes[4][16] = {};
+  int64_t pending = 0;
+  double totals[4] = {0.0, 0.0, 0.0, 0.0};  // xx, yy, xy, dd
+  double max_abs_error = 0.0;
+  int64_t count = 0;
+
+  void flush() {
+    for (int k = 0; k < 4; ++k) {
+      for (int lane = 0; lane < 16; ++lane) {
+        totals[k] += lanes[k][lane];
+        lanes[k][lane] = 0.0f;
+      }
+    }
+    pending = 0;
+  }
+
+  void add_group(const float* x, const float* decoded, int64_t n, float magnitude) {
+    count += n;
+    if (magnitude > kFloat32SafeMagnitude) {
+      for (int64_t i = 0; i < n; ++i) {
+        const double a = x[i], b = decoded[i], d = a - b;
+        totals[0] += a * a;
+        totals[1] += b * b;
+        totals[2] += a * b;
+        totals[3] += d * d;
+        max_abs_error = __builtin_fabs(d) > max_abs_error ? __builtin_fabs(d) : max_abs_error;
+      }
+      return;
+    }
+    const double group_max = Ops::accumulate_error(x, decoded, n, lanes);
+    max_abs_error = group_max > max_abs_error ? group_max : max_abs_error;
+    pending += n;
+    if (pending >= kFlushElements) flush();
+  }
+
+  ErrorStats finish() {
+    flush();
+    ErrorStats s;
+    s.sum_xx = totals[0];
+    s.sum_yy = totals[1];
+    s.sum_xy = totals[2];
+    s.sum_dd = totals[3];
+    s.max_abs_error = max_abs_error;
+    s.count = count;
+    return s;
+  }
+};
+
+inline KernelStatus quantize_groups(const QuantizeJob& job, int64_t group_begin, int64_t group_end,
+                                    ErrorStats* error_stats) {
   alignas(64) float widened[kMaxGroupSize];
+  alignas(64) float decoded[kMaxGroupSize];
   alignas(64) uint8_t codes[kMaxGroupSize];
+  ErrorAccumulator error;
   const GroupGeometry& geo = job.geometry;
   const int64_t groups_per_row = geo.groups_per_row();
   const float qmax = static_cast<float>((1 << job.bits) - 1);
@@ -145,7 +203,12 @@ inline KernelStatus quantize_groups(const QuantizeJob& job, int64_t group_begin,
     write_codes(codes, n, job.bits, first, job.packed);
     job.scales[g] = p.scale;
     job.zero_points[g] = p.zero_point;
+    if (error_stats != nullptr) {
+      Ops::dequantize_codes(codes, n, p.scale, p.zero_point, decoded);
+      error.add_group(x, decoded, n, __builtin_fabsf(lo) > __builtin_fabsf(hi) ? __builtin_fabsf(lo) : __builtin_fabsf(hi));
+    }
   }
+  if (error_stats != nullptr) *error_stats = error.finish();
   return {};
 }
 
@@ -163,49 +226,8 @@ inline void dequantize_groups(const DequantizeJob& job, int64_t group_begin, int
   }
 }
 
-inline ErrorStats measure_groups(const QuantizeJob& job, int64_t group_begin, int64_t group_end) {
-  alignas(64) float widened[kMaxGroupSize];
-  alignas(64) float decoded[kMaxGroupSize];
-  alignas(64) uint8_t codes[kMaxGroupSize];
-  alignas(64) double lanes[4][8] = {};  // xx, yy, xy, dd; lane = element index % 8
-  double max_abs_error = 0.0;
-  const GroupGeometry& geo = job.geometry;
-  const int64_t groups_per_row = geo.groups_per_row();
-  for (int64_t g = group_begin; g < group_end; ++g) {
-    const int64_t row = g / groups_per_row;
-    const int64_t col = (g - row * groups_per_row) * geo.group_size;
-    const int64_t n = geo.cols - col < geo.group_size ? geo.cols - col : geo.group_size;
-    const int64_t first = row * geo.cols + col;
-    const float* x;
-    if (job.element_type == ElementType::kFloat32) {
-      x = static_cast<const float*>(job.weights) + first;
-    } else {
-      Ops::widen_to_f32(static_cast<const uint16_t*>(job.weights) + first, job.element_type, n, widened);
-      x = widened;
-    }
-    read_codes(job.packed, first, n, job.bits, codes);
-    Ops::dequantize_codes(codes, n, job.scales[g], job.zero_points[g], decoded);
-    const double group_max = Ops::accumulate_error(x, decoded, n, lanes);
-    max_abs_error = group_max > max_abs_error ? group_max : max_abs_error;
-  }
-  ErrorStats stats;
-  for (int lane = 0; lane < 8; ++lane) {
-    stats.sum_xx += lanes[0][lane];
-    stats.sum_yy += lanes[1][lane];
-    stats.sum_xy += lanes[2][lane];
-    stats.sum_dd += lanes[3][lane];
-  }
-  stats.max_abs_error = max_abs_error;
-  stats.count = 0;
-  for (int64_t g = group_begin; g < group_end; ++g) {
-    const int64_t col = (g % groups_per_row) * geo.group_size;
-    stats.count += geo.cols - col < geo.group_size ? geo.cols - col : geo.group_size;
-  }
-  return stats;
-}
-
 inline const KernelTable& make_table(const char* name) {
-  static const KernelTable table = {name, &quantize_groups, &dequantize_groups, &measure_groups,
+  static const KernelTable table = {name, &quantize_groups, &dequantize_groups,
                                     &Ops::min_max, &Ops::pack_codes, &Ops::unpack_codes};
   return table;
 }

@@ -46,9 +46,10 @@ struct DequantizeJob {
   float* weights = nullptr;  // numel() floats
 };
 
-// Sums over (original x, decoded y) pairs, for cosine similarity and RMSE. Each sum is kept as
-// 8 partial sums (element i of a call goes to lane i % 8) added in a fixed order at the end, so
-// every ISA gets the same result.
+// Sums over (original x, decoded y) pairs, for cosine similarity and RMSE. Within a group, element
+// i goes to float32 lane i % 16; once 1,024 or more elements have gone into the lanes (at a group
+// boundary) the 16 lanes are added in order into float64 totals. Every ISA follows exactly that
+// order, so all get the same result.
 struct ErrorStats {
   double sum_xx = 0.0;  // sum of x^2
   double sum_yy = 0.0;  // sum of y^2
@@ -81,12 +82,12 @@ struct KernelTable {
   // exactly those groups' elements (bytes shared with neighbouring groups are OR-ed into, so the
   // output must start zeroed and two callers must not share a byte: split where the first
   // element index is a multiple of 4), and scales/zero_points[group_begin, group_end).
-  KernelStatus (*quantize_groups)(const QuantizeJob& job, int64_t group_begin, int64_t group_end);
+  // If error_stats is not null it receives the comparison of the source with its decoded
+  // values, computed while each group is still in registers and cache.
+  KernelStatus (*quantize_groups)(const QuantizeJob& job, int64_t group_begin, int64_t group_end,
+                                  ErrorStats* error_stats);
   // Decodes groups [group_begin, group_end) into job.weights: x = (q - zero_point) * scale.
   void (*dequantize_groups)(const DequantizeJob& job, int64_t group_begin, int64_t group_end);
-
-  // After quantize_groups over the same range: compares the source with its decoded values.
-  ErrorStats (*measure_groups)(const QuantizeJob& job, int64_t group_begin, int64_t group_end);
 
   // Building blocks, exposed for tests and microbenchmarks.
   // min/max of n >= 1 floats; returns false if any is NaN or +-Inf (min/max then undefined).

@@ -97,17 +97,17 @@ struct Ops {
     for (int64_t i = 0; i < n; ++i) out[i] = (static_cast<float>(codes[i]) - zero_point) * scale;
   }
 
-  // Adds x^2, y^2, x*y, (x-y)^2 in double to lanes[k][i % 8]; returns max |x - y|.
-  static double accumulate_error(const float* x, const float* y, int64_t n, double lanes[4][8]) {
-    double max_abs = 0.0;
+  // Adds x^2, y^2, x*y, (x-y)^2 in float32 to lanes[k][i % 16]; returns max |x - y|.
+  static float accumulate_error(const float* x, const float* y, int64_t n, float lanes[4][16]) {
+    float max_abs = 0.0f;
     for (int64_t i = 0; i < n; ++i) {
-      const double a = x[i], b = y[i], d = a - b;
-      const int lane = static_cast<int>(i & 7);
+      const float a = x[i], b = y[i], d = a - b;
+      const int lane = static_cast<int>(i & 15);
       lanes[0][lane] += a * a;
       lanes[1][lane] += b * b;
       lanes[2][lane] += a * b;
       lanes[3][lane] += d * d;
-      const double abs_d = d < 0 ? -d : d;
+      const float abs_d = d < 0.0f ? -d : d;
       max_abs = abs_d > max_abs ? abs_d : max_abs;
     }
     return max_abs;
