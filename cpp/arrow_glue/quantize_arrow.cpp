@@ -339,6 +339,7 @@ arrow::Result<QuantizeInput> read_quantize_input(const arrow::RecordBatch& batch
     job.geometry = engine::geometry_for_shape(*shape, options.group_size);
     job.bits = options.bit_width;
     job.symmetric = options.symmetric;
+    job.method = options.method == "search" ? kernels::Method::kSearch : kernels::Method::kRtn;
     in.jobs.push_back(job);
     in.packed_bytes.push_back(engine::packed_bytes(numel, options.bit_width));
     in.num_groups.push_back(job.geometry.num_groups());
@@ -510,6 +511,9 @@ arrow::Status validate_quantize_options(const QuantizeOptions& options) {
   const int g = options.group_size;
   if (g < kernels::kMinGroupSize || g > kernels::kMaxGroupSize || (g & (g - 1)) != 0) {
     return ParameterError("group_size must be a power of two from 16 to 4096 (e.g. 32, 64, 128, 256); got " + std::to_string(g));
+  }
+  if (options.method != "rtn" && options.method != "search") {
+    return ParameterError("method must be 'rtn' or 'search'; got '" + options.method + "'");
   }
   if (options.num_threads < 0) {
     return ParameterError("num_threads must be positive (or None for all cores); got " + std::to_string(options.num_threads));

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include <arrow/record_batch.h>
@@ -17,6 +18,7 @@ struct QuantizeOptions {
   int group_size = 128;
   bool symmetric = false;
   int num_threads = 0;  // 0: all hardware threads
+  std::string method = "rtn";  // "rtn" or "search"
 };
 
 // Format identification stored in the output schema's metadata.

@@ -101,12 +101,12 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 
 nb::list quantize_arrays(const std::vector<InputArray>& arrays, const std::vector<int>& element_types,
                          const std::vector<std::string>& labels, int bit_width, int group_size, bool symmetric,
-                         int num_threads, bool with_stats) {
+                         const std::string& method, int num_threads, bool with_stats) {
   using namespace arrowquant;
   if (arrays.size() != element_types.size() || arrays.size() != labels.size()) {
     raise_error("ParameterError", "arrays, element_types and labels must have the same length");
   }
-  const arrow_glue::QuantizeOptions options{bit_width, group_size, symmetric, num_threads};
+  const arrow_glue::QuantizeOptions options{bit_width, group_size, symmetric, num_threads, method};
   if (arrow::Status st = arrow_glue::validate_quantize_options(options); !st.ok()) raise_status(st);
 
   std::vector<kernels::QuantizeJob> jobs(arrays.size());
@@ -125,6 +125,7 @@ nb::list quantize_arrays(const std::vector<InputArray>& arrays, const std::vecto
     job.geometry = engine::geometry_for_shape(shape_of(arrays[i]), group_size);
     job.bits = bit_width;
     job.symmetric = symmetric;
+    job.method = method == "search" ? kernels::Method::kSearch : kernels::Method::kRtn;
     packed[i] = OwnedBuffer<uint8_t>::zeroed(engine::packed_bytes(job.geometry.numel(), bit_width));
     scales[i] = OwnedBuffer<float>::uninitialized(job.geometry.num_groups());
     zero_points[i] = OwnedBuffer<float>::uninitialized(job.geometry.num_groups());
@@ -219,14 +220,14 @@ NB_MODULE(_core, m) {
   m.def(
       "quantize_batches",
       [](const std::vector<CDataAddresses>& inputs, const std::vector<CDataAddresses>& outputs, int bit_width,
-         int group_size, bool symmetric, int num_threads) {
-        const arrowquant::arrow_glue::QuantizeOptions options{bit_width, group_size, symmetric, num_threads};
+         int group_size, bool symmetric, const std::string& method, int num_threads) {
+        const arrowquant::arrow_glue::QuantizeOptions options{bit_width, group_size, symmetric, num_threads, method};
         run_on_batches(inputs, outputs, [&](const BatchList& batches) {
           return arrowquant::arrow_glue::quantize_record_batches(batches, options);
         });
       },
       nb::arg("inputs"), nb::arg("outputs"), nb::arg("bit_width"), nb::arg("group_size"), nb::arg("symmetric"),
-      nb::arg("num_threads"),
+      nb::arg("method"), nb::arg("num_threads"),
       "Quantizes record batches given as (ArrowArray*, ArrowSchema*) addresses into the output addresses.");
 
   m.def(
@@ -240,7 +241,8 @@ NB_MODULE(_core, m) {
       "Dequantizes record batches of the quantized schema.");
 
   m.def("quantize_arrays", &quantize_arrays, nb::arg("arrays"), nb::arg("element_types"), nb::arg("labels"),
-        nb::arg("bit_width"), nb::arg("group_size"), nb::arg("symmetric"), nb::arg("num_threads"), nb::arg("with_stats"),
+        nb::arg("bit_width"), nb::arg("group_size"), nb::arg("symmetric"), nb::arg("method"), nb::arg("num_threads"),
+        nb::arg("with_stats"),
         "Quantizes C-contiguous arrays (element type 0 float32, 1 float16, 2 bfloat16); returns "
         "(packed, scales, zero_points, stats-or-None) per array, each a NumPy array owning its buffer.");
   m.def("dequantize_arrays", &dequantize_arrays, nb::arg("packed"), nb::arg("scales"), nb::arg("zero_points"),

@@ -50,7 +50,7 @@ def check_output_path(output_path: Path, inputs: Sequence[Path]) -> None:
 
 
 def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: int, group_size: int,
-                        symmetric: bool, num_threads: int | None, include: Any = None, exclude: Any = None,
+                        symmetric: bool, num_threads: int | None, method: str = "rtn", include: Any = None, exclude: Any = None,
                         progress_callback: Callable[[str, float], Any] | None = None, mode: str = "base",
                         bit_width_for: Callable[[str, TensorInfo], int | None] | None = None) -> dict:
     """Quantize every eligible tensor of a checkpoint into ``output_path`` (.aq) and report.
@@ -68,7 +68,7 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
         for f in files:  # every header is validated before anything is written
             opened.append(SafetensorsFile(f))
         settings = {"bit_width": bit_width, "group_size": group_size, "symmetric": symmetric, "mode": mode,
-                    "include": include_patterns, "exclude": exclude_patterns, "method": "rtn"}
+                    "include": include_patterns, "exclude": exclude_patterns, "method": method}
         metadata = {"version": __version__, "source_files": [f.name for f in files], "settings": settings,
                     "source_metadata": {sf.path.name: sf.metadata for sf in opened}}
         total_bytes = sum(t.nbytes for sf in opened for t in sf.tensors.values()) or 1
@@ -90,7 +90,8 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
                         sf.prefetch(name)
                         [(tensor, stats)] = quantize_arrays(
                             [sf.array(name)], [info.dtype], [f"{sf.path.name}: layer {name!r}"], bit_width=bits,
-                            group_size=group_size, symmetric=symmetric, num_threads=num_threads, with_stats=True)
+                            group_size=group_size, symmetric=symmetric, method=method, num_threads=num_threads,
+                            with_stats=True)
                         writer.write_quantized(name, tensor)
                         layers[name] = {"shape": list(info.shape), "source_dtype": info.dtype, "bit_width": bits,
                                         "bytes_before": info.nbytes, "bytes_after": tensor.nbytes,
@@ -126,6 +127,7 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
         "max_relative_rmse": max(rmses) if rmses else 0.0,
         "seconds": seconds,
         "throughput_mb_s": input_bytes / seconds / 1e6 if seconds > 0 else 0.0,
-        "settings": {"bit_width": bit_width, "group_size": group_size, "symmetric": symmetric, "mode": mode},
+        "settings": {"bit_width": bit_width, "group_size": group_size, "symmetric": symmetric, "mode": mode,
+                     "method": method},
         "layers": layers,
     }

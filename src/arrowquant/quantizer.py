@@ -16,6 +16,7 @@ from .tensor import QuantizedTensor, quantize_arrays, source_dtype_of
 _PROGRESS_CHUNK_WEIGHTS = 1 << 20
 
 MODES = ("diffusion", "base")
+METHODS = ("rtn", "search")
 BIT_WIDTHS = (2, 4, 8)
 
 # Columns of the quantize input table (the output schema is built by the core).
@@ -55,6 +56,12 @@ def check_num_threads(num_threads: Any) -> int | None:
     return num_threads
 
 
+def check_method(method: Any) -> str:
+    if method not in METHODS:
+        raise ParameterError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
+    return method
+
+
 def check_mode(mode: Any) -> str:
     if mode not in MODES:
         raise ParameterError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
@@ -90,38 +97,42 @@ class ArrowQuantV2:
         group_size: elements per quantization group along each row (power of two, 16..4096).
         symmetric: symmetric (zero point fixed at 2^(b-1)) or asymmetric (min/max) groups.
         num_threads: worker threads; None uses every core.
+        method: "rtn" (min/max rounding) or "search" (least-squares search over candidate scales:
+            lower error at the same size, never worse than rtn for any group; see docs/search.md).
     """
 
     def __init__(self, mode: str = "diffusion", group_size: int = 128, symmetric: bool = False,
-                 num_threads: int | None = None) -> None:
+                 num_threads: int | None = None, method: str = "rtn") -> None:
         self.mode = check_mode(mode)
         self.group_size = check_group_size(group_size)
         self.symmetric = check_symmetric(symmetric)
         self.num_threads = check_num_threads(num_threads)
+        self.method = check_method(method)
 
     def __repr__(self) -> str:
-        return (f"ArrowQuantV2(mode={self.mode!r}, group_size={self.group_size}, "
-                f"symmetric={self.symmetric}, num_threads={self.num_threads})")
+        return (f"ArrowQuantV2(mode={self.mode!r}, group_size={self.group_size}, symmetric={self.symmetric}, "
+                f"num_threads={self.num_threads}, method={self.method!r})")
 
-    def _options(self, bit_width: Any, group_size: Any, symmetric: Any) -> tuple[int, int, bool, int]:
+    def _options(self, bit_width: Any, group_size: Any, symmetric: Any, method: Any = None) -> tuple[int, int, bool, str, int]:
         return (
             check_bit_width(bit_width),
             self.group_size if group_size is None else check_group_size(group_size),
             self.symmetric if symmetric is None else check_symmetric(symmetric),
+            self.method if method is None else check_method(method),
             self.num_threads or 0,
         )
 
     def quantize_arrow(self, table: Any, bit_width: int = 4, *, group_size: int | None = None,
-                       symmetric: bool | None = None) -> pa.Table:
+                       symmetric: bool | None = None, method: str | None = None) -> pa.Table:
         """Quantize every layer of a table; returns a table of the quantized schema (docs/format.md)."""
-        options = self._options(bit_width, group_size, symmetric)
+        options = self._options(bit_width, group_size, symmetric, method)
         batches, _ = _as_batches(table, "table")
         return pa.Table.from_batches(call_with_batches(_core.quantize_batches, batches, *options))
 
     def quantize_arrow_batch(self, batch: Any, bit_width: int = 4, *, group_size: int | None = None,
-                             symmetric: bool | None = None) -> pa.RecordBatch:
+                             symmetric: bool | None = None, method: str | None = None) -> pa.RecordBatch:
         """Quantize one record batch; returns one record batch."""
-        options = self._options(bit_width, group_size, symmetric)
+        options = self._options(bit_width, group_size, symmetric, method)
         if isinstance(batch, pa.Table) or (hasattr(batch, "__arrow_c_stream__") and not hasattr(batch, "__arrow_c_array__")):
             raise ColumnTypeError(f"quantize_arrow_batch takes one record batch; got {type(batch).__name__} "
                                   "(use quantize_arrow for tables and streams)")
@@ -129,33 +140,35 @@ class ArrowQuantV2:
         return call_with_batches(_core.quantize_batches, batches, *options)[0]
 
     def quantize(self, weights: np.ndarray, bit_width: int = 4, group_size: int | None = None,
-                 symmetric: bool | None = None, dtype: str | None = None) -> QuantizedTensor:
+                 symmetric: bool | None = None, dtype: str | None = None, method: str | None = None) -> QuantizedTensor:
         """Quantize one array (any shape; float32, float16 or bfloat16).
 
         bfloat16 is an ``ml_dtypes.bfloat16`` array, or a uint16 array with ``dtype="bfloat16"``.
         Half-precision inputs are widened inside the kernels, never copied to float32 first."""
         return self.quantize_batch({"weights": weights}, bit_width, group_size, symmetric,
-                                   dtypes={"weights": dtype})["weights"]
+                                   dtypes={"weights": dtype}, method=method)["weights"]
 
     def quantize_batch(self, weights_dict: Mapping[str, np.ndarray], bit_width: int = 4,
                        group_size: int | None = None, symmetric: bool | None = None,
-                       dtypes: Mapping[str, str | None] | None = None) -> dict[str, QuantizedTensor]:
+                       dtypes: Mapping[str, str | None] | None = None, method: str | None = None
+                       ) -> dict[str, QuantizedTensor]:
         """Quantize many arrays in one call: a dict name -> QuantizedTensor, in input order.
 
         The layers are spread over the thread pool with the GIL released."""
         return self.quantize_batch_with_progress(weights_dict, bit_width, None, group_size, symmetric,
-                                                 dtypes=dtypes)
+                                                 dtypes=dtypes, method=method)
 
     def quantize_batch_with_progress(self, weights_dict: Mapping[str, np.ndarray], bit_width: int = 4,
                                      progress_callback: Callable[[str, float], Any] | None = None,
                                      group_size: int | None = None, symmetric: bool | None = None,
-                                     dtypes: Mapping[str, str | None] | None = None) -> dict[str, QuantizedTensor]:
+                                     dtypes: Mapping[str, str | None] | None = None, method: str | None = None
+                                     ) -> dict[str, QuantizedTensor]:
         """As quantize_batch, calling ``progress_callback(layer_name, fraction_done)`` after each layer.
 
         fraction_done is the share of all weights quantized so far (1.0 after the last layer). The
         callback runs on the calling thread, never on a worker. If it raises, the work stops and
         the exception propagates; nothing partial is returned."""
-        bits, group, sym, threads = self._options(bit_width, group_size, symmetric)
+        bits, group, sym, meth, threads = self._options(bit_width, group_size, symmetric, method)
         if not isinstance(weights_dict, Mapping):
             raise ColumnTypeError(f"weights_dict must be a dict of name -> ndarray; got {type(weights_dict).__name__}")
         if progress_callback is not None and not callable(progress_callback):
@@ -187,7 +200,7 @@ class ArrowQuantV2:
         for chunk in chunks:
             quantized = quantize_arrays([arrays[i] for i in chunk], [source_dtypes[i] for i in chunk],
                                         [labels[i] for i in chunk], bit_width=bits, group_size=group,
-                                        symmetric=sym, num_threads=threads)
+                                        symmetric=sym, method=meth, num_threads=threads)
             for i, (tensor, _) in zip(chunk, quantized):
                 results[names[i]] = tensor
                 done += arrays[i].size
@@ -198,7 +211,8 @@ class ArrowQuantV2:
     def quantize_from_safetensors(self, safetensors_path: Any, output_path: Any, bit_width: int = 4,
                                   group_size: int | None = None,
                                   progress_callback: Callable[[str, float], Any] | None = None, *,
-                                  symmetric: bool | None = None, include: Any = None, exclude: Any = None) -> dict:
+                                  symmetric: bool | None = None, include: Any = None, exclude: Any = None,
+                                  method: str | None = None) -> dict:
         """Quantize a safetensors checkpoint (file, sharded index, or folder) into one .aq file.
 
         Floating tensors (F32/F16/BF16) with at least 2 dimensions and 1,024 elements are
@@ -208,9 +222,9 @@ class ArrowQuantV2:
         overall, seconds and throughput."""
         from .checkpoint import quantize_checkpoint
 
-        bits, group, sym, threads = self._options(bit_width, group_size, symmetric)
+        bits, group, sym, meth, threads = self._options(bit_width, group_size, symmetric, method)
         return quantize_checkpoint(safetensors_path, output_path, bit_width=bits, group_size=group, symmetric=sym,
-                                   num_threads=threads, include=include, exclude=exclude,
+                                   method=meth, num_threads=threads, include=include, exclude=exclude,
                                    progress_callback=progress_callback, mode=self.mode)
 
     def dequantize_arrow(self, table: Any) -> pa.Table:

@@ -139,11 +139,11 @@ class ErrorStats:
 
 def quantize_arrays(arrays: Sequence[np.ndarray], source_dtypes: Sequence[str], labels: Sequence[str], *,
                     bit_width: int, group_size: int, symmetric: bool, num_threads: int | None,
-                    with_stats: bool = False) -> list[tuple[QuantizedTensor, ErrorStats | None]]:
+                    method: str = "rtn", with_stats: bool = False) -> list[tuple[QuantizedTensor, ErrorStats | None]]:
     """Quantize arrays in one call of the core (GIL released, layers spread over the pool)."""
     views = [kernel_view(a) for a in arrays]
     results = _core.quantize_arrays(views, [_ELEMENT_TYPE[d] for d in source_dtypes], list(labels), bit_width,
-                                    group_size, symmetric, num_threads or 0, with_stats)
+                                    group_size, symmetric, method, num_threads or 0, with_stats)
     out = []
     for array, dtype, (packed, scales, zero_points, stats) in zip(arrays, source_dtypes, results):
         tensor = QuantizedTensor(packed, scales, zero_points, array.shape, bit_width, group_size, symmetric, dtype)

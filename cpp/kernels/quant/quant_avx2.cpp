@@ -1,6 +1,7 @@
 // AVX2 + FMA + F16C path (compiled with -mavx2 -mfma -mf16c; only called when the CPU has them).
 // Same operations in the same order as the scalar reference (sub, div, add, round-to-nearest-even,
-// clamp), so the codes are identical; FMA is never used for anything that decides a value.
+// clamp), so the codes are identical. FMA appears only where the scalar reference uses an explicit
+// fmaf too (the search's candidate loop); the compiler never contracts (-ffp-contract=off).
 #include <immintrin.h>
 
 #include <cstdint>
@@ -242,6 +243,113 @@ struct Ops {
       result = abs_d > result ? abs_d : result;
     }
     return result;
+  }
+
+  // Lanes 0-7 in a, 8-15 in b, reduced by the scalar reference's halving tree.
+  static double reduce_lanes(__m256 a, __m256 b) {
+    const __m256d lo = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a)), _mm256_cvtps_pd(_mm256_castps256_ps128(b)));
+    const __m256d hi = _mm256_add_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(b, 1)));
+    const __m256d m4 = _mm256_add_pd(lo, hi);                                                   // m[i] + m[i+4]
+    const __m128d m2 = _mm_add_pd(_mm256_castpd256_pd128(m4), _mm256_extractf128_pd(m4, 1));  // + m[i+2]
+    return _mm_cvtsd_f64(_mm_add_sd(m2, _mm_unpackhi_pd(m2, m2)));
+  }
+
+  static void candidate_sums(const float* x, int64_t n, float inverse, float shift, float qmax, double sums[3]) {
+    const __m256 vinverse = _mm256_set1_ps(inverse), vshift = _mm256_set1_ps(shift);
+    const __m256 vqmax = _mm256_set1_ps(qmax), zero = _mm256_setzero_ps();
+    __m256 acc[3][2];
+    for (int k = 0; k < 3; ++k) acc[k][0] = acc[k][1] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      for (int h = 0; h < 2; ++h) {
+        const __m256 v = _mm256_loadu_ps(x + i + 8 * h);
+        __m256 q = _mm256_round_ps(_mm256_fmadd_ps(v, vinverse, vshift), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q = _mm256_min_ps(_mm256_max_ps(q, zero), vqmax);
+        acc[0][h] = _mm256_add_ps(acc[0][h], q);
+        acc[1][h] = _mm256_fmadd_ps(q, q, acc[1][h]);
+        acc[2][h] = _mm256_fmadd_ps(v, q, acc[2][h]);
+      }
+    }
+    if (i < n) {
+      alignas(32) float lanes[3][16];
+      for (int k = 0; k < 3; ++k) {
+        _mm256_store_ps(lanes[k], acc[k][0]);
+        _mm256_store_ps(lanes[k] + 8, acc[k][1]);
+      }
+      for (; i < n; ++i) {
+        const __m128 v = _mm_set_ss(x[i]);
+        __m128 q = _mm_fmadd_ss(v, _mm_set_ss(inverse), _mm_set_ss(shift));
+        q = _mm_round_ss(q, q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q = _mm_min_ss(_mm_max_ss(q, _mm_setzero_ps()), _mm_set_ss(qmax));
+        const int lane = static_cast<int>(i & 15);
+        lanes[0][lane] = _mm_cvtss_f32(_mm_add_ss(_mm_set_ss(lanes[0][lane]), q));
+        lanes[1][lane] = _mm_cvtss_f32(_mm_fmadd_ss(q, q, _mm_set_ss(lanes[1][lane])));
+        lanes[2][lane] = _mm_cvtss_f32(_mm_fmadd_ss(v, q, _mm_set_ss(lanes[2][lane])));
+      }
+      for (int k = 0; k < 3; ++k) {
+        acc[k][0] = _mm256_load_ps(lanes[k]);
+        acc[k][1] = _mm256_load_ps(lanes[k] + 8);
+      }
+    }
+    for (int k = 0; k < 3; ++k) sums[k] = reduce_lanes(acc[k][0], acc[k][1]);
+  }
+
+  static void moments(const float* x, int64_t n, double sums[2]) {
+    __m256 s[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, ss[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      for (int h = 0; h < 2; ++h) {
+        const __m256 v = _mm256_loadu_ps(x + i + 8 * h);
+        s[h] = _mm256_add_ps(s[h], v);
+        ss[h] = _mm256_add_ps(ss[h], _mm256_mul_ps(v, v));
+      }
+    }
+    if (i < n) {
+      alignas(32) float lanes[2][16];
+      _mm256_store_ps(lanes[0], s[0]);
+      _mm256_store_ps(lanes[0] + 8, s[1]);
+      _mm256_store_ps(lanes[1], ss[0]);
+      _mm256_store_ps(lanes[1] + 8, ss[1]);
+      for (; i < n; ++i) {
+        const __m128 v = _mm_set_ss(x[i]);
+        lanes[0][i & 15] = _mm_cvtss_f32(_mm_add_ss(_mm_set_ss(lanes[0][i & 15]), v));
+        lanes[1][i & 15] = _mm_cvtss_f32(_mm_add_ss(_mm_set_ss(lanes[1][i & 15]), _mm_mul_ss(v, v)));
+      }
+      s[0] = _mm256_load_ps(lanes[0]);
+      s[1] = _mm256_load_ps(lanes[0] + 8);
+      ss[0] = _mm256_load_ps(lanes[1]);
+      ss[1] = _mm256_load_ps(lanes[1] + 8);
+    }
+    sums[0] = reduce_lanes(s[0], s[1]);
+    sums[1] = reduce_lanes(ss[0], ss[1]);
+  }
+
+  static double decode_squared_error(const float* x, const uint8_t* codes, int64_t n, float scale, float zero_point) {
+    const __m256 vscale = _mm256_set1_ps(scale), vzero_point = _mm256_set1_ps(zero_point);
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      for (int h = 0; h < 2; ++h) {
+        int64_t eight;
+        memcpy(&eight, codes + i + 8 * h, 8);
+        const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(eight)));
+        const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8 * h), _mm256_mul_ps(_mm256_sub_ps(q, vzero_point), vscale));
+        acc[h] = _mm256_add_ps(acc[h], _mm256_mul_ps(d, d));
+      }
+    }
+    if (i < n) {
+      alignas(32) float lanes[16];
+      _mm256_store_ps(lanes, acc[0]);
+      _mm256_store_ps(lanes + 8, acc[1]);
+      for (; i < n; ++i) {
+        const __m128 y = _mm_mul_ss(_mm_sub_ss(_mm_set_ss(static_cast<float>(codes[i])), _mm_set_ss(zero_point)), _mm_set_ss(scale));
+        const __m128 d = _mm_sub_ss(_mm_set_ss(x[i]), y);
+        lanes[i & 15] = _mm_cvtss_f32(_mm_add_ss(_mm_set_ss(lanes[i & 15]), _mm_mul_ss(d, d)));
+      }
+      acc[0] = _mm256_load_ps(lanes);
+      acc[1] = _mm256_load_ps(lanes + 8);
+    }
+    return reduce_lanes(acc[0], acc[1]);
   }
 };
 

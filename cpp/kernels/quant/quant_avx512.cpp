@@ -179,6 +179,66 @@ struct Ops {
     _mm512_store_ps(lanes[3], dd);
     return _mm512_reduce_max_ps(max_abs);
   }
+
+  // The 16 lanes reduced by the scalar reference's halving tree.
+  static double reduce_lanes(__m512 v) {
+    const __m512d m8 = _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)),
+                                     _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+    const __m256d m4 = _mm256_add_pd(_mm512_castpd512_pd256(m8), _mm512_extractf64x4_pd(m8, 1));
+    const __m128d m2 = _mm_add_pd(_mm256_castpd256_pd128(m4), _mm256_extractf128_pd(m4, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(m2, _mm_unpackhi_pd(m2, m2)));
+  }
+
+  static void candidate_sums(const float* x, int64_t n, float inverse, float shift, float qmax, double sums[3]) {
+    const __m512 vinverse = _mm512_set1_ps(inverse), vshift = _mm512_set1_ps(shift);
+    const __m512 vqmax = _mm512_set1_ps(qmax), zero = _mm512_setzero_ps();
+    __m512 sq = zero, sqq = zero, sxq = zero;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      const __m512 v = _mm512_loadu_ps(x + i);
+      __m512 q = _mm512_roundscale_ps(_mm512_fmadd_ps(v, vinverse, vshift), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      q = _mm512_min_ps(_mm512_max_ps(q, zero), vqmax);
+      sq = _mm512_add_ps(sq, q);
+      sqq = _mm512_fmadd_ps(q, q, sqq);
+      sxq = _mm512_fmadd_ps(v, q, sxq);
+    }
+    if (i < n) {  // masked-off lanes are left untouched
+      const __mmask16 m = first_lanes16(n - i);
+      const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+      __m512 q = _mm512_roundscale_ps(_mm512_fmadd_ps(v, vinverse, vshift), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      q = _mm512_min_ps(_mm512_max_ps(q, zero), vqmax);
+      sq = _mm512_mask_add_ps(sq, m, sq, q);
+      sqq = _mm512_mask3_fmadd_ps(q, q, sqq, m);
+      sxq = _mm512_mask3_fmadd_ps(v, q, sxq, m);
+    }
+    sums[0] = reduce_lanes(sq);
+    sums[1] = reduce_lanes(sqq);
+    sums[2] = reduce_lanes(sxq);
+  }
+
+  static void moments(const float* x, int64_t n, double sums[2]) {
+    __m512 s = _mm512_setzero_ps(), ss = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+      const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : first_lanes16(n - i);
+      const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+      s = _mm512_mask_add_ps(s, m, s, v);
+      ss = _mm512_mask_add_ps(ss, m, ss, _mm512_mul_ps(v, v));
+    }
+    sums[0] = reduce_lanes(s);
+    sums[1] = reduce_lanes(ss);
+  }
+
+  static double decode_squared_error(const float* x, const uint8_t* codes, int64_t n, float scale, float zero_point) {
+    const __m512 vscale = _mm512_set1_ps(scale), vzero_point = _mm512_set1_ps(zero_point);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+      const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : first_lanes16(n - i);
+      const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, codes + i)));
+      const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), _mm512_mul_ps(_mm512_sub_ps(q, vzero_point), vscale));
+      acc = _mm512_mask_add_ps(acc, m, acc, _mm512_mul_ps(d, d));
+    }
+    return reduce_lanes(acc);
+  }
 };
 
 #include "kernels/quant/quant_driver_inl.h"

@@ -52,6 +52,165 @@ inline GroupParams symmetric_group_params(float lo, float hi, int bits) {
   return {scale, half, 0.0f, half, GroupParams::kFloat, 0};
 }
 
+// ---------------------------------------------------------------------------------------------
+// Search: choose scale and offset by least squares over candidate scales (Method::kSearch).
+//
+// Each candidate rounds the group to codes with an inverse scale (qmax + r) / (max − min); the
+// codes are anchored at the minimum (code 0 = min, so a smaller scale clips the top) or centred
+// (code qmax/2 = the middle of the range, so it clips both ends). For the codes of a candidate the
+// best scale a and offset b follow in closed form from Σq, Σq², Σxq, Σx, Σx²:
+//   a = (nΣxq − ΣqΣx) / (nΣq² − (Σq)²),  b = (Σx − aΣq) / n,
+// with the squared error expanded from the same sums. The best candidate is refined by
+// alternating nearest codes and refits (Lloyd iterations), the codes are re-rounded for the final
+// stored parameters (so they are the nearest codes for what is stored), and the result replaces
+// RTN only if its exact decode error is lower by more than kSearchMargin.
+// Symmetric groups fix the zero point at 2^(b-1) and fit the scale alone: x ≈ a (q − 2^(b-1)).
+// The candidate sets were chosen by measurement (docs/search.md).
+inline constexpr float kAnchoredSteps[] = {-1.0f, -1.0f / 3.0f, 1.0f / 3.0f, 1.0f};
+inline constexpr float kCentredSteps[] = {0.0f, 1.5f};
+inline constexpr float kSymmetricSteps[] = {-1.0f, -0.5f, 0.0f, 0.5f, 1.0f, 2.0f};
+inline constexpr int kRefinements = 2;
+// Errors are summed in float32 lanes (relative error below 2e-5 for groups up to 4096); requiring
+// this much improvement guarantees search is never worse than RTN in exact arithmetic.
+inline constexpr double kSearchMargin = 1e-4;
+
+// The sums of one candidate's codes. For least squares, the squared error is
+// Σx² − (Σx)²/n − gain with gain = cov² / var (asymmetric: cov = nΣxq − ΣqΣx, var = n(nΣq² − (Σq)²);
+// symmetric, in q' = q − h: cov = Σxq', var = Σq'²), so the best candidate is the one with the
+// largest gain. Gains are compared by cross-multiplying: no division until the winner is known.
+struct CandidateFit {
+  double cov = 0.0, var = 0.0;
+  int64_t sum_q = 0, sum_qq = 0;
+  double sum_xq = 0.0;
+  bool ok = false;
+
+  bool better_than(const CandidateFit& o) const { return ok && (!o.ok || cov * cov * o.var > o.cov * o.cov * var); }
+};
+
+struct GroupMoments {
+  double n, sum_x, sum_xx, h;
+  bool symmetric;
+};
+
+inline CandidateFit candidate_fit(int64_t sum_q, int64_t sum_qq, double sum_xq, const GroupMoments& m) {
+  CandidateFit f;
+  f.sum_q = sum_q;
+  f.sum_qq = sum_qq;
+  f.sum_xq = sum_xq;
+  const double q = static_cast<double>(sum_q), qq = static_cast<double>(sum_qq);
+  if (m.symmetric) {
+    f.cov = sum_xq - m.h * m.sum_x;
+    f.var = qq - 2.0 * m.h * q + m.n * m.h * m.h;
+    f.ok = f.var > 0.0;
+  } else {
+    f.cov = m.n * sum_xq - q * m.sum_x;
+    f.var = m.n * (m.n * qq - q * q);
+    f.ok = f.var > 0.0 && f.cov > 0.0;  // cov > 0: a positive scale
+  }
+  return f;
+}
+
+// The scale a and offset b of a fit: x ≈ a q + b (symmetric: x ≈ a (q − h), b = −a h).
+struct ScaleOffset {
+  double a, b;
+};
+
+inline ScaleOffset solve(const CandidateFit& f, const GroupMoments& m) {
+  if (m.symmetric) {
+    const double a = f.cov / f.var;
+    return {a, -a * m.h};
+  }
+  const double a = f.cov * m.n / f.var;  // (nΣxq − ΣqΣx) / (nΣq² − (Σq)²)
+  return {a, (m.sum_x - a * static_cast<double>(f.sum_q)) / m.n};
+}
+
+// Codes q = clamp(rne(fma(x, inverse, shift))) and their fit, where shift = bias − offset · inverse
+// places the candidate's anchor. Σq and Σq² come from float32 lanes too, exactly: at most 256
+// codes of at most 255 per lane keep every partial sum below 2^24.
+inline CandidateFit fit_candidate(const float* x, int64_t n, float offset, float inverse, float bias, float qmax,
+                                  const GroupMoments& m) {
+  double sums[3];  // Σq, Σq², Σxq
+  const float shift = static_cast<float>(static_cast<double>(bias) - static_cast<double>(offset) * inverse);
+  Ops::candidate_sums(x, n, inverse, shift, qmax, sums);
+  return candidate_fit(static_cast<int64_t>(sums[0]), static_cast<int64_t>(sums[1]), sums[2], m);
+}
+
+// Nearest codes for a fit's (a, b), refitted.
+inline CandidateFit refit(const float* x, int64_t n, const ScaleOffset& s, float qmax, const GroupMoments& m) {
+  const float inverse = static_cast<float>(1.0 / s.a);
+  return m.symmetric ? fit_candidate(x, n, 0.0f, inverse, static_cast<float>(m.h), qmax, m)
+                     : fit_candidate(x, n, static_cast<float>(s.b), inverse, 0.0f, qmax, m);
+}
+
+// Σ(x − decoded)² for codes decoded as the format does.
+inline double decode_error(const float* x, const uint8_t* codes, int64_t n, float scale, float zero_point) {
+  return Ops::decode_squared_error(x, codes, n, scale, zero_point);
+}
+
+// Stored parameters and codes for a fit: the codes are the nearest for what is stored.
+inline GroupParams params_for_fit(const float* x, int64_t n, const ScaleOffset& fit, bool symmetric, int bits,
+                                  float qmax, uint8_t* codes) {
+  const float scale = static_cast<float>(fit.a);
+  if (symmetric) {
+    const float half = static_cast<float>(1 << (bits - 1));
+    Ops::quantize_codes(x, n, 0.0f, scale, half, qmax, codes);
+    return {scale, half, 0.0f, half, GroupParams::kFloat, 0};
+  }
+  const float offset = static_cast<float>(fit.b);
+  Ops::quantize_codes(x, n, offset, scale, 0.0f, qmax, codes);
+  const float zero_point = static_cast<float>(-static_cast<double>(offset) / static_cast<double>(scale));
+  return {scale, zero_point, offset, 0.0f, GroupParams::kFloat, 0};
+}
+
+// Tries to beat the RTN encoding (rtn, rtn_codes) of one group; on success overwrites both.
+inline void search_group(const float* x, int64_t n, float lo, float hi, int bits, bool symmetric, GroupParams* rtn,
+                         uint8_t* rtn_codes) {
+  alignas(64) uint8_t codes[kMaxGroupSize];
+  const float qmax = static_cast<float>((1 << bits) - 1);
+  GroupMoments m{static_cast<double>(n), 0.0, 0.0, symmetric ? static_cast<double>(1 << (bits - 1)) : 0.0, symmetric};
+  {
+    double sums[2];
+    Ops::moments(x, n, sums);
+    m.sum_x = sums[0];
+    m.sum_xx = sums[1];
+  }
+  const double rtn_error = decode_error(x, rtn_codes, n, rtn->scale, rtn->zero_point);
+  CandidateFit best;
+  const auto consider = [&](const CandidateFit& fit) {
+    if (fit.better_than(best)) best = fit;
+  };
+  const double range = static_cast<double>(hi) - static_cast<double>(lo);
+  if (symmetric) {
+    const double extreme = (__builtin_fabsf(hi) > __builtin_fabsf(lo)) ? hi : lo;
+    for (float r : kSymmetricSteps) {
+      consider(fit_candidate(x, n, 0.0f, static_cast<float>(-(m.h + r) / extreme), static_cast<float>(m.h), qmax, m));
+    }
+  } else {
+    for (float r : kAnchoredSteps) {
+      consider(fit_candidate(x, n, lo, static_cast<float>((qmax + r) / range), 0.0f, qmax, m));
+    }
+    const float centre = static_cast<float>(static_cast<double>(lo) + range / 2.0);
+    for (float r : kCentredSteps) {
+      consider(fit_candidate(x, n, centre, static_cast<float>((qmax + r) / range), qmax / 2.0f, qmax, m));
+    }
+  }
+  if (!best.ok) return;
+  ScaleOffset fit = solve(best, m);
+  for (int i = 0; i < kRefinements; ++i) {
+    const CandidateFit refined = refit(x, n, fit, qmax, m);
+    if (!refined.better_than(best)) break;
+    best = refined;
+    fit = solve(best, m);
+  }
+  if (!(__builtin_isfinite(fit.a) && __builtin_isfinite(fit.b) && fit.a != 0.0)) return;
+  const GroupParams found = params_for_fit(x, n, fit, symmetric, bits, qmax, codes);
+  const double found_error = decode_error(x, codes, n, found.scale, found.zero_point);
+  if (found_error < rtn_error * (1.0 - kSearchMargin)) {
+    *rtn = found;
+    memcpy(rtn_codes, codes, static_cast<size_t>(n));
+  }
+}
+
 inline void quantize_codes_wide(const float* x, int64_t n, const GroupParams& p, double qmax,
                                 uint8_t* codes) {
   for (int64_t i = 0; i < n; ++i) {
@@ -193,12 +352,15 @@ inline KernelStatus quantize_groups(const QuantizeJob& job, int64_t group_begin,
     lo += 0.0f;
     hi += 0.0f;
 
-    const GroupParams p = job.symmetric ? symmetric_group_params(lo, hi, job.bits)
-                                        : asymmetric_group_params(lo, hi, job.bits);
+    GroupParams p = job.symmetric ? symmetric_group_params(lo, hi, job.bits)
+                                  : asymmetric_group_params(lo, hi, job.bits);
     switch (p.kind) {
       case GroupParams::kFill: memset(codes, p.fill_code, static_cast<size_t>(n)); break;
       case GroupParams::kFloat: Ops::quantize_codes(x, n, p.offset, p.scale, p.bias, qmax, codes); break;
       case GroupParams::kWide: quantize_codes_wide(x, n, p, qmax, codes); break;
+    }
+    if (job.method == Method::kSearch && p.kind == GroupParams::kFloat) {
+      search_group(x, n, lo, hi, job.bits, job.symmetric, &p, codes);
     }
     write_codes(codes, n, job.bits, first, job.packed);
     job.scales[g] = p.scale;

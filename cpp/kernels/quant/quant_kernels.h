@@ -26,12 +26,19 @@ struct GroupGeometry {
   int64_t numel() const { return rows * cols; }
 };
 
+// How group parameters are chosen; the format (and decoding) is the same for both.
+enum class Method : uint8_t {
+  kRtn,     // min/max (docs/format.md "Encoding")
+  kSearch,  // least-squares fit over candidate scales; never worse than kRtn for any group
+};
+
 struct QuantizeJob {
   const void* weights = nullptr;  // numel elements of element_type, row-major
   ElementType element_type = ElementType::kFloat32;
   GroupGeometry geometry;
   int bits = 4;  // 2, 4 or 8
   bool symmetric = false;
+  Method method = Method::kRtn;
   uint8_t* packed = nullptr;  // ceil(numel * bits / 8) bytes, zeroed by the caller
   float* scales = nullptr;       // num_groups() values
   float* zero_points = nullptr;  // num_groups() values
