@@ -17,6 +17,10 @@ _PROGRESS_CHUNK_WEIGHTS = 1 << 20
 
 MODES = ("diffusion", "base")
 METHODS = ("rtn", "search")
+# Defaults when neither the call nor the instance names a method: the per-tensor and Arrow APIs
+# keep RTN (search is about 7x slower, docs/search.md); whole-model pipelines use search.
+DEFAULT_METHOD = "rtn"
+DEFAULT_PIPELINE_METHOD = "search"
 BIT_WIDTHS = (2, 4, 8)
 
 # Columns of the quantize input table (the output schema is built by the core).
@@ -99,26 +103,31 @@ class ArrowQuantV2:
         num_threads: worker threads; None uses every core.
         method: "rtn" (min/max rounding) or "search" (least-squares search over candidate scales:
             lower error at the same size, never worse than rtn for any group; see docs/search.md).
+            None: "rtn" for quantize_arrow / quantize / quantize_batch, "search" for
+            quantize_from_safetensors and the model pipelines.
     """
 
     def __init__(self, mode: str = "diffusion", group_size: int = 128, symmetric: bool = False,
-                 num_threads: int | None = None, method: str = "rtn") -> None:
+                 num_threads: int | None = None, method: str | None = None) -> None:
         self.mode = check_mode(mode)
         self.group_size = check_group_size(group_size)
         self.symmetric = check_symmetric(symmetric)
         self.num_threads = check_num_threads(num_threads)
-        self.method = check_method(method)
+        self.method = None if method is None else check_method(method)
 
     def __repr__(self) -> str:
         return (f"ArrowQuantV2(mode={self.mode!r}, group_size={self.group_size}, symmetric={self.symmetric}, "
                 f"num_threads={self.num_threads}, method={self.method!r})")
 
-    def _options(self, bit_width: Any, group_size: Any, symmetric: Any, method: Any = None) -> tuple[int, int, bool, str, int]:
+    def _options(self, bit_width: Any, group_size: Any, symmetric: Any, method: Any = None,
+                 default_method: str = DEFAULT_METHOD) -> tuple[int, int, bool, str, int]:
+        if method is not None:
+            method = check_method(method)
         return (
             check_bit_width(bit_width),
             self.group_size if group_size is None else check_group_size(group_size),
             self.symmetric if symmetric is None else check_symmetric(symmetric),
-            self.method if method is None else check_method(method),
+            method or self.method or default_method,
             self.num_threads or 0,
         )
 
@@ -222,7 +231,8 @@ class ArrowQuantV2:
         overall, seconds and throughput."""
         from .checkpoint import quantize_checkpoint
 
-        bits, group, sym, meth, threads = self._options(bit_width, group_size, symmetric, method)
+        bits, group, sym, meth, threads = self._options(bit_width, group_size, symmetric, method,
+                                                        default_method=DEFAULT_PIPELINE_METHOD)
         return quantize_checkpoint(safetensors_path, output_path, bit_width=bits, group_size=group, symmetric=sym,
                                    method=meth, num_threads=threads, include=include, exclude=exclude,
                                    progress_callback=progress_callback, mode=self.mode)
