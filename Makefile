@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 # (faster, and incremental through build/{wheel_tag}).
 BUILD_DEPS := "scikit-build-core>=0.10" "nanobind>=2.0" "pyarrow==26.0.1" cmake ninja
 
-.PHONY: demo test install install-test bench clean
+.PHONY: demo test install install-test bench bench-cpp bench-python bench-smoke clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,38 @@ demo: install
 test: install-test
 	$(PY) -m pytest -q tests
 
-bench: install
+# Kernel microbenchmarks (Google Benchmark from Debian's libbenchmark-dev, no Python needed).
+BENCH_BUILD := build/bench
+CMAKE := PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake
+$(BENCH_BUILD)/kernels_bench: install
+	@dpkg -s libbenchmark-dev >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq libbenchmark-dev)
+	$(CMAKE) -S . -B $(BENCH_BUILD) -G Ninja -DARROWQUANT_BUILD_PYTHON=OFF -DARROWQUANT_BUILD_BENCH=ON >/dev/null
+	$(CMAKE) --build $(BENCH_BUILD)
+
+bench-cpp: $(BENCH_BUILD)/kernels_bench
+	mkdir -p bench/results
+	$(BENCH_BUILD)/kernels_bench --benchmark_min_time=0.05 --benchmark_repetitions=3 \
+	  --benchmark_report_aggregates_only=true --benchmark_out=bench/results/kernels.json --benchmark_out_format=json
+
+# Python benchmarks (engine targets, Arrow path, batch API, threads, peers), then the report.
+bench-python: install
+	$(PIP) install --quiet gguf matplotlib
 	$(PY) bench/bench_engine.py
+	$(PY) bench/bench_api.py
+	$(PY) bench/quality.py
+	$(PY) bench/bench_checkpoint.py
+	$(PY) bench/report.py
+
+bench: bench-cpp bench-python
+
+# What CI runs: every benchmark builds and runs once at its smallest size; nothing asserts on speed.
+bench-smoke: $(BENCH_BUILD)/kernels_bench
+	$(BENCH_BUILD)/kernels_bench --benchmark_min_time=0.0001 >/dev/null
+	$(PIP) install --quiet gguf
+	$(PY) bench/bench_engine.py --quick --json build/bench-smoke/engine.json
+	$(PY) bench/bench_api.py --quick --json build/bench-smoke/api.json
+	$(PY) bench/quality.py --quick --json build/bench-smoke/quality.json
+	$(PY) bench/report.py --results build/bench-smoke --out build/bench-smoke
 
 clean:
 	rm -rf build $(VENV) .pytest_cache

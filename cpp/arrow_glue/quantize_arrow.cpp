@@ -355,13 +355,16 @@ struct QuantizeOutput {
 template <typename OffsetT>
 arrow::Result<QuantizeOutput> allocate_quantize_output(QuantizeInput& in) {
   QuantizeOutput out;
-  ARROW_ASSIGN_OR_RAISE(out.packed, allocate_list<OffsetT>(in.packed_bytes, 1, true, "quantized_data"));
+  ARROW_ASSIGN_OR_RAISE(out.packed, allocate_list<OffsetT>(in.packed_bytes, 1, false, "quantized_data"));
   ARROW_ASSIGN_OR_RAISE(out.scales, allocate_list<int32_t>(in.num_groups, sizeof(float), false, "scales"));
   ARROW_ASSIGN_OR_RAISE(out.zero_points, allocate_list<int32_t>(in.num_groups, sizeof(float), false, "zero_points"));
   uint8_t* packed = out.packed.values->mutable_data();
   auto* scales = reinterpret_cast<float*>(out.scales.values->mutable_data());
   auto* zero_points = reinterpret_cast<float*>(out.zero_points.values->mutable_data());
   for (size_t i = 0; i < in.jobs.size(); ++i) {
+    if (kernels::packed_needs_zeroing(in.jobs[i].geometry, in.jobs[i].bits)) {
+      std::memset(packed, 0, static_cast<size_t>(in.packed_bytes[i]));
+    }
     in.jobs[i].packed = packed;
     in.jobs[i].scales = scales;
     in.jobs[i].zero_points = zero_points;
@@ -496,10 +499,29 @@ arrow::Result<ListOutput> allocate_dequantize_output(DequantizeInput& in) {
   return out;
 }
 
-std::shared_ptr<arrow::Schema> dequantized_schema(bool large) {
+std::shared_ptr<arrow::Schema> make_dequantized_schema(bool large) {
   return arrow::schema({arrow::field("layer_name", arrow::utf8(), false),
                         arrow::field("weights", large ? arrow::large_list(arrow::float32()) : arrow::list(arrow::float32()), false),
                         arrow::field("shape", arrow::list(arrow::int64()), false)});
+}
+
+// Schemas are immutable: build each once.
+std::shared_ptr<arrow::Schema> dequantized_schema(bool large) {
+  static const std::shared_ptr<arrow::Schema> small_schema = make_dequantized_schema(false);
+  static const std::shared_ptr<arrow::Schema> large_schema = make_dequantized_schema(true);
+  return large ? large_schema : small_schema;
+}
+
+std::shared_ptr<arrow::Schema> make_quantized_schema(bool large) {
+  return arrow::schema({arrow::field("layer_name", arrow::utf8(), false),
+                        arrow::field("quantized_data", large ? arrow::large_binary() : arrow::binary(), false),
+                        arrow::field("scales", arrow::list(arrow::float32()), false),
+                        arrow::field("zero_points", arrow::list(arrow::float32()), false),
+                        arrow::field("shape", arrow::list(arrow::int64()), false),
+                        arrow::field("bit_width", arrow::uint8(), false),
+                        arrow::field("group_size", arrow::int32(), false),
+                        arrow::field("symmetric", arrow::boolean(), false)},
+                       format_metadata());
 }
 
 }  // namespace
@@ -522,15 +544,9 @@ arrow::Status validate_quantize_options(const QuantizeOptions& options) {
 }
 
 std::shared_ptr<arrow::Schema> quantized_schema(bool large) {
-  return arrow::schema({arrow::field("layer_name", arrow::utf8(), false),
-                        arrow::field("quantized_data", large ? arrow::large_binary() : arrow::binary(), false),
-                        arrow::field("scales", arrow::list(arrow::float32()), false),
-                        arrow::field("zero_points", arrow::list(arrow::float32()), false),
-                        arrow::field("shape", arrow::list(arrow::int64()), false),
-                        arrow::field("bit_width", arrow::uint8(), false),
-                        arrow::field("group_size", arrow::int32(), false),
-                        arrow::field("symmetric", arrow::boolean(), false)},
-                       format_metadata());
+  static const std::shared_ptr<arrow::Schema> small_schema = make_quantized_schema(false);
+  static const std::shared_ptr<arrow::Schema> large_schema = make_quantized_schema(true);
+  return large ? large_schema : small_schema;
 }
 
 arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> quantize_record_batches(

@@ -1,6 +1,8 @@
 #include "engine/quantize_engine.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 
 #include "engine/kernel_selection.h"
 #include "engine/thread_pool.h"
@@ -13,6 +15,21 @@ namespace {
 constexpr int64_t kElementsPerTask = 64 * 1024;
 // Below this much work in one call, waking other threads costs more than it saves.
 constexpr int64_t kMinElementsForThreads = 128 * 1024;
+
+std::atomic<int64_t> g_last_kernel_nanoseconds{0};
+
+// Records the wall time of one parallel run of kernels.
+class KernelTimer {
+ public:
+  KernelTimer() : start_(std::chrono::steady_clock::now()) {}
+  ~KernelTimer() {
+    g_last_kernel_nanoseconds.store(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start_).count());
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_;
+};
 
 struct Task {
   int64_t job;
@@ -48,6 +65,8 @@ int effective_threads(int requested, int64_t total_elements) {
 }
 
 }  // namespace
+
+double last_kernel_seconds() { return static_cast<double>(g_last_kernel_nanoseconds.load()) * 1e-9; }
 
 kernels::GroupGeometry geometry_for_shape(std::span<const int64_t> shape, int32_t group_size) {
   kernels::GroupGeometry geo;
@@ -92,12 +111,14 @@ std::optional<NonFiniteValue> quantize_tensors(std::span<const kernels::Quantize
   const kernels::KernelTable& table = active_kernels();
   std::vector<kernels::KernelStatus> status(tasks.size());
   std::vector<kernels::ErrorStats> task_stats(error_stats != nullptr ? tasks.size() : 0);
+  std::optional<KernelTimer> timer(std::in_place);
   parallel_for(static_cast<int64_t>(tasks.size()), effective_threads(num_threads, total), [&](int64_t t) {
     const Task& task = tasks[static_cast<size_t>(t)];
     const kernels::QuantizeJob& job = jobs[static_cast<size_t>(task.job)];
     status[static_cast<size_t>(t)] = table.quantize_groups(job, task.group_begin, task.group_end,
                                                            error_stats != nullptr ? &task_stats[static_cast<size_t>(t)] : nullptr);
   });
+  timer.reset();
   // Tasks are in (tensor, group) order, so the first failed task holds the first bad value.
   for (size_t t = 0; t < tasks.size(); ++t) {
     if (!status[t].ok) return NonFiniteValue{tasks[t].job, status[t].bad_index};
@@ -117,6 +138,7 @@ void dequantize_tensors(std::span<const kernels::DequantizeJob> jobs, int num_th
   const std::vector<Task> tasks = plan_tasks(geometries.data(), geometries.size(), &total);
 
   const kernels::KernelTable& table = active_kernels();
+  const KernelTimer timer;
   parallel_for(static_cast<int64_t>(tasks.size()), effective_threads(num_threads, total), [&](int64_t t) {
     const Task& task = tasks[static_cast<size_t>(t)];
     table.dequantize_groups(jobs[static_cast<size_t>(task.job)], task.group_begin, task.group_end);

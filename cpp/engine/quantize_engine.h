@@ -25,7 +25,7 @@ struct NonFiniteValue {
   int64_t element_index;  // flattened index of the first NaN / Inf in that tensor
 };
 
-// Quantizes every job (outputs must be zeroed by the caller). On a NaN / Inf returns where the
+// Quantizes every job (packed outputs zeroed by the caller where kernels::packed_needs_zeroing). On a NaN / Inf returns where the
 // first one is (lowest tensor, then lowest index); outputs are then unspecified. If error_stats
 // is given it receives, per job, the comparison of the source with its decoded values (computed
 // while the group is still in cache; identical for any thread count).
@@ -38,5 +38,9 @@ std::string check_quantized_lengths(const kernels::GroupGeometry& geometry, int 
                                     int64_t scales_len, int64_t zero_points_len, const std::string& shape_text);
 
 void dequantize_tensors(std::span<const kernels::DequantizeJob> jobs, int num_threads);
+
+// Wall-clock seconds the most recent quantize_tensors / dequantize_tensors call (from any thread)
+// spent running kernels: lets benchmarks separate kernel time from binding and Arrow overhead.
+double last_kernel_seconds();
 
 }  // namespace arrowquant::engine

@@ -76,6 +76,7 @@ struct OwnedBuffer {
   std::unique_ptr<T[]> data;
   size_t size = 0;
 
+  static OwnedBuffer zeroed_if(bool zero, int64_t n) { return zero ? zeroed(n) : uninitialized(n); }
   static OwnedBuffer zeroed(int64_t n) { return {std::unique_ptr<T[]>(new T[static_cast<size_t>(n)]()), static_cast<size_t>(n)}; }
   static OwnedBuffer uninitialized(int64_t n) { return {std::unique_ptr<T[]>(new T[static_cast<size_t>(n)]), static_cast<size_t>(n)}; }
 
@@ -126,7 +127,8 @@ nb::list quantize_arrays(const std::vector<InputArray>& arrays, const std::vecto
     job.bits = bit_width;
     job.symmetric = symmetric;
     job.method = method == "search" ? kernels::Method::kSearch : kernels::Method::kRtn;
-    packed[i] = OwnedBuffer<uint8_t>::zeroed(engine::packed_bytes(job.geometry.numel(), bit_width));
+    packed[i] = OwnedBuffer<uint8_t>::zeroed_if(kernels::packed_needs_zeroing(job.geometry, bit_width),
+                                                engine::packed_bytes(job.geometry.numel(), bit_width));
     scales[i] = OwnedBuffer<float>::uninitialized(job.geometry.num_groups());
     zero_points[i] = OwnedBuffer<float>::uninitialized(job.geometry.num_groups());
     job.packed = packed[i].data.get();
@@ -248,6 +250,9 @@ NB_MODULE(_core, m) {
   m.def("dequantize_arrays", &dequantize_arrays, nb::arg("packed"), nb::arg("scales"), nb::arg("zero_points"),
         nb::arg("shapes"), nb::arg("bit_widths"), nb::arg("group_sizes"), nb::arg("labels"), nb::arg("num_threads"),
         "Decodes packed tensors to flat float32 arrays after checking every length.");
+
+  m.def("last_kernel_seconds", &arrowquant::engine::last_kernel_seconds,
+        "Seconds the most recent quantize/dequantize spent in the kernels (for benchmarks).");
 
   m.def("simd_info", [] {
     const auto& cpu = arrowquant::kernels::cpu_features();

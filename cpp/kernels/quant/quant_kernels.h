@@ -39,10 +39,15 @@ struct QuantizeJob {
   int bits = 4;  // 2, 4 or 8
   bool symmetric = false;
   Method method = Method::kRtn;
-  uint8_t* packed = nullptr;  // ceil(numel * bits / 8) bytes, zeroed by the caller
+  uint8_t* packed = nullptr;  // ceil(numel * bits / 8) bytes; zeroed by the caller if packed_needs_zeroing()
   float* scales = nullptr;       // num_groups() values
   float* zero_points = nullptr;  // num_groups() values
 };
+
+// Whether quantize_groups ORs codes into bytes it shares with a neighbouring group (and so needs a
+// zeroed output). Only when a row's codes do not end on a byte boundary: group starts inside a
+// row are multiples of 16 elements, so otherwise every byte is written whole.
+inline bool packed_needs_zeroing(const GroupGeometry& geometry, int bits) { return (geometry.cols * bits) % 8 != 0; }
 
 struct DequantizeJob {
   const uint8_t* packed = nullptr;
@@ -87,8 +92,9 @@ struct KernelTable {
   const char* name;
   // Quantizes groups [group_begin, group_end) in (row, group) order. Writes the packed codes of
   // exactly those groups' elements (bytes shared with neighbouring groups are OR-ed into, so the
-  // output must start zeroed and two callers must not share a byte: split where the first
-  // element index is a multiple of 4), and scales/zero_points[group_begin, group_end).
+  // output must start zeroed when packed_needs_zeroing(), and two callers must not share a byte:
+  // split where the first element index is a multiple of 4), and scales/zero_points[group_begin,
+  // group_end).
   // If error_stats is not null it receives the comparison of the source with its decoded
   // values, computed while each group is still in registers and cache.
   KernelStatus (*quantize_groups)(const QuantizeJob& job, int64_t group_begin, int64_t group_end,
