@@ -49,9 +49,9 @@ def test_core_validates_parameters_too():
     # The compiled layer does not trust the Python layer.
     from arrowquant import _core
     with pytest.raises(ParameterError, match="bit_width must be 2, 4 or 8; got 3"):
-        aq._c_data.call_with_batches(_core.quantize_batches, good_table().to_batches(), 3, 128, False, "rtn", 0)
+        aq._c_data.call_with_batches(_core.quantize_batches, good_table().to_batches(), 3, 128, False, "rtn", 0, 0.3)
     with pytest.raises(ParameterError, match="group_size"):
-        aq._c_data.call_with_batches(_core.quantize_batches, good_table().to_batches(), 4, 48, False, "rtn", 0)
+        aq._c_data.call_with_batches(_core.quantize_batches, good_table().to_batches(), 4, 48, False, "rtn", 0, 0.3)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

@@ -550,7 +550,8 @@ std::shared_ptr<arrow::Schema> quantized_schema(bool large) {
 }
 
 arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> quantize_record_batches(
-    const std::vector<std::shared_ptr<arrow::RecordBatch>>& batches, const QuantizeOptions& options) {
+    const std::vector<std::shared_ptr<arrow::RecordBatch>>& batches, const QuantizeOptions& options,
+    std::vector<engine::MarkovSummary>* markov) {
   ARROW_RETURN_NOT_OK(validate_quantize_options(options));
   std::vector<QuantizeInput> inputs;
   inputs.reserve(batches.size());
@@ -574,6 +575,12 @@ arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> quantize_record_
     const auto [b, row] = job_origin[static_cast<size_t>(bad->tensor_index)];
     return DataError(layer_label(*inputs[b].names, row) + ": 'weights' contains NaN or infinity at index " +
                      std::to_string(bad->element_index) + "; only finite values can be quantized");
+  }
+  if (markov != nullptr) {
+    markov->clear();
+    for (const auto& job : jobs) {
+      markov->push_back(engine::markov_metrics(job.scales, job.zero_points, job.geometry, job.bits, options.markov_threshold));
+    }
   }
   std::vector<std::shared_ptr<arrow::RecordBatch>> results;
   for (size_t b = 0; b < inputs.size(); ++b) {

@@ -11,9 +11,12 @@
 #include <arrow/result.h>
 #include <arrow/type_fwd.h>
 
+#include "engine/markov_metrics.h"
+
 namespace arrowquant::arrow_glue {
 
 struct QuantizeOptions {
+  double markov_threshold = engine::kDefaultMarkovThreshold;
   int bit_width = 4;
   int group_size = 128;
   bool symmetric = false;
@@ -34,8 +37,10 @@ std::shared_ptr<arrow::Schema> quantized_schema(bool large);
 
 // One output batch per input batch, rows in input order. All batches are validated before any
 // work; on error nothing is returned.
+// If markov is given it receives the parameter-smoothness metrics of every row, in order.
 arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> quantize_record_batches(
-    const std::vector<std::shared_ptr<arrow::RecordBatch>>& batches, const QuantizeOptions& options);
+    const std::vector<std::shared_ptr<arrow::RecordBatch>>& batches, const QuantizeOptions& options,
+    std::vector<engine::MarkovSummary>* markov = nullptr);
 
 // Inverse: takes batches of the quantized schema, checks every length against shape and bits
 // before reading, returns layer_name, weights (list<float32>, large_list for large_binary), shape.

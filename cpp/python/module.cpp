@@ -10,6 +10,7 @@
 #include "arrow_glue/errors.h"
 #include "arrow_glue/quantize_arrow.h"
 #include "engine/kernel_selection.h"
+#include "engine/markov_metrics.h"
 #include "engine/quantize_engine.h"
 #include "engine/thread_pool.h"
 #include "kernels/cpu/cpu_features.h"
@@ -58,6 +59,14 @@ void run_on_batches(const std::vector<CDataAddresses>& inputs, const std::vector
   if (!status.ok()) raise_status(status);
 }
 
+// The smoothness metrics of one tensor as a tuple: (boundaries, jump_sum, boundary_score_sum,
+// max_scale_jump, high, medium, [(row, group, scale_jump, high), ...]).
+nb::tuple markov_tuple(const arrowquant::engine::MarkovSummary& m) {
+  nb::list violations;
+  for (const auto& v : m.first_violations) violations.append(nb::make_tuple(v.row, v.group, v.scale_jump, v.high));
+  return nb::make_tuple(m.boundaries, m.jump_sum, m.boundary_score_sum, m.max_scale_jump, m.high, m.medium, violations);
+}
+
 [[noreturn]] void raise_error(const char* class_name, const std::string& message) {
   nb::object errors = nb::module_::import_("arrowquant.errors");
   PyErr_SetString(errors.attr(class_name).ptr(), message.c_str());
@@ -102,12 +111,12 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 
 nb::list quantize_arrays(const std::vector<InputArray>& arrays, const std::vector<int>& element_types,
                          const std::vector<std::string>& labels, int bit_width, int group_size, bool symmetric,
-                         const std::string& method, int num_threads, bool with_stats) {
+                         const std::string& method, int num_threads, bool with_stats, double markov_threshold) {
   using namespace arrowquant;
   if (arrays.size() != element_types.size() || arrays.size() != labels.size()) {
     raise_error("ParameterError", "arrays, element_types and labels must have the same length");
   }
-  const arrow_glue::QuantizeOptions options{bit_width, group_size, symmetric, num_threads, method};
+  arrow_glue::QuantizeOptions options{markov_threshold, bit_width, group_size, symmetric, num_threads, method};
   if (arrow::Status st = arrow_glue::validate_quantize_options(options); !st.ok()) raise_status(st);
 
   std::vector<kernels::QuantizeJob> jobs(arrays.size());
@@ -137,9 +146,15 @@ nb::list quantize_arrays(const std::vector<InputArray>& arrays, const std::vecto
   }
   std::optional<engine::NonFiniteValue> bad;
   std::vector<kernels::ErrorStats> stats;
+  std::vector<engine::MarkovSummary> markov;
   {
     nb::gil_scoped_release release;
     bad = engine::quantize_tensors(jobs, num_threads, with_stats ? &stats : nullptr);
+    if (!bad) {
+      for (const auto& job : jobs) {
+        markov.push_back(engine::markov_metrics(job.scales, job.zero_points, job.geometry, job.bits, markov_threshold));
+      }
+    }
   }
   if (bad) {
     raise_error("DataError", labels[static_cast<size_t>(bad->tensor_index)] + ": contains NaN or infinity at (flattened) index " +
@@ -153,7 +168,7 @@ nb::list quantize_arrays(const std::vector<InputArray>& arrays, const std::vecto
       error_stats = nb::make_tuple(e.sum_xx, e.sum_yy, e.sum_xy, e.sum_dd, e.max_abs_error, e.count);
     }
     results.append(nb::make_tuple(packed[i].release_to_numpy(), scales[i].release_to_numpy(),
-                                  zero_points[i].release_to_numpy(), error_stats));
+                                  zero_points[i].release_to_numpy(), error_stats, markov_tuple(markov[i])));
   }
   return results;
 }
@@ -222,15 +237,20 @@ NB_MODULE(_core, m) {
   m.def(
       "quantize_batches",
       [](const std::vector<CDataAddresses>& inputs, const std::vector<CDataAddresses>& outputs, int bit_width,
-         int group_size, bool symmetric, const std::string& method, int num_threads) {
-        const arrowquant::arrow_glue::QuantizeOptions options{bit_width, group_size, symmetric, num_threads, method};
+         int group_size, bool symmetric, const std::string& method, int num_threads, double markov_threshold) {
+        arrowquant::arrow_glue::QuantizeOptions options{markov_threshold, bit_width, group_size, symmetric, num_threads, method};
+        std::vector<arrowquant::engine::MarkovSummary> markov;
         run_on_batches(inputs, outputs, [&](const BatchList& batches) {
-          return arrowquant::arrow_glue::quantize_record_batches(batches, options);
+          return arrowquant::arrow_glue::quantize_record_batches(batches, options, &markov);
         });
+        nb::list per_row;
+        for (const auto& m : markov) per_row.append(markov_tuple(m));
+        return per_row;
       },
       nb::arg("inputs"), nb::arg("outputs"), nb::arg("bit_width"), nb::arg("group_size"), nb::arg("symmetric"),
-      nb::arg("method"), nb::arg("num_threads"),
-      "Quantizes record batches given as (ArrowArray*, ArrowSchema*) addresses into the output addresses.");
+      nb::arg("method"), nb::arg("num_threads"), nb::arg("markov_threshold"),
+      "Quantizes record batches given as (ArrowArray*, ArrowSchema*) addresses into the output addresses; "
+      "returns each row's parameter-smoothness metrics.");
 
   m.def(
       "dequantize_batches",
@@ -244,9 +264,9 @@ NB_MODULE(_core, m) {
 
   m.def("quantize_arrays", &quantize_arrays, nb::arg("arrays"), nb::arg("element_types"), nb::arg("labels"),
         nb::arg("bit_width"), nb::arg("group_size"), nb::arg("symmetric"), nb::arg("method"), nb::arg("num_threads"),
-        nb::arg("with_stats"),
+        nb::arg("with_stats"), nb::arg("markov_threshold"),
         "Quantizes C-contiguous arrays (element type 0 float32, 1 float16, 2 bfloat16); returns "
-        "(packed, scales, zero_points, stats-or-None) per array, each a NumPy array owning its buffer.");
+        "(packed, scales, zero_points, stats-or-None, markov) per array, arrays owning their buffers.");
   m.def("dequantize_arrays", &dequantize_arrays, nb::arg("packed"), nb::arg("scales"), nb::arg("zero_points"),
         nb::arg("shapes"), nb::arg("bit_widths"), nb::arg("group_sizes"), nb::arg("labels"), nb::arg("num_threads"),
         "Decodes packed tensors to flat float32 arrays after checking every length.");

@@ -7,7 +7,7 @@ writes its results into pairs we allocate, and we import those. No buffer is cop
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import pyarrow as pa
 from pyarrow.cffi import ffi
@@ -28,9 +28,10 @@ def _release_all(pairs) -> None:
 
 
 def call_with_batches(
-    core_function: Callable[..., None], batches: Sequence[pa.RecordBatch], *args
-) -> list[pa.RecordBatch]:
-    """Run ``core_function(input_addresses, output_addresses, *args)``; returns its batches."""
+    core_function: Callable[..., Any], batches: Sequence[pa.RecordBatch], *args
+) -> tuple[list[pa.RecordBatch], Any]:
+    """Run ``core_function(input_addresses, output_addresses, *args)``; returns its batches and
+    whatever the function itself returned."""
     inputs = [_new_pair() for _ in batches]
     outputs = [_new_pair() for _ in batches]
     try:
@@ -39,5 +40,5 @@ def call_with_batches(
     except BaseException:
         _release_all(inputs)
         raise
-    core_function([p[2] for p in inputs], [p[2] for p in outputs], *args)
-    return [pa.RecordBatch._import_from_c(*addresses) for _, _, addresses in outputs]
+    returned = core_function([p[2] for p in inputs], [p[2] for p in outputs], *args)
+    return [pa.RecordBatch._import_from_c(*addresses) for _, _, addresses in outputs], returned

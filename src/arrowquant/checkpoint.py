@@ -88,7 +88,7 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
                         carried += 1
                     else:
                         sf.prefetch(name)
-                        [(tensor, stats)] = quantize_arrays(
+                        [(tensor, stats, _)] = quantize_arrays(
                             [sf.array(name)], [info.dtype], [f"{sf.path.name}: layer {name!r}"], bit_width=bits,
                             group_size=group_size, symmetric=symmetric, method=method, num_threads=num_threads,
                             with_stats=True)

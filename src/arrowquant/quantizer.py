@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from . import _core
 from ._c_data import call_with_batches
+from . import markov
 from .errors import ColumnTypeError, ParameterError
 from .tensor import QuantizedTensor, quantize_arrays, source_dtype_of
 
@@ -108,12 +109,25 @@ class ArrowQuantV2:
     """
 
     def __init__(self, mode: str = "diffusion", group_size: int = 128, symmetric: bool = False,
-                 num_threads: int | None = None, method: str | None = None) -> None:
+                 num_threads: int | None = None, method: str | None = None,
+                 markov_threshold: float = markov.DEFAULT_THRESHOLD) -> None:
         self.mode = check_mode(mode)
         self.group_size = check_group_size(group_size)
         self.symmetric = check_symmetric(symmetric)
         self.num_threads = check_num_threads(num_threads)
         self.method = None if method is None else check_method(method)
+        if isinstance(markov_threshold, bool) or not isinstance(markov_threshold, (int, float)) or not markov_threshold > 0:
+            raise ParameterError(f"markov_threshold must be a positive number; got {markov_threshold!r}")
+        self.markov_threshold = float(markov_threshold)
+        self._markov: dict[str, dict] | None = None
+
+    def get_markov_metrics(self) -> dict | None:
+        """Smoothness of the quantization parameters of the most recent quantization (per layer and
+        overall; see arrowquant.markov for the definitions), or None before any quantization."""
+        return None if self._markov is None else markov.summarize(self._markov)
+
+    def _record_markov(self, names, raws) -> None:
+        self._markov = markov.from_raw(names, raws)
 
     def __repr__(self) -> str:
         return (f"ArrowQuantV2(mode={self.mode!r}, group_size={self.group_size}, symmetric={self.symmetric}, "
@@ -136,7 +150,10 @@ class ArrowQuantV2:
         """Quantize every layer of a table; returns a table of the quantized schema (docs/format.md)."""
         options = self._options(bit_width, group_size, symmetric, method)
         batches, _ = _as_batches(table, "table")
-        return pa.Table.from_batches(call_with_batches(_core.quantize_batches, batches, *options))
+        results, raw_markov = call_with_batches(_core.quantize_batches, batches, *options, self.markov_threshold)
+        out = pa.Table.from_batches(results)
+        self._record_markov(out.column("layer_name").to_pylist(), raw_markov)
+        return out
 
     def quantize_arrow_batch(self, batch: Any, bit_width: int = 4, *, group_size: int | None = None,
                              symmetric: bool | None = None, method: str | None = None) -> pa.RecordBatch:
@@ -146,7 +163,9 @@ class ArrowQuantV2:
             raise ColumnTypeError(f"quantize_arrow_batch takes one record batch; got {type(batch).__name__} "
                                   "(use quantize_arrow for tables and streams)")
         batches, _ = _as_batches(batch, "batch")
-        return call_with_batches(_core.quantize_batches, batches, *options)[0]
+        results, raw_markov = call_with_batches(_core.quantize_batches, batches, *options, self.markov_threshold)
+        self._record_markov(results[0].column("layer_name").to_pylist(), raw_markov)
+        return results[0]
 
     def quantize(self, weights: np.ndarray, bit_width: int = 4, group_size: int | None = None,
                  symmetric: bool | None = None, dtype: str | None = None, method: str | None = None) -> QuantizedTensor:
@@ -206,15 +225,19 @@ class ArrowQuantV2:
         total = sum(a.size for a in arrays) or 1
         done = 0
         results: dict[str, QuantizedTensor] = {}
+        raw_markov = []
         for chunk in chunks:
             quantized = quantize_arrays([arrays[i] for i in chunk], [source_dtypes[i] for i in chunk],
                                         [labels[i] for i in chunk], bit_width=bits, group_size=group,
-                                        symmetric=sym, method=meth, num_threads=threads)
-            for i, (tensor, _) in zip(chunk, quantized):
+                                        symmetric=sym, method=meth, num_threads=threads,
+                                        markov_threshold=self.markov_threshold)
+            for i, (tensor, _, layer_markov) in zip(chunk, quantized):
                 results[names[i]] = tensor
+                raw_markov.append(layer_markov)
                 done += arrays[i].size
                 if progress_callback is not None:
                     progress_callback(names[i], done / total if arrays else 1.0)
+        self._record_markov(names, raw_markov)
         return results
 
     def quantize_from_safetensors(self, safetensors_path: Any, output_path: Any, bit_width: int = 4,
@@ -240,4 +263,4 @@ class ArrowQuantV2:
     def dequantize_arrow(self, table: Any) -> pa.Table:
         """Decode a quantized table back to float32: columns layer_name, weights, shape."""
         batches, _ = _as_batches(table, "table")
-        return pa.Table.from_batches(call_with_batches(_core.dequantize_batches, batches, self.num_threads or 0))
+        return pa.Table.from_batches(call_with_batches(_core.dequantize_batches, batches, self.num_threads or 0)[0])

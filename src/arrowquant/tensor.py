@@ -139,15 +139,19 @@ class ErrorStats:
 
 def quantize_arrays(arrays: Sequence[np.ndarray], source_dtypes: Sequence[str], labels: Sequence[str], *,
                     bit_width: int, group_size: int, symmetric: bool, num_threads: int | None,
-                    method: str = "rtn", with_stats: bool = False) -> list[tuple[QuantizedTensor, ErrorStats | None]]:
-    """Quantize arrays in one call of the core (GIL released, layers spread over the pool)."""
+                    method: str = "rtn", with_stats: bool = False, markov_threshold: float = 0.3
+                    ) -> list[tuple[QuantizedTensor, ErrorStats | None, tuple]]:
+    """Quantize arrays in one call of the core (GIL released, layers spread over the pool).
+
+    Per array: the QuantizedTensor, its error statistics (if asked for) and its raw Markov
+    metrics (see markov.py)."""
     views = [kernel_view(a) for a in arrays]
     results = _core.quantize_arrays(views, [_ELEMENT_TYPE[d] for d in source_dtypes], list(labels), bit_width,
-                                    group_size, symmetric, method, num_threads or 0, with_stats)
+                                    group_size, symmetric, method, num_threads or 0, with_stats, markov_threshold)
     out = []
-    for array, dtype, (packed, scales, zero_points, stats) in zip(arrays, source_dtypes, results):
+    for array, dtype, (packed, scales, zero_points, stats, markov) in zip(arrays, source_dtypes, results):
         tensor = QuantizedTensor(packed, scales, zero_points, array.shape, bit_width, group_size, symmetric, dtype)
-        out.append((tensor, ErrorStats(*stats) if stats is not None else None))
+        out.append((tensor, ErrorStats(*stats) if stats is not None else None, markov))
     return out
 
 
