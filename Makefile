@@ -23,7 +23,7 @@ install-test: $(VENV)/.created
 	$(PIP) install --quiet --no-build-isolation ".[test]"
 
 demo: install
-	$(PY) -m arrowquant.demo
+	$(VENV)/bin/arrowquant demo
 
 test: install-test
 	$(PY) -m pytest -q tests

@@ -8,9 +8,22 @@ __version__ = "0.1.0"
 from . import _core  # noqa: E402
 from .aq_file import AqFile  # noqa: E402
 from .errors import (  # noqa: E402
-    ArrowQuantError, ColumnTypeError, DataError, FileFormatError, MissingFileError, ParameterError, SchemaError)
+    AccuracyError, ArrowQuantError, ColumnTypeError, DataError, FileFormatError, MissingFileError, ParameterError,
+    SchemaError)
 from .quantizer import ArrowQuantV2  # noqa: E402
 from .tensor import QuantizedTensor, dequantize_tensors  # noqa: E402
+from .diffusion import DiffusionQuantConfig, validate_quality  # noqa: E402
+from .diffusion import quantize_diffusion_model as _quantize_diffusion_model  # noqa: E402
+
+
+def quantize_diffusion_model(model_path, output_path, config=None, progress_callback=None, *, overwrite=False):
+    """Quantize a diffusers-style model folder, one component folder, a safetensors file or a
+    sharded index with ``config`` (a DiffusionQuantConfig; default: the "local" settings without an
+    accuracy target) in diffusion mode. The output mirrors the input. Returns a report."""
+    report = _quantize_diffusion_model(model_path, output_path, config, progress_callback, mode="diffusion",
+                                       overwrite=overwrite)
+    report.pop("_markov")
+    return report
 
 FORMAT_NAME = "arrowquant.packed"
 FORMAT_VERSION = "1"
@@ -46,6 +59,10 @@ def dequantize(quantized, dtype=None):
 
 
 __all__ = [
+    "AccuracyError",
+    "DiffusionQuantConfig",
+    "quantize_diffusion_model",
+    "validate_quality",
     "AqFile",
     "QuantizedTensor",
     "FileFormatError",

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 from . import __version__
 from .aq_file import AqWriter
-from .errors import ParameterError
+from .errors import AccuracyError, ParameterError
 from .safetensors_io import SafetensorsFile, TensorInfo, resolve_checkpoint
 from .tensor import QUANTIZABLE_DTYPES, quantize_arrays
 
@@ -49,13 +49,22 @@ def check_output_path(output_path: Path, inputs: Sequence[Path]) -> None:
             raise ParameterError(f"{output_path}: would overwrite the input checkpoint")
 
 
+NEXT_BIT_WIDTH = {2: 4, 4: 8}
+
+
 def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: int, group_size: int,
                         symmetric: bool, num_threads: int | None, method: str = "rtn", include: Any = None, exclude: Any = None,
                         progress_callback: Callable[[str, float], Any] | None = None, mode: str = "base",
-                        bit_width_for: Callable[[str, TensorInfo], int | None] | None = None) -> dict:
+                        bit_width_for: Callable[[str, TensorInfo], tuple[int | None, str]] | None = None,
+                        min_accuracy: float | None = None, fallback: bool = True,
+                        extra_metadata: dict | None = None) -> dict:
     """Quantize every eligible tensor of a checkpoint into ``output_path`` (.aq) and report.
 
-    ``bit_width_for(name, info)`` may override the bit width per tensor (None: carry through)."""
+    ``bit_width_for(name, info)`` may choose the bit width per eligible tensor and say why:
+    (bits, reason), bits None meaning carry it through. With ``min_accuracy`` each quantized
+    layer's cosine similarity is checked right after quantizing it; a layer below it moves to the
+    next bit width (2 -> 4 -> 8) if ``fallback``, else (or if 8 bits do not reach it either) an
+    AccuracyError names it."""
     started = time.perf_counter()
     include_patterns, exclude_patterns = _patterns(include, "include"), _patterns(exclude, "exclude")
     if progress_callback is not None and not callable(progress_callback):
@@ -68,32 +77,51 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
         for f in files:  # every header is validated before anything is written
             opened.append(SafetensorsFile(f))
         settings = {"bit_width": bit_width, "group_size": group_size, "symmetric": symmetric, "mode": mode,
-                    "include": include_patterns, "exclude": exclude_patterns, "method": method}
+                    "include": include_patterns, "exclude": exclude_patterns, "method": method,
+                    "min_accuracy": min_accuracy, "fallback": fallback, **(extra_metadata or {})}
         metadata = {"version": __version__, "source_files": [f.name for f in files], "settings": settings,
                     "source_metadata": {sf.path.name: sf.metadata for sf in opened}}
         total_bytes = sum(t.nbytes for sf in opened for t in sf.tensors.values()) or 1
         done_bytes = 0
         layers: dict[str, dict[str, Any]] = {}
-        carried = 0
+        markov_raw: dict[str, tuple] = {}
+        carried: dict[str, str] = {}
+        fallbacks: list[dict[str, Any]] = []
         input_bytes = quantized_source_bytes = quantized_bytes = 0
         with AqWriter(output_path, metadata) as writer:
             for sf in opened:
                 for name in sf.names():
                     info = sf.tensors[name]
-                    bits = bit_width if should_quantize(info, include_patterns, exclude_patterns) else None
-                    if bits is not None and bit_width_for is not None:
-                        bits = bit_width_for(name, info)
+                    bits, reason = (bit_width, "default") if should_quantize(info, include_patterns, exclude_patterns) \
+                        else (None, "not eligible (dtype, fewer than 2 dimensions or 1,024 elements, or excluded)")
+                    if bits is not None and bit_width_for is not None and not any(
+                            fnmatch.fnmatchcase(name, p) for p in include_patterns):
+                        bits, reason = bit_width_for(name, info)
                     if bits is None:
                         writer.write_raw(name, sf.raw_bytes(name), info.dtype, info.shape)
-                        carried += 1
+                        carried[name] = reason
                     else:
                         sf.prefetch(name)
-                        [(tensor, stats, _)] = quantize_arrays(
-                            [sf.array(name)], [info.dtype], [f"{sf.path.name}: layer {name!r}"], bit_width=bits,
-                            group_size=group_size, symmetric=symmetric, method=method, num_threads=num_threads,
-                            with_stats=True)
+                        label = f"{sf.path.name}: layer {name!r}"
+                        requested = bits
+                        while True:
+                            [(tensor, stats, layer_markov)] = quantize_arrays(
+                                [sf.array(name)], [info.dtype], [label], bit_width=bits, group_size=group_size,
+                                symmetric=symmetric, method=method, num_threads=num_threads, with_stats=True)
+                            if min_accuracy is None or stats.cosine >= min_accuracy:
+                                break
+                            if not fallback or bits not in NEXT_BIT_WIDTH:
+                                why = "fallback is off" if not fallback else "even at 8 bits"
+                                raise AccuracyError(f"{label}: cosine similarity {stats.cosine:.4f} at {bits} bits is "
+                                                    f"below min_accuracy {min_accuracy} ({why})")
+                            fallbacks.append({"layer": name, "from_bits": bits, "to_bits": NEXT_BIT_WIDTH[bits],
+                                              "cosine": stats.cosine, "min_accuracy": min_accuracy,
+                                              "reason": f"cosine {stats.cosine:.4f} < min_accuracy {min_accuracy}"})
+                            bits = NEXT_BIT_WIDTH[bits]
                         writer.write_quantized(name, tensor)
+                        markov_raw[name] = layer_markov
                         layers[name] = {"shape": list(info.shape), "source_dtype": info.dtype, "bit_width": bits,
+                                        "requested_bit_width": requested, "reason": reason,
                                         "bytes_before": info.nbytes, "bytes_after": tensor.nbytes,
                                         "cosine": stats.cosine, "relative_rmse": stats.relative_rmse,
                                         "max_abs_error": stats.max_abs_error}
@@ -115,7 +143,9 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
         "input": [str(f) for f in files],
         "output": str(output_path),
         "layers_quantized": len(layers),
-        "layers_carried": carried,
+        "layers_carried": len(carried),
+        "carried": carried,
+        "fallbacks": fallbacks,
         "input_bytes": input_bytes,
         "output_bytes": output_bytes,
         "compression_ratio": input_bytes / output_bytes if output_bytes else 0.0,
@@ -128,6 +158,7 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
         "seconds": seconds,
         "throughput_mb_s": input_bytes / seconds / 1e6 if seconds > 0 else 0.0,
         "settings": {"bit_width": bit_width, "group_size": group_size, "symmetric": symmetric, "mode": mode,
-                     "method": method},
+                     "method": method, "min_accuracy": min_accuracy, "fallback": fallback},
         "layers": layers,
+        "_markov": markov_raw,  # raw Markov metrics, taken out by ArrowQuantV2
     }

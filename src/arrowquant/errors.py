@@ -37,4 +37,8 @@ class MissingFileError(ArrowQuantError, FileNotFoundError):
     """An input file or folder does not exist, or holds no checkpoint."""
 
 
-__all__ += ["FileFormatError", "MissingFileError"]
+class AccuracyError(ArrowQuantError, ValueError):
+    """A layer cannot reach the requested accuracy (min_accuracy) at any allowed bit width."""
+
+
+__all__ += ["FileFormatError", "MissingFileError", "AccuracyError"]

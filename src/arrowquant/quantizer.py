@@ -256,9 +256,28 @@ class ArrowQuantV2:
 
         bits, group, sym, meth, threads = self._options(bit_width, group_size, symmetric, method,
                                                         default_method=DEFAULT_PIPELINE_METHOD)
-        return quantize_checkpoint(safetensors_path, output_path, bit_width=bits, group_size=group, symmetric=sym,
-                                   method=meth, num_threads=threads, include=include, exclude=exclude,
-                                   progress_callback=progress_callback, mode=self.mode)
+        report = quantize_checkpoint(safetensors_path, output_path, bit_width=bits, group_size=group, symmetric=sym,
+                                     method=meth, num_threads=threads, include=include, exclude=exclude,
+                                     progress_callback=progress_callback, mode=self.mode)
+        raw = report.pop("_markov")
+        self._record_markov(list(raw), list(raw.values()))
+        return report
+
+    def quantize_diffusion_model(self, model_path: Any, output_path: Any, config: Any = None,
+                                 progress_callback: Callable[[str, float], Any] | None = None, *,
+                                 overwrite: bool = False) -> dict:
+        """Quantize a diffusers-style model (see arrowquant.quantize_diffusion_model) with this
+        quantizer's mode; without a config, its group size, symmetry, threads and method are used."""
+        from .diffusion import DiffusionQuantConfig, quantize_diffusion_model
+
+        if config is None:
+            config = DiffusionQuantConfig(group_size=self.group_size, symmetric=self.symmetric,
+                                          num_threads=self.num_threads, method=self.method or DEFAULT_PIPELINE_METHOD)
+        report = quantize_diffusion_model(model_path, output_path, config, progress_callback, mode=self.mode,
+                                          overwrite=overwrite)
+        raw = report.pop("_markov")
+        self._record_markov(list(raw), list(raw.values()))
+        return report
 
     def dequantize_arrow(self, table: Any) -> pa.Table:
         """Decode a quantized table back to float32: columns layer_name, weights, shape."""

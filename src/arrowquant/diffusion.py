@@ -1,0 +1,406 @@
+"""Diffusion models end to end: configuration, sensitive-layer rules, the model-folder pipeline
+and quality validation. The rules are documented in docs/diffusion.md."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .aq_file import AqFile
+from .checkpoint import _patterns, quantize_checkpoint
+from .errors import FileFormatError, MissingFileError, ParameterError
+from .quantizer import check_bit_width, check_group_size, check_method, check_num_threads
+from .safetensors_io import SafetensorsFile, TensorInfo, resolve_checkpoint
+from .tensor import dequantize_tensors
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "edge": {"bit_width": 2, "group_size": 256, "min_accuracy": 0.65},
+    "local": {"bit_width": 4, "group_size": 128, "min_accuracy": 0.85},
+    "cloud": {"bit_width": 8, "group_size": 64, "min_accuracy": 0.95},
+}
+# validate_quality's default pass threshold (cosine) per bit width.
+DEFAULT_THRESHOLDS = {2: 0.70, 4: 0.90, 8: 0.95}
+
+
+class DiffusionQuantConfig:
+    """Settings of quantize_diffusion_model; validated at construction (errors name the parameter)."""
+
+    FIELDS = ("bit_width", "group_size", "symmetric", "min_accuracy", "fallback", "keep_sensitive",
+              "sensitive_bit_width", "include", "exclude", "num_threads", "method")
+
+    def __init__(self, bit_width: int = 4, group_size: int = 128, symmetric: bool = False,
+                 min_accuracy: float | None = None, fallback: bool = True, keep_sensitive: bool = True,
+                 sensitive_bit_width: int | None = 8, include: Any = None, exclude: Any = None,
+                 num_threads: int | None = None, method: str = "search") -> None:
+        self.bit_width = check_bit_width(bit_width)
+        self.group_size = check_group_size(group_size)
+        for name, value in (("symmetric", symmetric), ("fallback", fallback), ("keep_sensitive", keep_sensitive)):
+            if not isinstance(value, bool):
+                raise ParameterError(f"{name} must be True or False; got {value!r}")
+        self.symmetric, self.fallback, self.keep_sensitive = symmetric, fallback, keep_sensitive
+        if min_accuracy is not None and (isinstance(min_accuracy, bool) or not isinstance(min_accuracy, (int, float))
+                                         or not 0.0 < min_accuracy <= 1.0):
+            raise ParameterError(f"min_accuracy must be a cosine similarity in (0, 1] or None; got {min_accuracy!r}")
+        self.min_accuracy = None if min_accuracy is None else float(min_accuracy)
+        if sensitive_bit_width is not None:
+            check_bit_width(sensitive_bit_width)
+            if sensitive_bit_width < self.bit_width:
+                raise ParameterError(f"sensitive_bit_width ({sensitive_bit_width}) must not be below bit_width "
+                                     f"({self.bit_width}): sensitive layers keep more precision, not less")
+        self.sensitive_bit_width = sensitive_bit_width
+        self.include = _patterns(include, "include")
+        self.exclude = _patterns(exclude, "exclude")
+        self.num_threads = check_num_threads(num_threads)
+        self.method = check_method(method)
+
+    @classmethod
+    def from_profile(cls, name: str, **overrides: Any) -> "DiffusionQuantConfig":
+        """edge (2-bit, group 256, min cosine 0.65), local (4-bit, 128, 0.85), cloud (8-bit, 64, 0.95)."""
+        if name not in PROFILES:
+            raise ParameterError(f"profile must be one of {', '.join(map(repr, PROFILES))}; got {name!r}")
+        return cls(**{**PROFILES[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.FIELDS}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "DiffusionQuantConfig":
+        if not isinstance(values, dict):
+            raise ParameterError(f"from_dict takes a dict; got {type(values).__name__}")
+        unknown = sorted(set(values) - set(cls.FIELDS))
+        if unknown:
+            raise ParameterError(f"unknown DiffusionQuantConfig fields {unknown}; known: {list(cls.FIELDS)}")
+        return cls(**values)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DiffusionQuantConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return "DiffusionQuantConfig(" + ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items()) + ")"
+
+
+# ----------------------------------------------------------------------------------------------
+# Sensitive layers (mode="diffusion")
+
+# Each rule: (reason, regular expression searched in the tensor name).
+SENSITIVE_RULES: list[tuple[str, re.Pattern]] = [
+    ("time/class embedding", re.compile(
+        r"(^|\.)(time_embedding|time_embed|class_embedding|add_embedding|label_emb|time_text_embed|"
+        r"timestep_embedder|t_embedder|y_embedder|adaln_single|guidance_embedder)\.")),
+    ("input/output layer", re.compile(
+        r"(^|\.)(conv_in|conv_out|conv_norm_out|x_embedder|context_embedder|patch_embed|final_layer)\.|"
+        r"^(proj_out|norm_out)\.")),
+    ("normalization", re.compile(r"(^|\.)[a-z_]*norm[a-z_0-9]*\.")),
+    ("positional embedding", re.compile(r"(^|\.)(pos_embed|pos_embedding|position_embedding|rope|freqs)[a-z_]*(\.|$)")),
+]
+# Block families in network order; the first present block and the last present block are sensitive.
+BLOCK_FAMILIES = ["down_blocks", "transformer_blocks", "joint_blocks", "blocks", "up_blocks",
+                  "single_transformer_blocks"]
+_BLOCK = re.compile(r"^(?:(?:encoder|decoder|model)\.)?(" + "|".join(BLOCK_FAMILIES) + r")\.(\d+)\.")
+
+
+def edge_blocks(names: list[str]) -> dict[tuple[str, int], str]:
+    """{(family, index): "first block" | "last block"} for the network's first and last block,
+    found from the tensor names (UNet: down_blocks.0 and the last up_block; Flux: transformer_blocks.0
+    and the last single_transformer_block; DiT/SD3: the first and last of their one family)."""
+    present: dict[str, set[int]] = {}
+    for name in names:
+        m = _BLOCK.match(name)
+        if m:
+            present.setdefault(m.group(1), set()).add(int(m.group(2)))
+    ordered = [f for f in BLOCK_FAMILIES if f in present]
+    if not ordered:
+        return {}
+    last = (ordered[-1], max(present[ordered[-1]]))
+    return {last: "last block", (ordered[0], min(present[ordered[0]])): "first block"}
+
+
+def sensitivity(name: str, edges: dict[tuple[str, int], str]) -> str | None:
+    """Why a tensor is sensitive in a diffusion model, or None."""
+    for reason, rule in SENSITIVE_RULES:
+        if rule.search(name):
+            return reason
+    m = _BLOCK.match(name)
+    return edges.get((m.group(1), int(m.group(2)))) if m else None
+
+
+def bit_width_rule(config: DiffusionQuantConfig, mode: str, names: list[str]
+                   ) -> Callable[[str, TensorInfo], tuple[int | None, str]]:
+    edges = edge_blocks(names)
+
+    def choose(name: str, info: TensorInfo) -> tuple[int | None, str]:
+        if mode == "diffusion" and config.keep_sensitive:
+            why = sensitivity(name, edges)
+            if why is not None:
+                if config.sensitive_bit_width is None:
+                    return None, f"sensitive ({why}): carried through unquantized"
+                return max(config.sensitive_bit_width, config.bit_width), f"sensitive ({why})"
+        return config.bit_width, "default"
+
+    return choose
+
+
+# ----------------------------------------------------------------------------------------------
+# Model folders
+
+# Component classes that carry no weights (copied as they are).
+_WEIGHTLESS_CLASS = re.compile(r"(Scheduler|Tokenizer|TokenizerFast|FeatureExtractor|ImageProcessor|Processor)$")
+
+
+def _is_weight_file(path: Path) -> bool:
+    return path.name.endswith(".safetensors") or path.name.endswith(".safetensors.index.json")
+
+
+def _aq_name(component_dir: Path) -> str:
+    """diffusion_pytorch_model(.safetensors|-00001-of-00002.safetensors|.safetensors.index.json) -> ....aq"""
+    weights = sorted(p.name for p in component_dir.iterdir() if _is_weight_file(p))
+    index = [w for w in weights if w.endswith(".index.json")]
+    base = (index[0] if index else weights[0]).split(".safetensors")[0]
+    return re.sub(r"-\d{5}-of-\d{5}$", "", base) + ".aq"
+
+
+def describe_model(model_path: Path) -> tuple[str, list[tuple[str, Path | None]]]:
+    """('diffusers' | 'component' | 'file', [(component name, weights path or None)])."""
+    if not model_path.exists():
+        raise MissingFileError(f"{model_path}: no such file or directory")
+    if model_path.is_file():
+        return "file", [("", model_path)]
+    index_file = model_path / "model_index.json"
+    if index_file.is_file():
+        try:
+            index = json.loads(index_file.read_text("utf-8"))
+            assert isinstance(index, dict)
+        except (ValueError, AssertionError, UnicodeDecodeError):
+            raise FileFormatError(f"{index_file}: not a valid model_index.json (expected a JSON object)") from None
+        components = []
+        for name, spec in index.items():
+            if name.startswith("_") or not (isinstance(spec, list) and len(spec) == 2):
+                continue
+            folder = model_path / name
+            cls = str(spec[1])
+            has_weights = folder.is_dir() and any(_is_weight_file(p) for p in folder.iterdir())
+            if has_weights:
+                components.append((name, folder))
+            elif spec[0] is not None and spec[1] is not None and not _WEIGHTLESS_CLASS.search(cls):
+                raise MissingFileError(f"{model_path}: component '{name}' ({cls}) has no .safetensors weights in {folder}")
+        if not components:
+            raise MissingFileError(f"{model_path}: model_index.json lists no component with .safetensors weights")
+        return "diffusers", components
+    if any(_is_weight_file(p) for p in model_path.iterdir()):
+        return "component", [("", model_path)]
+    raise MissingFileError(f"{model_path}: not a model folder (no model_index.json and no .safetensors files)")
+
+
+def _prepare_output_folder(output: Path, overwrite: bool) -> Path:
+    if not output.parent.is_dir():
+        raise ParameterError(f"{output}: the output's parent folder {output.parent} does not exist")
+    if output.exists():
+        if not output.is_dir() or (any(output.iterdir()) and not overwrite):
+            raise ParameterError(f"{output}: exists and is not an empty folder (pass overwrite=True / --overwrite "
+                                 "to replace it)")
+    staging = output.parent / f".{output.name}.partial-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    return staging
+
+
+def _publish(staging: Path, output: Path) -> None:
+    """Replace output by the complete staging folder (a crash leaves either the old or the new)."""
+    if output.exists():
+        old = output.parent / f".{output.name}.old-{os.getpid()}"
+        os.replace(output, old)
+        os.replace(staging, output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, output)
+
+
+def _summary(reports: list[dict]) -> dict[str, Any]:
+    layers = {k: v for r in reports for k, v in r["layers"].items()}
+    cos = [v["cosine"] for v in layers.values()]
+    rmse = [v["relative_rmse"] for v in layers.values()]
+    before = sum(r["input_bytes"] for r in reports)
+    after = sum(r["output_bytes"] for r in reports)
+    return {"bytes_before": before, "bytes_after": after, "compression_ratio": before / after if after else 0.0,
+            "layers_quantized": len(layers), "layers_carried": sum(r["layers_carried"] for r in reports),
+            "mean_cosine": float(np.mean(cos)) if cos else 1.0, "min_cosine": min(cos) if cos else 1.0,
+            "mean_relative_rmse": float(np.mean(rmse)) if rmse else 0.0, "max_relative_rmse": max(rmse) if rmse else 0.0}
+
+
+def quantize_diffusion_model(model_path: Any, output_path: Any, config: DiffusionQuantConfig | None = None,
+                             progress_callback: Callable[[str, float], Any] | None = None, *, mode: str = "diffusion",
+                             overwrite: bool = False) -> dict[str, Any]:
+    """Quantize a diffusers-style model folder (or one component folder, a safetensors file or a
+    sharded index) into ``output_path``, which mirrors the input: a folder per component with its
+    .aq file and every non-weight file copied unchanged. Returns a report (per component and
+    overall: bytes, compression, cosine, relative RMSE, bit width per layer, fallbacks, seconds)."""
+    started = time.perf_counter()
+    config = config or DiffusionQuantConfig()
+    if not isinstance(config, DiffusionQuantConfig):
+        raise ParameterError(f"config must be a DiffusionQuantConfig; got {type(config).__name__}")
+    model_path, output_path = Path(model_path), Path(output_path)
+    kind, components = describe_model(model_path)
+    sizes = {name: sum(p.stat().st_size for p in resolve_checkpoint(path)) for name, path in components}
+    total = sum(sizes.values()) or 1
+    done = 0
+
+    def run(name: str, weights: Path, out_file: Path) -> dict:
+        nonlocal done
+        base = done
+        names = [n for f in resolve_checkpoint(weights) for n in SafetensorsFile(f).names()]
+
+        def progress(layer: str, fraction: float) -> None:
+            if progress_callback is not None:
+                progress_callback(f"{name}/{layer}" if name else layer, (base + fraction * sizes[name]) / total)
+
+        report = quantize_checkpoint(
+            weights, out_file, bit_width=config.bit_width, group_size=config.group_size, symmetric=config.symmetric,
+            num_threads=config.num_threads, method=config.method, include=config.include, exclude=config.exclude,
+            progress_callback=progress, mode=mode, bit_width_for=bit_width_rule(config, mode, names),
+            min_accuracy=config.min_accuracy, fallback=config.fallback,
+            extra_metadata={"diffusion_config": config.to_dict(), "component": name})
+        done += sizes[name]
+        return report
+
+    if kind == "file":
+        report = run("", model_path, output_path)
+        per_component = {"": report}
+    else:
+        staging = _prepare_output_folder(output_path, overwrite)
+        try:
+            per_component = {}
+            root = model_path if kind == "diffusers" else None
+            folders = [(name, folder) for name, folder in components]
+            if root is not None:  # copy every non-weight file and folder (configs, tokenizers, schedulers)
+                for entry in root.iterdir():
+                    if entry.is_dir():
+                        shutil.copytree(entry, staging / entry.name, ignore=lambda d, files: [
+                            f for f in files if _is_weight_file(Path(d) / f)])
+                    elif not _is_weight_file(entry):
+                        shutil.copy2(entry, staging / entry.name)
+            else:
+                for entry in model_path.iterdir():
+                    if entry.is_file() and not _is_weight_file(entry):
+                        shutil.copy2(entry, staging / entry.name)
+            for name, folder in folders:
+                target = staging / name if name else staging
+                target.mkdir(exist_ok=True)
+                per_component[name or model_path.name] = run(name, folder, target / _aq_name(folder))
+            _publish(staging, output_path)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    markov_raw = {(f"{name}/{k}" if name else k): v for name, r in per_component.items() for k, v in r["_markov"].items()}
+    components_out = {}
+    for name, r in per_component.items():
+        components_out[name or "model"] = {
+            "output": r["output"], "bytes_before": r["input_bytes"], "bytes_after": r["output_bytes"],
+            "compression_ratio": r["compression_ratio"], "mean_cosine": r["mean_cosine"], "min_cosine": r["min_cosine"],
+            "mean_relative_rmse": r["mean_relative_rmse"], "layers_quantized": r["layers_quantized"],
+            "layers_carried": r["layers_carried"], "fallbacks": r["fallbacks"],
+            "layers": {k: {"bit_width": v["bit_width"], "reason": v["reason"], "cosine": v["cosine"],
+                           "relative_rmse": v["relative_rmse"], "shape": v["shape"]} for k, v in r["layers"].items()},
+            "carried": r["carried"]}
+    return {"model": str(model_path), "output": str(output_path), "kind": kind, "mode": mode,
+            "config": config.to_dict(), "components": components_out,
+            "overall": _summary(list(per_component.values())),
+            "fallbacks": [f for r in per_component.values() for f in r["fallbacks"]],
+            "seconds": time.perf_counter() - started, "_markov": markov_raw}
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+
+def _pairs(original: Path, quantized: Path) -> list[tuple[str, Path, Path]]:
+    """(component, original weights, .aq file) pairs for file/file, folder/folder inputs."""
+    if quantized.is_file():
+        return [("model", original, quantized)]
+    if not quantized.is_dir():
+        raise MissingFileError(f"{quantized}: no such .aq file or folder")
+    kind, components = describe_model(original)
+    if kind == "file":
+        raise ParameterError(f"{quantized}: is a folder but {original} is a single file; pass the .aq file")
+    pairs = []
+    for name, folder in components:
+        target = quantized / name if name else quantized
+        aq_files = sorted(target.glob("*.aq")) if target.is_dir() else []
+        if not aq_files:
+            raise MissingFileError(f"{target}: no .aq file for component '{name or original.name}'")
+        pairs.append((name or "model", folder, aq_files[0]))
+    return pairs
+
+
+def validate_quality(original_path: Any, quantized_path: Any, threshold: float | None = None) -> dict[str, Any]:
+    """Compare an original checkpoint (file, index or model folder) with its quantized counterpart
+    (.aq file or the folder quantize_diffusion_model wrote): per layer cosine similarity, relative
+    RMSE, SQNR (dB) and max absolute error (float64, numpy), overall mean / min cosine, compression
+    over weight bytes, and ``passed``: every quantized layer's cosine at least ``threshold``
+    (default by its bit width: 2 -> 0.70, 4 -> 0.90, 8 -> 0.95), carried-through layers identical,
+    and no layer missing or of another shape on either side."""
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not 0 < threshold <= 1):
+        raise ParameterError(f"threshold must be a cosine similarity in (0, 1] or None; got {threshold!r}")
+    original_path, quantized_path = Path(original_path), Path(quantized_path)
+    layers: dict[str, dict[str, Any]] = {}
+    problems: list[dict[str, Any]] = []
+    weight_before = weight_after = 0
+    for component, source, aq_path in _pairs(original_path, quantized_path):
+        prefix = "" if component == "model" else f"{component}/"
+        originals = {}
+        files = [SafetensorsFile(f) for f in resolve_checkpoint(source)]
+        try:
+            for f in files:
+                for name in f.names():
+                    originals[name] = f
+            with AqFile(aq_path) as q:
+                for name in sorted(set(originals) - set(q.layer_names)):
+                    problems.append({"layer": prefix + name, "problem": "missing in the quantized model"})
+                for name in sorted(set(q.layer_names) - set(originals)):
+                    problems.append({"layer": prefix + name, "problem": "not in the original model"})
+                for name in q.layer_names:
+                    if name not in originals:
+                        continue
+                    source_array = originals[name].array(name)
+                    stored = q.tensor(name)
+                    shape = tuple(stored.shape)
+                    if shape != tuple(source_array.shape):
+                        problems.append({"layer": prefix + name, "problem":
+                                         f"shape {list(shape)} differs from the original's {list(source_array.shape)}"})
+                        continue
+                    if isinstance(stored, np.ndarray):  # carried through: must be identical
+                        if stored.tobytes() != source_array.tobytes():
+                            problems.append({"layer": prefix + name, "problem": "carried-through tensor differs"})
+                        continue
+                    decoded = dequantize_tensors([stored], [f"{aq_path}: layer {name!r}"])[0].astype(np.float64)
+                    x = source_array.astype(np.float64).reshape(-1)
+                    d = x - decoded
+                    xx, yy, xy, dd = float(x @ x), float(decoded @ decoded), float(x @ decoded), float(d @ d)
+                    cosine = 1.0 if xx == 0 and yy == 0 else (0.0 if xx == 0 or yy == 0 else xy / math.sqrt(xx * yy))
+                    layer_threshold = threshold if threshold is not None else DEFAULT_THRESHOLDS[stored.bit_width]
+                    layers[prefix + name] = {
+                        "bit_width": stored.bit_width, "cosine": cosine,
+                        "relative_rmse": math.sqrt(dd / xx) if xx else (0.0 if dd == 0 else math.inf),
+                        "sqnr_db": 10 * math.log10(xx / dd) if dd > 0 and xx > 0 else math.inf,
+                        "max_abs_error": float(np.abs(d).max()) if d.size else 0.0,
+                        "threshold": layer_threshold, "passed": cosine >= layer_threshold}
+                    weight_before += source_array.nbytes
+                    weight_after += stored.nbytes
+        finally:
+            for f in files:
+                f.close()
+    cos = [v["cosine"] for v in layers.values()]
+    failed = [k for k, v in layers.items() if not v["passed"]]
+    return {"original": str(original_path), "quantized": str(quantized_path), "layers": layers,
+            "mean_cosine": float(np.mean(cos)) if cos else 1.0, "min_cosine": min(cos) if cos else 1.0,
+            "compression_ratio": weight_before / weight_after if weight_after else 0.0,
+            "weight_bytes_before": weight_before, "weight_bytes_after": weight_after,
+            "failed_layers": failed, "problems": problems, "passed": not failed and not problems}
