@@ -299,7 +299,8 @@ def quantize_diffusion_model(model_path: Any, output_path: Any, config: Diffusio
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    markov_raw = {(f"{name}/{k}" if name else k): v for name, r in per_component.items() for k, v in r["_markov"].items()}
+    prefixed = kind == "diffusers"
+    markov_raw = {(f"{name}/{k}" if prefixed else k): v for name, r in per_component.items() for k, v in r["_markov"].items()}
     components_out = {}
     for name, r in per_component.items():
         components_out[name or "model"] = {

@@ -1,0 +1,104 @@
+"""The arrowquant command: exit codes, --json, progress silent when piped, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import safetensors
+
+from arrowquant.demo import make_demo_model
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "arrowquant.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_demo_model(tmp_path_factory.mktemp("cli") / "model")
+
+
+@pytest.fixture(scope="module")
+def quantized(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli_out") / "q"
+    r = run("quantize", model, out, "--profile", "local", "--json")
+    assert r.returncode == 0, r.stderr
+    return out, json.loads(r.stdout)
+
+
+def test_quantize_json_and_silent_progress_when_piped(quantized):
+    out, report = quantized
+    assert report["config"]["bit_width"] == 4 and report["config"]["min_accuracy"] == 0.85
+    assert set(report["components"]) == {"unet", "vae"}
+    assert (out / "unet" / "diffusion_pytorch_model.aq").is_file()
+
+
+def test_quantize_prints_a_summary_and_no_progress_bar_when_piped(model, tmp_path):
+    r = run("quantize", model, tmp_path / "q", "--bits", "8", "--method", "rtn")
+    assert r.returncode == 0, r.stderr
+    assert "component" in r.stdout and "total" in r.stdout and "layers by bit width" in r.stdout
+    assert r.stderr == ""  # stderr is not a terminal here: no progress bar
+
+
+def test_inspect_and_validate(quantized, model):
+    out, _ = quantized
+    r = run("inspect", out / "unet" / "diffusion_pytorch_model.aq", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["metadata"]["format"] == "arrowquant.aq" and info["layers_quantized"] > 100
+    assert {layer["bit_width"] for layer in info["layers"] if layer["quantized"]} == {4, 8}
+    r = run("inspect", out / "unet" / "diffusion_pytorch_model.aq")
+    assert r.returncode == 0 and "carried through" in r.stdout
+    r = run("validate", model, out, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["passed"] is True
+    r = run("validate", model, out, "--threshold", "0.999999")
+    assert r.returncode == 1 and "FAILED" in r.stdout
+
+
+def test_dequantize_folder_back_to_safetensors(quantized, tmp_path):
+    out, _ = quantized
+    r = run("dequantize", out, tmp_path / "restored", "--json")
+    assert r.returncode == 0, r.stderr
+    restored = tmp_path / "restored" / "unet" / "diffusion_pytorch_model.safetensors"
+    with open(restored, "rb") as f:
+        tensors = dict(safetensors.deserialize(f.read()))
+    assert tensors["conv_in.weight"]["dtype"] == "F32" and tensors["conv_in.weight"]["shape"] == [64, 4, 3, 3]
+    assert (tmp_path / "restored" / "unet" / "config.json").is_file()
+    r = run("dequantize", out / "vae" / "diffusion_pytorch_model.aq", tmp_path / "vae16.safetensors", "--dtype", "float16")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "vae16.safetensors", "rb") as f:
+        tensors = dict(safetensors.deserialize(f.read()))
+    assert tensors["decoder.up_blocks.0.resnets.0.conv1.weight"]["dtype"] == "F16"  # quantized: converted
+    assert tensors["decoder.conv_out.weight"]["dtype"] == "F32"  # 864 elements: carried through as stored
+
+
+@pytest.mark.parametrize("args", [["quantize"], ["frobnicate"], ["quantize", "a", "b", "--bits", "3"], []])
+def test_usage_errors_exit_2(args):
+    assert run(*args).returncode == 2
+
+
+def test_user_errors_are_one_line_and_exit_1(tmp_path, model):
+    r = run("quantize", tmp_path / "missing", tmp_path / "o")
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+    assert "missing: no such file or directory" in r.stderr
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x").write_text("x")
+    r = run("quantize", model, busy)
+    assert r.returncode == 1 and "--overwrite" in r.stderr
+    r = run("quantize", model, tmp_path / "o2", "--bits", "4", "--sensitive-bits", "2")
+    assert r.returncode == 1 and "sensitive_bit_width" in r.stderr
+
+
+def test_demo_json():
+    r = run("demo", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["validate"]["passed"] is True
+    assert doc["quantize"]["config"]["bit_width"] == 4
