@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 # (faster, and incremental through build/{wheel_tag}).
 BUILD_DEPS := "scikit-build-core>=0.10" "nanobind>=2.0" "pyarrow==26.0.1" cmake ninja
 
-.PHONY: demo test install install-test bench bench-cpp bench-python bench-smoke clean
+.PHONY: demo test install install-test bench bench-cpp bench-python bench-smoke sanitize fuzz clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -61,5 +61,27 @@ bench-smoke: $(BENCH_BUILD)/kernels_bench
 	$(PY) bench/quality.py --quick --json build/bench-smoke/quality.json
 	$(PY) bench/report.py --results build/bench-smoke --out build/bench-smoke
 
+# The whole test suite against an ASan + UBSan build of the extension, in its own venv, with leak
+# detection on (CPython's and the wheels' own never-freed allocations are suppressed by name).
+SAN_VENV := .venv-sanitize
+sanitize:
+	test -x $(SAN_VENV)/bin/python || $(PYTHON) -m venv $(SAN_VENV)
+	$(SAN_VENV)/bin/pip install --quiet --upgrade pip
+	$(SAN_VENV)/bin/pip install --quiet $(BUILD_DEPS)
+	$(SAN_VENV)/bin/pip install --quiet --no-build-isolation -Cbuild-dir=build/sanitize \
+	  -Ccmake.define.ARROWQUANT_SANITIZE=ON -Ccmake.build-type=RelWithDebInfo ".[test]"
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_init_order=1 \
+	LSAN_OPTIONS=suppressions=$(CURDIR)/.ci/lsan.supp:print_suppressions=0 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	ARROWQUANT_FUZZ_EXAMPLES=60 $(SAN_VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+
+# Coverage-guided fuzzing by hand (atheris), e.g. `make fuzz TARGET=safetensors SECONDS=600`.
+TARGET ?= safetensors
+SECONDS ?= 60
+fuzz: install
+	$(PIP) install --quiet atheris
+	$(PY) fuzz/fuzz_$(TARGET).py -max_total_time=$(SECONDS) fuzz/corpus_$(TARGET)
+
 clean:
-	rm -rf build $(VENV) .pytest_cache
+	rm -rf build $(VENV) $(SAN_VENV) .pytest_cache

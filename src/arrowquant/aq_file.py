@@ -109,7 +109,7 @@ class AqFile:
         try:
             self._source = pa.memory_map(str(self.path), "r")
             self._reader = pa.ipc.open_file(self._source)
-        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+        except (pa.ArrowException, OSError) as e:  # any pyarrow error: a damaged file can provoke all kinds
             raise FileFormatError(f"{self.path}: not a readable Arrow IPC (.aq) file ({e})") from None
         raw = self._reader.schema.metadata or {}
         if raw.get(b"arrowquant.format") != AQ_FORMAT.encode():
@@ -129,14 +129,20 @@ class AqFile:
             except (ValueError, UnicodeDecodeError):
                 raise FileFormatError(f"{self.path}: metadata {key!r} is not valid JSON") from None
         self._index: dict[str, tuple[int, int]] = {}
-        try:
-            for b in range(self._reader.num_record_batches):
-                for row, name in enumerate(self._reader.get_batch(b).column("layer_name").to_pylist()):
-                    if name is None or name in self._index:
-                        raise FileFormatError(f"{self.path}: layer name {name!r} is null or repeated")
-                    self._index[name] = (b, row)
-        except (pa.ArrowInvalid, pa.ArrowIOError) as e:
-            raise FileFormatError(f"{self.path}: corrupt record batch ({e})") from None
+        self._batches: list[pa.RecordBatch] = []
+        for b in range(self._reader.num_record_batches):
+            try:
+                batch = self._reader.get_batch(b)
+                # Every offset and length checked once, here: Arrow trusts a file's buffers, and
+                # reading a corrupt one (a flipped bit, a truncated write) could crash the process.
+                batch.validate(full=True)
+            except (pa.ArrowException, OSError) as e:
+                raise FileFormatError(f"{self.path}: record batch {b} is corrupt ({e})") from None
+            self._batches.append(batch)
+            for row, name in enumerate(batch.column("layer_name").to_pylist()):
+                if name is None or name in self._index:
+                    raise FileFormatError(f"{self.path}: layer name {name!r} is null or repeated")
+                self._index[name] = (b, row)
 
     def __enter__(self) -> "AqFile":
         return self
@@ -161,7 +167,7 @@ class AqFile:
         if name not in self._index:
             raise KeyError(f"{self.path}: no layer named {name!r}")
         b, row = self._index[name]
-        batch = self._reader.get_batch(b)
+        batch = self._batches[b]
         get = lambda c: batch.column(c)[row]  # noqa: E731
         fields = {c: get(c).as_py() for c in ("shape", "bit_width", "group_size", "symmetric", "source_dtype")}
         label = f"{self.path}: layer {name!r}"

@@ -84,12 +84,20 @@ def parse_header(header: bytes, data_size: int, where: str) -> tuple[dict[str, T
             raise FileFormatError(f"{at}: data_offsets end {end} lies beyond the data area of {data_size} bytes "
                                   "(truncated file?)")
         tensors[name] = TensorInfo(name, dtype, tuple(shape), begin, end)
-    previous = None
+    # As the format requires, the tensors tile the data area exactly: no overlap (two names for
+    # the same bytes) and no hole (bytes that belong to no tensor, e.g. a polyglot payload).
+    position, previous = 0, None
     for info in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):
-        if previous is not None and info.begin < previous.end and info.nbytes and previous.nbytes:
+        if info.begin < position:
             raise FileFormatError(f"{where}: tensors {previous.name!r} and {info.name!r} overlap "
                                   f"([{previous.begin}, {previous.end}) and [{info.begin}, {info.end}))")
-        previous = info if info.nbytes else previous
+        if info.begin > position:
+            raise FileFormatError(f"{where}: bytes [{position}, {info.begin}) of the data area belong to no tensor "
+                                  f"(a hole before {info.name!r})")
+        position, previous = info.end, info
+    if position != data_size:
+        raise FileFormatError(f"{where}: the data area has {data_size - position} bytes after the last tensor "
+                              "that belong to no tensor")
     return tensors, metadata
 
 
