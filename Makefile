@@ -74,7 +74,8 @@ sanitize:
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_init_order=1 \
 	LSAN_OPTIONS=suppressions=$(CURDIR)/.ci/lsan.supp:print_suppressions=0 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	ARROWQUANT_FUZZ_EXAMPLES=60 $(SAN_VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+	ARROWQUANT_SANITIZED=1 ARROWQUANT_FUZZ_EXAMPLES=60 ARROWQUANT_LEAK_CALLS=1000 \
+	  $(SAN_VENV)/bin/python -m pytest -q -p no:cacheprovider tests
 
 # Coverage-guided fuzzing by hand (atheris), e.g. `make fuzz TARGET=safetensors SECONDS=600`.
 TARGET ?= safetensors

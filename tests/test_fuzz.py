@@ -208,3 +208,24 @@ def test_structured_safetensors_headers(tmp_path_factory, header, data_len, leng
     # Accepted: the reference implementation must accept it too, and agree on every tensor.
     reference = dict(safetensors.deserialize(path.read_bytes()))
     assert report["layers_quantized"] + report["layers_carried"] == len(reference)
+
+
+def test_regression_zero_size_shape_with_huge_dimensions(tmp_path):
+    """[0, 1.5e9, 1.5e9] has no elements, but NumPy refuses the shape: that was a raw ValueError."""
+    for quantized in (True, False):
+        row = aq_row(quantized_data=b"", scales=[], zero_points=[], shape=[0, 1_518_494_220, 1_518_506_280])
+        if not quantized:
+            row.update(bit_width=32, group_size=0)
+        write_aq(tmp_path / "f.aq", [row])
+        with aq.open(tmp_path / "f.aq") as f, pytest.raises(aq.ArrowQuantError, match="64 bits"):
+            f.dequantize("w")
+
+
+def test_regression_aq_views_are_read_only(tmp_path):
+    """NumPy views over the read-only .aq mapping were writeable: a write would crash the process."""
+    save_file({"w": np.ones((16, 128), np.float32)}, str(tmp_path / "m.safetensors"))
+    aq.ArrowQuantV2().quantize_from_safetensors(tmp_path / "m.safetensors", tmp_path / "m.aq")
+    with aq.open(tmp_path / "m.aq") as f:
+        t = f.tensor("w")
+        with pytest.raises(ValueError, match="read-only"):
+            t.quantized_data[0] = 1

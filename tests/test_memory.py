@@ -1,6 +1,7 @@
 """Repeated calls do not leak: resident memory and Arrow's allocator stay flat."""
 
 import gc
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -35,16 +36,18 @@ def test_no_memory_growth_over_repeated_calls():
         round_trip()
     gc.collect()
     # Each call allocates ~0.3 MB of output; a leak of even one output per call would show as 400+ MB.
-    assert rss_bytes() - rss_before < 16 * 2**20
-    assert pa.total_allocated_bytes() == arrow_before
+    # (Under ASan freed memory sits in quarantine: LeakSanitizer checks leaks there.)
+    assert os.environ.get("ARROWQUANT_SANITIZED") or rss_bytes() - rss_before < 16 * 2**20
+    assert pa.total_allocated_bytes() <= arrow_before
 
 
 def test_outputs_are_freed_when_dropped():
     rng = np.random.default_rng(1)
     table = make_table({"w": rng.standard_normal((1024, 1024)).astype(np.float32)})
+    gc.collect()
     before = pa.total_allocated_bytes()
     out = aq.ArrowQuantV2().quantize_arrow(table, bit_width=8)
     assert pa.total_allocated_bytes() - before >= 1024 * 1024  # the 8-bit codes live in Arrow's pool
     del out
     gc.collect()
-    assert pa.total_allocated_bytes() == before
+    assert pa.total_allocated_bytes() <= before

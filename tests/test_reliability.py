@@ -18,6 +18,9 @@ from safetensors.numpy import save_file
 import arrowquant as aq
 
 CALLS = int(os.environ.get("ARROWQUANT_LEAK_CALLS", "10000"))
+# Under `make sanitize` ASan keeps freed memory in quarantine (RSS grows by design) and owns the
+# address space (RLIMIT_AS breaks it); LeakSanitizer does the leak checking there instead.
+SANITIZED = bool(os.environ.get("ARROWQUANT_SANITIZED"))
 
 
 def rss() -> int:
@@ -34,8 +37,8 @@ def assert_flat(call, calls=CALLS, slack_mb=8):
         call()
     gc.collect()
     grown = (rss() - rss_before) / 2**20
-    assert grown < slack_mb, f"resident memory grew by {grown:.1f} MB over {calls} calls"
-    assert pa.total_allocated_bytes() == arrow_before, "Arrow memory not returned"
+    assert SANITIZED or grown < slack_mb, f"resident memory grew by {grown:.1f} MB over {calls} calls"
+    assert pa.total_allocated_bytes() <= arrow_before, "Arrow memory not returned"
 
 
 def expect_error(fn, error=aq.ArrowQuantError):
@@ -137,6 +140,7 @@ def test_threads_give_sequential_bytes_and_an_error_does_not_disturb_others():
         assert out.equals(expected[tables.index(t) * 2 + (m == "search")])
 
 
+@pytest.mark.skipif(SANITIZED, reason="ASan reserves the address space itself")
 def test_allocation_failure_is_a_memory_error():
     script = textwrap.dedent("""
         import resource

@@ -16,9 +16,9 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-from .errors import FileFormatError, MissingFileError, ParameterError
+from .errors import DataError, FileFormatError, MissingFileError, ParameterError
 from .safetensors_io import atomic_output, write_safetensors
-from .tensor import QUANTIZABLE_DTYPES, SAFETENSORS_DTYPES, QuantizedTensor, dequantize_tensors, to_dtype
+from .tensor import QUANTIZABLE_DTYPES, SAFETENSORS_DTYPES, QuantizedTensor, check_shape, dequantize_tensors, to_dtype
 
 AQ_FORMAT = "arrowquant.aq"
 AQ_FORMAT_VERSION = "1"
@@ -175,6 +175,10 @@ class AqFile:
             raise FileFormatError(f"{label}: invalid shape {fields['shape']!r}")
         if fields["source_dtype"] not in SAFETENSORS_DTYPES:
             raise FileFormatError(f"{label}: unknown source_dtype {fields['source_dtype']!r}")
+        try:
+            check_shape(fields["shape"], label, SAFETENSORS_DTYPES[fields["source_dtype"]].itemsize)
+        except DataError as e:
+            raise FileFormatError(str(e)) from None
         data = get("quantized_data")
         fields["data"] = np.frombuffer(data.as_buffer(), np.uint8) if data.is_valid else None
         fields["scales"] = get("scales").values.to_numpy(zero_copy_only=False) if get("scales").is_valid else None

@@ -9,7 +9,7 @@ import ml_dtypes
 import numpy as np
 
 from . import _core
-from .errors import ParameterError
+from .errors import DataError, ParameterError
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -155,10 +155,23 @@ def quantize_arrays(arrays: Sequence[np.ndarray], source_dtypes: Sequence[str], 
     return out
 
 
+def check_shape(shape: Sequence[Any], label: str, itemsize: int = 4) -> tuple[int, ...]:
+    """A shape NumPy can hold: non-negative integers whose non-zero product (which NumPy checks
+    even when another dimension is 0) times the item size fits in 63 bits."""
+    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise DataError(f"{label}: shape {list(shape)} must be non-negative integers")
+    product = math.prod(int(d) for d in shape if d)
+    if product * itemsize >= 2**63:
+        raise DataError(f"{label}: shape {list(shape)} has a negative dimension or more elements than fit in 64 bits")
+    return tuple(int(d) for d in shape)
+
+
 def dequantize_tensors(tensors: Iterable[QuantizedTensor], labels: Sequence[str],
                        num_threads: int | None = None) -> list[np.ndarray]:
     """Flat float32 arrays, one per tensor (every length checked against shape and bits first)."""
     tensors = list(tensors)
+    for t, label in zip(tensors, labels):
+        check_shape(t.shape, label)
     return _core.dequantize_arrays(
         [np.ascontiguousarray(t.quantized_data, np.uint8) for t in tensors],
         [np.ascontiguousarray(t.scales, np.float32) for t in tensors],
