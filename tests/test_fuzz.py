@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from reference import decode
 from safetensors.numpy import save_file
@@ -146,6 +146,8 @@ def test_fuzzed_aq_layers_decode_correctly_or_fail_cleanly(tmp_path_factory, dat
 @FUZZ
 @given(flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=6),
        cut=st.integers(0, 200))
+@example(flips=[(12298, 1)], cut=0)  # found: a flipped schema bit raised ArrowNotImplementedError, uncaught
+@example(flips=[(31220, 128)], cut=0)  # found: a column name that is no longer UTF-8 (UnicodeDecodeError)
 def test_bit_flipped_and_truncated_aq_files_never_crash(tmp_path_factory, flips, cut):
     tmp = tmp_path_factory.mktemp("aqflip")
     save_file({"a": np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32),
@@ -229,3 +231,26 @@ def test_regression_aq_views_are_read_only(tmp_path):
         t = f.tensor("w")
         with pytest.raises(ValueError, match="read-only"):
             t.quantized_data[0] = 1
+
+
+def test_regression_corrupt_record_batch_is_refused_not_a_crash(tmp_path):
+    """A .aq record batch whose binary offsets lie made pyarrow abort the process on access."""
+    data = pa.Array.from_buffers(pa.large_binary(), 2, [None, pa.array([0, 10**6, 8], pa.int64()).buffers()[1],
+                                                        pa.py_buffer(bytes(8))])
+    columns = [pa.array(["a", "b"]), data, pa.array([[1.0], [1.0]], pa.list_(pa.float32())),
+               pa.array([[0.0], [0.0]], pa.list_(pa.float32())), pa.array([[16], [16]], pa.list_(pa.int64())),
+               pa.array([4, 4], pa.uint8()), pa.array([16, 16], pa.int32()), pa.array([False, False]),
+               pa.array(["F32", "F32"])]
+    schema = AQ_SCHEMA.with_metadata({b"arrowquant.format": b"arrowquant.aq", b"arrowquant.format_version": b"1"})
+    with pa.OSFile(str(tmp_path / "lie.aq"), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
+    with pytest.raises(aq.FileFormatError, match="record batch 0 is corrupt"):
+        aq.open(tmp_path / "lie.aq")
+
+
+def test_regression_safetensors_holes_are_refused(tmp_path):
+    """Bytes belonging to no tensor (a polyglot payload) were accepted; the format forbids them."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}).encode()
+    (tmp_path / "m.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
+    with pytest.raises(aq.FileFormatError, match=r"bytes \[0, 8\) of the data area belong to no tensor"):
+        aq.ArrowQuantV2().quantize_from_safetensors(tmp_path / "m.safetensors", tmp_path / "m.aq")

@@ -118,7 +118,11 @@ class AqFile:
         if raw.get(b"arrowquant.format_version") != AQ_FORMAT_VERSION.encode():
             raise FileFormatError(f"{self.path}: .aq format version {raw.get(b'arrowquant.format_version')!r} is not "
                                   f"supported (this arrowquant reads version {AQ_FORMAT_VERSION})")
-        missing = [f.name for f in AQ_SCHEMA if f.name not in self._reader.schema.names]
+        try:
+            names = self._reader.schema.names
+        except UnicodeDecodeError:  # a damaged schema: field names that are not UTF-8
+            raise FileFormatError(f"{self.path}: the schema's column names are not valid UTF-8 (damaged file)") from None
+        missing = [f.name for f in AQ_SCHEMA if f.name not in names]
         if missing:
             raise FileFormatError(f"{self.path}: columns {missing} are missing")
         self.metadata: dict[str, Any] = {}
