@@ -571,16 +571,10 @@ arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> quantize_record_
       job_origin.emplace_back(b, static_cast<int64_t>(r));
     }
   }
-  if (auto bad = engine::quantize_tensors(jobs, options.num_threads)) {
+  if (auto bad = engine::quantize_tensors(jobs, options.num_threads, nullptr, markov, options.markov_threshold)) {
     const auto [b, row] = job_origin[static_cast<size_t>(bad->tensor_index)];
     return DataError(layer_label(*inputs[b].names, row) + ": 'weights' contains NaN or infinity at index " +
                      std::to_string(bad->element_index) + "; only finite values can be quantized");
-  }
-  if (markov != nullptr) {
-    markov->clear();
-    for (const auto& job : jobs) {
-      markov->push_back(engine::markov_metrics(job.scales, job.zero_points, job.geometry, job.bits, options.markov_threshold));
-    }
   }
   std::vector<std::shared_ptr<arrow::RecordBatch>> results;
   for (size_t b = 0; b < inputs.size(); ++b) {

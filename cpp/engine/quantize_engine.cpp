@@ -101,7 +101,8 @@ std::string check_quantized_lengths(const kernels::GroupGeometry& geometry, int 
 int64_t packed_bytes(int64_t numel, int bits) { return (numel / 8) * bits + ((numel % 8) * bits + 7) / 8; }
 
 std::optional<NonFiniteValue> quantize_tensors(std::span<const kernels::QuantizeJob> jobs, int num_threads,
-                                               std::vector<kernels::ErrorStats>* error_stats) {
+                                               std::vector<kernels::ErrorStats>* error_stats,
+                                               std::vector<MarkovSummary>* markov, double markov_threshold) {
   std::vector<kernels::GroupGeometry> geometries;
   geometries.reserve(jobs.size());
   for (const auto& job : jobs) geometries.push_back(job.geometry);
@@ -118,11 +119,24 @@ std::optional<NonFiniteValue> quantize_tensors(std::span<const kernels::Quantize
     status[static_cast<size_t>(t)] = table.quantize_groups(job, task.group_begin, task.group_end,
                                                            error_stats != nullptr ? &task_stats[static_cast<size_t>(t)] : nullptr);
   });
-  timer.reset();
   // Tasks are in (tensor, group) order, so the first failed task holds the first bad value.
   for (size_t t = 0; t < tasks.size(); ++t) {
     if (!status[t].ok) return NonFiniteValue{tasks[t].job, status[t].bad_index};
   }
+  if (markov != nullptr) {
+    // A second parallel pass over the same tasks, once every scale is written (a task's last
+    // boundary reads the next task's first group); merged in task order, so thread-independent.
+    std::vector<MarkovSummary> task_markov(tasks.size());
+    parallel_for(static_cast<int64_t>(tasks.size()), effective_threads(num_threads, total), [&](int64_t t) {
+      const Task& task = tasks[static_cast<size_t>(t)];
+      const kernels::QuantizeJob& job = jobs[static_cast<size_t>(task.job)];
+      task_markov[static_cast<size_t>(t)] = markov_metrics(job.scales, job.zero_points, job.geometry, job.bits,
+                                                           markov_threshold, task.group_begin, task.group_end);
+    });
+    markov->assign(jobs.size(), MarkovSummary{});
+    for (size_t t = 0; t < tasks.size(); ++t) (*markov)[static_cast<size_t>(tasks[t].job)].merge(task_markov[t]);
+  }
+  timer.reset();
   if (error_stats != nullptr) {
     error_stats->assign(jobs.size(), kernels::ErrorStats{});
     for (size_t t = 0; t < tasks.size(); ++t) (*error_stats)[static_cast<size_t>(tasks[t].job)].merge(task_stats[t]);

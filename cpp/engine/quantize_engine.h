@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/markov_metrics.h"
 #include "kernels/quant/quant_kernels.h"
 
 namespace arrowquant::engine {
@@ -29,8 +30,12 @@ struct NonFiniteValue {
 // first one is (lowest tensor, then lowest index); outputs are then unspecified. If error_stats
 // is given it receives, per job, the comparison of the source with its decoded values (computed
 // while the group is still in cache; identical for any thread count).
+// If markov is given it receives, per job, the parameter-smoothness metrics (markov_metrics.h),
+// computed by the same threads right after the groups are quantized.
 std::optional<NonFiniteValue> quantize_tensors(std::span<const kernels::QuantizeJob> jobs, int num_threads,
-                                               std::vector<kernels::ErrorStats>* error_stats = nullptr);
+                                               std::vector<kernels::ErrorStats>* error_stats = nullptr,
+                                               std::vector<MarkovSummary>* markov = nullptr,
+                                               double markov_threshold = kDefaultMarkovThreshold);
 
 // Checks stored lengths against what shape, bits and group size imply. Returns an empty string
 // if they agree, else a message (without the layer's name) saying what was expected and found.

@@ -149,12 +149,7 @@ nb::list quantize_arrays(const std::vector<InputArray>& arrays, const std::vecto
   std::vector<engine::MarkovSummary> markov;
   {
     nb::gil_scoped_release release;
-    bad = engine::quantize_tensors(jobs, num_threads, with_stats ? &stats : nullptr);
-    if (!bad) {
-      for (const auto& job : jobs) {
-        markov.push_back(engine::markov_metrics(job.scales, job.zero_points, job.geometry, job.bits, markov_threshold));
-      }
-    }
+    bad = engine::quantize_tensors(jobs, num_threads, with_stats ? &stats : nullptr, &markov, markov_threshold);
   }
   if (bad) {
     raise_error("DataError", labels[static_cast<size_t>(bad->tensor_index)] + ": contains NaN or infinity at (flattened) index " +

@@ -66,5 +66,8 @@ def summarize(layers: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {"layers": public, "overall": overall}
 
 
-def from_raw(names: Iterable[str], raws: Iterable[tuple]) -> dict[str, dict[str, Any]]:
+def from_raw(names: Iterable[Any], raws: Iterable[tuple]) -> dict[str, dict[str, Any]]:
+    """names: strings, or an Arrow string array / chunked array."""
+    if hasattr(names, "to_pylist"):
+        names = names.to_pylist()
     return {name: layer_metrics(raw) for name, raw in zip(names, raws)}

@@ -119,15 +119,16 @@ class ArrowQuantV2:
         if isinstance(markov_threshold, bool) or not isinstance(markov_threshold, (int, float)) or not markov_threshold > 0:
             raise ParameterError(f"markov_threshold must be a positive number; got {markov_threshold!r}")
         self.markov_threshold = float(markov_threshold)
-        self._markov: dict[str, dict] | None = None
+        self._markov: tuple[list, list] | None = None
 
     def get_markov_metrics(self) -> dict | None:
         """Smoothness of the quantization parameters of the most recent quantization (per layer and
         overall; see arrowquant.markov for the definitions), or None before any quantization."""
-        return None if self._markov is None else markov.summarize(self._markov)
+        return None if self._markov is None else markov.summarize(markov.from_raw(*self._markov))
 
     def _record_markov(self, names, raws) -> None:
-        self._markov = markov.from_raw(names, raws)
+        # Kept raw (tuples from the core); dictionaries are built only when asked for.
+        self._markov = (names, raws)
 
     def __repr__(self) -> str:
         return (f"ArrowQuantV2(mode={self.mode!r}, group_size={self.group_size}, symmetric={self.symmetric}, "
@@ -152,7 +153,7 @@ class ArrowQuantV2:
         batches, _ = _as_batches(table, "table")
         results, raw_markov = call_with_batches(_core.quantize_batches, batches, *options, self.markov_threshold)
         out = pa.Table.from_batches(results)
-        self._record_markov(out.column("layer_name").to_pylist(), raw_markov)
+        self._record_markov(out.column("layer_name"), raw_markov)
         return out
 
     def quantize_arrow_batch(self, batch: Any, bit_width: int = 4, *, group_size: int | None = None,
@@ -164,7 +165,7 @@ class ArrowQuantV2:
                                   "(use quantize_arrow for tables and streams)")
         batches, _ = _as_batches(batch, "batch")
         results, raw_markov = call_with_batches(_core.quantize_batches, batches, *options, self.markov_threshold)
-        self._record_markov(results[0].column("layer_name").to_pylist(), raw_markov)
+        self._record_markov(results[0].column("layer_name"), raw_markov)
         return results[0]
 
     def quantize(self, weights: np.ndarray, bit_width: int = 4, group_size: int | None = None,
