@@ -23,8 +23,13 @@ MarkovSummary markov_metrics(const float* scales, const float* zero_points, cons
   const int64_t groups_per_row = geometry.groups_per_row();
   if (group_end < 0) group_end = geometry.num_groups();
   const double levels = static_cast<double>((1 << bits) - 1);
-  for (int64_t g = group_begin; g < group_end; ++g) {
-    const int64_t col = g % groups_per_row;
+  // Row and column advance with g (no division per boundary: this runs once per group).
+  int64_t row = group_begin / groups_per_row, col = group_begin - row * groups_per_row;
+  for (int64_t g = group_begin; g < group_end; ++g, ++col) {
+    if (col == groups_per_row) {
+      col = 0;
+      ++row;
+    }
     if (col + 1 >= groups_per_row) continue;  // the last group of a row has no right neighbour
     const double from = std::fabs(static_cast<double>(scales[g]));
     const double delta = std::fabs(static_cast<double>(scales[g + 1]) - static_cast<double>(scales[g]));
@@ -39,9 +44,7 @@ MarkovSummary markov_metrics(const float* scales, const float* zero_points, cons
     if (scale_jump > threshold) {
       const bool high = scale_jump > kHighSeverityJump;
       (high ? m.high : m.medium) += 1;
-      if (m.first_violations.size() < kMaxReportedViolations) {
-        m.first_violations.push_back({g / groups_per_row, col, scale_jump, high});
-      }
+      if (m.first_violations.size() < kMaxReportedViolations) m.first_violations.push_back({row, col, scale_jump, high});
     }
   }
   return m;
