@@ -14,26 +14,15 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, os.path.dirname(__file__))
 import arrowquant as aq  # noqa: E402
+from bench_common import cpu_model, median_seconds  # noqa: E402
 from arrowquant import _core  # noqa: E402
 from numpy_reference import quantize_rtn  # noqa: E402
-
-
-def median_time(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def layer_table(total_weights: int, layers: int, rng) -> pa.Table:
@@ -47,16 +36,6 @@ def layer_table(total_weights: int, layers: int, rng) -> pa.Table:
         "weights": pa.LargeListArray.from_arrays(offsets, pa.array(values)),
         "shape": pa.array([[rows, cols]] * layers, pa.list_(pa.int64())),
     })
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> int:
@@ -76,7 +55,7 @@ def main() -> int:
 
     # Baseline: single-thread memory read (numpy's vectorised max, one pass).
     big = rng.standard_normal(max(sizes_mb) * 2**20 // 4, dtype=np.float32)
-    record["memory_read_mweights_s"] = big.size / median_time(lambda: big.max(), repeats) / 1e6
+    record["memory_read_mweights_s"] = big.size / median_seconds(lambda: big.max(), repeats) / 1e6
 
     # The Arrow path: Table vs RecordBatch, share of wall time outside the kernels.
     arrow_rows = []
@@ -92,9 +71,9 @@ def main() -> int:
                 q.quantize_arrow(table, 4)
                 kernel.append(_core.last_kernel_seconds())
 
-            t_table = median_time(run_table, repeats)
+            t_table = median_seconds(run_table, repeats)
             k_table = statistics.median(kernel[1:] or kernel)
-            t_batch = median_time(lambda: q.quantize_arrow_batch(batch, 4), repeats)
+            t_batch = median_seconds(lambda: q.quantize_arrow_batch(batch, 4), repeats)
             arrow_rows.append({"size_mb": mb, "layers": layers, "weights": numel,
                                "table_ms": t_table * 1e3, "batch_ms": t_batch * 1e3,
                                "table_mweights_s": numel / t_table / 1e6, "batch_mweights_s": numel / t_batch / 1e6,
@@ -105,8 +84,8 @@ def main() -> int:
     batch_rows = []
     for layers in ([1, 10] if args.quick else [1, 10, 50, 100]):
         arrays = {f"l{i}": rng.standard_normal((16, 64), dtype=np.float32) for i in range(layers)}
-        t_seq = median_time(lambda: [q.quantize(a) for a in arrays.values()], repeats)
-        t_batch = median_time(lambda: q.quantize_batch(arrays), repeats)
+        t_seq = median_seconds(lambda: [q.quantize(a) for a in arrays.values()], repeats)
+        t_batch = median_seconds(lambda: q.quantize_batch(arrays), repeats)
         batch_rows.append({"layers": layers, "sequential_ms": t_seq * 1e3, "batch_ms": t_batch * 1e3,
                            "sequential_us_per_layer": t_seq / layers * 1e6, "batch_us_per_layer": t_batch / layers * 1e6})
     record["batch_api"] = batch_rows
@@ -116,23 +95,23 @@ def main() -> int:
     scaling = []
     for threads in range(1, threads_all + 1):
         qt = aq.ArrowQuantV2(group_size=128, num_threads=threads)
-        t = median_time(lambda: qt.quantize(w, 4), repeats)
+        t = median_seconds(lambda: qt.quantize(w, 4), repeats)
         scaling.append({"threads": threads, "mweights_s": w.size / t / 1e6})
     record["thread_scaling"] = scaling
 
     # Peers on the same data: numpy RTN in our format, gguf's numpy Q4_0 / Q8_0.
     sample = w[: (4 * 2**20 // 4) // 4096]
-    peers = {"arrowquant_rtn4_1thread": sample.size / median_time(
+    peers = {"arrowquant_rtn4_1thread": sample.size / median_seconds(
         lambda: aq.ArrowQuantV2(num_threads=1).quantize(sample, 4), repeats) / 1e6,
-        "arrowquant_search4_1thread": sample.size / median_time(
+        "arrowquant_search4_1thread": sample.size / median_seconds(
         lambda: aq.ArrowQuantV2(num_threads=1).quantize(sample, 4, method="search"), repeats) / 1e6,
-        "numpy_rtn4": sample.size / median_time(lambda: quantize_rtn(sample), repeats) / 1e6}
+        "numpy_rtn4": sample.size / median_seconds(lambda: quantize_rtn(sample), repeats) / 1e6}
     try:
         import gguf
         from gguf import quants
         for name in ("Q4_0", "Q8_0"):
             qtype = getattr(gguf.GGMLQuantizationType, name)
-            peers[f"gguf_numpy_{name}"] = sample.size / median_time(lambda: quants.quantize(sample, qtype), repeats) / 1e6
+            peers[f"gguf_numpy_{name}"] = sample.size / median_seconds(lambda: quants.quantize(sample, qtype), repeats) / 1e6
     except ImportError:
         peers["gguf"] = None
     record["peers_mweights_s"] = peers

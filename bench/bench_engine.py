@@ -12,27 +12,15 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, os.path.dirname(__file__))
 import arrowquant as aq  # noqa: E402
+from bench_common import cpu_model, median_seconds  # noqa: E402
 from numpy_reference import dequantize_rtn, quantize_rtn  # noqa: E402
-
-
-def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def one_layer_batch(w: np.ndarray) -> pa.RecordBatch:
@@ -40,16 +28,6 @@ def one_layer_batch(w: np.ndarray) -> pa.RecordBatch:
     values = pa.array(w.reshape(-1), pa.float32())
     weights = pa.LargeListArray.from_arrays(pa.array([0, w.size], pa.int64()), values)
     return pa.record_batch({"layer_name": ["w"], "weights": weights, "shape": pa.array([list(w.shape)], pa.list_(pa.int64()))})
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> int:

@@ -59,6 +59,15 @@ std::vector<Task> plan_tasks(const kernels::GroupGeometry* geometries, size_t co
   return tasks;
 }
 
+// The task plan of any job type that has a .geometry.
+template <typename Job>
+std::vector<Task> plan_jobs(std::span<const Job> jobs, int64_t* total_elements) {
+  std::vector<kernels::GroupGeometry> geometries;
+  geometries.reserve(jobs.size());
+  for (const auto& job : jobs) geometries.push_back(job.geometry);
+  return plan_tasks(geometries.data(), geometries.size(), total_elements);
+}
+
 int effective_threads(int requested, int64_t total_elements) {
   if (total_elements < kMinElementsForThreads) return 1;
   return requested <= 0 ? hardware_threads() : requested;
@@ -103,11 +112,8 @@ int64_t packed_bytes(int64_t numel, int bits) { return (numel / 8) * bits + ((nu
 std::optional<NonFiniteValue> quantize_tensors(std::span<const kernels::QuantizeJob> jobs, int num_threads,
                                                std::vector<kernels::ErrorStats>* error_stats,
                                                std::vector<MarkovSummary>* markov, double markov_threshold) {
-  std::vector<kernels::GroupGeometry> geometries;
-  geometries.reserve(jobs.size());
-  for (const auto& job : jobs) geometries.push_back(job.geometry);
   int64_t total = 0;
-  const std::vector<Task> tasks = plan_tasks(geometries.data(), geometries.size(), &total);
+  const std::vector<Task> tasks = plan_jobs(jobs, &total);
 
   const kernels::KernelTable& table = active_kernels();
   std::vector<kernels::KernelStatus> status(tasks.size());
@@ -145,11 +151,8 @@ std::optional<NonFiniteValue> quantize_tensors(std::span<const kernels::Quantize
 }
 
 void dequantize_tensors(std::span<const kernels::DequantizeJob> jobs, int num_threads) {
-  std::vector<kernels::GroupGeometry> geometries;
-  geometries.reserve(jobs.size());
-  for (const auto& job : jobs) geometries.push_back(job.geometry);
   int64_t total = 0;
-  const std::vector<Task> tasks = plan_tasks(geometries.data(), geometries.size(), &total);
+  const std::vector<Task> tasks = plan_jobs(jobs, &total);
 
   const kernels::KernelTable& table = active_kernels();
   const KernelTimer timer;

@@ -22,6 +22,8 @@ __m256 load_partial(const float* x, int64_t n) {
 
 }  // namespace
 
+#include "kernels/quant/pack_scalar_inl.h"
+
 struct Ops {
   static void widen_to_f32(const uint16_t* src, ElementType type, int64_t n, float* dst) {
     int64_t i = 0;
@@ -127,7 +129,7 @@ struct Ops {
         const __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi16(a, b), 0xD8);
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + i / 2), p);
       }
-      for (; i < n; i += 2) packed[i / 2] = static_cast<uint8_t>(codes[i] | (codes[i + 1] << 4));
+      pack_codes_scalar(codes + i, n - i, 4, packed + i / 2);
     } else {
       // 2 bits: maddubs makes c0 + 4 c1 per 16-bit lane, madd makes (c0 + 4 c1) + 16 (c2 + 4 c3)
       // per 32-bit lane; then the low byte of each 32-bit lane is gathered.
@@ -141,9 +143,7 @@ struct Ops {
                                (static_cast<uint64_t>(static_cast<uint32_t>(_mm256_extract_epi32(q, 4))) << 32);
         memcpy(packed + i / 4, &eight, 8);
       }
-      for (; i < n; i += 4) {
-        packed[i / 4] = static_cast<uint8_t>(codes[i] | (codes[i + 1] << 2) | (codes[i + 2] << 4) | (codes[i + 3] << 6));
-      }
+      pack_codes_scalar(codes + i, n - i, 2, packed + i / 4);
     }
   }
 
@@ -162,10 +162,7 @@ struct Ops {
         const __m256i c = _mm256_or_si256(_mm256_and_si256(b, lo_mask), _mm256_slli_epi16(_mm256_and_si256(b, hi_mask), 4));
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i), c);
       }
-      for (; i < n; i += 2) {
-        codes[i] = packed[i / 2] & 0x0F;
-        codes[i + 1] = static_cast<uint8_t>(packed[i / 2] >> 4);
-      }
+      unpack_codes_scalar(packed + i / 2, n - i, 4, codes + i);
     } else {
       // Each byte widened to a 32-bit lane b; b | b << 6 | b << 12 | b << 18 moves code j to
       // bits [8j, 8j + 2), and the mask clears the rest: four codes, in order.
@@ -178,13 +175,7 @@ struct Ops {
         c = _mm256_or_si256(c, _mm256_or_si256(_mm256_slli_epi32(b, 12), _mm256_slli_epi32(b, 18)));
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i), _mm256_and_si256(c, mask));
       }
-      for (; i < n; i += 4) {
-        const uint8_t b = packed[i / 4];
-        codes[i] = b & 3;
-        codes[i + 1] = (b >> 2) & 3;
-        codes[i + 2] = (b >> 4) & 3;
-        codes[i + 3] = static_cast<uint8_t>(b >> 6);
-      }
+      unpack_codes_scalar(packed + i / 4, n - i, 2, codes + i);
     }
   }
 

@@ -16,6 +16,8 @@ __mmask16 first_lanes16(int64_t n) { return static_cast<__mmask16>((1u << n) - 1
 
 }  // namespace
 
+#include "kernels/quant/pack_scalar_inl.h"
+
 struct Ops {
   static void widen_to_f32(const uint16_t* src, ElementType type, int64_t n, float* dst) {
     int64_t i = 0;
@@ -94,7 +96,7 @@ struct Ops {
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(packed + i / 2),
                             _mm512_cvtepi16_epi8(_mm512_or_si512(v, _mm512_srli_epi16(v, 4))));
       }
-      for (; i < n; i += 2) packed[i / 2] = static_cast<uint8_t>(codes[i] | (codes[i + 1] << 4));
+      pack_codes_scalar(codes + i, n - i, 4, packed + i / 2);
     } else {
       // In each 32-bit lane v = c0 | c1 << 8 | c2 << 16 | c3 << 24. t = v | v >> 6 puts c1 at bit 2
       // and c3 at bit 18; t | t >> 12 then brings c2 to bit 4 and c3 to bit 6. vpmovdb keeps byte 0.
@@ -104,9 +106,7 @@ struct Ops {
         _mm_storeu_si128(reinterpret_cast<__m128i*>(packed + i / 4),
                          _mm512_cvtepi32_epi8(_mm512_or_si512(t, _mm512_srli_epi32(t, 12))));
       }
-      for (; i < n; i += 4) {
-        packed[i / 4] = static_cast<uint8_t>(codes[i] | (codes[i + 1] << 2) | (codes[i + 2] << 4) | (codes[i + 3] << 6));
-      }
+      pack_codes_scalar(codes + i, n - i, 2, packed + i / 4);
     }
   }
 
@@ -124,10 +124,7 @@ struct Ops {
         const __m512i c = _mm512_or_si512(_mm512_and_si512(b, lo_mask), _mm512_slli_epi16(_mm512_and_si512(b, hi_mask), 4));
         _mm512_storeu_si512(codes + i, c);
       }
-      for (; i < n; i += 2) {
-        codes[i] = packed[i / 2] & 0x0F;
-        codes[i + 1] = static_cast<uint8_t>(packed[i / 2] >> 4);
-      }
+      unpack_codes_scalar(packed + i / 2, n - i, 4, codes + i);
     } else {
       // Byte b widened to a 32-bit lane; b | b << 6 | b << 12 | b << 18 moves code j to bits
       // [8j, 8j + 2); the mask clears the rest.
@@ -138,13 +135,7 @@ struct Ops {
         c = _mm512_or_si512(c, _mm512_or_si512(_mm512_slli_epi32(b, 12), _mm512_slli_epi32(b, 18)));
         _mm512_storeu_si512(codes + i, _mm512_and_si512(c, mask));
       }
-      for (; i < n; i += 4) {
-        const uint8_t b = packed[i / 4];
-        codes[i] = b & 3;
-        codes[i + 1] = (b >> 2) & 3;
-        codes[i + 2] = (b >> 4) & 3;
-        codes[i + 3] = static_cast<uint8_t>(b >> 6);
-      }
+      unpack_codes_scalar(packed + i / 4, n - i, 2, codes + i);
     }
   }
 

@@ -43,6 +43,8 @@ float bfloat16_to_float(uint16_t b) {
 
 }  // namespace
 
+#include "kernels/quant/pack_scalar_inl.h"
+
 struct Ops {
   static void widen_to_f32(const uint16_t* src, ElementType type, int64_t n, float* dst) {
     if (type == ElementType::kFloat16) {
@@ -75,22 +77,11 @@ struct Ops {
   }
 
   static void pack_codes(const uint8_t* codes, int64_t n, int bits, uint8_t* packed) {
-    const int per_byte = 8 / bits;
-    for (int64_t byte = 0; byte < n / per_byte; ++byte) {
-      unsigned v = 0;
-      for (int j = 0; j < per_byte; ++j) v |= static_cast<unsigned>(codes[byte * per_byte + j]) << (j * bits);
-      packed[byte] = static_cast<uint8_t>(v);
-    }
+    pack_codes_scalar(codes, n, bits, packed);
   }
 
   static void unpack_codes(const uint8_t* packed, int64_t n, int bits, uint8_t* codes) {
-    const int per_byte = 8 / bits;
-    const unsigned mask = (1u << bits) - 1u;
-    for (int64_t byte = 0; byte < n / per_byte; ++byte) {
-      for (int j = 0; j < per_byte; ++j) {
-        codes[byte * per_byte + j] = static_cast<uint8_t>((packed[byte] >> (j * bits)) & mask);
-      }
-    }
+    unpack_codes_scalar(packed, n, bits, codes);
   }
 
   static void dequantize_codes(const uint8_t* codes, int64_t n, float scale, float zero_point, float* out) {
