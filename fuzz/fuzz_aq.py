@@ -39,7 +39,7 @@ def test_one_input(data: bytes) -> None:
 
 if __name__ == "__main__":
     corpus = [a for a in sys.argv[1:] if not a.startswith("-")]
-    if corpus and not os.listdir(corpus[0]) if os.path.isdir(corpus[0]) else corpus:
-        seed_corpus(corpus[0])
+    if corpus and (not os.path.isdir(corpus[0]) or not os.listdir(corpus[0])):
+        seed_corpus(corpus[0])  # start from a valid file
     atheris.Setup(sys.argv, test_one_input)
     atheris.Fuzz()
