@@ -230,22 +230,27 @@ inline int64_t first_non_finite(const float* x, int64_t n) {
 // Codes are packed over the flattened tensor: element k sits at bits [(k % per_byte) * b, +b)
 // of byte k * b / 8. A group whose first element is not at a byte boundary (rows whose length
 // is not a multiple of 8 / b) shares its edge bytes with its neighbours: those are OR-ed in.
+// per_byte is 1, 2 or 4, so / and % are shifts and masks (a 64-bit divide per group costs about
+// as much as quantizing a small group).
+inline int per_byte_shift(int bits) { return bits == 2 ? 2 : (bits == 4 ? 1 : 0); }
+
 inline void write_codes(const uint8_t* codes, int64_t n, int bits, int64_t first, uint8_t* packed) {
   if (bits == 8) {
     memcpy(packed + first, codes, static_cast<size_t>(n));
     return;
   }
-  const int64_t per_byte = 8 / bits;
+  const int shift = per_byte_shift(bits);
+  const int64_t mask = (int64_t{1} << shift) - 1;
   int64_t i = 0;
-  for (; i < n && (first + i) % per_byte != 0; ++i) {
+  for (; i < n && ((first + i) & mask) != 0; ++i) {
     const int64_t k = first + i;
-    packed[k / per_byte] |= static_cast<uint8_t>(codes[i] << ((k % per_byte) * bits));
+    packed[k >> shift] |= static_cast<uint8_t>(codes[i] << ((k & mask) * bits));
   }
-  const int64_t bulk = (n - i) / per_byte * per_byte;
-  Ops::pack_codes(codes + i, bulk, bits, packed + (first + i) / per_byte);
+  const int64_t bulk = ((n - i) >> shift) << shift;
+  Ops::pack_codes(codes + i, bulk, bits, packed + ((first + i) >> shift));
   for (i += bulk; i < n; ++i) {
     const int64_t k = first + i;
-    packed[k / per_byte] |= static_cast<uint8_t>(codes[i] << ((k % per_byte) * bits));
+    packed[k >> shift] |= static_cast<uint8_t>(codes[i] << ((k & mask) * bits));
   }
 }
 
@@ -254,18 +259,19 @@ inline void read_codes(const uint8_t* packed, int64_t first, int64_t n, int bits
     memcpy(codes, packed + first, static_cast<size_t>(n));
     return;
   }
-  const int64_t per_byte = 8 / bits;
-  const unsigned mask = (1u << bits) - 1u;
+  const int shift = per_byte_shift(bits);
+  const int64_t mask = (int64_t{1} << shift) - 1;
+  const unsigned code_mask = (1u << bits) - 1u;
   int64_t i = 0;
-  for (; i < n && (first + i) % per_byte != 0; ++i) {
+  for (; i < n && ((first + i) & mask) != 0; ++i) {
     const int64_t k = first + i;
-    codes[i] = static_cast<uint8_t>((packed[k / per_byte] >> ((k % per_byte) * bits)) & mask);
+    codes[i] = static_cast<uint8_t>((packed[k >> shift] >> ((k & mask) * bits)) & code_mask);
   }
-  const int64_t bulk = (n - i) / per_byte * per_byte;
-  Ops::unpack_codes(packed + (first + i) / per_byte, bulk, bits, codes + i);
+  const int64_t bulk = ((n - i) >> shift) << shift;
+  Ops::unpack_codes(packed + ((first + i) >> shift), bulk, bits, codes + i);
   for (i += bulk; i < n; ++i) {
     const int64_t k = first + i;
-    codes[i] = static_cast<uint8_t>((packed[k / per_byte] >> ((k % per_byte) * bits)) & mask);
+    codes[i] = static_cast<uint8_t>((packed[k >> shift] >> ((k & mask) * bits)) & code_mask);
   }
 }
 
@@ -333,9 +339,14 @@ inline KernelStatus quantize_groups(const QuantizeJob& job, int64_t group_begin,
   const GroupGeometry& geo = job.geometry;
   const int64_t groups_per_row = geo.groups_per_row();
   const float qmax = static_cast<float>((1 << job.bits) - 1);
-  for (int64_t g = group_begin; g < group_end; ++g) {
-    const int64_t row = g / groups_per_row;
-    const int64_t col = (g - row * groups_per_row) * geo.group_size;
+  // (row, group in row) advance with g: no 64-bit division per group.
+  int64_t row = group_begin / groups_per_row, group_in_row = group_begin - row * groups_per_row;
+  for (int64_t g = group_begin; g < group_end; ++g, ++group_in_row) {
+    if (group_in_row == groups_per_row) {
+      group_in_row = 0;
+      ++row;
+    }
+    const int64_t col = group_in_row * geo.group_size;
     const int64_t n = geo.cols - col < geo.group_size ? geo.cols - col : geo.group_size;
     const int64_t first = row * geo.cols + col;
 
@@ -378,9 +389,13 @@ inline void dequantize_groups(const DequantizeJob& job, int64_t group_begin, int
   alignas(64) uint8_t codes[kMaxGroupSize];
   const GroupGeometry& geo = job.geometry;
   const int64_t groups_per_row = geo.groups_per_row();
-  for (int64_t g = group_begin; g < group_end; ++g) {
-    const int64_t row = g / groups_per_row;
-    const int64_t col = (g - row * groups_per_row) * geo.group_size;
+  int64_t row = group_begin / groups_per_row, group_in_row = group_begin - row * groups_per_row;
+  for (int64_t g = group_begin; g < group_end; ++g, ++group_in_row) {
+    if (group_in_row == groups_per_row) {
+      group_in_row = 0;
+      ++row;
+    }
+    const int64_t col = group_in_row * geo.group_size;
     const int64_t n = geo.cols - col < geo.group_size ? geo.cols - col : geo.group_size;
     const int64_t first = row * geo.cols + col;
     read_codes(job.packed, first, n, job.bits, codes);
