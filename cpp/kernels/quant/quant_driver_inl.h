@@ -330,6 +330,29 @@ struct ErrorAccumulator {
   }
 };
 
+// Walks groups in (row, group) order; the row advances by counting, not by a 64-bit division per
+// group (which would cost about as much as quantizing a small group).
+struct GroupCursor {
+  const GroupGeometry& geo;
+  int64_t groups_per_row, index, row, in_row;
+
+  GroupCursor(const GroupGeometry& geometry, int64_t first_group)
+      : geo(geometry), groups_per_row(geometry.groups_per_row()), index(first_group),
+        row(first_group / groups_per_row), in_row(first_group - row * groups_per_row) {}
+  void next() {
+    ++index;
+    if (++in_row == groups_per_row) {
+      in_row = 0;
+      ++row;
+    }
+  }
+  int64_t size() const {
+    const int64_t col = in_row * geo.group_size;
+    return geo.cols - col < geo.group_size ? geo.cols - col : geo.group_size;
+  }
+  int64_t first_element() const { return row * geo.cols + in_row * geo.group_size; }
+};
+
 inline KernelStatus quantize_groups(const QuantizeJob& job, int64_t group_begin, int64_t group_end,
                                     ErrorStats* error_stats) {
   alignas(64) float widened[kMaxGroupSize];
@@ -337,18 +360,9 @@ inline KernelStatus quantize_groups(const QuantizeJob& job, int64_t group_begin,
   alignas(64) uint8_t codes[kMaxGroupSize];
   ErrorAccumulator error;
   const GroupGeometry& geo = job.geometry;
-  const int64_t groups_per_row = geo.groups_per_row();
   const float qmax = static_cast<float>((1 << job.bits) - 1);
-  // (row, group in row) advance with g: no 64-bit division per group.
-  int64_t row = group_begin / groups_per_row, group_in_row = group_begin - row * groups_per_row;
-  for (int64_t g = group_begin; g < group_end; ++g, ++group_in_row) {
-    if (group_in_row == groups_per_row) {
-      group_in_row = 0;
-      ++row;
-    }
-    const int64_t col = group_in_row * geo.group_size;
-    const int64_t n = geo.cols - col < geo.group_size ? geo.cols - col : geo.group_size;
-    const int64_t first = row * geo.cols + col;
+  for (GroupCursor group(geo, group_begin); group.index < group_end; group.next()) {
+    const int64_t g = group.index, n = group.size(), first = group.first_element();
 
     const float* x;
     if (job.element_type == ElementType::kFloat32) {
@@ -388,16 +402,8 @@ inline KernelStatus quantize_groups(const QuantizeJob& job, int64_t group_begin,
 inline void dequantize_groups(const DequantizeJob& job, int64_t group_begin, int64_t group_end) {
   alignas(64) uint8_t codes[kMaxGroupSize];
   const GroupGeometry& geo = job.geometry;
-  const int64_t groups_per_row = geo.groups_per_row();
-  int64_t row = group_begin / groups_per_row, group_in_row = group_begin - row * groups_per_row;
-  for (int64_t g = group_begin; g < group_end; ++g, ++group_in_row) {
-    if (group_in_row == groups_per_row) {
-      group_in_row = 0;
-      ++row;
-    }
-    const int64_t col = group_in_row * geo.group_size;
-    const int64_t n = geo.cols - col < geo.group_size ? geo.cols - col : geo.group_size;
-    const int64_t first = row * geo.cols + col;
+  for (GroupCursor group(geo, group_begin); group.index < group_end; group.next()) {
+    const int64_t g = group.index, n = group.size(), first = group.first_element();
     read_codes(job.packed, first, n, job.bits, codes);
     Ops::dequantize_codes(codes, n, job.scales[g], job.zero_points[g], job.weights + first);
   }
