@@ -142,23 +142,6 @@ std::string layer_label(const arrow::Array& names, int64_t row) {
   return "layer " + quoted(layer_name_at(names, row)) + " (row " + std::to_string(row) + ")";
 }
 
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
-}
-
-// Product of the dimensions, or nullopt if a dimension is negative or the product overflows.
-std::optional<int64_t> element_count(const std::vector<int64_t>& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) {
-    if (d < 0) return std::nullopt;
-    if (d != 0 && n > std::numeric_limits<int64_t>::max() / d) return std::nullopt;
-    n *= d;
-  }
-  return n;
-}
-
 // Reads row i of a shape column (list of integers); an absent column or a null row is nullopt.
 arrow::Result<std::optional<std::vector<int64_t>>> shape_at(const std::optional<ListColumn>& shapes, int64_t i) {
   if (!shapes || shapes->is_null(i)) return std::optional<std::vector<int64_t>>();
@@ -322,13 +305,13 @@ arrow::Result<QuantizeInput> read_quantize_input(const arrow::RecordBatch& batch
     const int64_t numel = weights->length(i);
     ARROW_ASSIGN_OR_RAISE(std::optional<std::vector<int64_t>> shape, shape_at(shapes, i));
     if (!shape) shape = std::vector<int64_t>{numel};
-    const std::optional<int64_t> shape_numel = element_count(*shape);
+    const std::optional<int64_t> shape_numel = engine::element_count(*shape);
     if (!shape_numel) {
-      return DataError(layer_label(*in.names, i) + ": shape " + shape_text(*shape) +
+      return DataError(layer_label(*in.names, i) + ": shape " + engine::shape_text(*shape) +
                        " has a negative dimension or more elements than fit in 64 bits");
     }
     if (*shape_numel != numel) {
-      return DataError(layer_label(*in.names, i) + ": shape " + shape_text(*shape) + " has " +
+      return DataError(layer_label(*in.names, i) + ": shape " + engine::shape_text(*shape) + " has " +
                        std::to_string(*shape_numel) + " elements but 'weights' has " + std::to_string(numel));
     }
     kernels::QuantizeJob job;
@@ -454,27 +437,14 @@ arrow::Result<DequantizeInput> read_dequantize_input(const arrow::RecordBatch& b
     if (scales->first_null_value(i) || zero_points->first_null_value(i)) {
       return DataError(label + ": 'scales' or 'zero_points' contains a null");
     }
-    const int64_t bits = integer_at(*bits_column, i);
-    if (bits != 2 && bits != 4 && bits != 8) {
-      return DataError(label + ": bit_width must be 2, 4 or 8; found " + std::to_string(bits));
-    }
-    const int64_t group_size = integer_at(*group_column, i);
-    if (group_size < kernels::kMinGroupSize || group_size > kernels::kMaxGroupSize || (group_size & (group_size - 1)) != 0) {
-      return DataError(label + ": group_size must be a power of two from 16 to 4096; found " + std::to_string(group_size));
-    }
     ARROW_ASSIGN_OR_RAISE(std::optional<std::vector<int64_t>> shape, shape_at(shapes, i));
-    const std::optional<int64_t> numel = element_count(*shape);
-    if (!numel) {
-      return DataError(label + ": shape " + shape_text(*shape) + " has a negative dimension or more elements than fit in 64 bits");
-    }
-    kernels::DequantizeJob job;
-    job.geometry = engine::geometry_for_shape(*shape, static_cast<int32_t>(group_size));
-    job.bits = static_cast<int>(bits);
     // Every length is checked against shape and bits before anything is read.
     std::string_view bytes = in.large ? static_cast<const arrow::LargeBinaryArray&>(*data).GetView(i)
                                       : static_cast<const arrow::BinaryArray&>(*data).GetView(i);
-    if (std::string error = engine::check_quantized_lengths(job.geometry, job.bits, static_cast<int64_t>(bytes.size()),
-                                                            scales->length(i), zero_points->length(i), shape_text(*shape));
+    kernels::DequantizeJob job;
+    if (std::string error = engine::check_quantized_tensor(*shape, integer_at(*bits_column, i), integer_at(*group_column, i),
+                                                           static_cast<int64_t>(bytes.size()), scales->length(i),
+                                                           zero_points->length(i), &job);
         !error.empty()) {
       return DataError(label + ": " + error);
     }
@@ -482,7 +452,7 @@ arrow::Result<DequantizeInput> read_dequantize_input(const arrow::RecordBatch& b
     job.scales = scale_values + scales->offset(i);
     job.zero_points = zero_point_values + zero_points->offset(i);
     in.jobs.push_back(job);
-    in.numel.push_back(*numel);
+    in.numel.push_back(job.geometry.numel());
     in.shapes.push_back(std::move(*shape));
   }
   return in;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <limits>
 
 #include "engine/kernel_selection.h"
 #include "engine/thread_pool.h"
@@ -91,19 +92,45 @@ kernels::GroupGeometry geometry_for_shape(std::span<const int64_t> shape, int32_
   return geo;
 }
 
-std::string check_quantized_lengths(const kernels::GroupGeometry& geometry, int bits, int64_t packed_len,
-                                    int64_t scales_len, int64_t zero_points_len, const std::string& shape_text) {
-  const int64_t expected_bytes = packed_bytes(geometry.numel(), bits);
+std::optional<int64_t> element_count(std::span<const int64_t> shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0) return std::nullopt;
+    if (d != 0 && n > std::numeric_limits<int64_t>::max() / d) return std::nullopt;
+    n *= d;
+  }
+  return n;
+}
+
+std::string shape_text(std::span<const int64_t> shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+std::string check_quantized_tensor(std::span<const int64_t> shape, int64_t bits, int64_t group_size,
+                                   int64_t packed_len, int64_t scales_len, int64_t zero_points_len,
+                                   kernels::DequantizeJob* job) {
+  if (bits != 2 && bits != 4 && bits != 8) return "bit_width must be 2, 4 or 8; found " + std::to_string(bits);
+  if (group_size < kernels::kMinGroupSize || group_size > kernels::kMaxGroupSize || (group_size & (group_size - 1)) != 0) {
+    return "group_size must be a power of two from 16 to 4096; found " + std::to_string(group_size);
+  }
+  const std::optional<int64_t> numel = element_count(shape);
+  if (!numel) return "shape " + shape_text(shape) + " has a negative dimension or more elements than fit in 64 bits";
+  const kernels::GroupGeometry geometry = geometry_for_shape(shape, static_cast<int32_t>(group_size));
+  const int64_t expected_bytes = packed_bytes(*numel, static_cast<int>(bits));
   if (packed_len != expected_bytes) {
-    return "'quantized_data' has " + std::to_string(packed_len) + " bytes but shape " + shape_text + " at " +
+    return "'quantized_data' has " + std::to_string(packed_len) + " bytes but shape " + shape_text(shape) + " at " +
            std::to_string(bits) + " bits needs " + std::to_string(expected_bytes);
   }
   const int64_t groups = geometry.num_groups();
   if (scales_len != groups || zero_points_len != groups) {
-    return "shape " + shape_text + " with group_size " + std::to_string(geometry.group_size) + " has " +
+    return "shape " + shape_text(shape) + " with group_size " + std::to_string(group_size) + " has " +
            std::to_string(groups) + " groups but 'scales' has " + std::to_string(scales_len) + " and 'zero_points' has " +
            std::to_string(zero_points_len) + " values";
   }
+  job->geometry = geometry;
+  job->bits = static_cast<int>(bits);
   return {};
 }
 

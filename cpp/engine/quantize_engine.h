@@ -37,10 +37,19 @@ std::optional<NonFiniteValue> quantize_tensors(std::span<const kernels::Quantize
                                                std::vector<MarkovSummary>* markov = nullptr,
                                                double markov_threshold = kDefaultMarkovThreshold);
 
-// Checks stored lengths against what shape, bits and group size imply. Returns an empty string
-// if they agree, else a message (without the layer's name) saying what was expected and found.
-std::string check_quantized_lengths(const kernels::GroupGeometry& geometry, int bits, int64_t packed_len,
-                                    int64_t scales_len, int64_t zero_points_len, const std::string& shape_text);
+// Product of the dimensions, or nullopt if one is negative or the product overflows 64 bits.
+std::optional<int64_t> element_count(std::span<const int64_t> shape);
+
+// "[2, 3, 4]", for messages.
+std::string shape_text(std::span<const int64_t> shape);
+
+// Everything a decoder checks before reading a stored tensor: the bit width, the group size, a
+// shape whose product fits in 64 bits, and every length against what shape, bits and group size
+// imply. On success fills job->geometry and job->bits and returns an empty string; otherwise
+// returns a message (without the layer's name) saying what was expected and what was found.
+std::string check_quantized_tensor(std::span<const int64_t> shape, int64_t bits, int64_t group_size,
+                                   int64_t packed_len, int64_t scales_len, int64_t zero_points_len,
+                                   kernels::DequantizeJob* job);
 
 void dequantize_tensors(std::span<const kernels::DequantizeJob> jobs, int num_threads);
 

@@ -20,6 +20,12 @@ using arrowquant::arrow_glue::CDataAddresses;
 
 namespace {
 
+[[noreturn]] void raise_error(const char* class_name, const std::string& message) {
+  nb::object errors = nb::module_::import_("arrowquant.errors");
+  PyErr_SetString(errors.attr(class_name).ptr(), message.c_str());
+  throw nb::python_error();
+}
+
 // Raises the arrowquant.errors exception matching the status (the GIL must be held).
 [[noreturn]] void raise_status(const arrow::Status& status) {
   using arrowquant::arrow_glue::ErrorKind;
@@ -37,9 +43,7 @@ namespace {
   } else if (status.IsInvalid() || status.IsCapacityError() || status.IsIndexError()) {
     class_name = "DataError";
   }
-  nb::object errors = nb::module_::import_("arrowquant.errors");
-  PyErr_SetString(errors.attr(class_name).ptr(), status.message().c_str());
-  throw nb::python_error();
+  raise_error(class_name, status.message());
 }
 
 using BatchList = std::vector<std::shared_ptr<arrow::RecordBatch>>;
@@ -67,11 +71,6 @@ nb::tuple markov_tuple(const arrowquant::engine::MarkovSummary& m) {
   return nb::make_tuple(m.boundaries, m.jump_sum, m.boundary_score_sum, m.max_scale_jump, m.high, m.medium, violations);
 }
 
-[[noreturn]] void raise_error(const char* class_name, const std::string& message) {
-  nb::object errors = nb::module_::import_("arrowquant.errors");
-  PyErr_SetString(errors.attr(class_name).ptr(), message.c_str());
-  throw nb::python_error();
-}
 
 // Read-only, C-contiguous host arrays of any dtype: the Python layer has checked the dtype and
 // says how to read the elements (element_types); safetensors memory maps are read-only.
@@ -101,12 +100,6 @@ std::vector<int64_t> shape_of(const InputArray& a) {
   std::vector<int64_t> shape(a.ndim());
   for (size_t d = 0; d < a.ndim(); ++d) shape[d] = static_cast<int64_t>(a.shape(d));
   return shape;
-}
-
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
 }
 
 nb::list quantize_arrays(const std::vector<InputArray>& arrays, const std::vector<int>& element_types,
@@ -181,34 +174,20 @@ nb::list dequantize_arrays(const std::vector<InputArray>& packed, const std::vec
   std::vector<kernels::DequantizeJob> jobs(n);
   std::vector<OwnedBuffer<float>> outputs(n);
   for (size_t i = 0; i < n; ++i) {
-    const int bits = bit_widths[i], g = group_sizes[i];
-    if (bits != 2 && bits != 4 && bits != 8) raise_error("DataError", labels[i] + ": bit_width must be 2, 4 or 8; found " + std::to_string(bits));
-    if (g < kernels::kMinGroupSize || g > kernels::kMaxGroupSize || (g & (g - 1)) != 0) {
-      raise_error("DataError", labels[i] + ": group_size must be a power of two from 16 to 4096; found " + std::to_string(g));
-    }
     if (packed[i].itemsize() != 1 || scales[i].itemsize() != 4 || zero_points[i].itemsize() != 4) {
       raise_error("DataError", labels[i] + ": quantized_data must be bytes and scales / zero_points float32");
     }
-    int64_t numel = 1;
-    for (int64_t d : shapes[i]) {
-      if (d < 0 || (d != 0 && numel > INT64_MAX / d)) {
-        raise_error("DataError", labels[i] + ": shape " + shape_text(shapes[i]) + " has a negative dimension or more elements than fit in 64 bits");
-      }
-      numel *= d;
-    }
     kernels::DequantizeJob& job = jobs[i];
-    job.geometry = engine::geometry_for_shape(shapes[i], g);
-    job.bits = bits;
-    if (std::string error = engine::check_quantized_lengths(job.geometry, bits, static_cast<int64_t>(packed[i].size()),
-                                                            static_cast<int64_t>(scales[i].size()),
-                                                            static_cast<int64_t>(zero_points[i].size()), shape_text(shapes[i]));
+    if (std::string error = engine::check_quantized_tensor(
+            shapes[i], bit_widths[i], group_sizes[i], static_cast<int64_t>(packed[i].size()),
+            static_cast<int64_t>(scales[i].size()), static_cast<int64_t>(zero_points[i].size()), &job);
         !error.empty()) {
       raise_error("DataError", labels[i] + ": " + error);
     }
     job.packed = static_cast<const uint8_t*>(packed[i].data());
     job.scales = static_cast<const float*>(scales[i].data());
     job.zero_points = static_cast<const float*>(zero_points[i].data());
-    outputs[i] = OwnedBuffer<float>::uninitialized(numel);
+    outputs[i] = OwnedBuffer<float>::uninitialized(job.geometry.numel());
     job.weights = outputs[i].data.get();
   }
   {
