@@ -123,11 +123,11 @@ def test_sharded_checkpoint_by_index_and_by_folder(tmp_path):
                                                             "b.weight": "model-00002-of-00002.safetensors",
                                                             "b.bias": "model-00002-of-00002.safetensors"}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
-    out = tmp_path / "out"
+    out = tmp_path.parent / (tmp_path.name + "-out")  # outside the input folder, which is refused
     out.mkdir()
     q = aq.ArrowQuantV2(group_size=32)
     for source in (tmp_path / "model.safetensors.index.json", tmp_path):
-        report = q.quantize_from_safetensors(source, out / "m.aq")
+        report = q.quantize_from_safetensors(source, out / "m.aq", overwrite=True)
         assert report["layers_quantized"] == 2 and report["layers_carried"] == 1
         f = aq.open(out / "m.aq")
         assert sorted(f.layer_names) == ["a.weight", "b.bias", "b.weight"]

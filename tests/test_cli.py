@@ -40,8 +40,11 @@ def test_quantize_json_and_silent_progress_when_piped(quantized):
 def test_quantize_prints_a_summary_and_no_progress_bar_when_piped(model, tmp_path):
     r = run("quantize", model, tmp_path / "q", "--bits", "8", "--method", "rtn")
     assert r.returncode == 0, r.stderr
-    assert "component" in r.stdout and "total" in r.stdout and "layers by bit width" in r.stdout
+    assert r.stdout.count("\n") == 1 and "smaller" in r.stdout and str(tmp_path / "q") in r.stdout
     assert r.stderr == ""  # stderr is not a terminal here: no progress bar
+    r = run("quantize", model, tmp_path / "q", "--bits", "8", "--method", "rtn", "--overwrite", "--layers")
+    assert r.returncode == 0, r.stderr
+    assert "component" in r.stdout and "total" in r.stdout and "layers by bit width" in r.stdout
 
 
 def test_inspect_and_validate(quantized, model):
@@ -74,7 +77,7 @@ def test_dequantize_folder_back_to_safetensors(quantized, tmp_path):
     with open(tmp_path / "vae16.safetensors", "rb") as f:
         tensors = dict(safetensors.deserialize(f.read()))
     assert tensors["decoder.up_blocks.0.resnets.0.conv1.weight"]["dtype"] == "F16"  # quantized: converted
-    assert tensors["decoder.conv_out.weight"]["dtype"] == "F32"  # 864 elements: carried through as stored
+    assert tensors["decoder.conv_out.weight"]["dtype"] == "F16"  # 864 elements, carried: converted too
 
 
 @pytest.mark.parametrize("args", [["quantize"], ["frobnicate"], ["quantize", "a", "b", "--bits", "3"], []])

@@ -96,7 +96,7 @@ def test_module_function_end_to_end(demo_model, tmp_path):
     calls = []
     report = aq.quantize_diffusion_model(demo_model, out, DiffusionQuantConfig.from_profile("local"),
                                          progress_callback=lambda n, f: calls.append((n, f)))
-    assert sorted(os.listdir(out)) == ["model_index.json", "scheduler", "tokenizer", "unet", "vae"]
+    assert sorted(os.listdir(out)) == [".arrowquant-output", "model_index.json", "scheduler", "tokenizer", "unet", "vae"]
     assert sorted(os.listdir(out / "unet")) == ["config.json", "diffusion_pytorch_model.aq"]
     for rel in ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json",
                 "tokenizer/merges.txt"):
@@ -121,7 +121,7 @@ def test_method_uses_the_instance_mode(demo_model, tmp_path):
     report = aq.ArrowQuantV2(mode="base").quantize_diffusion_model(demo_model / "unet", tmp_path / "unet_q")
     bits = {v["bit_width"] for v in report["components"]["unet"]["layers"].values()}
     assert bits == {4}  # base mode: no sensitive layers
-    assert sorted(os.listdir(tmp_path / "unet_q")) == ["config.json", "diffusion_pytorch_model.aq"]
+    assert sorted(os.listdir(tmp_path / "unet_q")) == [".arrowquant-output", "config.json", "diffusion_pytorch_model.aq"]
     metrics = aq.ArrowQuantV2(mode="base")
     assert metrics.get_markov_metrics() is None
     metrics.quantize_diffusion_model(demo_model / "unet", tmp_path / "again")
@@ -180,8 +180,15 @@ def test_bad_inputs(tmp_path, demo_model):
     with pytest.raises(aq.ParameterError, match="exists and is not an empty folder"):
         aq.quantize_diffusion_model(demo_model, busy)
     assert os.listdir(busy) == ["keep.txt"]
-    aq.quantize_diffusion_model(demo_model, busy, overwrite=True)
-    assert "keep.txt" not in os.listdir(busy) and "unet" in os.listdir(busy)
+    # overwrite replaces only a folder an earlier arrowquant run wrote, never the user's own
+    with pytest.raises(aq.ParameterError, match="was not written by arrowquant .* it holds keep.txt"):
+        aq.quantize_diffusion_model(demo_model, busy, overwrite=True)
+    assert os.listdir(busy) == ["keep.txt"]
+    earlier = tmp_path / "earlier"
+    aq.quantize_diffusion_model(demo_model, earlier)
+    (earlier / "stale.txt").write_text("from the earlier run")
+    aq.quantize_diffusion_model(demo_model, earlier, overwrite=True)
+    assert "stale.txt" not in os.listdir(earlier) and "unet" in os.listdir(earlier)
     with pytest.raises(aq.ParameterError, match="config must be a DiffusionQuantConfig"):
         aq.quantize_diffusion_model(demo_model, tmp_path / "o", config={"bit_width": 4})
     assert not (tmp_path / "o").exists()

@@ -94,7 +94,7 @@ def files(tmp_path_factory):
 def test_file_entry_points_do_not_leak(files):
     d = files
     calls = max(1, CALLS // 4)  # each of the four below, so the file test totals CALLS calls
-    assert_flat(lambda: Q.quantize_from_safetensors(d / "m.safetensors", d / "out.aq"), calls)
+    assert_flat(lambda: Q.quantize_from_safetensors(d / "m.safetensors", d / "out.aq", overwrite=True), calls)
     assert_flat(expect_error(lambda: Q.quantize_from_safetensors(d / "bad.safetensors", d / "out2.aq")), calls)
 
     def read():

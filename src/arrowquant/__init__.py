@@ -9,19 +9,22 @@ from . import _core  # noqa: E402
 from .aq_file import AqFile  # noqa: E402
 from .errors import (  # noqa: E402
     AccuracyError, ArrowQuantError, ColumnTypeError, DataError, FileFormatError, MissingFileError, ParameterError,
-    SchemaError)
+    SchemaError, UnsafePathError)
 from .quantizer import ArrowQuantV2  # noqa: E402
 from .tensor import QuantizedTensor, dequantize_tensors  # noqa: E402
 from .diffusion import DiffusionQuantConfig, validate_quality  # noqa: E402
 from .diffusion import quantize_diffusion_model as _quantize_diffusion_model  # noqa: E402
 
 
-def quantize_diffusion_model(model_path, output_path, config=None, progress_callback=None, *, overwrite=False):
+def quantize_diffusion_model(model_path, output_path, config=None, progress_callback=None, *, overwrite=False,
+                             variant=None):
     """Quantize a diffusers-style model folder, one component folder, a safetensors file or a
     sharded index with ``config`` (a DiffusionQuantConfig; default: the "local" settings without an
-    accuracy target) in diffusion mode. The output mirrors the input. Returns a report."""
+    accuracy target) in diffusion mode. The output mirrors the input and must lie outside it; an
+    existing output is replaced only with ``overwrite``; ``variant="fp16"`` takes the
+    ``*.fp16.safetensors`` weights. Returns a report."""
     report = _quantize_diffusion_model(model_path, output_path, config, progress_callback, mode="diffusion",
-                                       overwrite=overwrite)
+                                       overwrite=overwrite, variant=variant)
     report.pop("_markov")
     return report
 
@@ -75,6 +78,7 @@ __all__ = [
     "DataError",
     "ParameterError",
     "SchemaError",
+    "UnsafePathError",
     "simd_info",
     "set_simd_path",
     "__version__",

@@ -11,14 +11,18 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
 from .errors import DataError, FileFormatError, MissingFileError, ParameterError
-from .safetensors_io import atomic_output, write_safetensors
+from .paths import atomic_file, check_output_apart
+from .safetensors_io import write_safetensors
 from .tensor import QUANTIZABLE_DTYPES, SAFETENSORS_DTYPES, QuantizedTensor, check_shape, dequantize_tensors, to_dtype
+
+# Floating safetensors dtypes that `to_safetensors(dtype=...)` converts (F8 stays raw bytes).
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 AQ_FORMAT = "arrowquant.aq"
 AQ_FORMAT_VERSION = "1"
@@ -55,9 +59,9 @@ def _row(name: str, data: Any, scales: np.ndarray, zero_points: np.ndarray, shap
 class AqWriter:
     """Streams tensors into a .aq file; the file appears (atomically) only on a clean close."""
 
-    def __init__(self, path: Any, metadata: dict[str, Any]) -> None:
+    def __init__(self, path: Any, metadata: dict[str, Any], *, overwrite: bool = False) -> None:
         self.path = Path(path)
-        self._atomic = atomic_output(self.path)
+        self._atomic = atomic_file(self.path, overwrite)
         self._tmp = self._atomic.__enter__()
         encoded = {"arrowquant.format": AQ_FORMAT, "arrowquant.format_version": AQ_FORMAT_VERSION}
         encoded.update({f"arrowquant.{k}": json.dumps(v) for k, v in metadata.items()})
@@ -125,13 +129,17 @@ class AqFile:
         missing = [f.name for f in AQ_SCHEMA if f.name not in names]
         if missing:
             raise FileFormatError(f"{self.path}: columns {missing} are missing")
+        for field in AQ_SCHEMA:  # the right names with other types would fail later, anywhere
+            found = self._reader.schema.field(field.name).type
+            if found != field.type:
+                raise FileFormatError(f"{self.path}: column {field.name!r} has type {found}; expected {field.type}")
         self.metadata: dict[str, Any] = {}
         for key, value in raw.items():
             k = key.decode("utf-8", "replace").removeprefix("arrowquant.")
             try:
                 self.metadata[k] = json.loads(value) if k not in ("format", "format_version") else value.decode()
-            except (ValueError, UnicodeDecodeError):
-                raise FileFormatError(f"{self.path}: metadata {key!r} is not valid JSON") from None
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                raise FileFormatError(f"{self.path}: metadata {key!r} is not valid JSON (or nested too deeply)") from None
         self._index: dict[str, tuple[int, int]] = {}
         self._batches: list[pa.RecordBatch] = []
         for b in range(self._reader.num_record_batches):
@@ -232,29 +240,43 @@ class AqFile:
                         "bytes": f["data"].nbytes + 4 * (f["scales"].size + f["zero_points"].size)})
         return out
 
-    def to_safetensors(self, out_path: Any, dtype: Any = None) -> None:
+    def to_safetensors(self, out_path: Any, dtype: Any = None, *, overwrite: bool = False,
+                       progress_callback: Callable[[str, float], Any] | None = None) -> None:
         """Write a safetensors checkpoint: quantized layers dequantized to their source dtype (or to
-        ``dtype`` if given), carried-through layers byte for byte. Streams one layer at a time."""
+        ``dtype`` if given), carried-through layers byte for byte, except that with ``dtype`` every
+        floating layer, carried ones included, is converted to it. Streams one layer at a time; an
+        existing file is replaced only with ``overwrite``. ``progress_callback(name, fraction)``
+        runs after each layer (fraction of the stored bytes done)."""
         if dtype is not None:
             to_dtype(np.zeros(1, np.float32), dtype)  # validate before writing anything
         specs, names = [], self.layer_names
         for name in names:
             f = self._fields(name)
             stored = f["source_dtype"]
-            target = stored if (f["group_size"] == 0 or dtype is None) else _safetensors_name(dtype)
+            converted = dtype is not None and (f["group_size"] != 0 or stored in FLOAT_DTYPES)
+            target = _safetensors_name(dtype) if converted else stored
             specs.append((name, target, tuple(f["shape"]), math.prod(f["shape"]) * SAFETENSORS_DTYPES[target].itemsize))
 
+        sizes = [self._fields(name)["data"].nbytes for name in names]
+        total = sum(sizes) or 1
+
         def chunks() -> Iterator[Any]:
-            for name, (_, target, _, _) in zip(names, specs):
+            done = 0
+            for name, (_, target, _, _), size in zip(names, specs, sizes):
                 t = self.tensor(name)
-                yield t if isinstance(t, np.ndarray) else np.ascontiguousarray(self.dequantize(name, target))
+                if isinstance(t, np.ndarray):
+                    yield t if t.dtype == SAFETENSORS_DTYPES[target] else t.astype(SAFETENSORS_DTYPES[target])
+                else:
+                    yield np.ascontiguousarray(self.dequantize(name, target))
+                done += size
+                if progress_callback is not None:
+                    progress_callback(name, done / total)
 
         source_meta = self.metadata.get("source_metadata") or {}
         merged = {k: v for meta in source_meta.values() for k, v in (meta or {}).items()}
         out_path = Path(out_path)
-        if out_path.resolve() == self.path.resolve():
-            raise ParameterError(f"{out_path}: would overwrite the .aq file being read")
-        write_safetensors(out_path, specs, chunks(), merged or None)
+        check_output_apart(out_path, [self.path])
+        write_safetensors(out_path, specs, chunks(), merged or None, overwrite=overwrite)
 
 
 def _safetensors_name(dtype: Any) -> str:

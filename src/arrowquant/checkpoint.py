@@ -11,7 +11,9 @@ from typing import Any, Callable, Sequence
 from . import __version__
 from .aq_file import AqWriter
 from .errors import AccuracyError, ParameterError
-from .safetensors_io import SafetensorsFile, TensorInfo, resolve_checkpoint
+from .markov import DEFAULT_THRESHOLD as DEFAULT_MARKOV_THRESHOLD
+from .paths import check_file_output, check_output_apart, terminate_as_interrupt, warn_extension
+from .safetensors_io import TensorInfo, resolve_checkpoint
 from .tensor import QUANTIZABLE_DTYPES, quantize_arrays
 
 MIN_QUANTIZED_ELEMENTS = 1024
@@ -39,16 +41,6 @@ def should_quantize(info: TensorInfo, include: Sequence[str], exclude: Sequence[
     return len(info.shape) >= 2 and info.numel >= MIN_QUANTIZED_ELEMENTS
 
 
-def check_output_path(output_path: Path, inputs: Sequence[Path]) -> None:
-    if not output_path.parent.is_dir():
-        raise ParameterError(f"{output_path}: the output folder {output_path.parent} does not exist")
-    if output_path.is_dir():
-        raise ParameterError(f"{output_path}: is a directory; give a file path for the .aq output")
-    for source in inputs:
-        if output_path.resolve() == source.resolve():
-            raise ParameterError(f"{output_path}: would overwrite the input checkpoint")
-
-
 NEXT_BIT_WIDTH = {2: 4, 4: 8}
 
 
@@ -57,25 +49,28 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
                         progress_callback: Callable[[str, float], Any] | None = None, mode: str = "base",
                         bit_width_for: Callable[[str, TensorInfo], tuple[int | None, str]] | None = None,
                         min_accuracy: float | None = None, fallback: bool = True,
-                        extra_metadata: dict | None = None) -> dict:
+                        extra_metadata: dict | None = None, overwrite: bool = False, variant: str | None = None,
+                        markov_threshold: float = DEFAULT_MARKOV_THRESHOLD) -> dict:
     """Quantize every eligible tensor of a checkpoint into ``output_path`` (.aq) and report.
 
     ``bit_width_for(name, info)`` may choose the bit width per eligible tensor and say why:
     (bits, reason), bits None meaning carry it through. With ``min_accuracy`` each quantized
     layer's cosine similarity is checked right after quantizing it; a layer below it moves to the
     next bit width (2 -> 4 -> 8) if ``fallback``, else (or if 8 bits do not reach it either) an
-    AccuracyError names it."""
+    AccuracyError names it. An existing output is replaced only with ``overwrite``; ``variant``
+    picks the weights of a folder holding several (``model.fp16.safetensors``)."""
     started = time.perf_counter()
     include_patterns, exclude_patterns = _patterns(include, "include"), _patterns(exclude, "exclude")
     if progress_callback is not None and not callable(progress_callback):
         raise ParameterError(f"progress_callback must be callable; got {type(progress_callback).__name__}")
-    files = resolve_checkpoint(safetensors_path)
+    checkpoint = resolve_checkpoint(safetensors_path, variant)
+    files = checkpoint.files
     output_path = Path(output_path)
-    check_output_path(output_path, files)
-    opened: list[SafetensorsFile] = []
+    check_output_apart(output_path, checkpoint.inputs + [Path(safetensors_path)])
+    check_file_output(output_path, overwrite)
+    warnings_out = [w for w in [warn_extension(output_path, ".aq", "a .aq file (Arrow IPC)")] if w]
+    opened = checkpoint.open()  # every header and the checkpoint as a whole validated before anything is written
     try:
-        for f in files:  # every header is validated before anything is written
-            opened.append(SafetensorsFile(f))
         settings = {"bit_width": bit_width, "group_size": group_size, "symmetric": symmetric, "mode": mode,
                     "include": include_patterns, "exclude": exclude_patterns, "method": method,
                     "min_accuracy": min_accuracy, "fallback": fallback, **(extra_metadata or {})}
@@ -88,7 +83,7 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
         carried: dict[str, str] = {}
         fallbacks: list[dict[str, Any]] = []
         input_bytes = quantized_source_bytes = quantized_bytes = 0
-        with AqWriter(output_path, metadata) as writer:
+        with terminate_as_interrupt(), AqWriter(output_path, metadata, overwrite=overwrite) as writer:
             for sf in opened:
                 for name in sf.names():
                     info = sf.tensors[name]
@@ -107,7 +102,8 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
                         while True:
                             [(tensor, stats, layer_markov)] = quantize_arrays(
                                 [sf.array(name)], [info.dtype], [label], bit_width=bits, group_size=group_size,
-                                symmetric=symmetric, method=method, num_threads=num_threads, with_stats=True)
+                                symmetric=symmetric, method=method, num_threads=num_threads, with_stats=True,
+                                markov_threshold=markov_threshold)
                             if min_accuracy is None or stats.cosine >= min_accuracy:
                                 break
                             if not fallback or bits not in NEXT_BIT_WIDTH:
@@ -160,5 +156,6 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
         "settings": {"bit_width": bit_width, "group_size": group_size, "symmetric": symmetric, "mode": mode,
                      "method": method, "min_accuracy": min_accuracy, "fallback": fallback},
         "layers": layers,
+        "warnings": warnings_out,
         "_markov": markov_raw,  # raw Markov metrics, taken out by ArrowQuantV2
     }

@@ -14,46 +14,38 @@ import os
 import shutil
 import sys
 import tempfile
-import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
+from .diffusion import DEFAULT_THRESHOLDS, PROFILES
 from .errors import ArrowQuantError, ParameterError
+from .paths import Terminated, terminate_as_interrupt
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class ProgressBar:
-    """A one-line progress bar with throughput and ETA on stderr (silent when not a terminal)."""
+    """Progress on stderr (tqdm), only on a terminal and without --quiet / --json. Called as
+    ``bar(name, fraction_done)``; shows bytes done, throughput and an ETA once one is known."""
 
-    def __init__(self, total_bytes: int, enabled: bool) -> None:
-        self.total = max(total_bytes, 1)
-        self.enabled = enabled and sys.stderr.isatty()
-        self.started = time.perf_counter()
-        self.last_draw = 0.0
+    def __init__(self, total_bytes: int, enabled: bool, description: str) -> None:
+        self.total = max(int(total_bytes), 1)
+        self._bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+            self._bar = tqdm(total=self.total, unit="B", unit_scale=True, unit_divisor=1000, desc=description,
+                             file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=0.1)
 
     def __call__(self, name: str, fraction: float) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if now - self.last_draw < 0.05 and fraction < 1.0:
-            return
-        self.last_draw = now
-        elapsed = max(now - self.started, 1e-9)
-        rate = fraction * self.total / elapsed
-        eta = (1 - fraction) * self.total / rate if rate > 0 else 0.0
-        width = 28
-        filled = int(width * fraction)
-        label = name if len(name) <= 40 else "..." + name[-37:]
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {100 * fraction:5.1f}% "
-                         f"{rate / 1e6:7.1f} MB/s ETA {eta:5.1f}s  {label:<40}")
-        sys.stderr.flush()
+        if self._bar is not None:
+            self._bar.update(int(fraction * self.total) - self._bar.n)
+            self._bar.set_postfix_str(name if len(name) <= 40 else "..." + name[-37:], refresh=False)
 
     def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _json_safe(value: Any) -> Any:
@@ -70,14 +62,16 @@ def _print_json(document: Any) -> None:
     print(json.dumps(_json_safe(document), indent=2))
 
 
-def _weight_bytes(path: Path) -> int:
+def _source_bytes(path: Path, variant: str | None = None) -> int:
+    """Bytes of the weights a model path holds, for the progress bar (0 if it cannot tell: the
+    command itself then reports the problem)."""
+    from .diffusion import describe_model
     from .safetensors_io import resolve_checkpoint
-    if path.is_file():
-        return path.stat().st_size
-    total = 0
-    for root, _, files in os.walk(path):
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in files if f.endswith(".safetensors"))
-    return total or (sum(p.stat().st_size for p in resolve_checkpoint(path)) if path.exists() else 0)
+    try:
+        _, components = describe_model(path)
+        return sum(resolve_checkpoint(p, variant).nbytes for _, p in components)
+    except (ArrowQuantError, OSError):
+        return 0
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -91,6 +85,14 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 def _mb(n: float) -> str:
     return f"{n / 1e6:,.2f} MB"
+
+
+def format_quantize_summary(report: dict, show_output: bool = True) -> str:
+    o = report["overall"]
+    where = f" -> {report['output']}" if show_output else ""
+    return (f"quantized {o['layers_quantized']} layers, carried {o['layers_carried']}: "
+            f"{_mb(o['bytes_before'])} -> {_mb(o['bytes_after'])} ({o['compression_ratio']:.2f}x smaller, source "
+            f"tensor bytes / .aq bytes), mean weight cosine {o['mean_cosine']:.4f}, in {report['seconds']:.2f} s{where}")
 
 
 def format_quantize_report(report: dict) -> str:
@@ -113,7 +115,6 @@ def format_quantize_report(report: dict) -> str:
     text += "\n\nlayers by bit width: " + ", ".join(f"{k}: {v}" for k, v in sorted(bits.items()))
     for f in report["fallbacks"]:
         text += f"\nfallback: {f['layer']} {f['from_bits']} -> {f['to_bits']} bits ({f['reason']})"
-    text += f"\n\n{report['output']} written in {report['seconds']:.2f} s"
     return text
 
 
@@ -126,14 +127,17 @@ def format_validation(report: dict, layers: bool = False) -> str:
                 for name, v in report["layers"].items()]
         lines.append(_table(rows, ["layer", "bits", "cosine", "rel RMSE", "SQNR dB", "max |err|", "check"]))
         lines.append("")
+    lines.append(f"checked: {report['checks']} against the original (thresholds by bit width: "
+                 + ", ".join(f"{b}-bit {t}" for b, t in sorted(DEFAULT_THRESHOLDS.items())) + ")")
     lines.append(f"mean cosine {report['mean_cosine']:.5f}, min cosine {report['min_cosine']:.5f}, "
-                 f"compression over weights {report['compression_ratio']:.2f}x")
+                 f"{report['compression_ratio']:.2f}x smaller (source tensor bytes / .aq bytes)")
     for p in report["problems"]:
         lines.append(f"problem: {p['layer']}: {p['problem']}")
     for name in report["failed_layers"]:
         v = report["layers"][name]
         lines.append(f"below threshold: {name}: cosine {v['cosine']:.4f} < {v['threshold']}")
-    lines.append("PASSED" if report["passed"] else "FAILED")
+    lines.append(("PASSED" if report["passed"] else "FAILED") + ": the weights only; whether the model still "
+                 "computes what it should is a functional check (run it on real inputs) that remains yours to do")
     return "\n".join(lines)
 
 
@@ -159,55 +163,67 @@ def _config_from_args(args) -> Any:
     return DiffusionQuantConfig(**overrides)
 
 
+def _warn(command: str, messages: list[str]) -> None:
+    """Each warning once, as one line on stderr."""
+    for message in dict.fromkeys(messages):
+        print(f"arrowquant {command}: warning: {message}", file=sys.stderr)
+
+
 def cmd_quantize(args) -> int:
     from .quantizer import ArrowQuantV2
     config = _config_from_args(args)
-    bar = ProgressBar(_weight_bytes(Path(args.model)), not args.quiet and not args.json)
+    bar = ProgressBar(_source_bytes(Path(args.model), args.variant), not args.quiet and not args.json, "quantize")
     try:
         report = ArrowQuantV2(mode=args.mode).quantize_diffusion_model(args.model, args.output, config, bar,
-                                                                      overwrite=args.overwrite)
+                                                                      overwrite=args.overwrite, variant=args.variant)
     finally:
         bar.close()
     if args.json:
         _print_json(report)
     elif not args.quiet:
-        print(format_quantize_report(report))
+        if args.layers:
+            print(format_quantize_report(report) + "\n")
+        print(format_quantize_summary(report))
     return EXIT_OK
 
 
-def _dequantize_file(source: Path, target: Path, dtype) -> None:
-    from .aq_file import AqFile
-    with AqFile(source) as f:
-        f.to_safetensors(target, dtype)
-
-
 def cmd_dequantize(args) -> int:
+    from .aq_file import AqFile
+    from .paths import check_output_apart, copy_model_files, output_folder, warn_extension
     source, target = Path(args.input), Path(args.output)
     dtype = None if args.dtype == "source" else args.dtype
-    written = []
-    if source.is_dir():
-        from .diffusion import _prepare_output_folder, _publish
-        staging = _prepare_output_folder(target, args.overwrite)
-        try:
-            for root, _, files in os.walk(source):
-                rel = Path(root).relative_to(source)
-                (staging / rel).mkdir(parents=True, exist_ok=True)
-                for name in files:
-                    if name.endswith(".aq"):
-                        out = staging / rel / (name[:-3] + ".safetensors")
-                        _dequantize_file(Path(root) / name, out, dtype)
-                        written.append(str(target / rel / out.name))
-                    else:
-                        shutil.copy2(Path(root) / name, staging / rel / name)
-            _publish(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-    else:
-        if target.exists() and not args.overwrite:
-            raise ParameterError(f"{target}: exists (pass --overwrite to replace it)")
-        _dequantize_file(source, target, dtype)
-        written.append(str(target))
+    if not source.exists():
+        raise ParameterError(f"{source}: no such .aq file or folder")
+    check_output_apart(target, [source])
+    files = [source] if not source.is_dir() else sorted(p for p in source.rglob("*.aq") if p.is_file())
+    total = sum(f.stat().st_size for f in files) or 1
+    bar = ProgressBar(total, not args.quiet and not args.json, "dequantize")
+    done, written = 0, []
+
+    def convert(aq_path: Path, out: Path, overwrite: bool) -> None:
+        nonlocal done
+        base, size = done, aq_path.stat().st_size
+        with AqFile(aq_path) as f:
+            f.to_safetensors(out, dtype, overwrite=overwrite,
+                             progress_callback=lambda name, fraction: bar(name, (base + fraction * size) / total))
+        done += size
+
+    try:
+        if source.is_dir():
+            with output_folder(target, args.overwrite) as staging:
+                copy_model_files(source, staging, lambda rel: rel.name.endswith(".aq") or rel.name == ".arrowquant-output")
+                for aq_path in files:
+                    rel = aq_path.relative_to(source)
+                    out = staging / rel.parent / (rel.name[:-3] + ".safetensors")
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    convert(aq_path, out, False)
+                    written.append(str(target / rel.parent / out.name))
+        else:
+            warn_extension(target, ".safetensors", "a safetensors file")
+            convert(source, target, args.overwrite)
+            written.append(str(target))
+    finally:
+        bar.close()
     if args.json:
         _print_json({"input": str(source), "output": str(target), "files": written})
     elif not args.quiet:
@@ -217,7 +233,12 @@ def cmd_dequantize(args) -> int:
 
 def cmd_validate(args) -> int:
     from .diffusion import validate_quality
-    report = validate_quality(args.original, args.quantized, args.threshold)
+    bar = ProgressBar(_source_bytes(Path(args.original), args.variant), not args.quiet and not args.json, "validate")
+    try:
+        report = validate_quality(args.original, args.quantized, args.threshold, variant=args.variant,
+                                  progress_callback=bar)
+    finally:
+        bar.close()
     if args.json:
         _print_json(report)
     elif not args.quiet:
@@ -239,6 +260,8 @@ def cmd_inspect(args) -> int:
     if args.json:
         _print_json(report)
         return EXIT_OK
+    if args.quiet:
+        return EXIT_OK
     meta = report["metadata"]
     print(f"{report['file']}: {meta.get('format')} v{meta.get('format_version')}, written by arrowquant "
           f"{meta.get('version')}, {_mb(report['bytes'])}")
@@ -256,11 +279,21 @@ def cmd_demo(args) -> int:
     from .demo import make_demo_model
     from .diffusion import DiffusionQuantConfig, validate_quality
     from .quantizer import ArrowQuantV2
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="arrowquant-demo-"))
+    keep = args.workdir is not None
+    workdir = Path(args.workdir) if keep else Path(tempfile.mkdtemp(prefix="arrowquant-demo-"))
     try:
-        model = make_demo_model(workdir / "model")
+        if keep:
+            workdir.mkdir(parents=True, exist_ok=True)
+        model = workdir / "model"
+        if not (model / "model_index.json").is_file():
+            make_demo_model(model)
         config = DiffusionQuantConfig.from_profile("local")
-        bar = ProgressBar(_weight_bytes(model), not args.quiet and not args.json)
+        show = not args.quiet and not args.json
+        if show:
+            print(f"arrowquant {__version__} demo: quantize a generated diffusers-style model (UNet + VAE, heavy-tailed "
+                  f"weights) with profile 'local' ({config.bit_width}-bit, group {config.group_size}, method "
+                  f"{config.method}, diffusion mode), then validate it against the original.\n")
+        bar = ProgressBar(_source_bytes(model), show, "quantize")
         try:
             report = ArrowQuantV2(mode="diffusion").quantize_diffusion_model(model, workdir / "quantized", config, bar,
                                                                            overwrite=True)
@@ -269,72 +302,125 @@ def cmd_demo(args) -> int:
         validation = validate_quality(model, workdir / "quantized")
         if args.json:
             _print_json({"quantize": report, "validate": validation})
-        elif not args.quiet:
-            print(f"arrowquant {__version__} demo: a generated diffusers-style model (UNet + VAE, heavy-tailed "
-                  f"weights), profile 'local' ({config.bit_width}-bit, group {config.group_size}, "
-                  f"min cosine {config.min_accuracy}), diffusion mode, method {config.method}\n")
-            print(format_quantize_report(report))
-            print("\nvalidation against the original:")
-            print(format_validation(validation, layers=True))
+        elif show:
+            if args.layers:
+                print(format_quantize_report(report) + "\n")
+                print(format_validation(validation, layers=True) + "\n")
+            print(format_quantize_summary(report, show_output=keep))
+            print(f"validation: {'PASSED' if validation['passed'] else 'FAILED'} (min weight cosine "
+                  f"{validation['min_cosine']:.4f}; per-layer tables with --layers)")
+            if keep:
+                print(f"\nnext: arrowquant inspect {workdir}/quantized/unet/diffusion_pytorch_model.aq\n"
+                      f"      arrowquant validate {workdir}/model {workdir}/quantized --layers\n"
+                      f"      arrowquant quantize {workdir}/model {workdir}/edge --profile edge")
+            else:
+                print("\nnext: `arrowquant demo --workdir DIR` keeps the model and its quantized copy in DIR; "
+                      "then `arrowquant quantize DIR/model OUT`, `arrowquant validate DIR/model OUT`.")
         return EXIT_OK if validation["passed"] else EXIT_FAILED
     finally:
-        if not args.workdir:
+        if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the examples' line breaks and shows every default."""
+
+
+_PROFILES_HELP = "; ".join(f"{name}: {v['bit_width']}-bit, group {v['group_size']}, min cosine {v['min_accuracy']}"
+                           for name, v in PROFILES.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="arrowquant", description="Calibration-free 2/4/8-bit quantization of "
-                                     "diffusion models and safetensors checkpoints.")
+    parser = argparse.ArgumentParser(
+        prog="arrowquant", formatter_class=_HelpFormatter,
+        description="Calibration-free 2/4/8-bit quantization of diffusion models and safetensors checkpoints.",
+        epilog="examples:\n  arrowquant demo --workdir demo\n  arrowquant quantize demo/model out --profile local\n"
+               "  arrowquant validate demo/model out\n\n`arrowquant COMMAND --help` describes each command.")
     parser.add_argument("--version", action="version", version=f"arrowquant {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, examples: list[str]) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=summary, formatter_class=_HelpFormatter,
+                              epilog="examples:\n" + "\n".join(f"  {e}" for e in examples))
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-        p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+        p.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of text")
+        p.add_argument("--quiet", action="store_true", help="no progress bar and no text on stdout (errors still go "
+                                                             "to stderr)")
 
-    q = sub.add_parser("quantize", help="quantize a model folder, component folder, safetensors file or index")
-    q.add_argument("model")
-    q.add_argument("output")
-    q.add_argument("--profile", choices=["edge", "local", "cloud"])
-    q.add_argument("--bits", type=int, choices=[2, 4, 8])
-    q.add_argument("--group-size", type=int)
-    q.add_argument("--symmetric", action="store_true")
-    q.add_argument("--method", choices=["rtn", "search"])
-    q.add_argument("--mode", choices=["diffusion", "base"], default="diffusion")
-    q.add_argument("--min-accuracy", type=float, help="minimum cosine similarity per layer")
+    q = command("quantize", "quantize a diffusers model folder, a component folder, a safetensors file or an index "
+                "into .aq files", ["arrowquant quantize sd-model sd-model-4bit",
+                                   "arrowquant quantize sd-model sd-edge --profile edge --min-accuracy 0.7",
+                                   "arrowquant quantize unet/diffusion_pytorch_model.safetensors unet.aq --mode base"])
+    q.add_argument("model", help="model folder (with model_index.json), component folder, .safetensors file or "
+                                 "*.safetensors.index.json")
+    q.add_argument("output", help="output folder for a folder input (mirrors it), a .aq file for a file input; must "
+                                  "lie outside the input")
+    q.add_argument("--profile", choices=list(PROFILES), help=f"preset settings ({_PROFILES_HELP}); the options "
+                                                              "below override it (default: local without min cosine)")
+    q.add_argument("--bits", type=int, choices=[2, 4, 8], help="bits per weight (default: 4, or the profile's)")
+    q.add_argument("--group-size", type=int, help="weights per group sharing a scale and zero point, a power of two "
+                                                  "16..4096 (default: 128, or the profile's)")
+    q.add_argument("--symmetric", action="store_true", help="symmetric groups (zero point fixed at the middle code)")
+    q.add_argument("--method", choices=["rtn", "search"], help="rtn: min/max rounding; search: least-squares search, "
+                                                               "lower error, ~7x slower (default: search)")
+    q.add_argument("--mode", choices=["diffusion", "base"], default="diffusion",
+                   help="diffusion: keep sensitive layers (embeddings, input/output, norms, first/last block) at "
+                        "--sensitive-bits; base: every layer alike")
+    q.add_argument("--variant", help="take the weights of this variant, e.g. fp16 for *.fp16.safetensors (default: "
+                                     "the files without a variant, as diffusers does)")
+    q.add_argument("--min-accuracy", type=float, help="minimum weight cosine per layer; a layer below it moves to "
+                                                      "more bits (2 -> 4 -> 8) (default: none, or the profile's)")
     q.add_argument("--no-fallback", action="store_true", help="fail instead of raising a layer's bit width")
     q.add_argument("--no-keep-sensitive", action="store_true", help="quantize sensitive layers like the rest")
-    q.add_argument("--sensitive-bits", choices=["2", "4", "8", "none"])
+    q.add_argument("--sensitive-bits", choices=["2", "4", "8", "none"], help="bits for sensitive layers; none keeps "
+                                                                             "them unquantized (default: 8)")
     q.add_argument("--include", action="append", metavar="GLOB", help="also quantize tensors matching (repeatable)")
     q.add_argument("--exclude", action="append", metavar="GLOB", help="never quantize tensors matching (repeatable)")
-    q.add_argument("--threads", type=int)
-    q.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    q.add_argument("--threads", type=int, help="worker threads (default: the CPUs this process may use)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing output (a folder only if an earlier "
+                                                            "arrowquant run wrote it)")
+    q.add_argument("--layers", action="store_true", help="also print per-component and per-bit-width tables")
     common(q)
     q.set_defaults(run=cmd_quantize)
 
-    d = sub.add_parser("dequantize", help="turn a .aq file (or a quantized model folder) back into safetensors")
-    d.add_argument("input")
-    d.add_argument("output")
-    d.add_argument("--dtype", choices=["source", "float32", "float16", "bfloat16"], default="source")
-    d.add_argument("--overwrite", action="store_true")
+    d = command("dequantize", "turn a .aq file (or a quantized model folder) back into safetensors",
+                ["arrowquant dequantize sd-model-4bit sd-model-restored",
+                 "arrowquant dequantize unet.aq unet.safetensors --dtype float16"])
+    d.add_argument("input", help=".aq file or a folder written by `arrowquant quantize`")
+    d.add_argument("output", help="a .safetensors file for a file input, a folder for a folder input")
+    d.add_argument("--dtype", choices=["source", "float32", "float16", "bfloat16"], default="source",
+                   help="source: each tensor in the dtype it had; otherwise every floating tensor (quantized or "
+                        "carried) is converted to this dtype; integer tensors stay as stored")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing output (a folder only if arrowquant "
+                                                            "wrote it)")
     common(d)
     d.set_defaults(run=cmd_dequantize)
 
-    v = sub.add_parser("validate", help="compare an original model with its quantized version")
-    v.add_argument("original")
-    v.add_argument("quantized")
-    v.add_argument("--threshold", type=float, help="minimum cosine per layer (default by bit width)")
+    v = command("validate", "compare a quantized model with its original, weight by weight (cosine per layer); "
+                "exit 1 if a layer is below its threshold", ["arrowquant validate sd-model sd-model-4bit",
+                                                             "arrowquant validate m.safetensors m.aq --threshold 0.99 "
+                                                             "--layers"])
+    v.add_argument("original", help="the original model folder, safetensors file or index")
+    v.add_argument("quantized", help="the .aq file or folder `arrowquant quantize` wrote from it")
+    v.add_argument("--threshold", type=float, help="minimum weight cosine per layer (default by bit width: "
+                   + ", ".join(f"{b}-bit {t}" for b, t in sorted(DEFAULT_THRESHOLDS.items())) + ")")
+    v.add_argument("--variant", help="the original's weight variant, as given to quantize")
     v.add_argument("--layers", action="store_true", help="print every layer")
     common(v)
     v.set_defaults(run=cmd_validate)
 
-    i = sub.add_parser("inspect", help="show a .aq file's metadata and layers")
-    i.add_argument("file")
+    i = command("inspect", "show a .aq file's metadata and layers", ["arrowquant inspect unet.aq",
+                                                                       "arrowquant inspect unet.aq --json"])
+    i.add_argument("file", help="a .aq file")
     common(i)
     i.set_defaults(run=cmd_inspect)
 
-    m = sub.add_parser("demo", help="generate a small diffusion model, quantize it, validate it")
-    m.add_argument("--workdir", help="keep the generated model and output here")
+    m = command("demo", "generate a small diffusion model, quantize it, validate it",
+                ["arrowquant demo", "arrowquant demo --workdir demo --layers"])
+    m.add_argument("--workdir", help="keep the generated model and its quantized copy in this folder (default: a "
+                                     "temporary folder, deleted at the end)")
+    m.add_argument("--layers", action="store_true", help="also print the per-layer tables")
     common(m)
     m.set_defaults(run=cmd_demo)
     return parser
@@ -343,13 +429,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings(record=True) as caught, terminate_as_interrupt():
+            warnings.simplefilter("always")
+            status = args.run(args)
+        _warn(args.command, [str(w.message) for w in caught])
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:  # `arrowquant inspect x.aq | head`: the reader left; that is not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except (ArrowQuantError, OSError) as e:
         print(f"arrowquant {args.command}: error: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except Terminated:
+        print(f"arrowquant {args.command}: terminated; partial output removed", file=sys.stderr)
+        return 128 + 15
     except KeyboardInterrupt:
-        print(f"arrowquant {args.command}: interrupted", file=sys.stderr)
-        return EXIT_FAILED
+        print(f"arrowquant {args.command}: interrupted; partial output removed", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,7 +17,10 @@ from .aq_file import AqFile
 from .checkpoint import _patterns, quantize_checkpoint
 from .errors import FileFormatError, MissingFileError, ParameterError
 from .quantizer import check_bit_width, check_group_size, check_method, check_num_threads
-from .safetensors_io import SafetensorsFile, TensorInfo, resolve_checkpoint
+from .markov import DEFAULT_THRESHOLD as DEFAULT_MARKOV_THRESHOLD
+from .paths import check_output_apart, copy_model_files, output_folder, path_inside, terminate_as_interrupt
+from .safetensors_io import (Checkpoint, TensorInfo, is_weight_file, load_json, resolve_checkpoint,
+                             weight_variant)
 from .tensor import dequantize_tensors
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -156,35 +158,36 @@ _WEIGHTLESS_CLASS = re.compile(r"(Scheduler|Tokenizer|TokenizerFast|FeatureExtra
 
 
 def _is_weight_file(path: Path) -> bool:
-    return path.name.endswith(".safetensors") or path.name.endswith(".safetensors.index.json")
+    return is_weight_file(path.name)
 
 
-def _aq_name(component_dir: Path) -> str:
-    """diffusion_pytorch_model(.safetensors|-00001-of-00002.safetensors|.safetensors.index.json) -> ....aq"""
-    weights = sorted(p.name for p in component_dir.iterdir() if _is_weight_file(p))
-    index = [w for w in weights if w.endswith(".index.json")]
-    base = (index[0] if index else weights[0]).split(".safetensors")[0]
-    return re.sub(r"-\d{5}-of-\d{5}$", "", base) + ".aq"
+def _aq_name(checkpoint: Checkpoint) -> str:
+    """diffusion_pytorch_model(.safetensors|.fp16.safetensors|-00001-of-00002.safetensors|.safetensors.index.json)
+    -> diffusion_pytorch_model.aq"""
+    name = (checkpoint.index or checkpoint.files[0]).name
+    base = re.sub(r"-\d{5}-of-\d{5}$", "", name.split(".safetensors")[0])
+    variant = weight_variant(name)
+    return (base.removesuffix(f".{variant}") if variant else base) + ".aq"
 
 
-def describe_model(model_path: Path) -> tuple[str, list[tuple[str, Path | None]]]:
-    """('diffusers' | 'component' | 'file', [(component name, weights path or None)])."""
+def describe_model(model_path: Path) -> tuple[str, list[tuple[str, Path]]]:
+    """('diffusers' | 'component' | 'file', [(component name, weights path)]).
+
+    Component names come from model_index.json: each must name a folder inside the model."""
     if not model_path.exists():
         raise MissingFileError(f"{model_path}: no such file or directory")
     if model_path.is_file():
         return "file", [("", model_path)]
     index_file = model_path / "model_index.json"
     if index_file.is_file():
-        try:
-            index = json.loads(index_file.read_text("utf-8"))
-            assert isinstance(index, dict)
-        except (ValueError, AssertionError, UnicodeDecodeError):
-            raise FileFormatError(f"{index_file}: not a valid model_index.json (expected a JSON object)") from None
+        index = load_json(index_file, "model_index.json")
+        if not isinstance(index, dict):
+            raise FileFormatError(f"{index_file}: not a valid model_index.json (expected a JSON object)")
         components = []
         for name, spec in index.items():
             if name.startswith("_") or not (isinstance(spec, list) and len(spec) == 2):
                 continue
-            folder = model_path / name
+            folder = path_inside(model_path, name, f"{index_file}: component")
             cls = str(spec[1])
             has_weights = folder.is_dir() and any(_is_weight_file(p) for p in folder.iterdir())
             if has_weights:
@@ -199,29 +202,10 @@ def describe_model(model_path: Path) -> tuple[str, list[tuple[str, Path | None]]
     raise MissingFileError(f"{model_path}: not a model folder (no model_index.json and no .safetensors files)")
 
 
-def _prepare_output_folder(output: Path, overwrite: bool) -> Path:
-    if not output.parent.is_dir():
-        raise ParameterError(f"{output}: the output's parent folder {output.parent} does not exist")
-    if output.exists():
-        if not output.is_dir() or (any(output.iterdir()) and not overwrite):
-            raise ParameterError(f"{output}: exists and is not an empty folder (pass overwrite=True / --overwrite "
-                                 "to replace it)")
-    staging = output.parent / f".{output.name}.partial-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
-    return staging
-
-
-def _publish(staging: Path, output: Path) -> None:
-    """Replace output by the complete staging folder (a crash leaves either the old or the new)."""
-    if output.exists():
-        old = output.parent / f".{output.name}.old-{os.getpid()}"
-        os.replace(output, old)
-        os.replace(staging, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, output)
+def looks_like_diffusion_model(names: list[str]) -> bool:
+    """Whether any name is one the diffusion rules know (blocks, embeddings, input/output layers):
+    with none of them, mode "diffusion" protects nothing and the model is probably not one."""
+    return bool(edge_blocks(names)) or any(rule.search(n) for n in names for _, rule in SENSITIVE_RULES[:2])
 
 
 def _summary(reports: list[dict]) -> dict[str, Any]:
@@ -238,73 +222,77 @@ def _summary(reports: list[dict]) -> dict[str, Any]:
 
 def quantize_diffusion_model(model_path: Any, output_path: Any, config: DiffusionQuantConfig | None = None,
                              progress_callback: Callable[[str, float], Any] | None = None, *, mode: str = "diffusion",
-                             overwrite: bool = False) -> dict[str, Any]:
+                             overwrite: bool = False, variant: str | None = None,
+                             markov_threshold: float = DEFAULT_MARKOV_THRESHOLD) -> dict[str, Any]:
     """Quantize a diffusers-style model folder (or one component folder, a safetensors file or a
     sharded index) into ``output_path``, which mirrors the input: a folder per component with its
-    .aq file and every non-weight file copied unchanged. Returns a report (per component and
-    overall: bytes, compression, cosine, relative RMSE, bit width per layer, fallbacks, seconds)."""
+    .aq file and every non-weight file and folder copied unchanged (symlinks that stay inside the
+    model as symlinks). ``variant`` picks weight files such as ``*.fp16.safetensors``; by default
+    the files without a variant are used, as diffusers does. The output must lie outside the input;
+    an existing one is replaced only with ``overwrite`` (a folder only if arrowquant wrote it).
+    Returns a report (per component and overall: bytes, compression, cosine, relative RMSE, bit
+    width per layer, fallbacks, warnings, seconds)."""
     started = time.perf_counter()
     config = config or DiffusionQuantConfig()
     if not isinstance(config, DiffusionQuantConfig):
         raise ParameterError(f"config must be a DiffusionQuantConfig; got {type(config).__name__}")
     model_path, output_path = Path(model_path), Path(output_path)
     kind, components = describe_model(model_path)
-    sizes = {name: sum(p.stat().st_size for p in resolve_checkpoint(path)) for name, path in components}
+    checkpoints = {name: resolve_checkpoint(path, variant) for name, path in components}
+    check_output_apart(output_path, [model_path] + [p for c in checkpoints.values() for p in c.inputs])
+    names_of = {name: c.tensor_names() for name, c in checkpoints.items()}
+    warnings_out: list[str] = []
+    if mode == "diffusion" and not looks_like_diffusion_model([n for ns in names_of.values() for n in ns]):
+        warnings_out.append(f"{model_path}: no tensor name looks like a diffusion model's (no UNet/DiT/Flux blocks, "
+                            "time embeddings or input/output layers), so mode 'diffusion' protects no layer; "
+                            "for other models use mode 'base' (--mode base)")
+        warnings.warn(warnings_out[-1], UserWarning, stacklevel=2)
+    sizes = {name: c.nbytes for name, c in checkpoints.items()}
     total = sum(sizes.values()) or 1
     done = 0
 
-    def run(name: str, weights: Path, out_file: Path) -> dict:
+    def run(name: str, out_file: Path, overwrite_file: bool) -> dict:
         nonlocal done
         base = done
-        names = [n for f in resolve_checkpoint(weights) for n in SafetensorsFile(f).names()]
 
         def progress(layer: str, fraction: float) -> None:
             if progress_callback is not None:
                 progress_callback(f"{name}/{layer}" if name else layer, (base + fraction * sizes[name]) / total)
 
         report = quantize_checkpoint(
-            weights, out_file, bit_width=config.bit_width, group_size=config.group_size, symmetric=config.symmetric,
-            num_threads=config.num_threads, method=config.method, include=config.include, exclude=config.exclude,
-            progress_callback=progress, mode=mode, bit_width_for=bit_width_rule(config, mode, names),
-            min_accuracy=config.min_accuracy, fallback=config.fallback,
-            extra_metadata={"diffusion_config": config.to_dict(), "component": name})
+            dict(components)[name], out_file, bit_width=config.bit_width, group_size=config.group_size,
+            symmetric=config.symmetric, num_threads=config.num_threads, method=config.method, include=config.include,
+            exclude=config.exclude, progress_callback=progress, mode=mode,
+            bit_width_for=bit_width_rule(config, mode, names_of[name]), min_accuracy=config.min_accuracy,
+            fallback=config.fallback, overwrite=overwrite_file, variant=variant,
+            extra_metadata={"diffusion_config": config.to_dict(), "component": name},
+            markov_threshold=markov_threshold)
         done += sizes[name]
         return report
 
-    if kind == "file":
-        report = run("", model_path, output_path)
-        per_component = {"": report}
-    else:
-        staging = _prepare_output_folder(output_path, overwrite)
-        try:
-            per_component = {}
-            root = model_path if kind == "diffusers" else None
-            folders = [(name, folder) for name, folder in components]
-            if root is not None:  # copy every non-weight file and folder (configs, tokenizers, schedulers)
-                for entry in root.iterdir():
-                    if entry.is_dir():
-                        shutil.copytree(entry, staging / entry.name, ignore=lambda d, files: [
-                            f for f in files if _is_weight_file(Path(d) / f)])
-                    elif not _is_weight_file(entry):
-                        shutil.copy2(entry, staging / entry.name)
-            else:
-                for entry in model_path.iterdir():
-                    if entry.is_file() and not _is_weight_file(entry):
-                        shutil.copy2(entry, staging / entry.name)
-            for name, folder in folders:
-                target = staging / name if name else staging
-                target.mkdir(exist_ok=True)
-                per_component[name or model_path.name] = run(name, folder, target / _aq_name(folder))
-            _publish(staging, output_path)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+    with terminate_as_interrupt():
+        if kind == "file":
+            per_component = {"": run("", output_path, overwrite)}
+        else:
+            with output_folder(output_path, overwrite) as staging:
+                per_component = {}
+                # every non-weight file and folder: configs, tokenizers, schedulers, 1_Pooling/ ...
+                if kind == "diffusers":
+                    copy_model_files(model_path, staging, lambda rel: len(rel.parts) == 2 and rel.parts[0] in
+                                     checkpoints and _is_weight_file(rel))
+                else:
+                    copy_model_files(model_path, staging, lambda rel: len(rel.parts) == 1 and _is_weight_file(rel))
+                for name, _ in components:
+                    target = staging / name if name else staging
+                    target.mkdir(exist_ok=True)
+                    per_component[name or model_path.name] = run(name, target / _aq_name(checkpoints[name]), False)
     prefixed = kind == "diffusers"
     markov_raw = {(f"{name}/{k}" if prefixed else k): v for name, r in per_component.items() for k, v in r["_markov"].items()}
     components_out = {}
     for name, r in per_component.items():
         components_out[name or "model"] = {
-            "output": r["output"], "bytes_before": r["input_bytes"], "bytes_after": r["output_bytes"],
+            "output": _published_path(r["output"], output_path), "bytes_before": r["input_bytes"],
+            "bytes_after": r["output_bytes"],
             "compression_ratio": r["compression_ratio"], "mean_cosine": r["mean_cosine"], "min_cosine": r["min_cosine"],
             "mean_relative_rmse": r["mean_relative_rmse"], "layers_quantized": r["layers_quantized"],
             "layers_carried": r["layers_carried"], "fallbacks": r["fallbacks"],
@@ -315,7 +303,17 @@ def quantize_diffusion_model(model_path: Any, output_path: Any, config: Diffusio
             "config": config.to_dict(), "components": components_out,
             "overall": _summary(list(per_component.values())),
             "fallbacks": [f for r in per_component.values() for f in r["fallbacks"]],
+            "warnings": warnings_out + [w for r in per_component.values() for w in r["warnings"]],
             "seconds": time.perf_counter() - started, "_markov": markov_raw}
+
+
+def _published_path(written: str, output_path: Path) -> str:
+    """Where a file written in the staging folder lies once the folder is published."""
+    staged = Path(written)
+    for parent in staged.parents:
+        if parent.name.startswith(f".{output_path.name}.") and parent.name.endswith(".partial"):
+            return str(output_path / staged.relative_to(parent))
+    return written
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,36 +330,59 @@ def _pairs(original: Path, quantized: Path) -> list[tuple[str, Path, Path]]:
         raise ParameterError(f"{quantized}: is a folder but {original} is a single file; pass the .aq file")
     pairs = []
     for name, folder in components:
-        target = quantized / name if name else quantized
-        aq_files = sorted(target.glob("*.aq")) if target.is_dir() else []
+        target = path_inside(quantized, name, f"{quantized}: component") if name else quantized
+        aq_files = sorted(p for p in target.glob("*.aq") if p.is_file()) if target.is_dir() else []
         if not aq_files:
             raise MissingFileError(f"{target}: no .aq file for component '{name or original.name}'")
-        pairs.append((name or "model", folder, aq_files[0]))
+        pairs.append((name or "model", folder, path_inside(target, aq_files[0].name, f"{target}: .aq file")))
     return pairs
 
 
-def validate_quality(original_path: Any, quantized_path: Any, threshold: float | None = None) -> dict[str, Any]:
+def _layer_quality(x: np.ndarray, decoded: np.ndarray) -> dict[str, float]:
+    d = x - decoded
+    xx, yy, xy, dd = float(x @ x), float(decoded @ decoded), float(x @ decoded), float(d @ d)
+    cosine = 1.0 if xx == 0 and yy == 0 else (0.0 if xx == 0 or yy == 0 else xy / math.sqrt(xx * yy))
+    return {"cosine": cosine, "relative_rmse": math.sqrt(dd / xx) if xx else (0.0 if dd == 0 else math.inf),
+            "sqnr_db": 10 * math.log10(xx / dd) if dd > 0 and xx > 0 else math.inf,
+            "max_abs_error": float(np.abs(d).max()) if d.size else 0.0}
+
+
+def validate_quality(original_path: Any, quantized_path: Any, threshold: float | None = None, *,
+                     variant: str | None = None,
+                     progress_callback: Callable[[str, float], Any] | None = None) -> dict[str, Any]:
     """Compare an original checkpoint (file, index or model folder) with its quantized counterpart
-    (.aq file or the folder quantize_diffusion_model wrote): per layer cosine similarity, relative
-    RMSE, SQNR (dB) and max absolute error (float64, numpy), overall mean / min cosine, compression
-    over weight bytes, and ``passed``: every quantized layer's cosine at least ``threshold``
-    (default by its bit width: 2 -> 0.70, 4 -> 0.90, 8 -> 0.95), carried-through layers identical,
-    and no layer missing or of another shape on either side."""
+    (.aq file or the folder quantize_diffusion_model wrote), weight by weight: per layer cosine
+    similarity, relative RMSE, SQNR (dB) and max absolute error (float64, numpy), overall mean /
+    min cosine, and ``passed``: every quantized layer's weight cosine at least ``threshold``
+    (default by its bit width, DEFAULT_THRESHOLDS), carried-through layers identical, and no layer
+    missing or of another shape on either side.
+
+    This checks the weights, not what the model computes: a model can pass and still produce
+    worse outputs, so run the model on real inputs too. ``compression_ratio`` is the source
+    tensor bytes over the .aq file bytes, the same quotient quantize reports."""
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                                   or not 0 < threshold <= 1):
         raise ParameterError(f"threshold must be a cosine similarity in (0, 1] or None; got {threshold!r}")
+    if progress_callback is not None and not callable(progress_callback):
+        raise ParameterError(f"progress_callback must be callable; got {type(progress_callback).__name__}")
     original_path, quantized_path = Path(original_path), Path(quantized_path)
     layers: dict[str, dict[str, Any]] = {}
     problems: list[dict[str, Any]] = []
-    weight_before = weight_after = 0
-    for component, source, aq_path in _pairs(original_path, quantized_path):
+    bytes_before = bytes_after = 0
+    pairs = [(component, resolve_checkpoint(source, variant), aq_path)
+             for component, source, aq_path in _pairs(original_path, quantized_path)]
+    total = sum(c.nbytes for _, c, _ in pairs) or 1
+    done = 0
+    for component, checkpoint, aq_path in pairs:
         prefix = "" if component == "model" else f"{component}/"
         originals = {}
-        files = [SafetensorsFile(f) for f in resolve_checkpoint(source)]
+        files = checkpoint.open()
         try:
             for f in files:
                 for name in f.names():
                     originals[name] = f
+                    bytes_before += f.tensors[name].nbytes
+            bytes_after += aq_path.stat().st_size
             with AqFile(aq_path) as q:
                 for name in sorted(set(originals) - set(q.layer_names)):
                     problems.append({"layer": prefix + name, "problem": "missing in the quantized model"})
@@ -372,6 +393,7 @@ def validate_quality(original_path: Any, quantized_path: Any, threshold: float |
                         continue
                     source_array = originals[name].array(name)
                     stored = q.tensor(name)
+                    done += source_array.nbytes
                     shape = tuple(stored.shape)
                     if shape != tuple(source_array.shape):
                         problems.append({"layer": prefix + name, "problem":
@@ -382,26 +404,19 @@ def validate_quality(original_path: Any, quantized_path: Any, threshold: float |
                             problems.append({"layer": prefix + name, "problem": "carried-through tensor differs"})
                         continue
                     decoded = dequantize_tensors([stored], [f"{aq_path}: layer {name!r}"])[0].astype(np.float64)
-                    x = source_array.astype(np.float64).reshape(-1)
-                    d = x - decoded
-                    xx, yy, xy, dd = float(x @ x), float(decoded @ decoded), float(x @ decoded), float(d @ d)
-                    cosine = 1.0 if xx == 0 and yy == 0 else (0.0 if xx == 0 or yy == 0 else xy / math.sqrt(xx * yy))
+                    quality = _layer_quality(source_array.astype(np.float64).reshape(-1), decoded)
                     layer_threshold = threshold if threshold is not None else DEFAULT_THRESHOLDS[stored.bit_width]
-                    layers[prefix + name] = {
-                        "bit_width": stored.bit_width, "cosine": cosine,
-                        "relative_rmse": math.sqrt(dd / xx) if xx else (0.0 if dd == 0 else math.inf),
-                        "sqnr_db": 10 * math.log10(xx / dd) if dd > 0 and xx > 0 else math.inf,
-                        "max_abs_error": float(np.abs(d).max()) if d.size else 0.0,
-                        "threshold": layer_threshold, "passed": cosine >= layer_threshold}
-                    weight_before += source_array.nbytes
-                    weight_after += stored.nbytes
+                    layers[prefix + name] = {"bit_width": stored.bit_width, **quality, "threshold": layer_threshold,
+                                             "passed": quality["cosine"] >= layer_threshold}
+                    if progress_callback is not None:
+                        progress_callback(prefix + name, done / total)
         finally:
             for f in files:
                 f.close()
     cos = [v["cosine"] for v in layers.values()]
     failed = [k for k, v in layers.items() if not v["passed"]]
-    return {"original": str(original_path), "quantized": str(quantized_path), "layers": layers,
-            "mean_cosine": float(np.mean(cos)) if cos else 1.0, "min_cosine": min(cos) if cos else 1.0,
-            "compression_ratio": weight_before / weight_after if weight_after else 0.0,
-            "weight_bytes_before": weight_before, "weight_bytes_after": weight_after,
+    return {"original": str(original_path), "quantized": str(quantized_path), "checks": "weight cosine per layer",
+            "layers": layers, "mean_cosine": float(np.mean(cos)) if cos else 1.0, "min_cosine": min(cos) if cos else 1.0,
+            "compression_ratio": bytes_before / bytes_after if bytes_after else 0.0,
+            "bytes_before": bytes_before, "bytes_after": bytes_after,
             "failed_layers": failed, "problems": problems, "passed": not failed and not problems}

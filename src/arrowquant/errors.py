@@ -37,8 +37,12 @@ class MissingFileError(ArrowQuantError, FileNotFoundError):
     """An input file or folder does not exist, or holds no checkpoint."""
 
 
+class UnsafePathError(ParameterError):
+    """A path named inside a file (a component, a shard, a symlink) leads outside its folder."""
+
+
 class AccuracyError(ArrowQuantError, ValueError):
     """A layer cannot reach the requested accuracy (min_accuracy) at any allowed bit width."""
 
 
-__all__ += ["FileFormatError", "MissingFileError", "AccuracyError"]
+__all__ += ["FileFormatError", "MissingFileError", "UnsafePathError", "AccuracyError"]

@@ -126,9 +126,10 @@ class ArrowQuantV2:
         overall; see arrowquant.markov for the definitions), or None before any quantization."""
         return None if self._markov is None else markov.summarize(markov.from_raw(*self._markov))
 
-    def _record_markov(self, names, raws) -> None:
-        # Kept raw (tuples from the core); dictionaries are built only when asked for.
-        self._markov = (names, raws)
+    def _record_markov(self, names: list[str], raws: list) -> None:
+        # Plain Python values only (names as str, the core's tuples of floats), never an Arrow or
+        # NumPy object that would keep an input or output alive; dictionaries are built on demand.
+        self._markov = (list(names), list(raws))
 
     def __repr__(self) -> str:
         return (f"ArrowQuantV2(mode={self.mode!r}, group_size={self.group_size}, symmetric={self.symmetric}, "
@@ -153,7 +154,7 @@ class ArrowQuantV2:
         batches, _ = _as_batches(table, "table")
         results, raw_markov = call_with_batches(_core.quantize_batches, batches, *options, self.markov_threshold)
         out = pa.Table.from_batches(results)
-        self._record_markov(out.column("layer_name"), raw_markov)
+        self._record_markov(out.column("layer_name").to_pylist(), raw_markov)
         return out
 
     def quantize_arrow_batch(self, batch: Any, bit_width: int = 4, *, group_size: int | None = None,
@@ -165,7 +166,7 @@ class ArrowQuantV2:
                                   "(use quantize_arrow for tables and streams)")
         batches, _ = _as_batches(batch, "batch")
         results, raw_markov = call_with_batches(_core.quantize_batches, batches, *options, self.markov_threshold)
-        self._record_markov(results[0].column("layer_name"), raw_markov)
+        self._record_markov(results[0].column("layer_name").to_pylist(), raw_markov)
         return results[0]
 
     def quantize(self, weights: np.ndarray, bit_width: int = 4, group_size: int | None = None,
@@ -245,28 +246,31 @@ class ArrowQuantV2:
                                   group_size: int | None = None,
                                   progress_callback: Callable[[str, float], Any] | None = None, *,
                                   symmetric: bool | None = None, include: Any = None, exclude: Any = None,
-                                  method: str | None = None) -> dict:
+                                  method: str | None = None, overwrite: bool = False,
+                                  variant: str | None = None) -> dict:
         """Quantize a safetensors checkpoint (file, sharded index, or folder) into one .aq file.
 
         Floating tensors (F32/F16/BF16) with at least 2 dimensions and 1,024 elements are
         quantized; everything else is carried through byte for byte. ``include`` / ``exclude``
         are glob patterns (or lists of them) on tensor names that override that choice. Returns a
         report: layer counts, bytes, compression ratio, cosine / relative RMSE per layer and
-        overall, seconds and throughput."""
+        overall, seconds and throughput. An existing output is replaced only with ``overwrite``;
+        ``variant`` picks the weight files of a folder holding several (``*.fp16.safetensors``)."""
         from .checkpoint import quantize_checkpoint
 
         bits, group, sym, meth, threads = self._options(bit_width, group_size, symmetric, method,
                                                         default_method=DEFAULT_PIPELINE_METHOD)
         report = quantize_checkpoint(safetensors_path, output_path, bit_width=bits, group_size=group, symmetric=sym,
                                      method=meth, num_threads=threads, include=include, exclude=exclude,
-                                     progress_callback=progress_callback, mode=self.mode)
+                                     progress_callback=progress_callback, mode=self.mode, overwrite=overwrite,
+                                     variant=variant, markov_threshold=self.markov_threshold)
         raw = report.pop("_markov")
         self._record_markov(list(raw), list(raw.values()))
         return report
 
     def quantize_diffusion_model(self, model_path: Any, output_path: Any, config: Any = None,
                                  progress_callback: Callable[[str, float], Any] | None = None, *,
-                                 overwrite: bool = False) -> dict:
+                                 overwrite: bool = False, variant: str | None = None) -> dict:
         """Quantize a diffusers-style model (see arrowquant.quantize_diffusion_model) with this
         quantizer's mode; without a config, its group size, symmetry, threads and method are used."""
         from .diffusion import DiffusionQuantConfig, quantize_diffusion_model
@@ -275,7 +279,7 @@ class ArrowQuantV2:
             config = DiffusionQuantConfig(group_size=self.group_size, symmetric=self.symmetric,
                                           num_threads=self.num_threads, method=self.method or DEFAULT_PIPELINE_METHOD)
         report = quantize_diffusion_model(model_path, output_path, config, progress_callback, mode=self.mode,
-                                          overwrite=overwrite)
+                                          overwrite=overwrite, variant=variant, markov_threshold=self.markov_threshold)
         raw = report.pop("_markov")
         self._record_markov(list(raw), list(raw.values()))
         return report

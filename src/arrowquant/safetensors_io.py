@@ -16,14 +16,16 @@ import json
 import math
 import mmap
 import os
+import re
 import struct
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .errors import FileFormatError, MissingFileError, ParameterError
-from .tensor import SAFETENSORS_DTYPES
+from .errors import DataError, FileFormatError, MissingFileError, ParameterError
+from .paths import atomic_file, path_inside
+from .tensor import SAFETENSORS_DTYPES, check_shape, check_text
 
 # The reference implementation refuses headers above 100 MB; so do we (a corrupt length would
 # otherwise make us read and parse an arbitrary amount of the file as JSON).
@@ -55,8 +57,9 @@ def parse_header(header: bytes, data_size: int, where: str) -> tuple[dict[str, T
     """Validate a safetensors JSON header against the size of the data area that follows it."""
     try:
         doc = json.loads(header.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FileFormatError(f"{where}: the header is not valid UTF-8 JSON ({e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise FileFormatError(f"{where}: the header is not valid UTF-8 JSON ({reason})") from None
     if not isinstance(doc, dict):
         raise FileFormatError(f"{where}: the header must be a JSON object; found {type(doc).__name__}")
     metadata = doc.pop("__metadata__", None) or {}
@@ -65,6 +68,10 @@ def parse_header(header: bytes, data_size: int, where: str) -> tuple[dict[str, T
     tensors: dict[str, TensorInfo] = {}
     for name, entry in doc.items():
         at = f"{where}: tensor {name!r}"
+        try:
+            check_text(name, f"{where}: tensor name")
+        except DataError as e:
+            raise FileFormatError(str(e)) from None
         if not isinstance(entry, dict):
             raise FileFormatError(f"{at}: entry must be an object; found {type(entry).__name__}")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
@@ -76,6 +83,10 @@ def parse_header(header: bytes, data_size: int, where: str) -> tuple[dict[str, T
                 or not 0 <= offsets[0] <= offsets[1]):
             raise FileFormatError(f"{at}: data_offsets must be [begin, end] with 0 <= begin <= end; found {offsets!r}")
         begin, end = offsets
+        try:  # the same limit the .aq reader applies, so we never write a file we would refuse
+            check_shape(shape, at, SAFETENSORS_DTYPES[dtype].itemsize)
+        except DataError as e:
+            raise FileFormatError(str(e)) from None
         expected = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
         if end - begin != expected:
             raise FileFormatError(f"{at}: shape {shape} of {dtype} needs {expected} bytes but data_offsets "
@@ -124,6 +135,7 @@ class SafetensorsFile:
             header = self._file.read(header_len)
             self.data_start = 8 + header_len
             self.tensors, self.metadata = parse_header(header, size - self.data_start, str(self.path))
+            self.size = size
             if size > self.data_start:
                 self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         except BaseException:
@@ -148,9 +160,19 @@ class SafetensorsFile:
         """Tensor names in the order their data appears in the file."""
         return [t.name for t in sorted(self.tensors.values(), key=lambda t: t.begin)]
 
+    def _check_not_truncated(self, info: TensorInfo) -> None:
+        """Reading a mapped page past the end of a file that another process truncated kills the
+        process with SIGBUS; look at the size first (a truncation after this check remains a race,
+        docs/reliability.md)."""
+        size = os.fstat(self._file.fileno()).st_size
+        if size < self.data_start + info.end:
+            raise FileFormatError(f"{self.path}: tensor {info.name!r}: the file shrank to {size} bytes while being read "
+                                  f"(was {self.size}); another process truncated or rewrote it")
+
     def array(self, name: str) -> np.ndarray:
         """A read-only, zero-copy view of a tensor (BF16 as ml_dtypes.bfloat16, F8 as uint8)."""
         info = self.tensors[name]
+        self._check_not_truncated(info)
         dtype = SAFETENSORS_DTYPES[info.dtype]
         if info.nbytes == 0:
             return np.zeros(info.shape, dtype)
@@ -161,6 +183,7 @@ class SafetensorsFile:
         info = self.tensors[name]
         if info.nbytes == 0:
             return memoryview(b"")
+        self._check_not_truncated(info)
         start = self.data_start + info.begin
         return memoryview(self._map)[start:start + info.nbytes]
 
@@ -186,39 +209,143 @@ class SafetensorsFile:
         self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
-def resolve_checkpoint(path: Any) -> list[Path]:
-    """The safetensors files of a checkpoint: a file, a ``*.safetensors.index.json``, or a folder
-    holding one index or any number of ``*.safetensors`` files."""
+_SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$")
+_INDEX_NAME = re.compile(r"(.+)\.safetensors\.index(?:\.([^.]+))?\.json")
+
+
+def weight_variant(name: str) -> str | None:
+    """The diffusers variant a weight file belongs to: ``model.fp16.safetensors``,
+    ``model.fp16-00001-of-00002.safetensors`` and ``model.safetensors.index.fp16.json`` are
+    "fp16"; ``model.safetensors`` and its shards and index have none."""
+    m = _INDEX_NAME.fullmatch(name)
+    if m:
+        return m.group(2)
+    stem = _SHARD_SUFFIX.sub("", name.removesuffix(".safetensors"))
+    return stem.rsplit(".", 1)[1] if "." in stem else None
+
+
+def is_weight_file(name: str) -> bool:
+    return name.endswith(".safetensors") or _INDEX_NAME.fullmatch(name) is not None
+
+
+class Checkpoint:
+    """The files of one checkpoint: ``files`` (safetensors shards, in order), and for a sharded
+    checkpoint its ``index`` path and ``weight_map`` (tensor name -> shard path)."""
+
+    def __init__(self, files: list[Path], index: Path | None = None,
+                 weight_map: dict[str, Path] | None = None) -> None:
+        self.files, self.index, self.weight_map = files, index, weight_map
+
+    @property
+    def inputs(self) -> list[Path]:
+        """Every path the checkpoint reads: an output may be none of them."""
+        return self.files + ([self.index] if self.index else [])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+    def open(self) -> list[SafetensorsFile]:
+        """Open every shard, validating each header, and the checkpoint as a whole, before a
+        byte is written: no tensor in two shards, and every tensor an index names in its shard."""
+        opened: list[SafetensorsFile] = []
+        try:
+            owner: dict[str, SafetensorsFile] = {}
+            for f in self.files:
+                sf = SafetensorsFile(f)
+                opened.append(sf)
+                for name in sf.tensors:
+                    if name in owner:
+                        raise FileFormatError(f"{sf.path}: tensor {name!r} is also in {owner[name].path}; a checkpoint "
+                                              "defines each tensor once (two variants of the weights in one folder? "
+                                              "pass variant= / --variant)")
+                    owner[name] = sf
+            for name, shard in (self.weight_map or {}).items():
+                if name not in owner:
+                    raise FileFormatError(f"{self.index}: names tensor {name!r} in {shard.name}, but no shard holds it")
+                if owner[name].path != shard:
+                    raise FileFormatError(f"{self.index}: names tensor {name!r} in {shard.name}, but it is in "
+                                          f"{owner[name].path.name}")
+            return opened
+        except BaseException:
+            for sf in opened:
+                sf.close()
+            raise
+
+    def tensor_names(self) -> list[str]:
+        names = []
+        for sf in self.open():
+            with sf:
+                names += sf.names()
+        return names
+
+
+def load_json(path: Path, what: str) -> Any:
+    """A JSON document from a file, every failure (deep nesting included) a FileFormatError."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise FileFormatError(f"{path}: not a valid {what} (not UTF-8 JSON: {reason})") from None
+
+
+def _read_index(path: Path) -> Checkpoint:
+    index = load_json(path, "safetensors index")
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in weight_map.items()):
+        raise FileFormatError(f"{path}: not a safetensors index (expected JSON with a 'weight_map' of "
+                              "tensor name -> file name)")
+    shards: dict[str, Path] = {}
+    for shard in dict.fromkeys(weight_map.values()):
+        shard_path = path_inside(path.parent, shard, f"{path}: shard")
+        if not shard_path.is_file():
+            raise MissingFileError(f"{path}: shard {shard!r} does not exist next to the index")
+        shards[shard] = shard_path
+    for name in weight_map:
+        check_text(name, f"{path}: tensor name")
+    return Checkpoint(list(shards.values()), path, {k: shards[v] for k, v in weight_map.items()})
+
+
+def resolve_checkpoint(path: Any, variant: str | None = None) -> Checkpoint:
+    """The checkpoint at ``path``: a safetensors file, a ``*.safetensors.index.json``, or a folder
+    holding an index or ``*.safetensors`` files. In a folder, as diffusers does, the files without
+    a variant are taken (``model.safetensors``, not ``model.fp16.safetensors``) unless ``variant``
+    names one; a folder holding only one variant takes it. Files found in a folder, and shards
+    named by an index, must stay inside that folder (symlinks included)."""
     path = Path(path)
+    if variant is not None and (not isinstance(variant, str) or not re.fullmatch(r"[A-Za-z0-9_]+", variant)):
+        raise ParameterError(f"variant must be a name such as 'fp16'; got {variant!r}")
     if not path.exists():
         raise MissingFileError(f"{path}: no such file or directory")
-    if path.is_dir():
-        indexes = sorted(path.glob("*.safetensors.index.json"))
-        if len(indexes) > 1:
-            raise FileFormatError(f"{path}: holds several index files ({', '.join(i.name for i in indexes)}); "
-                                  "pass the one to use")
-        if indexes:
-            return resolve_checkpoint(indexes[0])
-        files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
-        if not files:
-            raise MissingFileError(f"{path}: folder holds no .safetensors files and no *.safetensors.index.json")
-        return files
-    if path.name.endswith(".json"):
-        try:
-            index = json.loads(path.read_text("utf-8"))
-            weight_map = index["weight_map"]
-            assert isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())
-        except (ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError):
-            raise FileFormatError(f"{path}: not a safetensors index (expected JSON with a 'weight_map' of "
-                                  "tensor name -> file name)") from None
-        files = []
-        for shard in dict.fromkeys(weight_map.values()):
-            shard_path = path.parent / shard
-            if not shard_path.is_file():
-                raise MissingFileError(f"{path}: shard {shard!r} does not exist next to the index")
-            files.append(shard_path)
-        return files
-    return [path]
+    if not path.is_dir():
+        if _INDEX_NAME.fullmatch(path.name) or path.name.endswith(".json"):
+            return _read_index(path)
+        return Checkpoint([path])
+    candidates = sorted(p.name for p in path.iterdir() if is_weight_file(p.name))
+    variants = sorted({v for v in map(weight_variant, candidates) if v is not None})
+    if variant is None:
+        chosen = [n for n in candidates if weight_variant(n) is None]
+        if not chosen and len(variants) == 1:
+            chosen = [n for n in candidates if weight_variant(n) == variants[0]]
+        elif not chosen and variants:
+            raise MissingFileError(f"{path}: holds only variants {', '.join(variants)} of the weights; pass one "
+                                   "with variant= / --variant")
+    else:
+        chosen = [n for n in candidates if weight_variant(n) == variant]
+        if not chosen:
+            found = ", ".join(variants + (["(none)"] if any(weight_variant(n) is None for n in candidates) else []))
+            raise MissingFileError(f"{path}: holds no weights of variant {variant!r} (variants found: {found or 'none'})")
+    indexes = [n for n in chosen if n.endswith(".json")]
+    if len(indexes) > 1:
+        raise FileFormatError(f"{path}: holds several index files ({', '.join(indexes)}); pass the one to use")
+    if indexes:
+        return _read_index(path_inside(path, indexes[0], f"{path}: index"))
+    files = [path_inside(path, n, f"{path}: weight file") for n in chosen]
+    files = [f for f in files if f.is_file()]
+    if not files:
+        raise MissingFileError(f"{path}: folder holds no .safetensors files and no *.safetensors.index.json")
+    return Checkpoint(files)
 
 
 def _header_bytes(specs: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str] | None) -> bytes:
@@ -234,12 +361,13 @@ def _header_bytes(specs: list[tuple[str, str, tuple[int, ...], int]], metadata: 
 
 
 def write_safetensors(path: Any, specs: list[tuple[str, str, tuple[int, ...], int]],
-                      chunks: Iterable[Any], metadata: dict[str, str] | None = None) -> None:
+                      chunks: Iterable[Any], metadata: dict[str, str] | None = None, *, overwrite: bool = False) -> None:
     """Stream a safetensors file: ``specs`` lists (name, dtype, shape, nbytes) in order and
     ``chunks`` yields each tensor's bytes in the same order. Atomic: a temporary file in the
-    destination folder is renamed into place only after the last byte is written."""
+    destination folder is published only after the last byte is written, over an existing file
+    only with ``overwrite``."""
     path = Path(path)
-    with atomic_output(path) as tmp:
+    with atomic_file(path, overwrite) as tmp:
         with open(tmp, "wb") as f:
             header = _header_bytes(specs, metadata)
             f.write(struct.pack("<Q", len(header)))
@@ -253,28 +381,3 @@ def write_safetensors(path: Any, specs: list[tuple[str, str, tuple[int, ...], in
                 if data.nbytes != nbytes:
                     raise FileFormatError(f"{path}: tensor {name!r} produced {data.nbytes} bytes, expected {nbytes}")
                 f.write(data)
-
-
-class atomic_output:
-    """Context manager giving a temporary path beside ``path``; renamed onto ``path`` on success,
-    deleted on any failure (including KeyboardInterrupt)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        if not self.path.parent.is_dir():
-            raise ParameterError(f"{self.path}: the output folder {self.path.parent} does not exist")
-        if self.path.is_dir():
-            raise ParameterError(f"{self.path}: is a directory; give a file path for the output")
-        self.tmp = self.path.parent / f".{self.path.name}.{os.getpid()}.partial"
-
-    def __enter__(self) -> Path:
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            try:
-                os.unlink(self.tmp)
-            except FileNotFoundError:
-                pass

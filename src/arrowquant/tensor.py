@@ -166,6 +166,15 @@ def check_shape(shape: Sequence[Any], label: str, itemsize: int = 4) -> tuple[in
     return tuple(int(d) for d in shape)
 
 
+def check_text(value: str, what: str) -> str:
+    """A name that every format we write can hold: a str encodable as UTF-8 (no lone surrogate)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{what} {value!r} is not valid Unicode (a lone surrogate); names must be UTF-8 text") from None
+    return value
+
+
 def dequantize_tensors(tensors: Iterable[QuantizedTensor], labels: Sequence[str],
                        num_threads: int | None = None) -> list[np.ndarray]:
     """Flat float32 arrays, one per tensor (every length checked against shape and bits first)."""
