@@ -223,9 +223,9 @@ std::shared_ptr<arrow::Array> binary_array(const std::shared_ptr<arrow::DataType
   return arrow::MakeArray(arrow::ArrayData::Make(type, rows, {nullptr, bytes.offsets, bytes.values}, 0));
 }
 
-// layer_name as string: reused as is when it already is one, else copied.
+// layer_name as a string array of its own. Always a copy (names are small): reusing the imported
+// input column would keep the whole input batch, weights included, alive as long as the output.
 arrow::Result<std::shared_ptr<arrow::Array>> names_as_string(const std::shared_ptr<arrow::Array>& names) {
-  if (names->type_id() == arrow::Type::STRING) return names;
   arrow::StringBuilder builder;
   ARROW_RETURN_NOT_OK(builder.Reserve(names->length()));
   for (int64_t i = 0; i < names->length(); ++i) ARROW_RETURN_NOT_OK(builder.Append(layer_name_at(*names, i)));
@@ -284,8 +284,13 @@ arrow::Result<QuantizeInput> read_quantize_input(const arrow::RecordBatch& batch
   std::optional<ListColumn> weights = ListColumn::wrap(weights_array);
   const arrow::Type::type value_type = weights ? weights->values()->type_id() : arrow::Type::NA;
   if (!weights || (value_type != arrow::Type::FLOAT && value_type != arrow::Type::HALF_FLOAT)) {
+    std::string hint;
+    if (value_type == arrow::Type::DOUBLE) {
+      hint = " (float64: cast it to float32 first, e.g. with table.cast(...); 64-bit input gains nothing at 2-8 "
+             "bits per weight)";
+    }
     return ColumnTypeError("column 'weights' must be a list, large_list or fixed_size_list of float32 or float16; found " +
-                           weights_array->type()->ToString());
+                           weights_array->type()->ToString() + hint);
   }
   ARROW_ASSIGN_OR_RAISE(std::optional<ListColumn> shapes, shape_column(batch));
   in.large = weights->large();

@@ -93,13 +93,21 @@ kernels::GroupGeometry geometry_for_shape(std::span<const int64_t> shape, int32_
 }
 
 std::optional<int64_t> element_count(std::span<const int64_t> shape) {
-  int64_t n = 1;
+  // The product of the non-zero dimensions must fit too, not only the (possibly zero) element
+  // count: geometry_for_shape multiplies the trailing dimensions in order, so [0, 2^40, 2^40]
+  // would overflow there, and NumPy refuses such shapes as well.
+  int64_t nonzero = 1;
+  bool has_zero = false;
   for (int64_t d : shape) {
     if (d < 0) return std::nullopt;
-    if (d != 0 && n > std::numeric_limits<int64_t>::max() / d) return std::nullopt;
-    n *= d;
+    if (d == 0) {
+      has_zero = true;
+      continue;
+    }
+    if (nonzero > std::numeric_limits<int64_t>::max() / d) return std::nullopt;
+    nonzero *= d;
   }
-  return n;
+  return has_zero ? 0 : nonzero;
 }
 
 std::string shape_text(std::span<const int64_t> shape) {

@@ -1,17 +1,56 @@
 #include "engine/thread_pool.h"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
+#include <cstdlib>
+#include <fstream>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
 namespace arrowquant::engine {
 
+namespace {
+
+// CPUs in this process's affinity mask (taskset, container cpusets, Ray workers pinned to cores).
+int affinity_cpus() {
+#ifdef __linux__
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+#endif
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+// The cgroup CPU quota in whole CPUs, rounded up (docker --cpus, Kubernetes limits), or 0 if none.
+// cgroup v2 "cpu.max" holds "QUOTA PERIOD" or "max PERIOD"; v1 has cfs_quota_us / cfs_period_us.
+int cgroup_cpu_quota() {
+  double quota = -1, period = 0;
+  if (std::ifstream v2("/sys/fs/cgroup/cpu.max"); v2) {
+    std::string q;
+    if (v2 >> q >> period && q != "max") quota = std::strtod(q.c_str(), nullptr);
+  } else {
+    std::ifstream q1("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), p1("/sys/fs/cgroup/cpu/cpu.cfs_period_us");
+    if (q1 && p1) q1 >> quota, p1 >> period;
+  }
+  if (quota <= 0 || period <= 0) return 0;
+  return std::max(1, static_cast<int>(std::ceil(quota / period)));
+}
+
+}  // namespace
+
 int hardware_threads() {
-  static const int n = std::max(1u, std::thread::hardware_concurrency());
-  return static_cast<int>(n);
+  // Threads beyond the CPUs the process may use only add contention.
+  static const int n = [] {
+    const int cpus = affinity_cpus();
+    const int quota = cgroup_cpu_quota();
+    return quota > 0 ? std::min(cpus, quota) : cpus;
+  }();
+  return n;
 }
 
 namespace {

@@ -1,5 +1,9 @@
 // arrowquant._core: argument conversion, GIL release and the one place where C++ errors become
 // Python exceptions. No logic of its own.
+#include <atomic>
+#include <chrono>
+#include <thread>
+
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/pair.h>
@@ -19,6 +23,44 @@ namespace nb = nanobind;
 using arrowquant::arrow_glue::CDataAddresses;
 
 namespace {
+
+// The GIL released around kernel work, and taken back safely at interpreter exit.
+//
+// A daemon thread still inside a kernel when the interpreter finalizes would, on taking the GIL
+// back, be ended by CPython (< 3.14) with pthread_exit. Its forced unwinding through this
+// destructor (implicitly noexcept) and nanobind's catch (...) frames calls std::terminate: the
+// host process aborts. So once the interpreter is exiting, such a thread is parked for good
+// instead (it could never run Python again anyway), as CPython 3.14 itself does. "Exiting" is
+// flagged by an atexit callback, which runs after non-daemon threads are joined and before
+// finalization starts; the thread that runs it (and later atexit callbacks that quantize) is
+// never parked. docs/reliability.md describes the remaining window.
+std::atomic<bool> g_interpreter_exiting{false};
+std::atomic<std::thread::id> g_exiting_thread{};
+
+bool interpreter_finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing() != 0;
+#else
+  return _Py_IsFinalizing() != 0;
+#endif
+}
+
+class ReleasedGil {
+ public:
+  ReleasedGil() : state_(PyEval_SaveThread()) {}
+  ReleasedGil(const ReleasedGil&) = delete;
+  ReleasedGil& operator=(const ReleasedGil&) = delete;
+  ~ReleasedGil() {
+    const bool exiting = g_interpreter_exiting.load() && g_exiting_thread.load() != std::this_thread::get_id();
+    if (exiting || interpreter_finalizing()) {
+      for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+    }
+    PyEval_RestoreThread(state_);
+  }
+
+ private:
+  PyThreadState* state_;
+};
 
 [[noreturn]] void raise_error(const char* class_name, const std::string& message) {
   nb::object errors = nb::module_::import_("arrowquant.errors");
@@ -53,7 +95,7 @@ template <typename Work>
 void run_on_batches(const std::vector<CDataAddresses>& inputs, const std::vector<CDataAddresses>& outputs, Work&& work) {
   arrow::Status status;
   {
-    nb::gil_scoped_release release;
+    ReleasedGil released;
     status = [&]() -> arrow::Status {
       ARROW_ASSIGN_OR_RAISE(BatchList batches, arrowquant::arrow_glue::import_record_batches(inputs));
       ARROW_ASSIGN_OR_RAISE(BatchList results, work(batches));
@@ -141,7 +183,7 @@ nb::list quantize_arrays(const std::vector<InputArray>& arrays, const std::vecto
   std::vector<kernels::ErrorStats> stats;
   std::vector<engine::MarkovSummary> markov;
   {
-    nb::gil_scoped_release release;
+    ReleasedGil released;
     bad = engine::quantize_tensors(jobs, num_threads, with_stats ? &stats : nullptr, &markov, markov_threshold);
   }
   if (bad) {
@@ -191,7 +233,7 @@ nb::list dequantize_arrays(const std::vector<InputArray>& packed, const std::vec
     job.weights = outputs[i].data.get();
   }
   {
-    nb::gil_scoped_release release;
+    ReleasedGil released;
     engine::dequantize_tensors(jobs, num_threads);
   }
   nb::list results;
@@ -202,6 +244,10 @@ nb::list dequantize_arrays(const std::vector<InputArray>& packed, const std::vec
 }  // namespace
 
 NB_MODULE(_core, m) {
+  nb::module_::import_("atexit").attr("register")(nb::cpp_function([] {
+    g_exiting_thread.store(std::this_thread::get_id());
+    g_interpreter_exiting.store(true);
+  }));
   m.doc() = "arrowquant's compiled core (use the arrowquant package, not this module)";
 
   if (std::string error = arrowquant::engine::select_kernels_from_environment(); !error.empty()) {

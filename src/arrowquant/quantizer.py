@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import pyarrow as pa
 
 from . import _core
-from ._c_data import call_with_batches
+from ._c_data import call_with_batches, without_views
 from . import markov
-from .errors import ColumnTypeError, ParameterError
-from .tensor import QuantizedTensor, quantize_arrays, source_dtype_of
+from .errors import ColumnTypeError, DataError, ParameterError
+from .tensor import SAFETENSORS_DTYPES, QuantizedTensor, check_shape, quantize_arrays, source_dtype_of
 
 # quantize_batch_with_progress hands the core this many weights at a time, then reports.
 _PROGRESS_CHUNK_WEIGHTS = 1 << 20
@@ -74,7 +75,15 @@ def check_mode(mode: Any) -> str:
 
 
 def _as_batches(data: Any, what: str) -> tuple[list[pa.RecordBatch], pa.Schema]:
-    """Record batches of a Table, RecordBatch or any Arrow PyCapsule producer, without copying."""
+    """Record batches of a Table, RecordBatch or any Arrow PyCapsule producer (polars, DuckDB,
+    nanoarrow, ...), without copying; only view-layout columns (string_view, list_view) are
+    converted to the classic layouts the core reads."""
+    batches, schema = _raw_batches(data, what)
+    batches = [without_views(b) for b in batches]
+    return batches, (batches[0].schema if batches else schema)
+
+
+def _raw_batches(data: Any, what: str) -> tuple[list[pa.RecordBatch], pa.Schema]:
     if isinstance(data, pa.Table):
         table = data
     elif isinstance(data, pa.RecordBatch):
@@ -92,6 +101,40 @@ def _as_batches(data: Any, what: str) -> tuple[list[pa.RecordBatch], pa.Schema]:
         # Keep the schema flowing through the core so an empty table is validated and gets the full output schema.
         batches = [pa.RecordBatch.from_pylist([], schema=table.schema)]
     return batches, table.schema
+
+
+def _carried_rows(batch: pa.RecordBatch) -> np.ndarray:
+    """Which rows hold an unquantized tensor: group_size 0 in a table that says what each row's
+    bytes are (a source_dtype column, as in .aq files); elsewhere group_size 0 is invalid."""
+    names = batch.schema.names
+    if "group_size" not in names or "source_dtype" not in names or \
+            not pa.types.is_integer(batch.schema.field("group_size").type):
+        return np.zeros(batch.num_rows, bool)
+    return batch.column("group_size").to_numpy(zero_copy_only=False) == 0
+
+
+def _decode_carried(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Rows stored as raw bytes (group_size 0) -> float32 weights, from their source_dtype."""
+    names = batch.column("layer_name").to_pylist()
+    weights, shapes = [], []
+    for i, (data, dtype, shape) in enumerate(zip(batch.column("quantized_data"), batch.column("source_dtype"),
+                                                 batch.column("shape"))):
+        label = f"layer {names[i]!r}"
+        dtype, shape = dtype.as_py(), shape.as_py()
+        if dtype not in SAFETENSORS_DTYPES or dtype.startswith("F8"):
+            raise DataError(f"{label}: stored unquantized as {dtype!r}, which has no float32 value here "
+                            f"(expected one of F64, F32, F16, BF16 or an integer/bool type)")
+        shape = check_shape(shape or [], label, SAFETENSORS_DTYPES[dtype].itemsize)
+        raw = data.as_buffer() if data.is_valid else None
+        expected = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
+        if raw is None or raw.size != expected:
+            raise DataError(f"{label}: holds {0 if raw is None else raw.size} bytes but shape {list(shape)} of {dtype} "
+                            f"needs {expected}")
+        weights.append(np.frombuffer(raw, SAFETENSORS_DTYPES[dtype]).astype(np.float32))
+        shapes.append(list(shape))
+    return pa.record_batch({"layer_name": pa.array(names, pa.string()),
+                            "weights": pa.array(weights, pa.large_list(pa.float32())),
+                            "shape": pa.array(shapes, pa.list_(pa.int64()))})
 
 
 class ArrowQuantV2:
@@ -285,6 +328,26 @@ class ArrowQuantV2:
         return report
 
     def dequantize_arrow(self, table: Any) -> pa.Table:
-        """Decode a quantized table back to float32: columns layer_name, weights, shape."""
+        """Decode a quantized table back to float32: columns layer_name, weights, shape.
+
+        Rows stored unquantized (``group_size`` 0, as a .aq file read with plain pyarrow holds
+        them: raw little-endian bytes of ``source_dtype``) are decoded from those bytes."""
         batches, _ = _as_batches(table, "table")
-        return pa.Table.from_batches(call_with_batches(_core.dequantize_batches, batches, self.num_threads or 0)[0])
+        return pa.Table.from_batches([self._dequantize_batch(b) for b in batches])
+
+    def _dequantize_batch(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        carried = _carried_rows(batch)
+        if not carried.any():
+            return call_with_batches(_core.dequantize_batches, [batch], self.num_threads or 0)[0][0]
+        rows_q, rows_c = np.flatnonzero(~carried), np.flatnonzero(carried)
+        parts = [(rows_c, _decode_carried(batch.take(pa.array(rows_c))))]
+        if rows_q.size:
+            parts.append((rows_q, call_with_batches(_core.dequantize_batches, [batch.take(pa.array(rows_q))],
+                                                    self.num_threads or 0)[0][0]))
+        weights_type = pa.large_list(pa.float32()) if any(
+            pa.types.is_large_list(p.schema.field("weights").type) for _, p in parts) else pa.list_(pa.float32())
+        schema = pa.schema([pa.field("layer_name", pa.string(), False), pa.field("weights", weights_type, False),
+                            pa.field("shape", pa.list_(pa.int64()), False)])
+        merged = pa.concat_tables([pa.Table.from_batches([p]).cast(schema) for _, p in parts]).combine_chunks()
+        order = np.argsort(np.concatenate([rows for rows, _ in parts]), kind="stable")
+        return merged.take(pa.array(order)).to_batches()[0]

@@ -1,0 +1,231 @@
+"""Inputs from other tools and from hostile files: a clear one-line error (or it works), never a traceback,
+a crash, or a file our own reader refuses. Plus what the process must survive."""
+
+import gc
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import weakref
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from safetensors.numpy import save_file
+
+import arrowquant as aq
+from arrowquant.errors import ColumnTypeError, DataError, FileFormatError
+
+from conftest import make_table
+
+
+def layers(n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return {f"layer{i}": rng.standard_normal((16, 64)).astype(np.float32) for i in range(n)}
+
+
+def reference_codes(table):
+    return aq.ArrowQuantV2().quantize_arrow(table, 4, group_size=32).column("quantized_data").to_pylist()
+
+
+# -- real producers ------------------------------------------------------------------------------------
+
+def test_polars_dataframes_quantize_as_is():
+    pl = pytest.importorskip("polars")
+    data = layers()
+    df = pl.DataFrame({"layer_name": list(data), "weights": [a.reshape(-1) for a in data.values()],
+                       "shape": [list(a.shape) for a in data.values()]})
+    assert pa.types.is_string_view(pa.table(df).schema.field("layer_name").type)  # what polars exports
+    out = aq.ArrowQuantV2().quantize_arrow(df, 4, group_size=32)
+    assert out.column("quantized_data").to_pylist() == reference_codes(make_table(data))
+    back = aq.dequantize(pl.from_arrow(out))  # and polars holding the quantized table
+    assert back.column("layer_name").to_pylist() == list(data)
+
+
+def test_duckdb_results_quantize():
+    duckdb = pytest.importorskip("duckdb")
+    data = layers()
+    con = duckdb.connect()
+    con.register("src", make_table(data))
+    result = con.sql("SELECT layer_name, weights, shape FROM src ORDER BY layer_name").arrow()
+    out = aq.ArrowQuantV2().quantize_arrow(result, 4, group_size=32)
+    assert out.column("quantized_data").to_pylist() == reference_codes(make_table(data))
+
+
+def test_nanoarrow_stream_quantizes():
+    na = pytest.importorskip("nanoarrow")
+    data = layers()
+    stream = na.ArrayStream(make_table(data))  # a producer that is not pyarrow, through __arrow_c_stream__
+    out = aq.ArrowQuantV2().quantize_arrow(stream, 4, group_size=32)
+    assert out.column("quantized_data").to_pylist() == reference_codes(make_table(data))
+
+
+def test_view_layouts_are_accepted():
+    data = layers()
+    table = make_table(data)
+    flat = [a.reshape(-1) for a in data.values()]
+    values = pa.array(np.concatenate(flat[::-1]))  # views out of order: gathered
+    sizes = np.array([a.size for a in flat], np.int32)
+    offsets = np.array([sizes[2] + sizes[1], sizes[2], 0], np.int32)
+    views = pa.ListViewArray.from_arrays(pa.array(offsets), pa.array(sizes), values)
+    viewed = pa.table({"layer_name": pa.array(list(data), pa.string_view()), "weights": views,
+                       "shape": table.column("shape")})
+    out = aq.ArrowQuantV2().quantize_arrow(viewed, 4, group_size=32)
+    assert out.column("quantized_data").to_pylist() == reference_codes(table)
+
+
+def test_float64_weights_say_cast_to_float32():
+    table = pa.table({"layer_name": ["a"], "weights": pa.array([np.ones(64)], pa.list_(pa.float64()))})
+    with pytest.raises(ColumnTypeError, match="float64.*cast it to float32"):
+        aq.ArrowQuantV2().quantize_arrow(table)
+
+
+def test_aq_file_read_with_plain_pyarrow_dequantizes(tmp_path):
+    tensors = {"w": np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32),
+               "bias": np.arange(32, dtype=np.float32), "ids": np.arange(5, dtype=np.int64)}
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    aq.ArrowQuantV2().quantize_from_safetensors(tmp_path / "m.safetensors", tmp_path / "m.aq")
+    table = pa.ipc.open_file(tmp_path / "m.aq").read_all()
+    assert sorted(set(table.column("bit_width").to_pylist())) == [4, 32, 64]
+    back = aq.dequantize(table)
+    rows = dict(zip(back.column("layer_name").to_pylist(), back.column("weights").to_pylist()))
+    assert rows["bias"] == list(range(32)) and rows["ids"] == list(range(5))
+    assert np.allclose(rows["w"], aq.open(tmp_path / "m.aq").dequantize("w").reshape(-1))
+    assert back.column("layer_name").to_pylist() == table.column("layer_name").to_pylist()
+
+
+# -- hostile files -------------------------------------------------------------------------------------
+
+def raw_safetensors(path, header, data=b""):
+    blob = json.dumps(header).encode() if not isinstance(header, bytes) else header
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + data)
+
+
+def test_deeply_nested_json_is_a_format_error(tmp_path):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    raw_safetensors(tmp_path / "m.safetensors", b'{"__metadata__": ' + deep + b"}")
+    with pytest.raises(FileFormatError, match="m.safetensors: .*nested too deeply|m.safetensors: .*JSON"):
+        aq.ArrowQuantV2().quantize_from_safetensors(tmp_path / "m.safetensors", tmp_path / "o.aq")
+    (tmp_path / "i.safetensors.index.json").write_bytes(b'{"weight_map": ' + deep + b"}")
+    with pytest.raises(FileFormatError, match="i.safetensors.index.json: .*nested too deeply"):
+        aq.ArrowQuantV2().quantize_from_safetensors(tmp_path / "i.safetensors.index.json", tmp_path / "o.aq")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_bytes(deep)
+    with pytest.raises(FileFormatError, match="model_index.json: .*nested too deeply"):
+        aq.quantize_diffusion_model(model, tmp_path / "out")
+
+
+def test_deeply_nested_aq_metadata_is_a_format_error(tmp_path):
+    save_file({"w": np.ones((32, 64), np.float32)}, str(tmp_path / "m.safetensors"))
+    aq.ArrowQuantV2().quantize_from_safetensors(tmp_path / "m.safetensors", tmp_path / "m.aq")
+    table = pa.ipc.open_file(tmp_path / "m.aq").read_all()
+    meta = dict(table.schema.metadata)
+    meta[b"arrowquant.settings"] = b"[" * 100_000 + b"]" * 100_000
+    with pa.OSFile(str(tmp_path / "deep.aq"), "wb") as sink, pa.ipc.new_file(sink, table.schema.with_metadata(meta)) as w:
+        w.write_table(table)
+    with pytest.raises(FileFormatError, match="deep.aq: metadata"):
+        aq.open(tmp_path / "deep.aq")
+
+
+def test_lone_surrogate_tensor_name_is_a_format_error(tmp_path):
+    header = '{"bad\\ud800name": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'.encode()
+    raw_safetensors(tmp_path / "m.safetensors", header, b"\0" * 4)
+    with pytest.raises(FileFormatError, match="m.safetensors: tensor name .*lone surrogate"):
+        aq.ArrowQuantV2().quantize_from_safetensors(tmp_path / "m.safetensors", tmp_path / "o.aq")
+
+
+def test_aq_columns_with_the_right_names_and_other_types_are_refused(tmp_path):
+    save_file({"w": np.ones((32, 64), np.float32)}, str(tmp_path / "m.safetensors"))
+    aq.ArrowQuantV2().quantize_from_safetensors(tmp_path / "m.safetensors", tmp_path / "m.aq")
+    table = pa.ipc.open_file(tmp_path / "m.aq").read_all()
+    bad = table.set_column(table.schema.get_field_index("bit_width"), "bit_width", pa.array(["4"]))
+    with pa.OSFile(str(tmp_path / "bad.aq"), "wb") as sink, pa.ipc.new_file(sink, bad.schema) as w:
+        w.write_table(bad)
+    with pytest.raises(FileFormatError, match="bad.aq: column 'bit_width' has type string; expected uint8"):
+        aq.open(tmp_path / "bad.aq")
+    r = subprocess.run([sys.executable, "-m", "arrowquant", "inspect", tmp_path / "bad.aq"], capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_zero_element_tensor_with_an_absurd_shape_never_becomes_an_unreadable_file(tmp_path):
+    header = {"w": {"dtype": "F32", "shape": [0, 2**62], "data_offsets": [0, 0]},
+              "ok": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
+    raw_safetensors(tmp_path / "m.safetensors", header, b"\0" * 4)
+    with pytest.raises(FileFormatError, match="m.safetensors: tensor 'w': shape \\[0, 4611686018427387904\\]"):
+        aq.ArrowQuantV2().quantize_from_safetensors(tmp_path / "m.safetensors", tmp_path / "o.aq")
+    assert not (tmp_path / "o.aq").exists()
+
+
+def test_shape_arithmetic_on_the_arrow_path_does_not_overflow():
+    table = pa.table({"layer_name": ["w"], "weights": pa.array([[]], pa.list_(pa.float32())),
+                      "shape": pa.array([[0, 2**40, 2**40]], pa.list_(pa.int64()))})
+    with pytest.raises(DataError, match="more elements than fit in 64 bits"):
+        aq.ArrowQuantV2().quantize_arrow(table)
+
+
+def test_a_checkpoint_truncated_while_mapped_is_an_error_not_sigbus(tmp_path):
+    from arrowquant.safetensors_io import SafetensorsFile
+    save_file({"a": np.ones((256, 256), np.float32), "b": np.ones((256, 256), np.float32)},
+              str(tmp_path / "m.safetensors"))
+    with SafetensorsFile(tmp_path / "m.safetensors") as f:
+        os.truncate(tmp_path / "m.safetensors", 4096)
+        with pytest.raises(FileFormatError, match="tensor 'b': the file shrank"):
+            f.array("b")
+
+
+# -- the process ---------------------------------------------------------------------------------------
+
+def test_interpreter_exit_with_a_daemon_thread_in_the_kernels_does_not_abort():
+    script = textwrap.dedent("""
+        import threading, numpy as np, arrowquant as aq
+        w = np.random.default_rng(0).standard_normal((4096, 4096)).astype(np.float32)
+        q = aq.ArrowQuantV2(method="search")
+        started = threading.Event()
+        def work():
+            started.set()
+            while True:
+                q.quantize(w, 2)
+        threading.Thread(target=work, daemon=True).start()
+        started.wait()
+    """)
+    for _ in range(3):
+        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "terminate called" not in r.stderr
+
+
+def test_quantize_output_does_not_keep_the_input_alive():
+    table = make_table(layers(2))
+    batch = table.to_batches()[0]
+    probe = weakref.ref(batch)
+    q = aq.ArrowQuantV2()
+    out = q.quantize_arrow_batch(batch, 4, group_size=32)
+    held = pa.total_allocated_bytes()
+    del batch, table
+    gc.collect()
+    assert probe() is None
+    assert pa.total_allocated_bytes() <= held  # nothing of the input left in pyarrow's pool via the output
+    assert isinstance(q.get_markov_metrics()["layers"], dict) and out.num_rows == 2
+
+
+def test_markov_threshold_reaches_the_file_pipelines(tmp_path):
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((64, 256)) * np.linspace(0.01, 1, 256)).astype(np.float32)
+    save_file({"w": w}, str(tmp_path / "m.safetensors"))
+    counts = []
+    for threshold in (0.01, 100.0):
+        q = aq.ArrowQuantV2(markov_threshold=threshold)
+        q.quantize_from_safetensors(tmp_path / "m.safetensors", tmp_path / f"{threshold}.aq")
+        counts.append(q.get_markov_metrics()["layers"]["w"]["violation_count"])
+    assert counts[0] > counts[1] == 0
+
+
+def test_thread_pool_follows_the_cpu_affinity():
+    script = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); import arrowquant as aq; " \
+             "print(aq.simd_info()['hardware_threads'])"
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "1"
