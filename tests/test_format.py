@@ -147,3 +147,12 @@ def test_reference_decoder_catches_a_wrong_length():
     # Guards the guard: the reference decoder itself rejects a truncated buffer.
     with pytest.raises(AssertionError):
         decode(b"\x00", [1.0], [0.0], [16], 4, 16)
+
+
+def test_the_documented_subnormal_exception():
+    """docs/format.md: the error bounds assume a normal float32 scale; its example is exact."""
+    x = np.zeros((1, 64), np.float32)
+    x[0, 1] = 5e-43
+    t = aq.ArrowQuantV2().quantize(x, 8, group_size=64)
+    assert t.scales[0] == np.float32(2.0**-149) and t.zero_points[0] == 0
+    assert aq.dequantize(t)[0, 1] == np.float32(3.57e-43)

@@ -180,17 +180,24 @@ def test_a_checkpoint_truncated_while_mapped_is_an_error_not_sigbus(tmp_path):
 # -- the process ---------------------------------------------------------------------------------------
 
 def test_interpreter_exit_with_a_daemon_thread_in_the_kernels_does_not_abort():
+    # A finalizer that sleeps during interpreter teardown lets the daemon thread try to take the GIL
+    # back while CPython finalizes: before the fix, that aborted every time (exit 134).
     script = textwrap.dedent("""
-        import threading, numpy as np, arrowquant as aq
-        w = np.random.default_rng(0).standard_normal((4096, 4096)).astype(np.float32)
-        q = aq.ArrowQuantV2(method="search")
+        import threading, time, numpy as np, arrowquant as aq
+        w = np.random.default_rng(0).standard_normal((256, 1024)).astype(np.float32)
+        q = aq.ArrowQuantV2()
         started = threading.Event()
         def work():
             started.set()
             while True:
-                q.quantize(w, 2)
+                q.quantize(w, 4)
+                aq.dequantize(q.quantize(w, 2))
         threading.Thread(target=work, daemon=True).start()
         started.wait()
+        class SlowAtTeardown:
+            def __del__(self):
+                time.sleep(0.3)
+        slow = SlowAtTeardown()
     """)
     for _ in range(3):
         r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -229,3 +236,27 @@ def test_thread_pool_follows_the_cpu_affinity():
              "print(aq.simd_info()['hardware_threads'])"
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "1"
+
+
+def test_a_moved_pyarrow_gives_one_clear_line():
+    script = textwrap.dedent("""
+        import sys, pyarrow
+        pyarrow.__version__ = "99.0.0"
+        class NoCore:  # what a pyarrow upgrade does: libarrow.so.2600 is gone
+            def find_spec(self, name, path=None, target=None):
+                if name == "arrowquant._core":
+                    raise ImportError("libarrow.so.2600: cannot open shared object file")
+        sys.meta_path.insert(0, NoCore())
+        import arrowquant
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1
+    assert last == f"ImportError: arrowquant was built for pyarrow {aq.PYARROW_BUILT_FOR}, found pyarrow 99.0.0; " \
+                   f"reinstall arrowquant (or pip install pyarrow=={aq.PYARROW_BUILT_FOR})"
+
+
+def test_the_pyarrow_pin_is_the_one_in_pyproject():
+    from pathlib import Path
+    text = (Path(__file__).parent.parent / "pyproject.toml").read_text()
+    assert text.count(f'"pyarrow=={aq.PYARROW_BUILT_FOR}"') == 2

@@ -4,8 +4,16 @@
 import pyarrow as _pyarrow  # noqa: F401
 
 __version__ = "0.1.0"
+# The pyarrow release whose libarrow the compiled core links (pinned in pyproject.toml).
+PYARROW_BUILT_FOR = "26.0.1"
 
-from . import _core  # noqa: E402
+try:
+    from . import _core  # noqa: E402
+except ImportError as _error:
+    if _pyarrow.__version__ != PYARROW_BUILT_FOR:
+        raise ImportError(f"arrowquant was built for pyarrow {PYARROW_BUILT_FOR}, found pyarrow {_pyarrow.__version__}; "
+                          f"reinstall arrowquant (or pip install pyarrow=={PYARROW_BUILT_FOR})") from None
+    raise
 from .aq_file import AqFile  # noqa: E402
 from .errors import (  # noqa: E402
     AccuracyError, ArrowQuantError, ColumnTypeError, DataError, FileFormatError, MissingFileError, ParameterError,
