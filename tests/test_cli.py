@@ -105,3 +105,75 @@ def test_demo_json():
     doc = json.loads(r.stdout)
     assert doc["validate"]["passed"] is True
     assert doc["quantize"]["config"]["bit_width"] == 4
+
+
+def test_python_dash_m_and_help_with_defaults_and_examples():
+    r = subprocess.run([sys.executable, "-m", "arrowquant", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "examples:" in r.stdout
+    for command in ("quantize", "dequantize", "validate", "inspect", "demo"):
+        r = subprocess.run([sys.executable, "-m", "arrowquant", command, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and "examples:" in r.stdout, command
+    r = run("quantize", "--help")
+    assert "edge: 2-bit, group 256" in r.stdout and "(default: diffusion)" in r.stdout and "--variant" in r.stdout
+
+
+def test_inspect_quiet_is_quiet_and_a_closed_pipe_is_not_an_error(quantized):
+    out, _ = quantized
+    aq_file = out / "unet" / "diffusion_pytorch_model.aq"
+    r = run("inspect", aq_file, "--quiet")
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == ""
+    pipeline = subprocess.run(f"{sys.executable} -m arrowquant inspect {aq_file} | head -1; "
+                              "echo \"status=${PIPESTATUS[0]}\"", shell=True, executable="/bin/bash",
+                              capture_output=True, text=True)
+    assert "status=0" in pipeline.stdout and "Broken pipe" not in pipeline.stderr and pipeline.stderr == ""
+
+
+def test_json_reports_final_paths_and_quantize_and_validate_agree_on_the_ratio(quantized, model):
+    out, report = quantized
+    assert report["components"]["unet"]["output"] == str(out / "unet" / "diffusion_pytorch_model.aq")
+    assert ".partial" not in json.dumps(report)
+    r = run("validate", model, out, "--json")
+    validation = json.loads(r.stdout)
+    assert validation["compression_ratio"] == pytest.approx(report["overall"]["compression_ratio"])
+    assert validation["checks"] == "weight cosine per layer"
+    r = run("validate", model, out)
+    assert "checked: weight cosine per layer" in r.stdout and "functional check" in r.stdout
+    assert "source tensor bytes / .aq bytes" in r.stdout
+
+
+def test_progress_bars_on_a_terminal(quantized, model, tmp_path):
+    import pty
+    out, _ = quantized
+
+    def on_a_terminal(*args):
+        primary, secondary = pty.openpty()
+        p = subprocess.Popen([sys.executable, "-m", "arrowquant", *map(str, args)], stdout=subprocess.DEVNULL,
+                             stderr=secondary)
+        os.close(secondary)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert p.wait() == 0
+        return seen.decode(errors="replace")
+
+    shown = on_a_terminal("dequantize", out, tmp_path / "restored")
+    assert "dequantize:" in shown and "100%" in shown or "B/s" in shown
+    shown = on_a_terminal("validate", model, out)
+    assert "validate:" in shown
+
+
+def test_demo_prints_a_summary_and_no_path_that_it_deletes(tmp_path):
+    r = run("demo")
+    assert r.returncode == 0, r.stderr
+    assert "/arrowquant-demo-" not in r.stdout and "per-layer tables with --layers" in r.stdout
+    assert "SQNR dB" not in r.stdout and "-----" not in r.stdout  # no tables without --layers
+    assert "next:" in r.stdout
+    r = run("demo", "--workdir", tmp_path / "d", "--layers")
+    assert r.returncode == 0 and "SQNR dB" in r.stdout and f"arrowquant inspect {tmp_path / 'd'}" in r.stdout
+    assert (tmp_path / "d" / "quantized" / "unet" / "diffusion_pytorch_model.aq").is_file()

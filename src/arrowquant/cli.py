@@ -35,8 +35,13 @@ class ProgressBar:
         self._bar = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
+            try:  # a terminal that reports no size (some ptys) gets 80x24, not an invisible bar
+                sized = min(os.get_terminal_size(sys.stderr.fileno())) > 0
+            except OSError:
+                sized = False
             self._bar = tqdm(total=self.total, unit="B", unit_scale=True, unit_divisor=1000, desc=description,
-                             file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=0.1)
+                             file=sys.stderr, leave=False, mininterval=0.1, dynamic_ncols=sized,
+                             ncols=None if sized else 80, nrows=None if sized else 24)
 
     def __call__(self, name: str, fraction: float) -> None:
         if self._bar is not None:
