@@ -328,3 +328,25 @@ def test_diffusion_mode_on_a_model_without_diffusion_names_says_so(tmp_path):
     with pytest.warns(UserWarning, match="mode 'base'"):
         report = aq.quantize_diffusion_model(comp, tmp_path / "q")
     assert report["warnings"]
+
+
+def test_an_old_output_moved_aside_by_a_dead_publish_is_restored(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    aside = tmp_path / f".out.{dead.pid}.old.partial"
+    aside.mkdir()
+    (aside / "model.aq").write_text("the earlier output")
+    with pytest.warns(UserWarning, match="restored"):
+        paths.remove_stale_partials(tmp_path / "out")
+    assert (tmp_path / "out" / "model.aq").read_text() == "the earlier output" and not aside.exists()
+
+
+def test_dequantize_refuses_an_aq_link_that_leaves_the_folder(tmp_path):
+    save_file(weights(0), str(tmp_path / "m.safetensors"))
+    aq.ArrowQuantV2().quantize_from_safetensors(tmp_path / "m.safetensors", tmp_path / "m.aq")
+    folder = tmp_path / "q"
+    folder.mkdir()
+    (folder / "model.aq").symlink_to(tmp_path / "m.aq")
+    r = subprocess.run([sys.executable, "-m", "arrowquant", "dequantize", folder, tmp_path / "back"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "leads outside" in r.stderr and not (tmp_path / "back").exists()

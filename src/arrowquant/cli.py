@@ -194,13 +194,15 @@ def cmd_quantize(args) -> int:
 
 def cmd_dequantize(args) -> int:
     from .aq_file import AqFile
-    from .paths import check_output_apart, copy_model_files, output_folder, warn_extension
+    from .paths import check_output_apart, copy_model_files, output_folder, path_inside, warn_extension
     source, target = Path(args.input), Path(args.output)
     dtype = None if args.dtype == "source" else args.dtype
     if not source.exists():
         raise ParameterError(f"{source}: no such .aq file or folder")
     check_output_apart(target, [source])
-    files = [source] if not source.is_dir() else sorted(p for p in source.rglob("*.aq") if p.is_file())
+    files = [source] if not source.is_dir() else [  # every .aq file inside the folder, links that leave it refused
+        path_inside(source, str(p.relative_to(source)), f"{source}: .aq file")
+        for p in sorted(source.rglob("*.aq")) if p.is_file()]
     total = sum(f.stat().st_size for f in files) or 1
     bar = ProgressBar(total, not args.quiet and not args.json, "dequantize")
     done, written = 0, []

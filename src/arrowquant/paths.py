@@ -117,8 +117,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_partials(path: Path) -> list[Path]:
-    """Delete ``.NAME.PID.partial`` leftovers of ``path`` whose process no longer runs; returns them."""
-    pattern = re.compile(r"\." + re.escape(path.name) + r"\.(\d+)\.partial")
+    """Delete ``.NAME.PID.partial`` leftovers of ``path`` whose process no longer runs; returns them.
+
+    ``.NAME.PID.old.partial`` is an earlier output moved aside by a publish that died before the
+    new one took its place (only where RENAME_EXCHANGE is missing): it is moved back if ``path``
+    is still missing, else deleted."""
+    pattern = re.compile(r"\." + re.escape(path.name) + r"\.(\d+)(\.old)?\.partial")
     removed = []
     try:
         entries = list(os.scandir(path.parent))
@@ -129,6 +133,10 @@ def remove_stale_partials(path: Path) -> list[Path]:
         if not m or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
             continue
         stale = Path(entry.path)
+        if m.group(2) and not (path.exists() or path.is_symlink()):
+            os.rename(stale, path)
+            warnings.warn(f"restored {path} from {stale}, left by an interrupted run", UserWarning, stacklevel=3)
+            continue
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(stale, ignore_errors=True)
         else:
