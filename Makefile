@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 # (faster, and incremental through build/{wheel_tag}).
 BUILD_DEPS := "scikit-build-core>=0.10" "nanobind>=2.0" "pyarrow==26.0.1" cmake ninja
 
-.PHONY: demo test install install-test bench bench-cpp bench-python bench-smoke sanitize fuzz clean
+.PHONY: demo test install install-test ggml-ref bench bench-cpp bench-python bench-smoke sanitize fuzz clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,11 @@ install-test: $(VENV)/.created
 demo: install
 	$(VENV)/bin/arrowquant demo
 
-test: install-test
+# ggml's own quantizers, built from the llama-cpp-python sdist: the referee for the GGUF tests.
+ggml-ref: $(VENV)/.created
+	bash tests/ggml/build.sh $(PY)
+
+test: install-test ggml-ref
 	$(PY) -m pytest -q tests
 
 # Kernel microbenchmarks (Google Benchmark from Debian's libbenchmark-dev, no Python needed).
@@ -69,7 +73,7 @@ bench-smoke: $(BENCH_BUILD)/kernels_bench
 # The whole test suite against an ASan + UBSan build of the extension, in its own venv, with leak
 # detection on (CPython's and the wheels' own never-freed allocations are suppressed by name).
 SAN_VENV := .venv-sanitize
-sanitize:
+sanitize: ggml-ref
 	test -x $(SAN_VENV)/bin/python || $(PYTHON) -m venv $(SAN_VENV)
 	$(SAN_VENV)/bin/pip install --quiet --upgrade pip
 	$(SAN_VENV)/bin/pip install --quiet $(BUILD_DEPS)

@@ -13,6 +13,7 @@
 #include "arrow_glue/c_bridge.h"
 #include "arrow_glue/errors.h"
 #include "arrow_glue/quantize_arrow.h"
+#include "engine/gguf_engine.h"
 #include "engine/kernel_selection.h"
 #include "engine/markov_metrics.h"
 #include "engine/quantize_engine.h"
@@ -241,6 +242,95 @@ nb::list dequantize_arrays(const std::vector<InputArray>& packed, const std::vec
   return results;
 }
 
+// ------------------------------------------------------------------------------------------------
+// GGUF tensor types
+
+// The type table as Python tuples: (ggml id, name, block size, bytes per block).
+nb::list gguf_types() {
+  nb::list out;
+  for (const auto& t : arrowquant::kernels::gguf::supported_types()) {
+    out.append(nb::make_tuple(static_cast<int>(t.type), t.name, t.block_size, t.block_bytes));
+  }
+  return out;
+}
+
+const arrowquant::kernels::gguf::TypeTraits& gguf_type(int ggml_id, const std::string& label) {
+  const auto* t = arrowquant::kernels::gguf::find_type(ggml_id);
+  if (t == nullptr) raise_error("ParameterError", label + ": GGUF type id " + std::to_string(ggml_id) + " is not supported");
+  return *t;
+}
+
+// Encodes arrays (float32, or 2-byte float16 / bfloat16 bits per element_types) into ggml blocks.
+nb::list gguf_encode_arrays(const std::vector<InputArray>& arrays, const std::vector<int>& element_types,
+                            const std::vector<int>& type_ids, const std::vector<std::string>& labels, int num_threads) {
+  using namespace arrowquant;
+  const size_t n = arrays.size();
+  if (element_types.size() != n || type_ids.size() != n || labels.size() != n) {
+    raise_error("ParameterError", "arrays, element_types, type_ids and labels must have the same length");
+  }
+  std::vector<engine::GgufEncodeJob> jobs(n);
+  std::vector<OwnedBuffer<uint8_t>> outputs(n);
+  for (size_t i = 0; i < n; ++i) {
+    const auto& type = gguf_type(type_ids[i], labels[i]);
+    const int element = element_types[i];
+    if (element < 0 || element > 2 || arrays[i].itemsize() != (element == 0 ? 4u : 2u)) {
+      raise_error("ParameterError", labels[i] + ": element type " + std::to_string(element) +
+                                        " does not match an itemsize of " + std::to_string(arrays[i].itemsize()));
+    }
+    const auto numel = static_cast<int64_t>(arrays[i].size());
+    if (numel % type.block_size != 0) {
+      raise_error("DataError", labels[i] + ": " + std::to_string(numel) + " elements are not a multiple of " +
+                                   type.name + "'s block of " + std::to_string(type.block_size));
+    }
+    jobs[i] = {arrays[i].data(), static_cast<kernels::ElementType>(element), numel, &type, nullptr};
+    outputs[i] = OwnedBuffer<uint8_t>::uninitialized(kernels::gguf::encoded_bytes(type, numel));
+    jobs[i].out = outputs[i].data.get();
+  }
+  std::optional<engine::NonFiniteValue> bad;
+  {
+    ReleasedGil released;
+    bad = engine::gguf_encode(jobs, num_threads);
+  }
+  if (bad) {
+    raise_error("DataError", labels[static_cast<size_t>(bad->tensor_index)] + ": contains NaN or infinity at (flattened) index " +
+                                 std::to_string(bad->element_index) + "; only finite values can be quantized");
+  }
+  nb::list results;
+  for (auto& out : outputs) results.append(out.release_to_numpy());
+  return results;
+}
+
+// Decodes ggml blocks (uint8 arrays) of the given types and element counts into float32.
+nb::list gguf_decode_arrays(const std::vector<InputArray>& encoded, const std::vector<int>& type_ids,
+                            const std::vector<int64_t>& numels, const std::vector<std::string>& labels, int num_threads) {
+  using namespace arrowquant;
+  const size_t n = encoded.size();
+  if (type_ids.size() != n || numels.size() != n || labels.size() != n) {
+    raise_error("ParameterError", "encoded, type_ids, numels and labels must have the same length");
+  }
+  std::vector<engine::GgufDecodeJob> jobs(n);
+  std::vector<OwnedBuffer<float>> outputs(n);
+  for (size_t i = 0; i < n; ++i) {
+    const auto& type = gguf_type(type_ids[i], labels[i]);
+    const int64_t numel = numels[i];
+    if (numel < 0 || numel % type.block_size != 0 || encoded[i].itemsize() != 1 ||
+        static_cast<int64_t>(encoded[i].size()) != kernels::gguf::encoded_bytes(type, numel)) {
+      raise_error("DataError", labels[i] + ": " + std::to_string(encoded[i].size() * encoded[i].itemsize()) + " bytes of " +
+                                   type.name + " cannot hold " + std::to_string(numel) + " elements (blocks of " +
+                                   std::to_string(type.block_size) + " in " + std::to_string(type.block_bytes) + " bytes)");
+    }
+    outputs[i] = OwnedBuffer<float>::uninitialized(numel);
+    jobs[i] = {static_cast<const uint8_t*>(encoded[i].data()), numel, &type, outputs[i].data.get()};
+  }
+  {
+    ReleasedGil released;
+    engine::gguf_decode(jobs, num_threads);
+  }
+  nb::list results;
+  for (auto& out : outputs) results.append(out.release_to_numpy());
+  return results;
+}
+
 }  // namespace
 
 NB_MODULE(_core, m) {
@@ -253,6 +343,12 @@ NB_MODULE(_core, m) {
   if (std::string error = arrowquant::engine::select_kernels_from_environment(); !error.empty()) {
     throw nb::import_error(error.c_str());
   }
+
+  m.def("gguf_types", &gguf_types, "GGUF tensor types: [(ggml id, name, block size, bytes per block)]");
+  m.def("gguf_encode_arrays", &gguf_encode_arrays, nb::arg("arrays"), nb::arg("element_types"), nb::arg("type_ids"),
+        nb::arg("labels"), nb::arg("num_threads"));
+  m.def("gguf_decode_arrays", &gguf_decode_arrays, nb::arg("encoded"), nb::arg("type_ids"), nb::arg("numels"),
+        nb::arg("labels"), nb::arg("num_threads"));
 
   m.def(
       "quantize_batches",

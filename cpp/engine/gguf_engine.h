@@ -1,0 +1,38 @@
+// Runs the GGUF block encoders and decoders over whole tensors on the thread pool: each tensor is
+// cut into chunks of whole blocks, so the bytes never depend on the thread count. No Arrow, no
+// Python; callers own every buffer.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+
+#include "engine/quantize_engine.h"
+#include "kernels/gguf/gguf_kernels.h"
+#include "kernels/quant/quant_kernels.h"
+
+namespace arrowquant::engine {
+
+struct GgufEncodeJob {
+  const void* weights = nullptr;  // numel elements of element_type
+  kernels::ElementType element_type = kernels::ElementType::kFloat32;
+  int64_t numel = 0;              // a multiple of type->block_size
+  const kernels::gguf::TypeTraits* type = nullptr;
+  uint8_t* out = nullptr;         // encoded_bytes(*type, numel) bytes
+};
+
+struct GgufDecodeJob {
+  const uint8_t* encoded = nullptr;
+  int64_t numel = 0;
+  const kernels::gguf::TypeTraits* type = nullptr;
+  float* out = nullptr;           // numel floats
+};
+
+// Encodes every job with ggml's reference quantizers. F16 and BF16 inputs are widened to float32
+// chunk by chunk (as llama-quantize converts each tensor to float32 first). On a NaN / Inf,
+// returns where the first one is; outputs are then unspecified.
+std::optional<NonFiniteValue> gguf_encode(std::span<const GgufEncodeJob> jobs, int num_threads);
+
+void gguf_decode(std::span<const GgufDecodeJob> jobs, int num_threads);
+
+}  // namespace arrowquant::engine

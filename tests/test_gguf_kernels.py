@@ -1,0 +1,106 @@
+"""GGUF block formats against ggml itself: ggml-quants.c from the llama-cpp-python sdist, built for
+baseline x86-64 (tests/ggml/build.sh). Every type's encoder must write ggml's reference bytes and
+every decoder must give ggml's floats, bit for bit."""
+
+import ctypes
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import arrowquant as aq
+from arrowquant import _core
+
+LIB = Path(__file__).parent.parent / "build" / "ggml-ref" / "libggml-quants.so"
+QUANTIZED = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+TYPES = {t[1]: t for t in _core.gguf_types()}
+
+
+@pytest.fixture(scope="module")
+def ggml():
+    if not LIB.is_file():
+        if os.environ.get("ARROWQUANT_REQUIRE_REFEREES"):
+            pytest.fail(f"{LIB} is missing: run tests/ggml/build.sh (make test does)")
+        pytest.skip(f"{LIB} not built (tests/ggml/build.sh)")
+    return ctypes.CDLL(str(LIB))
+
+
+def ggml_symbol(name):
+    return name.lower().replace("_k", "_K")
+
+
+def ggml_encode(lib, name, x):
+    _, _, block, nbytes = TYPES[name]
+    out = np.zeros(x.size // block * nbytes, np.uint8)
+    getattr(lib, f"quantize_row_{ggml_symbol(name)}_ref")(
+        x.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(x.size))
+    return out
+
+
+def ggml_decode(lib, name, encoded, n):
+    out = np.zeros(n, np.float32)
+    getattr(lib, f"dequantize_row_{ggml_symbol(name)}")(
+        encoded.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(n))
+    return out
+
+
+def inputs():
+    rng = np.random.default_rng(7)
+    return {
+        "normal": rng.standard_normal((48, 1024)).astype(np.float32),
+        "student_t4": (0.02 * rng.standard_t(4, (48, 1024))).astype(np.float32),
+        "outliers": np.where(rng.random((16, 1024)) < 0.01, 50.0, rng.standard_normal((16, 1024))).astype(np.float32),
+        "positive": rng.random((16, 1024)).astype(np.float32),
+        "constant_and_zero": np.concatenate([np.zeros((4, 1024)), np.full((4, 1024), -0.75)]).astype(np.float32),
+        "tiny": (rng.standard_normal((4, 1024)) * 1e-30).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize("name", QUANTIZED)
+@pytest.mark.parametrize("data", list(inputs()))
+def test_encoder_writes_ggml_reference_bytes_and_decoder_matches(ggml, name, data):
+    x = np.ascontiguousarray(inputs()[data].reshape(-1))
+    expected = ggml_encode(ggml, name, x)
+    [ours] = _core.gguf_encode_arrays([x], [0], [TYPES[name][0]], ["x"], 0)
+    assert ours.tobytes() == expected.tobytes()
+    [decoded] = _core.gguf_decode_arrays([expected], [TYPES[name][0]], [x.size], ["x"], 0)
+    assert decoded.view(np.uint32).tolist() == ggml_decode(ggml, name, expected, x.size).view(np.uint32).tolist()
+
+
+@pytest.mark.parametrize("name", QUANTIZED)
+def test_bytes_do_not_depend_on_threads_or_input_dtype(name):
+    rng = np.random.default_rng(3)
+    x = (0.05 * rng.standard_normal(1 << 18)).astype(np.float32)
+    tid = TYPES[name][0]
+    [one] = _core.gguf_encode_arrays([x], [0], [tid], ["x"], 1)
+    [many] = _core.gguf_encode_arrays([x], [0], [tid], ["x"], 4)
+    assert one.tobytes() == many.tobytes()
+    half = x.astype(np.float16)
+    [from_half] = _core.gguf_encode_arrays([half.view(np.uint16)], [1], [tid], ["x"], 2)
+    [via_f32] = _core.gguf_encode_arrays([half.astype(np.float32)], [0], [tid], ["x"], 2)
+    assert from_half.tobytes() == via_f32.tobytes()
+
+
+def test_float_types_round_trip_like_numpy():
+    x = np.random.default_rng(0).standard_normal(4096).astype(np.float32)
+    for name, dtype in (("F32", np.float32), ("F16", np.float16)):
+        [enc] = _core.gguf_encode_arrays([x], [0], [TYPES[name][0]], ["x"], 0)
+        assert enc.tobytes() == x.astype(dtype).tobytes()
+    import ml_dtypes
+    [enc] = _core.gguf_encode_arrays([x], [0], [TYPES["BF16"][0]], ["x"], 0)
+    assert enc.tobytes() == x.astype(ml_dtypes.bfloat16).tobytes()
+
+
+def test_bad_inputs_name_the_tensor():
+    x = np.ones(100, np.float32)
+    with pytest.raises(aq.DataError, match="w: 100 elements are not a multiple of Q4_K's block of 256"):
+        _core.gguf_encode_arrays([x], [0], [TYPES["Q4_K"][0]], ["w"], 0)
+    y = np.ones(256, np.float32)
+    y[77] = np.nan
+    with pytest.raises(aq.DataError, match="w: contains NaN or infinity at .*index 77"):
+        _core.gguf_encode_arrays([y], [0], [TYPES["Q8_0"][0]], ["w"], 0)
+    with pytest.raises(aq.DataError, match="cannot hold"):
+        _core.gguf_decode_arrays([np.zeros(10, np.uint8)], [TYPES["Q8_0"][0]], [32], ["w"], 0)
+    with pytest.raises(aq.ParameterError, match="GGUF type id 99"):
+        _core.gguf_encode_arrays([y], [0], [99], ["w"], 0)
