@@ -216,7 +216,12 @@ def cmd_dequantize(args) -> int:
         done += size
 
     try:
-        if source.is_dir():
+        if source.is_file() and source.name.endswith(".gguf"):
+            warn_extension(target, ".safetensors", "a safetensors file")
+            from .gguf.container import gguf_to_safetensors
+            gguf_to_safetensors(source, target, dtype, overwrite=args.overwrite, progress_callback=bar)
+            written.append(str(target))
+        elif source.is_dir():
             with output_folder(target, args.overwrite) as staging:
                 copy_model_files(source, staging, lambda rel: rel.name.endswith(".aq") or rel.name == ".arrowquant-output")
                 for aq_path in files:
@@ -235,6 +240,39 @@ def cmd_dequantize(args) -> int:
         _print_json({"input": str(source), "output": str(target), "files": written})
     elif not args.quiet:
         print("\n".join(f"wrote {w}" for w in written))
+    return EXIT_OK
+
+
+def format_gguf_report(report: dict) -> str:
+    lines = []
+    for name, comp in report["components"].items():
+        counts: dict[str, int] = {}
+        for t in comp["tensors"].values():
+            counts[t["type"]] = counts.get(t["type"], 0) + 1
+        lines.append(f"{name}: {comp['architecture']}, {len(comp['tensors'])} tensors ("
+                     + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f") -> {comp['output']}")
+    for f in report["fallbacks"]:
+        lines.append(f"fallback: {f['tensor']} {f['from_type']} -> {f['to_type']} ({f['reason']})")
+    for name in report["kept_as_safetensors"]:
+        lines.append(f"{name}: no known architecture, kept as safetensors")
+    lines.append(f"{report['type']}: {_mb(report['bytes_before'])} -> {_mb(report['bytes_after'])} "
+                 f"({report['compression_ratio']:.2f}x smaller, source tensor bytes / .gguf bytes) in "
+                 f"{report['seconds']:.2f} s -> {report['output']}")
+    return "\n".join(lines)
+
+
+def cmd_gguf(args) -> int:
+    from .gguf import convert
+    bar = ProgressBar(_source_bytes(Path(args.model), args.variant), not args.quiet and not args.json, "gguf")
+    try:
+        report = convert(args.model, args.output, type=args.type, type_for=args.type_for, arch=args.arch,
+                         variant=args.variant, overwrite=args.overwrite, num_threads=args.threads, progress_callback=bar)
+    finally:
+        bar.close()
+    if args.json:
+        _print_json(report)
+    elif not args.quiet:
+        print(format_gguf_report(report))
     return EXIT_OK
 
 
@@ -329,8 +367,15 @@ def cmd_demo(args) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the examples' line breaks and shows every default."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks; shows a default unless the help already says it (or it
+    is None: then the help says what happens instead)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: {action.default})"
 
 
 _PROFILES_HELP = "; ".join(f"{name}: {v['bit_width']}-bit, group {v['group_size']}, min cosine {v['min_accuracy']}"
@@ -391,14 +436,16 @@ def build_parser() -> argparse.ArgumentParser:
     common(q)
     q.set_defaults(run=cmd_quantize)
 
-    d = command("dequantize", "turn a .aq file (or a quantized model folder) back into safetensors",
+    d = command("dequantize", "turn a .aq or .gguf file (or a quantized model folder) back into safetensors",
                 ["arrowquant dequantize sd-model-4bit sd-model-restored",
-                 "arrowquant dequantize unet.aq unet.safetensors --dtype float16"])
-    d.add_argument("input", help=".aq file or a folder written by `arrowquant quantize`")
+                 "arrowquant dequantize unet.aq unet.safetensors --dtype float16",
+                 "arrowquant dequantize unet-Q4_K_M.gguf unet.safetensors"])
+    d.add_argument("input", help=".aq file, .gguf file, or a folder written by `arrowquant quantize`")
     d.add_argument("output", help="a .safetensors file for a file input, a folder for a folder input")
     d.add_argument("--dtype", choices=["source", "float32", "float16", "bfloat16"], default="source",
-                   help="source: each tensor in the dtype it had; otherwise every floating tensor (quantized or "
-                        "carried) is converted to this dtype; integer tensors stay as stored")
+                   help="source: each tensor in the dtype it had (GGUF: quantized tensors as float32); otherwise "
+                        "every floating tensor (quantized or carried) is converted to this dtype; integer tensors "
+                        "stay as stored")
     d.add_argument("--overwrite", action="store_true", help="replace an existing output (a folder only if arrowquant "
                                                             "wrote it)")
     common(d)
@@ -416,6 +463,25 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--layers", action="store_true", help="print every layer")
     common(v)
     v.set_defaults(run=cmd_validate)
+
+    from .gguf.types import GGUF_TYPES, MIXES
+    g = command("gguf", "convert a safetensors model to GGUF (diffusers, ComfyUI-GGUF, stable-diffusion.cpp)",
+                ["arrowquant gguf flux1-dev.safetensors flux1-dev-Q4_K_M.gguf --type Q4_K_M",
+                 "arrowquant gguf sd-model sd-model-gguf --type Q8_0   # a diffusers folder: one .gguf per denoiser",
+                 "arrowquant gguf unet unet-Q5_K_M.gguf --type Q5_K_M --type-for '*.to_out.*=Q8_0'"])
+    g.add_argument("model", help=".safetensors file, *.safetensors.index.json, component folder or diffusers folder")
+    g.add_argument("output", help="a .gguf file (a folder for a diffusers folder); must lie outside the input")
+    g.add_argument("--type", default="Q4_K_M", metavar="TYPE",
+                   help="the mix, as llama.cpp names them: " + ", ".join(MIXES) + " (Q4_K means Q4_K_M)")
+    g.add_argument("--type-for", action="append", metavar="GLOB=TYPE", help="this tensor type for tensors matching "
+                   "GLOB (repeatable; types: " + ", ".join(t.name for t in GGUF_TYPES) + ")")
+    g.add_argument("--arch", help="the architecture written as general.architecture (default: detected from the "
+                                  "tensor names)")
+    g.add_argument("--variant", help="take the weights of this variant, e.g. fp16 for *.fp16.safetensors")
+    g.add_argument("--threads", type=int, help="worker threads (default: the CPUs this process may use)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    common(g)
+    g.set_defaults(run=cmd_gguf)
 
     i = command("inspect", "show a .aq file's metadata and layers", ["arrowquant inspect unet.aq",
                                                                        "arrowquant inspect unet.aq --json"])

@@ -163,13 +163,38 @@ def _is_weight_file(path: Path) -> bool:
     return is_weight_file(path.name)
 
 
-def _aq_name(checkpoint: Checkpoint) -> str:
+def output_name(checkpoint: Checkpoint, suffix: str) -> str:
     """diffusion_pytorch_model(.safetensors|.fp16.safetensors|-00001-of-00002.safetensors|.safetensors.index.json)
-    -> diffusion_pytorch_model.aq"""
+    -> diffusion_pytorch_model + suffix (".aq", ".gguf")"""
     name = (checkpoint.index or checkpoint.files[0]).name
     base = re.sub(r"-\d{5}-of-\d{5}$", "", name.split(".safetensors")[0])
     variant = weight_variant(name)
-    return (base.removesuffix(f".{variant}") if variant else base) + ".aq"
+    return (base.removesuffix(f".{variant}") if variant else base) + suffix
+
+
+def write_model_outputs(model_path: Path, output_path: Path, kind: str, components: list[tuple[str, Path]],
+                        checkpoints: dict[str, Checkpoint], suffix: str, overwrite: bool,
+                        write: Callable[[str, Path, bool], dict]) -> dict[str, dict]:
+    """The sink every model pipeline shares: a file input gives one output file; a folder input
+    gives a folder mirroring it (every non-weight file and folder copied: configs, tokenizers,
+    schedulers, 1_Pooling/ ...; each component's weights replaced by one ``suffix`` file written
+    by ``write(component, path, overwrite)``), staged and published atomically, SIGTERM included.
+    Returns each component's report by name (the folder's name for a component folder)."""
+    with terminate_as_interrupt():
+        if kind == "file":
+            return {"": write("", output_path, overwrite)}
+        reports = {}
+        with output_folder(output_path, overwrite) as staging:
+            if kind == "diffusers":
+                copy_model_files(model_path, staging, lambda rel: len(rel.parts) == 2 and rel.parts[0] in
+                                 checkpoints and _is_weight_file(rel))
+            else:
+                copy_model_files(model_path, staging, lambda rel: len(rel.parts) == 1 and _is_weight_file(rel))
+            for name, _ in components:
+                target = staging / name if name else staging
+                target.mkdir(exist_ok=True)
+                reports[name or model_path.name] = write(name, target / output_name(checkpoints[name], suffix), False)
+        return reports
 
 
 def describe_model(model_path: Path) -> tuple[str, list[tuple[str, Path]]]:
@@ -272,28 +297,13 @@ def quantize_diffusion_model(model_path: Any, output_path: Any, config: Diffusio
         done += sizes[name]
         return report
 
-    with terminate_as_interrupt():
-        if kind == "file":
-            per_component = {"": run("", output_path, overwrite)}
-        else:
-            with output_folder(output_path, overwrite) as staging:
-                per_component = {}
-                # every non-weight file and folder: configs, tokenizers, schedulers, 1_Pooling/ ...
-                if kind == "diffusers":
-                    copy_model_files(model_path, staging, lambda rel: len(rel.parts) == 2 and rel.parts[0] in
-                                     checkpoints and _is_weight_file(rel))
-                else:
-                    copy_model_files(model_path, staging, lambda rel: len(rel.parts) == 1 and _is_weight_file(rel))
-                for name, _ in components:
-                    target = staging / name if name else staging
-                    target.mkdir(exist_ok=True)
-                    per_component[name or model_path.name] = run(name, target / _aq_name(checkpoints[name]), False)
+    per_component = write_model_outputs(model_path, output_path, kind, components, checkpoints, ".aq", overwrite, run)
     prefixed = kind == "diffusers"
     markov_raw = {(f"{name}/{k}" if prefixed else k): v for name, r in per_component.items() for k, v in r["_markov"].items()}
     components_out = {}
     for name, r in per_component.items():
         components_out[name or "model"] = {
-            "output": _published_path(r["output"], output_path), "bytes_before": r["input_bytes"],
+            "output": published_path(r["output"], output_path), "bytes_before": r["input_bytes"],
             "bytes_after": r["output_bytes"],
             "compression_ratio": r["compression_ratio"], "mean_cosine": r["mean_cosine"], "min_cosine": r["min_cosine"],
             "mean_relative_rmse": r["mean_relative_rmse"], "layers_quantized": r["layers_quantized"],
@@ -309,7 +319,7 @@ def quantize_diffusion_model(model_path: Any, output_path: Any, config: Diffusio
             "seconds": time.perf_counter() - started, "_markov": markov_raw}
 
 
-def _published_path(written: str, output_path: Path) -> str:
+def published_path(written: str, output_path: Path) -> str:
     """Where a file written in the staging folder lies once the folder is published."""
     staged = Path(written)
     for parent in staged.parents:

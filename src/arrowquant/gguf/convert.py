@@ -1,0 +1,189 @@
+"""safetensors (file, index, component folder, diffusers folder) -> GGUF, streamed.
+
+source (Checkpoint) -> policy (TypePolicy: architecture, mix, per-tensor rules) -> quantize (the
+compiled GGUF encoders, ggml's reference quantizers bit for bit) -> sink (the GGUF writer, one
+tensor in memory at a time, published atomically; folders through the shared model sink).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import __version__, _core
+from ..diffusion import published_path, describe_model, write_model_outputs
+from ..errors import ParameterError
+from ..paths import check_file_output, check_output_apart, warn_extension
+from ..quantizer import check_num_threads
+from ..safetensors_io import Checkpoint, SafetensorsFile, TensorInfo, resolve_checkpoint
+from ..tensor import QUANTIZABLE_DTYPES
+from .container import ARRAY, INT32, UINT32, TensorSpec, Value, write_gguf
+from .policy import TypePolicy, architecture, check_mix, detect_architecture, parse_type_overrides, strip_prefix
+from .types import MIXES
+
+QUANTIZATION_VERSION = 2
+_ELEMENT = {"F32": 0, "F16": 1, "BF16": 2}
+
+
+def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  # noqa: A002 - the CLI's --type
+            arch: str | None = None, variant: str | None = None, overwrite: bool = False,
+            num_threads: int | None = None, with_stats: bool = True,
+            progress_callback: Callable[[str, float], Any] | None = None) -> dict[str, Any]:
+    """Convert a safetensors checkpoint to GGUF with the mix ``type`` (Q4_K_M, Q8_0, Q6_K, ...).
+
+    ``src`` is a ``.safetensors`` file, a ``*.safetensors.index.json`` or a component folder
+    (``out`` is then one ``.gguf`` file), or a diffusers folder (``out`` is then a folder with
+    one ``.gguf`` per weight component next to the copied configs). ``type_for`` ({glob: type} or ["GLOB=TYPE"]) overrides the type per
+    tensor; ``arch`` overrides the architecture detected from the tensor names. Every rule is in
+    docs/gguf.md. Returns a report: per component the output, the architecture, bytes, the type
+    of every tensor and why, every fallback, and (``with_stats``) the relative RMSE and cosine of
+    every quantized tensor."""
+    started = time.perf_counter()
+    mix = check_mix(type)
+    overrides = parse_type_overrides(type_for)
+    forced_arch = architecture(arch) if arch is not None else None
+    num_threads = check_num_threads(num_threads)
+    if progress_callback is not None and not callable(progress_callback):
+        raise ParameterError(f"progress_callback must be callable; got {progress_callback!r}")
+    src, out = Path(src), Path(out)
+    kind, components = describe_model(src)
+    if kind == "component":  # one checkpoint, one GGUF file (its configs stay with the source)
+        kind = "file"
+    checkpoints = {name: resolve_checkpoint(path, variant) for name, path in components}
+    check_output_apart(out, [src] + [p for c in checkpoints.values() for p in c.inputs])
+    kept_as_is: list[str] = []
+    if kind == "diffusers" and forced_arch is None:
+        # Components of no known architecture (the VAE, text encoders) keep their safetensors:
+        # runtimes load those as they are and GGUF-load only the denoiser.
+        for name in list(checkpoints):
+            names = checkpoints[name].tensor_names()
+            prefix = strip_prefix(names)
+            if detect_architecture([n[len(prefix):] for n in names if n.startswith(prefix)]) is None:
+                kept_as_is.append(name)
+                del checkpoints[name]
+        components = [(n, p) for n, p in components if n in checkpoints]
+        if not components:
+            raise ParameterError(f"{src}: no component has tensor names of a known architecture (flux, sd1, sdxl, sd3, "
+                                 "aura, hidream, cosmos, ltxv, hyvid, wan, lumina2, qwen_image); nothing to convert")
+    if kind == "file":
+        check_file_output(out, overwrite)
+        warn_extension(out, ".gguf", "a GGUF file")
+    sizes = {name: c.nbytes for name, c in checkpoints.items()}
+    total = sum(sizes.values()) or 1
+    done = 0
+
+    def write(name: str, path: Path, overwrite_file: bool) -> dict:
+        nonlocal done
+        base = done
+
+        def progress(tensor: str, fraction: float) -> None:
+            if progress_callback is not None:
+                progress_callback(f"{name}/{tensor}" if name else tensor, (base + fraction * sizes[name]) / total)
+
+        report = convert_checkpoint(checkpoints[name], path, mix, overrides, forced_arch, overwrite_file,
+                                    num_threads, with_stats, progress, component=name)
+        done += sizes[name]
+        return report
+
+    reports = write_model_outputs(src, out, kind, components, checkpoints, ".gguf", overwrite, write)
+    for report in reports.values():
+        report["output"] = published_path(report["output"], out)
+    tensors = [t for r in reports.values() for t in r["tensors"].values()]
+    before, after = sum(r["input_bytes"] for r in reports.values()), sum(r["output_bytes"] for r in reports.values())
+    return {"input": str(src), "output": str(out), "kind": kind, "type": mix, "kept_as_safetensors": kept_as_is,
+            "components": {name or "model": r for name, r in reports.items()},
+            "bytes_before": before, "bytes_after": after, "compression_ratio": before / after if after else 0.0,
+            "tensors": len(tensors), "fallbacks": [f for r in reports.values() for f in r["fallbacks"]],
+            "seconds": time.perf_counter() - started}
+
+
+def convert_checkpoint(checkpoint: Checkpoint, out: Path, mix: str, overrides, forced_arch, overwrite: bool,
+                       num_threads: int | None, with_stats: bool, progress: Callable[[str, float], None],
+                       component: str = "") -> dict[str, Any]:
+    """One checkpoint -> one GGUF file (see convert)."""
+    started = time.perf_counter()
+    opened = checkpoint.open()
+    try:
+        entries = [(sf, name) for sf in opened for name in sf.names()]
+        all_names = [name for _, name in entries]
+        prefix = strip_prefix(all_names)
+        dropped = [n for n in all_names if not n.startswith(prefix)]
+        entries = [(sf, n) for sf, n in entries if n.startswith(prefix)]
+        stored_names = [n[len(prefix):] for _, n in entries]
+        arch = forced_arch or detect_architecture(stored_names)
+        if arch is None:
+            where = checkpoint.index or checkpoint.files[0]
+            raise ParameterError(f"{where}: cannot tell the model's architecture from its tensor names (arrowquant "
+                                 "knows flux, sd1, sdxl, sd3, aura, hidream, cosmos, ltxv, hyvid, wan, lumina2, "
+                                 "qwen_image); pass arch= (--arch) if you know it")
+        policy = TypePolicy(mix, arch, overrides)
+        decisions = []
+        for (sf, name), stored in zip(entries, stored_names):
+            info = sf.tensors[name]
+            decisions.append(policy.decide(stored, info.shape, info.dtype))
+        metadata: dict[str, Any] = {
+            "general.architecture": arch.name,
+            "general.quantization_version": Value(UINT32, QUANTIZATION_VERSION),
+            "general.file_type": Value(UINT32, MIXES[mix][0]),
+            "general.quantized_by": f"arrowquant {__version__}",
+        }
+        for stored, d in zip(stored_names, decisions):
+            if d.orig_shape is not None:
+                metadata[f"comfy.gguf.orig_shape.{stored}"] = Value(ARRAY, [int(x) for x in d.orig_shape], INT32)
+        specs = [TensorSpec(stored, d.shape, d.type) for stored, d in zip(stored_names, decisions)]
+        total = sum(sf.tensors[n].nbytes for sf, n in entries) or 1
+        tensors: dict[str, dict[str, Any]] = {}
+
+        def chunks():
+            done = 0
+            for (sf, name), stored, d in zip(entries, stored_names, decisions):
+                info = sf.tensors[name]
+                sf.prefetch(name)
+                encoded, stats = encode_tensor(sf, info, d.type, num_threads, with_stats)
+                tensors[stored] = {"type": d.type.name, "reason": d.reason, "shape": list(info.shape),
+                                   "stored_shape": list(d.shape), "source_dtype": info.dtype,
+                                   "bytes_before": info.nbytes, "bytes_after": int(encoded.nbytes), **stats}
+                yield encoded
+                sf.release(name)
+                done += info.nbytes
+                progress(stored, done / total)
+
+        size = write_gguf(out, metadata, specs, chunks(), overwrite=overwrite)
+    finally:
+        for sf in opened:
+            sf.close()
+    fallbacks = [{"tensor": s, "from_type": d.fallback_from.name, "to_type": d.type.name, "reason": d.reason}
+                 for s, d in zip(stored_names, decisions) if d.fallback_from is not None]
+    input_bytes = sum(t["bytes_before"] for t in tensors.values())
+    return {"output": str(out), "architecture": arch.name, "prefix_stripped": prefix, "tensors_dropped": dropped,
+            "input_bytes": input_bytes, "output_bytes": size,
+            "compression_ratio": input_bytes / size if size else 0.0, "tensors": tensors, "fallbacks": fallbacks,
+            "component": component, "seconds": time.perf_counter() - started}
+
+
+def encode_tensor(sf: SafetensorsFile, info: TensorInfo, gguf, num_threads: int | None,
+                  with_stats: bool) -> tuple[np.ndarray, dict[str, float]]:
+    """One tensor's GGUF bytes (and, if asked, how far the decoded values are from the source)."""
+    array = sf.array(info.name)
+    dtype = info.dtype
+    if dtype == "F64":
+        array, dtype = array.astype(np.float32), "F32"
+    flat = array.reshape(-1)
+    if dtype in ("F16", "BF16"):
+        flat = flat.view(np.uint16)
+    label = f"{sf.path}: tensor {info.name!r}"
+    [encoded] = _core.gguf_encode_arrays([flat], [_ELEMENT[dtype]], [gguf.id], [label], num_threads or 0)
+    stats: dict[str, float] = {}
+    if with_stats and gguf.quantized and dtype in QUANTIZABLE_DTYPES:
+        [decoded] = _core.gguf_decode_arrays([encoded], [gguf.id], [info.numel], [label], num_threads or 0)
+        x = array.reshape(-1).astype(np.float32)
+        diff = x - decoded
+        xx, dd, xy = float(np.dot(x, x)), float(np.dot(diff, diff)), float(np.dot(x, decoded))
+        yy = float(np.dot(decoded, decoded))
+        stats = {"relative_rmse": math.sqrt(dd / xx) if xx else 0.0,
+                 "cosine": xy / math.sqrt(xx * yy) if xx and yy else (1.0 if xx == yy else 0.0)}
+    return encoded, stats

@@ -1,0 +1,249 @@
+"""GGUF files as the runtimes read them, checked by independent referees: gguf-py (the gguf package)
+reads every file and decodes every tensor, its numpy quantizers give the bytes of the legacy types,
+and ggml's own quantizer (tests/ggml/build.sh) gives the k-quant bytes."""
+
+import ctypes
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import arrowquant as aq
+import arrowquant.gguf as ag
+from arrowquant.demo import make_demo_model
+from arrowquant.errors import FileFormatError, ParameterError
+
+gguf = pytest.importorskip("gguf")
+from gguf.quants import dequantize as gguf_dequantize, quantize as gguf_quantize  # noqa: E402
+
+from test_gguf_kernels import LIB, ggml_encode  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return make_demo_model(tmp_path_factory.mktemp("gguf") / "model")
+
+
+@pytest.fixture(scope="module")
+def unet_q4km(demo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gguf_out") / "unet-Q4_K_M.gguf"
+    return out, ag.convert(demo / "unet", out, type="Q4_K_M")
+
+
+def reader_tensors(path):
+    return {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+
+
+def field(reader, key):
+    f = reader.get_field(key)
+    if f is None:
+        return None
+    if f.types[0] == gguf.GGUFValueType.STRING:
+        return str(bytes(f.parts[f.data[-1]]), "utf-8")
+    if f.types[0] == gguf.GGUFValueType.ARRAY:
+        return [int(f.parts[i][0]) for i in f.data]
+    return int(f.parts[f.data[-1]][0])
+
+
+# -- what gguf-py reads -----------------------------------------------------------------------------------
+
+def test_gguf_py_reads_every_tensor_and_decodes_it_as_we_do(unet_q4km, demo):
+    path, report = unet_q4km
+    reader = gguf.GGUFReader(str(path))
+    assert field(reader, "general.architecture") == "sd1"
+    assert field(reader, "general.quantization_version") == 2
+    assert field(reader, "general.file_type") == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    source = aq.open  # noqa: F841 - the source tensors come from safetensors below
+    from arrowquant.safetensors_io import SafetensorsFile
+    with SafetensorsFile(demo / "unet" / "diffusion_pytorch_model.safetensors") as sf, ag.open(path) as ours:
+        assert [t.name for t in reader.tensors] == sf.names()
+        for t in reader.tensors:
+            assert t.data_offset % 32 == 0
+            original = sf.tensors[t.name].shape
+            assert ours.original_shape(t.name) == original
+            theirs = gguf_dequantize(t.data, t.tensor_type).reshape(-1).astype(np.float32)
+            assert np.array_equal(theirs, ours.dequantize(t.name).reshape(-1)), t.name
+            assert gguf.GGMLQuantizationType(t.tensor_type).name == report["components"]["model"]["tensors"][t.name]["type"]
+
+
+@pytest.mark.parametrize("mix,type_name", [("Q8_0", "Q8_0"), ("Q4_0", "Q4_0"), ("Q4_1", "Q4_1"), ("Q5_0", "Q5_0"),
+                                           ("Q5_1", "Q5_1"), ("BF16", "BF16"), ("F16", "F16")])
+def test_legacy_types_match_gguf_py_quantizers_byte_for_byte(demo, tmp_path, mix, type_name):
+    out = tmp_path / "u.gguf"
+    report = ag.convert(demo / "unet", out, type=mix, type_for=["*=" + type_name], with_stats=False)
+    from arrowquant.safetensors_io import SafetensorsFile
+    with SafetensorsFile(demo / "unet" / "diffusion_pytorch_model.safetensors") as sf:
+        checked = 0
+        for name, t in reader_tensors(out).items():
+            if t.shape[0] % 32 and type_name not in ("BF16", "F16"):
+                continue  # fell back (rows the block does not divide): covered elsewhere
+            expected = gguf_quantize(np.ascontiguousarray(sf.array(name), np.float32).reshape(-1, t.shape[0]),
+                                     gguf.GGMLQuantizationType[type_name])
+            assert t.data.tobytes() == expected.tobytes(), name
+            checked += 1
+    assert checked > 100 and report["type"] == mix
+
+
+@pytest.mark.parametrize("type_name", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+def test_k_quants_in_files_are_ggml_reference_bytes(tmp_path, type_name):
+    if not LIB.is_file():
+        if os.environ.get("ARROWQUANT_REQUIRE_REFEREES"):
+            pytest.fail(f"{LIB} is missing")
+        pytest.skip("ggml reference library not built")
+    lib = ctypes.CDLL(str(LIB))
+    rng = np.random.default_rng(5)
+    tensors = {"double_blocks.0.img_attn.proj.weight": (0.02 * rng.standard_t(4, (128, 512))).astype(np.float32),
+               "double_blocks.0.img_mlp.0.weight": rng.standard_normal((64, 1024)).astype(ml_dtypes.bfloat16)}
+    save_file(tensors, str(tmp_path / "flux.safetensors"))
+    ag.convert(tmp_path / "flux.safetensors", tmp_path / "flux.gguf", type="Q4_K_M", type_for=[f"*={type_name}"])
+    stored = reader_tensors(tmp_path / "flux.gguf")
+    for name, x in tensors.items():
+        expected = ggml_encode(lib, type_name, np.ascontiguousarray(x.astype(np.float32).reshape(-1)))
+        assert stored[name].data.tobytes() == expected.tobytes(), name
+
+
+# -- the per-tensor rules ------------------------------------------------------------------------------
+
+def test_q4_k_m_rules_on_a_unet(unet_q4km):
+    _, report = unet_q4km
+    tensors = report["components"]["model"]["tensors"]
+    types = {name: t["type"] for name, t in tensors.items()}
+    assert types["mid_block.attentions.0.transformer_blocks.0.attn1.to_v.weight"] == "Q6_K"
+    assert types["mid_block.attentions.0.transformer_blocks.0.ff.net.2.weight"] == "Q6_K"
+    assert types["mid_block.attentions.0.transformer_blocks.0.attn1.to_q.weight"] == "Q4_K"
+    assert types["conv_in.weight"] == "F16" and types["time_embedding.linear_1.weight"] == "F16"
+    assert types["conv_in.bias"] == "F32"  # 1-D: F32, lossless
+    assert tensors["mid_block.attentions.0.transformer_blocks.0.attn1.to_q.weight"]["cosine"] > 0.99
+    # sd1 convolutions whose last dimension (3) no block divides are stored as rows of 256, as
+    # ComfyUI-GGUF does, with the original shape kept under comfy.gguf.orig_shape.<name>
+    conv = tensors["down_blocks.1.resnets.0.conv2.weight"]
+    assert conv["type"] == "Q4_K" and conv["stored_shape"][-1] == 256 and conv["shape"] == [128, 128, 3, 3]
+
+
+def test_orig_shape_metadata_is_what_comfyui_gguf_checks(unet_q4km):
+    path, _ = unet_q4km
+    reader = gguf.GGUFReader(str(path))
+    f = reader.get_field("comfy.gguf.orig_shape.down_blocks.1.resnets.0.conv2.weight")
+    assert f.types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.INT32]
+    assert [int(f.parts[i][0]) for i in f.data] == [128, 128, 3, 3]
+
+
+def test_rows_no_block_divides_fall_back_and_are_reported(tmp_path):
+    rng = np.random.default_rng(1)
+    tensors = {"double_blocks.0.img_attn.proj.weight": rng.standard_normal((64, 512)).astype(np.float32),
+               "double_blocks.0.odd.weight": rng.standard_normal((64, 96)).astype(np.float32),     # 96: Q5_0
+               "double_blocks.0.odder.weight": rng.standard_normal((64, 100)).astype(np.float32)}  # 100: F16
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    report = ag.convert(tmp_path / "m.safetensors", tmp_path / "m.gguf", type="Q4_K_M")
+    fallbacks = {f["tensor"]: f for f in report["fallbacks"]}
+    assert fallbacks["double_blocks.0.odd.weight"]["to_type"] == "Q5_0"
+    assert fallbacks["double_blocks.0.odder.weight"]["to_type"] == "F16"
+    assert "not a multiple of Q4_K's block of 256" in fallbacks["double_blocks.0.odd.weight"]["reason"]
+    assert "double_blocks.0.img_attn.proj.weight" not in fallbacks
+
+
+def test_five_dimensional_tensors_are_stored_in_two_with_their_shape(tmp_path):
+    rng = np.random.default_rng(2)
+    tensors = {"double_blocks.0.img_attn.proj.weight": rng.standard_normal((64, 256)).astype(np.float32),
+               "img_in.proj.weight": rng.standard_normal((32, 16, 1, 2, 2)).astype(np.float32)}
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    ag.convert(tmp_path / "m.safetensors", tmp_path / "m.gguf", type="Q8_0", arch="hyvid")
+    with ag.open(tmp_path / "m.gguf") as f:
+        assert f.tensors["img_in.proj.weight"].shape == (32, 64)
+        assert np.array_equal(f.dequantize("img_in.proj.weight"), tensors["img_in.proj.weight"].astype(np.float16))
+
+
+@pytest.mark.parametrize("names,arch", [
+    (["double_blocks.0.img_attn.proj.weight"], "flux"),
+    (["transformer_blocks.0.attn.norm_added_k.weight"], "flux"),
+    (["joint_blocks.0.x_block.attn.qkv.weight"], "sd3"),
+    (["down_blocks.0.downsamplers.0.conv.weight", "add_embedding.linear_1.weight"], "sdxl"),
+    (["down_blocks.0.downsamplers.0.conv.weight"], "sd1"),
+    (["blocks.0.self_attn.norm_q.weight", "text_embedding.2.weight", "head.modulation"], "wan"),
+    (["txt_norm.weight", "transformer_blocks.0.img_mod.1.weight"], "qwen_image"),
+])
+def test_architecture_detection(names, arch):
+    from arrowquant.gguf.policy import detect_architecture
+    assert detect_architecture(names).name == arch
+
+
+def test_single_file_prefixes_are_stripped_and_other_parts_dropped(tmp_path):
+    rng = np.random.default_rng(3)
+    save_file({"model.diffusion_model.double_blocks.0.img_attn.proj.weight": rng.standard_normal((64, 256)).astype(np.float32),
+               "first_stage_model.decoder.conv_in.weight": rng.standard_normal((64, 256)).astype(np.float32)},
+              str(tmp_path / "m.safetensors"))
+    report = ag.convert(tmp_path / "m.safetensors", tmp_path / "m.gguf", type="Q8_0")
+    comp = report["components"]["model"]
+    assert list(comp["tensors"]) == ["double_blocks.0.img_attn.proj.weight"]
+    assert comp["tensors_dropped"] == ["first_stage_model.decoder.conv_in.weight"]
+
+
+def test_unknown_architecture_and_bad_types_are_one_clear_error(tmp_path):
+    save_file({"encoder.layer.0.weight": np.ones((64, 256), np.float32)}, str(tmp_path / "m.safetensors"))
+    with pytest.raises(ParameterError, match="cannot tell the model's architecture .* pass arch="):
+        ag.convert(tmp_path / "m.safetensors", tmp_path / "m.gguf")
+    with pytest.raises(ParameterError, match="type must be one of .*got 'Q7_K'"):
+        ag.convert(tmp_path / "m.safetensors", tmp_path / "m.gguf", type="Q7_K")
+    with pytest.raises(ParameterError, match="unknown GGUF type 'Q9'"):
+        ag.convert(tmp_path / "m.safetensors", tmp_path / "m.gguf", type_for=["*=Q9"])
+    assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]
+
+
+# -- folders, paths, the CLI ----------------------------------------------------------------------------
+
+def test_a_diffusers_folder_gets_a_gguf_per_denoiser_and_keeps_the_rest(demo, tmp_path):
+    out = tmp_path / "sd-gguf"
+    report = ag.convert(demo, out, type="Q8_0")
+    assert list(report["components"]) == ["unet"] and report["kept_as_safetensors"] == ["vae"]
+    assert (out / "unet" / "diffusion_pytorch_model.gguf").is_file() and (out / "unet" / "config.json").is_file()
+    assert (out / "vae" / "diffusion_pytorch_model.safetensors").is_file() and (out / "model_index.json").is_file()
+    assert report["components"]["unet"]["output"] == str(out / "unet" / "diffusion_pytorch_model.gguf")
+
+
+def test_outputs_follow_the_path_rules(demo, tmp_path):
+    with pytest.raises(ParameterError, match="lies inside the input"):
+        ag.convert(demo, demo / "out")
+    (tmp_path / "keep.gguf").write_bytes(b"mine")
+    with pytest.raises(ParameterError, match="exists"):
+        ag.convert(demo / "unet", tmp_path / "keep.gguf")
+    assert (tmp_path / "keep.gguf").read_bytes() == b"mine"
+    with pytest.warns(UserWarning, match="does not end in .gguf"):
+        ag.convert(demo / "unet", tmp_path / "unet.bin", type="Q8_0")
+
+
+def test_reader_refuses_damaged_files(unet_q4km, tmp_path):
+    path, _ = unet_q4km
+    data = path.read_bytes()
+    cases = {"magic": b"GGUX" + data[4:], "truncated": data[: len(data) // 2],
+             "lying_count": data[:8] + struct.pack("<Q", 2**40) + data[16:], "tiny": data[:10]}
+    for name, blob in cases.items():
+        (tmp_path / f"{name}.gguf").write_bytes(blob)
+        with pytest.raises(FileFormatError, match=f"{name}.gguf"):
+            ag.open(tmp_path / f"{name}.gguf")
+
+
+def test_cli_converts_and_dequantizes(demo, tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "arrowquant", *map(str, args)], capture_output=True, text=True)
+
+    r = run("gguf", demo / "unet", tmp_path / "u.gguf", "--type", "Q5_K_M", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["type"] == "Q5_K_M" and report["components"]["model"]["output"] == str(tmp_path / "u.gguf")
+    r = run("dequantize", tmp_path / "u.gguf", tmp_path / "u.safetensors")
+    assert r.returncode == 0, r.stderr
+    import safetensors
+    with safetensors.safe_open(str(tmp_path / "u.safetensors"), "np") as f:
+        w = f.get_tensor("down_blocks.1.resnets.0.conv2.weight")
+    assert w.shape == (128, 128, 3, 3) and w.dtype == np.float32
+    with ag.open(tmp_path / "u.gguf") as g:
+        assert np.array_equal(w, g.dequantize("down_blocks.1.resnets.0.conv2.weight"))
+    r = run("gguf", demo / "unet", tmp_path / "u.gguf")
+    assert r.returncode == 1 and "exists" in r.stderr and r.stderr.count("\n") == 1
