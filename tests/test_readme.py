@@ -8,17 +8,19 @@ import sys
 from pathlib import Path
 
 README = Path(__file__).parent.parent / "README.md"
+# Pages whose examples build on the README's (they use its demo/ folder), run after it.
+PAGES = [README, Path(__file__).parent.parent / "docs" / "gguf.md"]
 
 
-def blocks(language):
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+def blocks(language, pages=PAGES):
+    return [b for page in pages for b in re.findall(rf"```{language}\n(.*?)```", page.read_text(), flags=re.S)]
 
 
 def test_readme_commands_and_python_blocks_run_in_order(tmp_path):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     commands = [line for block in blocks("sh") for line in block.splitlines()
                 if line.startswith("arrowquant ")]
-    assert len(commands) >= 5
+    assert len(commands) >= 9
     for line in commands:
         argv = shlex.split(line.split("#")[0])
         r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -32,4 +34,5 @@ def test_readme_commands_and_python_blocks_run_in_order(tmp_path):
 
 def test_readme_names_the_two_setup_commands():
     text = README.read_text()
+    assert "docs/gguf.md" in text
     assert "make demo" in text and "make test" in text and ". .venv/bin/activate" in text

@@ -1,0 +1,91 @@
+"""GGUF types against ggml itself, in the same run: encode and decode speed on one thread, and error.
+
+ggml is ggml-quants.c from the llama-cpp-python sdist built for baseline x86-64
+(tests/ggml/build.sh, `make ggml-ref`), called through ctypes on the same float32 matrix; arrowquant
+runs its ggml-mode encoder (the same bytes, checked here) and its decoder through the Python API
+(`_core.gguf_encode_arrays` / `gguf_decode_arrays`, so its figures include the binding's overhead).
+
+    python bench/bench_gguf.py [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from arrowquant import _core
+
+ROOT = Path(__file__).resolve().parent.parent
+LIB = ROOT / "build" / "ggml-ref" / "libggml-quants.so"
+TYPES = {t[1]: t for t in _core.gguf_types()}
+QUANTIZED = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+
+
+def median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small matrix, one repeat (CI smoke run)")
+    parser.add_argument("--json", help="write the rows here")
+    args = parser.parse_args()
+    if not LIB.is_file():
+        sys.exit(f"{LIB} is missing: run `make ggml-ref` (tests/ggml/build.sh) first")
+    lib = ctypes.CDLL(str(LIB))
+    rows_n, cols = (64, 1024) if args.quick else (1024, 4096)
+    repeats = 1 if args.quick else 5
+    rng = np.random.default_rng(0)
+    data = {"normal": rng.standard_normal((rows_n, cols)).astype(np.float32),
+            "student_t4": rng.standard_t(4, (rows_n, cols)).astype(np.float32)}
+    rows = []
+    for name in QUANTIZED:
+        type_id, _, block, block_bytes = TYPES[name]
+        sym = name.lower().replace("_k", "_K")
+        encode_ref, decode_ref = getattr(lib, f"quantize_row_{sym}_ref"), getattr(lib, f"dequantize_row_{sym}")
+        for dist, x in data.items():
+            flat = np.ascontiguousarray(x.reshape(-1))
+            n = flat.size
+            ref = np.zeros(n // block * block_bytes, np.uint8)
+            back = np.zeros(n, np.float32)
+            xp, rp, bp = (a.ctypes.data_as(ctypes.c_void_p) for a in (flat, ref, back))
+            t_ggml_enc = median_seconds(lambda: encode_ref(xp, rp, ctypes.c_int64(n)), repeats)
+            t_ggml_dec = median_seconds(lambda: decode_ref(rp, bp, ctypes.c_int64(n)), repeats)
+            ours = {}
+            t_enc = median_seconds(lambda: ours.update(e=_core.gguf_encode_arrays([flat], [0], [type_id], ["x"], 1)[0]),
+                                   repeats)
+            t_dec = median_seconds(lambda: ours.update(d=_core.gguf_decode_arrays([ref], [type_id], [n], ["x"], 1)[0]),
+                                   repeats)
+            assert ours["e"].tobytes() == ref.tobytes(), f"{name}: bytes differ from ggml"
+            d = ours["d"].astype(np.float64) - flat
+            rel_rmse = math.sqrt(float(d @ d) / float(flat.astype(np.float64) @ flat))
+            row = {"type": name, "distribution": dist, "bits_per_weight": 8 * block_bytes / block,
+                   "relative_rmse": rel_rmse, "encode_mweights_s": n / t_enc / 1e6,
+                   "ggml_encode_mweights_s": n / t_ggml_enc / 1e6, "decode_mweights_s": n / t_dec / 1e6,
+                   "ggml_decode_mweights_s": n / t_ggml_dec / 1e6}
+            rows.append(row)
+            print(f"{name:5s} {dist:10s} {row['bits_per_weight']:5.2f} bpw  rel RMSE {rel_rmse:.4f}  encode "
+                  f"{row['encode_mweights_s']:8.1f} M/s (ggml {row['ggml_encode_mweights_s']:7.1f}, "
+                  f"{row['encode_mweights_s'] / row['ggml_encode_mweights_s']:.2f}x)  decode {row['decode_mweights_s']:8.1f} "
+                  f"M/s (ggml {row['ggml_decode_mweights_s']:7.1f}, {row['decode_mweights_s'] / row['ggml_decode_mweights_s']:.2f}x)",
+                  flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"matrix": [rows_n, cols], "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
