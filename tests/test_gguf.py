@@ -121,18 +121,23 @@ def test_q4_k_m_rules_on_a_unet(unet_q4km):
     assert types["conv_in.weight"] == "F16" and types["time_embedding.linear_1.weight"] == "F16"
     assert types["conv_in.bias"] == "F32"  # 1-D: F32, lossless
     assert tensors["mid_block.attentions.0.transformer_blocks.0.attn1.to_q.weight"]["cosine"] > 0.99
-    # sd1 convolutions whose last dimension (3) no block divides are stored as rows of 256, as
-    # ComfyUI-GGUF does, with the original shape kept under comfy.gguf.orig_shape.<name>
+    # a 3x3 convolution's rows (3) no block divides: F16, reported
     conv = tensors["down_blocks.1.resnets.0.conv2.weight"]
+    assert conv["type"] == "F16" and conv["stored_shape"] == [128, 128, 3, 3]
+    assert "down_blocks.1.resnets.0.conv2.weight" in {f["tensor"] for f in report["fallbacks"]}
+
+
+def test_comfyui_rows_layout_k_quantizes_convolutions(demo, tmp_path):
+    # ComfyUI-GGUF's own sd1/sdxl layout: such tensors stored as rows of 256, shape in metadata
+    report = ag.convert(demo / "unet", tmp_path / "u.gguf", type="Q4_K_M", rearrange_rows=True)
+    conv = report["components"]["model"]["tensors"]["down_blocks.1.resnets.0.conv2.weight"]
     assert conv["type"] == "Q4_K" and conv["stored_shape"][-1] == 256 and conv["shape"] == [128, 128, 3, 3]
-
-
-def test_orig_shape_metadata_is_what_comfyui_gguf_checks(unet_q4km):
-    path, _ = unet_q4km
-    reader = gguf.GGUFReader(str(path))
+    reader = gguf.GGUFReader(str(tmp_path / "u.gguf"))
     f = reader.get_field("comfy.gguf.orig_shape.down_blocks.1.resnets.0.conv2.weight")
-    assert f.types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.INT32]
+    assert f.types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.INT32]  # what ComfyUI-GGUF checks
     assert [int(f.parts[i][0]) for i in f.data] == [128, 128, 3, 3]
+    with ag.open(tmp_path / "u.gguf") as g:
+        assert g.dequantize("down_blocks.1.resnets.0.conv2.weight").shape == (128, 128, 3, 3)
 
 
 def test_rows_no_block_divides_fall_back_and_are_reported(tmp_path):
@@ -240,10 +245,12 @@ def test_cli_converts_and_dequantizes(demo, tmp_path):
     r = run("dequantize", tmp_path / "u.gguf", tmp_path / "u.safetensors")
     assert r.returncode == 0, r.stderr
     import safetensors
+    name = "mid_block.attentions.0.transformer_blocks.0.attn1.to_q.weight"
     with safetensors.safe_open(str(tmp_path / "u.safetensors"), "np") as f:
-        w = f.get_tensor("down_blocks.1.resnets.0.conv2.weight")
-    assert w.shape == (128, 128, 3, 3) and w.dtype == np.float32
+        w, conv = f.get_tensor(name), f.get_tensor("down_blocks.1.resnets.0.conv2.weight")
+    assert w.shape == (256, 256) and w.dtype == np.float32  # quantized: decoded to float32
+    assert conv.shape == (128, 128, 3, 3) and conv.dtype == np.float16  # stored F16: as stored
     with ag.open(tmp_path / "u.gguf") as g:
-        assert np.array_equal(w, g.dequantize("down_blocks.1.resnets.0.conv2.weight"))
+        assert np.array_equal(w, g.dequantize(name))
     r = run("gguf", demo / "unet", tmp_path / "u.gguf")
     assert r.returncode == 1 and "exists" in r.stderr and r.stderr.count("\n") == 1

@@ -31,6 +31,7 @@ _ELEMENT = {"F32": 0, "F16": 1, "BF16": 2}
 
 def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  # noqa: A002 - the CLI's --type
             arch: str | None = None, variant: str | None = None, overwrite: bool = False,
+            rearrange_rows: bool = False,
             num_threads: int | None = None, with_stats: bool = True,
             progress_callback: Callable[[str, float], Any] | None = None) -> dict[str, Any]:
     """Convert a safetensors checkpoint to GGUF with the mix ``type`` (Q4_K_M, Q8_0, Q6_K, ...).
@@ -38,7 +39,9 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
     ``src`` is a ``.safetensors`` file, a ``*.safetensors.index.json`` or a component folder
     (``out`` is then one ``.gguf`` file), or a diffusers folder (``out`` is then a folder with
     one ``.gguf`` per weight component next to the copied configs). ``type_for`` ({glob: type} or ["GLOB=TYPE"]) overrides the type per
-    tensor; ``arch`` overrides the architecture detected from the tensor names. Every rule is in
+    tensor; ``arch`` overrides the architecture detected from the tensor names;
+    ``rearrange_rows`` writes ComfyUI-GGUF's own layout for sd1/sdxl (3x3 convolutions as rows
+    of 256, k-quantized; only ComfyUI-GGUF reads it). Every rule is in
     docs/gguf.md. Returns a report: per component the output, the architecture, bytes, the type
     of every tensor and why, every fallback, and (``with_stats``) the relative RMSE and cosine of
     every quantized tensor."""
@@ -84,8 +87,8 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
             if progress_callback is not None:
                 progress_callback(f"{name}/{tensor}" if name else tensor, (base + fraction * sizes[name]) / total)
 
-        report = convert_checkpoint(checkpoints[name], path, mix, overrides, forced_arch, overwrite_file,
-                                    num_threads, with_stats, progress, component=name)
+        report = convert_checkpoint(checkpoints[name], path, TypePolicyFactory(mix, overrides, rearrange_rows),
+                                    forced_arch, overwrite_file, num_threads, with_stats, progress, component=name)
         done += sizes[name]
         return report
 
@@ -101,7 +104,17 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
             "seconds": time.perf_counter() - started}
 
 
-def convert_checkpoint(checkpoint: Checkpoint, out: Path, mix: str, overrides, forced_arch, overwrite: bool,
+class TypePolicyFactory:
+    """The settings every component's TypePolicy shares (each component counts its own layers)."""
+
+    def __init__(self, mix: str, overrides, rearrange_rows: bool) -> None:
+        self.mix, self.overrides, self.rearrange_rows = mix, overrides, rearrange_rows
+
+    def __call__(self, arch) -> TypePolicy:
+        return TypePolicy(self.mix, arch, self.overrides, self.rearrange_rows)
+
+
+def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFactory, forced_arch, overwrite: bool,
                        num_threads: int | None, with_stats: bool, progress: Callable[[str, float], None],
                        component: str = "") -> dict[str, Any]:
     """One checkpoint -> one GGUF file (see convert)."""
@@ -120,7 +133,8 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, mix: str, overrides, f
             raise ParameterError(f"{where}: cannot tell the model's architecture from its tensor names (arrowquant "
                                  "knows flux, sd1, sdxl, sd3, aura, hidream, cosmos, ltxv, hyvid, wan, lumina2, "
                                  "qwen_image); pass arch= (--arch) if you know it")
-        policy = TypePolicy(mix, arch, overrides)
+        policy = policies(arch)
+        mix = policies.mix
         decisions = []
         for (sf, name), stored in zip(entries, stored_names):
             info = sf.tensors[name]

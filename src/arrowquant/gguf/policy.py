@@ -17,9 +17,11 @@ from .types import MIX_ALIASES, MIXES, GgufType, gguf_type
 # Tensors of at most this many elements, and 1-D tensors, are not quantized (ComfyUI-GGUF's
 # QUANTIZATION_THRESHOLD): their bytes do not matter and their precision does.
 SMALL_TENSOR = 1024
-# sd1/sdxl tensors whose last dimension the 256-element k-quant block does not divide are
-# stored as (n / 256, 256) rows, their shape kept in comfy.gguf.orig_shape.<name>, if at least
-# this many elements (ComfyUI-GGUF's REARRANGE_THRESHOLD).
+# With rearrange_rows (ComfyUI-GGUF's own layout), sd1/sdxl tensors whose last dimension the
+# 256-element k-quant block does not divide are stored as (n / 256, 256) rows, their shape kept in
+# comfy.gguf.orig_shape.<name>, if at least this many elements (ComfyUI-GGUF's REARRANGE_THRESHOLD).
+# Only ComfyUI-GGUF reads that layout (diffusers and stable-diffusion.cpp take the stored shape),
+# so it is off by default.
 REARRANGE_MIN = 512
 MAX_GGUF_DIMS = 4
 
@@ -155,8 +157,9 @@ class TypePolicy:
     """Decides each tensor's type and stored shape, in checkpoint order (some rules count: the
     first value projections of Q3_K_M and Q4_K_S get more bits, as in llama.cpp)."""
 
-    def __init__(self, mix: str, arch: Architecture | None, overrides: list[tuple[str, GgufType]]) -> None:
-        self.mix, self.arch, self.overrides = mix, arch, overrides
+    def __init__(self, mix: str, arch: Architecture | None, overrides: list[tuple[str, GgufType]],
+                 rearrange_rows: bool = False) -> None:
+        self.mix, self.arch, self.overrides, self.rearrange_rows = mix, arch, overrides, rearrange_rows
         self.base = gguf_type(MIXES[mix][1])
         self.i_attention_wv = 0
 
@@ -211,7 +214,8 @@ class TypePolicy:
             return Decision(self._float_type(source_dtype, False), "input/output layer or embedding", shape, orig_shape)
         chosen, reason = self._mix_rule(name)
         decision = Decision(chosen, reason, shape, orig_shape)
-        if (self.arch is not None and self.arch.shape_fix and orig_shape is None and numel >= REARRANGE_MIN
+        if (self.rearrange_rows and self.arch is not None and self.arch.shape_fix and orig_shape is None
+                and numel >= REARRANGE_MIN
                 and numel % 256 == 0 and shape[-1] % 256 != 0):
             decision.orig_shape, decision.shape = shape, (numel // 256, 256)
         return self._fit(name, decision)
