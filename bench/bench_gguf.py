@@ -1,4 +1,5 @@
-"""GGUF types against ggml itself, in the same run: encode and decode speed on one thread, and error.
+"""GGUF types against ggml itself, in the same run: encode and decode speed on one thread, and error
+(ggml mode, and the search encoder where a type has one).
 
 ggml is ggml-quants.c from the llama-cpp-python sdist built for baseline x86-64
 (tests/ggml/build.sh, `make ggml-ref`), called through ctypes on the same float32 matrix; arrowquant
@@ -53,7 +54,7 @@ def main() -> None:
             "student_t4": rng.standard_t(4, (rows_n, cols)).astype(np.float32)}
     rows = []
     for name in QUANTIZED:
-        type_id, _, block, block_bytes = TYPES[name]
+        type_id, _, block, block_bytes, has_search = TYPES[name]
         sym = name.lower().replace("_k", "_K")
         encode_ref, decode_ref = getattr(lib, f"quantize_row_{sym}_ref"), getattr(lib, f"dequantize_row_{sym}")
         for dist, x in data.items():
@@ -76,6 +77,17 @@ def main() -> None:
                    "relative_rmse": rel_rmse, "encode_mweights_s": n / t_enc / 1e6,
                    "ggml_encode_mweights_s": n / t_ggml_enc / 1e6, "decode_mweights_s": n / t_dec / 1e6,
                    "ggml_decode_mweights_s": n / t_ggml_dec / 1e6}
+            if has_search:
+                t_search = median_seconds(
+                    lambda: ours.update(s=_core.gguf_encode_arrays([flat], [0], [type_id], ["x"], 1, "search")[0]),
+                    max(1, repeats // 2))
+                [decoded] = _core.gguf_decode_arrays([ours["s"]], [type_id], [n], ["x"], 1)
+                d = decoded.astype(np.float64) - flat
+                row["search_relative_rmse"] = math.sqrt(float(d @ d) / float(flat.astype(np.float64) @ flat))
+                row["search_mweights_s"] = n / t_search / 1e6
+                print(f"      search: rel RMSE {row['search_relative_rmse']:.4f} "
+                      f"({100 * (1 - row['search_relative_rmse'] / rel_rmse):.2f}% below ggml), "
+                      f"{row['search_mweights_s']:.1f} M/s")
             rows.append(row)
             print(f"{name:5s} {dist:10s} {row['bits_per_weight']:5.2f} bpw  rel RMSE {rel_rmse:.4f}  encode "
                   f"{row['encode_mweights_s']:8.1f} M/s (ggml {row['ggml_encode_mweights_s']:7.1f}, "

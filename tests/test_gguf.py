@@ -254,3 +254,17 @@ def test_cli_converts_and_dequantizes(demo, tmp_path):
         assert np.array_equal(w, g.dequantize(name))
     r = run("gguf", demo / "unet", tmp_path / "u.gguf")
     assert r.returncode == 1 and "exists" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_search_method_lowers_the_error_of_k_quant_tensors(demo, tmp_path):
+    ggml_mode = ag.convert(demo / "unet", tmp_path / "g.gguf", type="Q4_K_M")["components"]["model"]["tensors"]
+    search = ag.convert(demo / "unet", tmp_path / "s.gguf", type="Q4_K_M", method="search")
+    tensors = search["components"]["model"]["tensors"]
+    assert search["method"] == "search"
+    k4 = [n for n, t in tensors.items() if t["type"] == "Q4_K"]
+    assert k4 and all(tensors[n]["encoder"] == "search" for n in k4)
+    assert all(t["encoder"] == "ggml" for t in tensors.values() if t["type"] == "Q6_K")
+    assert all(tensors[n]["relative_rmse"] <= ggml_mode[n]["relative_rmse"] + 1e-12 for n in k4)
+    assert sum(tensors[n]["relative_rmse"] for n in k4) < 0.985 * sum(ggml_mode[n]["relative_rmse"] for n in k4)
+    with pytest.raises(ParameterError, match="method must be 'ggml' or 'search'"):
+        ag.convert(demo / "unet", tmp_path / "x.gguf", method="fast")

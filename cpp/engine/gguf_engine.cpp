@@ -78,7 +78,8 @@ std::optional<NonFiniteValue> gguf_encode(std::span<const GgufEncodeJob> jobs, i
         return;
       }
     }
-    job.type->encode_ggml(x, c.count, job.out + kernels::gguf::encoded_bytes(*job.type, c.begin));
+    const kernels::gguf::EncodeFn encode = job.search ? job.type->encode_search : job.type->encode_ggml;
+    encode(x, c.count, job.out + kernels::gguf::encoded_bytes(*job.type, c.begin));
   });
   const int64_t bad = first_bad_chunk.load();
   if (bad < static_cast<int64_t>(chunks.size())) {

@@ -19,6 +19,7 @@ struct GgufEncodeJob {
   int64_t numel = 0;              // a multiple of type->block_size
   const kernels::gguf::TypeTraits* type = nullptr;
   uint8_t* out = nullptr;         // encoded_bytes(*type, numel) bytes
+  bool search = false;            // type->encode_search instead of ggml's reference encoder
 };
 
 struct GgufDecodeJob {
@@ -28,7 +29,7 @@ struct GgufDecodeJob {
   float* out = nullptr;           // numel floats
 };
 
-// Encodes every job with ggml's reference quantizers. F16 and BF16 inputs are widened to float32
+// Encodes every job (ggml's reference quantizer, or the type's search encoder). F16 and BF16 inputs are widened to float32
 // chunk by chunk (as llama-quantize converts each tensor to float32 first). On a NaN / Inf,
 // returns where the first one is; outputs are then unspecified.
 std::optional<NonFiniteValue> gguf_encode(std::span<const GgufEncodeJob> jobs, int num_threads);

@@ -245,11 +245,11 @@ nb::list dequantize_arrays(const std::vector<InputArray>& packed, const std::vec
 // ------------------------------------------------------------------------------------------------
 // GGUF tensor types
 
-// The type table as Python tuples: (ggml id, name, block size, bytes per block).
+// The type table as Python tuples: (ggml id, name, block size, bytes per block, has its own search encoder).
 nb::list gguf_types() {
   nb::list out;
   for (const auto& t : arrowquant::kernels::gguf::supported_types()) {
-    out.append(nb::make_tuple(static_cast<int>(t.type), t.name, t.block_size, t.block_bytes));
+    out.append(nb::make_tuple(static_cast<int>(t.type), t.name, t.block_size, t.block_bytes, t.has_search));
   }
   return out;
 }
@@ -262,12 +262,14 @@ const arrowquant::kernels::gguf::TypeTraits& gguf_type(int ggml_id, const std::s
 
 // Encodes arrays (float32, or 2-byte float16 / bfloat16 bits per element_types) into ggml blocks.
 nb::list gguf_encode_arrays(const std::vector<InputArray>& arrays, const std::vector<int>& element_types,
-                            const std::vector<int>& type_ids, const std::vector<std::string>& labels, int num_threads) {
+                            const std::vector<int>& type_ids, const std::vector<std::string>& labels, int num_threads,
+                            const std::string& method) {
   using namespace arrowquant;
   const size_t n = arrays.size();
   if (element_types.size() != n || type_ids.size() != n || labels.size() != n) {
     raise_error("ParameterError", "arrays, element_types, type_ids and labels must have the same length");
   }
+  if (method != "ggml" && method != "search") raise_error("ParameterError", "method must be 'ggml' or 'search'; got '" + method + "'");
   std::vector<engine::GgufEncodeJob> jobs(n);
   std::vector<OwnedBuffer<uint8_t>> outputs(n);
   for (size_t i = 0; i < n; ++i) {
@@ -282,7 +284,7 @@ nb::list gguf_encode_arrays(const std::vector<InputArray>& arrays, const std::ve
       raise_error("DataError", labels[i] + ": " + std::to_string(numel) + " elements are not a multiple of " +
                                    type.name + "'s block of " + std::to_string(type.block_size));
     }
-    jobs[i] = {arrays[i].data(), static_cast<kernels::ElementType>(element), numel, &type, nullptr};
+    jobs[i] = {arrays[i].data(), static_cast<kernels::ElementType>(element), numel, &type, nullptr, method == "search"};
     outputs[i] = OwnedBuffer<uint8_t>::uninitialized(kernels::gguf::encoded_bytes(type, numel));
     jobs[i].out = outputs[i].data.get();
   }
@@ -344,9 +346,9 @@ NB_MODULE(_core, m) {
     throw nb::import_error(error.c_str());
   }
 
-  m.def("gguf_types", &gguf_types, "GGUF tensor types: [(ggml id, name, block size, bytes per block)]");
+  m.def("gguf_types", &gguf_types, "GGUF tensor types: [(ggml id, name, block size, bytes per block, has search)]");
   m.def("gguf_encode_arrays", &gguf_encode_arrays, nb::arg("arrays"), nb::arg("element_types"), nb::arg("type_ids"),
-        nb::arg("labels"), nb::arg("num_threads"));
+        nb::arg("labels"), nb::arg("num_threads"), nb::arg("method") = "ggml");
   m.def("gguf_decode_arrays", &gguf_decode_arrays, nb::arg("encoded"), nb::arg("type_ids"), nb::arg("numels"),
         nb::arg("labels"), nb::arg("num_threads"));
 

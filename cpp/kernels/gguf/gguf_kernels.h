@@ -43,6 +43,10 @@ struct TypeTraits {
   int32_t block_bytes;   // bytes per block
   EncodeFn encode_ggml;  // ggml's reference quantizer (quantize_row_*_ref), reproduced bit for bit
   DecodeFn decode;       // ggml's dequantize_row_* (same float operations, same results)
+  // The search encoder: the same block format with lower squared error, never worse than
+  // encode_ggml on any block. Types without one of their own use encode_ggml here.
+  EncodeFn encode_search;
+  bool has_search;
 };
 
 // Every type this library writes and reads, in ggml id order.

@@ -10,10 +10,11 @@ from .. import _core
 
 
 class GgufType:
-    __slots__ = ("id", "name", "block_size", "block_bytes")
+    __slots__ = ("id", "name", "block_size", "block_bytes", "has_search")
 
-    def __init__(self, type_id: int, name: str, block_size: int, block_bytes: int) -> None:
+    def __init__(self, type_id: int, name: str, block_size: int, block_bytes: int, has_search: bool) -> None:
         self.id, self.name, self.block_size, self.block_bytes = type_id, name, block_size, block_bytes
+        self.has_search = has_search  # its own search encoder (else method="search" writes ggml's bytes)
 
     @property
     def quantized(self) -> bool:
