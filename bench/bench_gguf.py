@@ -77,6 +77,12 @@ def main() -> None:
                    "relative_rmse": rel_rmse, "encode_mweights_s": n / t_enc / 1e6,
                    "ggml_encode_mweights_s": n / t_ggml_enc / 1e6, "decode_mweights_s": n / t_dec / 1e6,
                    "ggml_decode_mweights_s": n / t_ggml_dec / 1e6}
+            rows.append(row)
+            print(f"{name:5s} {dist:10s} {row['bits_per_weight']:5.2f} bpw  rel RMSE {rel_rmse:.4f}  encode "
+                  f"{row['encode_mweights_s']:8.1f} M/s (ggml {row['ggml_encode_mweights_s']:7.1f}, "
+                  f"{row['encode_mweights_s'] / row['ggml_encode_mweights_s']:.2f}x)  decode {row['decode_mweights_s']:8.1f} "
+                  f"M/s (ggml {row['ggml_decode_mweights_s']:7.1f}, {row['decode_mweights_s'] / row['ggml_decode_mweights_s']:.2f}x)",
+                  flush=True)
             if has_search:
                 t_search = median_seconds(
                     lambda: ours.update(s=_core.gguf_encode_arrays([flat], [0], [type_id], ["x"], 1, "search")[0]),
@@ -88,12 +94,6 @@ def main() -> None:
                 print(f"      search: rel RMSE {row['search_relative_rmse']:.4f} "
                       f"({100 * (1 - row['search_relative_rmse'] / rel_rmse):.2f}% below ggml), "
                       f"{row['search_mweights_s']:.1f} M/s")
-            rows.append(row)
-            print(f"{name:5s} {dist:10s} {row['bits_per_weight']:5.2f} bpw  rel RMSE {rel_rmse:.4f}  encode "
-                  f"{row['encode_mweights_s']:8.1f} M/s (ggml {row['ggml_encode_mweights_s']:7.1f}, "
-                  f"{row['encode_mweights_s'] / row['ggml_encode_mweights_s']:.2f}x)  decode {row['decode_mweights_s']:8.1f} "
-                  f"M/s (ggml {row['ggml_decode_mweights_s']:7.1f}, {row['decode_mweights_s'] / row['ggml_decode_mweights_s']:.2f}x)",
-                  flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"matrix": [rows_n, cols], "rows": rows}, indent=2))
