@@ -16,7 +16,7 @@ import numpy as np
 from .aq_file import AqFile
 from .checkpoint import _patterns, quantize_checkpoint
 from .errors import FileFormatError, MissingFileError, ParameterError
-from .quantizer import check_bit_width, check_group_size, check_method, check_num_threads
+from .validation import check_bit_width, check_group_size, check_method, check_num_threads
 from .markov import DEFAULT_THRESHOLD as DEFAULT_MARKOV_THRESHOLD
 from .paths import check_output_apart, copy_model_files, output_folder, path_inside, terminate_as_interrupt
 from .safetensors_io import (Checkpoint, TensorInfo, is_weight_file, load_json, resolve_checkpoint,

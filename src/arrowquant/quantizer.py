@@ -12,66 +12,16 @@ from . import _core
 from ._c_data import call_with_batches, without_views
 from . import markov
 from .errors import ColumnTypeError, DataError, ParameterError
+from .validation import (BIT_WIDTHS, DEFAULT_METHOD, DEFAULT_PIPELINE_METHOD, METHODS, MODES,  # noqa: F401
+                         check_bit_width, check_group_size, check_method, check_mode, check_num_threads,
+                         check_symmetric)
 from .tensor import SAFETENSORS_DTYPES, QuantizedTensor, check_shape, quantize_arrays, source_dtype_of
 
 # quantize_batch_with_progress hands the core this many weights at a time, then reports.
 _PROGRESS_CHUNK_WEIGHTS = 1 << 20
 
-MODES = ("diffusion", "base")
-METHODS = ("rtn", "search")
-# Defaults when neither the call nor the instance names a method: the per-tensor and Arrow APIs
-# keep RTN (search is about 7x slower, docs/search.md); whole-model pipelines use search.
-DEFAULT_METHOD = "rtn"
-DEFAULT_PIPELINE_METHOD = "search"
-BIT_WIDTHS = (2, 4, 8)
-
 # Columns of the quantize input table (the output schema is built by the core).
 _INPUT_DOC = "a table with columns layer_name (string), weights (list<float32|float16>) and optional shape (list<int64>)"
-
-
-def check_bit_width(bit_width: Any) -> int:
-    if isinstance(bit_width, bool) or not isinstance(bit_width, int) or bit_width not in BIT_WIDTHS:
-        raise ParameterError(f"bit_width must be 2, 4 or 8; got {bit_width!r}")
-    return bit_width
-
-
-def check_group_size(group_size: Any) -> int:
-    if (
-        isinstance(group_size, bool)
-        or not isinstance(group_size, int)
-        or not 16 <= group_size <= 4096
-        or group_size & (group_size - 1)
-    ):
-        raise ParameterError(
-            f"group_size must be a power of two from 16 to 4096 (e.g. 32, 64, 128, 256); got {group_size!r}"
-        )
-    return group_size
-
-
-def check_symmetric(symmetric: Any) -> bool:
-    if not isinstance(symmetric, bool):
-        raise ParameterError(f"symmetric must be True or False; got {symmetric!r}")
-    return symmetric
-
-
-def check_num_threads(num_threads: Any) -> int | None:
-    if num_threads is None:
-        return None
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
-        raise ParameterError(f"num_threads must be a positive integer or None (all cores); got {num_threads!r}")
-    return num_threads
-
-
-def check_method(method: Any) -> str:
-    if method not in METHODS:
-        raise ParameterError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
-    return method
-
-
-def check_mode(mode: Any) -> str:
-    if mode not in MODES:
-        raise ParameterError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
-    return mode
 
 
 def _as_batches(data: Any, what: str) -> tuple[list[pa.RecordBatch], pa.Schema]:

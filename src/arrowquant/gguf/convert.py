@@ -18,7 +18,7 @@ from .. import __version__, _core
 from ..diffusion import published_path, describe_model, write_model_outputs
 from ..errors import ParameterError
 from ..paths import check_file_output, check_output_apart, warn_extension
-from ..quantizer import check_num_threads
+from ..validation import check_num_threads
 from ..safetensors_io import Checkpoint, SafetensorsFile, TensorInfo, resolve_checkpoint
 from ..tensor import QUANTIZABLE_DTYPES
 from .container import ARRAY, INT32, UINT32, TensorSpec, Value, write_gguf
