@@ -15,28 +15,18 @@ import argparse
 import ctypes
 import json
 import math
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from arrowquant import _core
+from bench_common import median_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "build" / "ggml-ref" / "libggml-quants.so"
 TYPES = {t[1]: t for t in _core.gguf_types()}
 QUANTIZED = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

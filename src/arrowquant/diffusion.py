@@ -172,6 +172,24 @@ def output_name(checkpoint: Checkpoint, suffix: str) -> str:
     return (base.removesuffix(f".{variant}") if variant else base) + suffix
 
 
+def component_progress(sizes: dict[str, int], callback: Callable[[str, float], Any] | None
+                       ) -> Callable[[str], Callable[[str, float], None]]:
+    """Per-component progress callbacks that report to ``callback`` the share of all components'
+    bytes done (components in the order of ``sizes``), naming items "component/tensor"."""
+    total = sum(sizes.values()) or 1
+    offsets, acc = {}, 0
+    for name, size in sizes.items():
+        offsets[name], acc = acc, acc + size
+
+    def for_component(name: str) -> Callable[[str, float], None]:
+        def progress(item: str, fraction: float) -> None:
+            if callback is not None:
+                callback(f"{name}/{item}" if name else item, (offsets[name] + fraction * sizes[name]) / total)
+        return progress
+
+    return for_component
+
+
 def write_model_outputs(model_path: Path, output_path: Path, kind: str, components: list[tuple[str, Path]],
                         checkpoints: dict[str, Checkpoint], suffix: str, overwrite: bool,
                         write: Callable[[str, Path, bool], dict]) -> dict[str, dict]:
@@ -274,28 +292,17 @@ def quantize_diffusion_model(model_path: Any, output_path: Any, config: Diffusio
                             "time embeddings or input/output layers), so mode 'diffusion' protects no layer; "
                             "for other models use mode 'base' (--mode base)")
         warnings.warn(warnings_out[-1], UserWarning, stacklevel=2)
-    sizes = {name: c.nbytes for name, c in checkpoints.items()}
-    total = sum(sizes.values()) or 1
-    done = 0
+    progress_of = component_progress({name: c.nbytes for name, c in checkpoints.items()}, progress_callback)
 
     def run(name: str, out_file: Path, overwrite_file: bool) -> dict:
-        nonlocal done
-        base = done
-
-        def progress(layer: str, fraction: float) -> None:
-            if progress_callback is not None:
-                progress_callback(f"{name}/{layer}" if name else layer, (base + fraction * sizes[name]) / total)
-
-        report = quantize_checkpoint(
+        return quantize_checkpoint(
             dict(components)[name], out_file, bit_width=config.bit_width, group_size=config.group_size,
             symmetric=config.symmetric, num_threads=config.num_threads, method=config.method, include=config.include,
-            exclude=config.exclude, progress_callback=progress, mode=mode,
+            exclude=config.exclude, progress_callback=progress_of(name), mode=mode,
             bit_width_for=bit_width_rule(config, mode, names_of[name]), min_accuracy=config.min_accuracy,
             fallback=config.fallback, overwrite=overwrite_file, variant=variant,
             extra_metadata={"diffusion_config": config.to_dict(), "component": name},
             markov_threshold=markov_threshold)
-        done += sizes[name]
-        return report
 
     per_component = write_model_outputs(model_path, output_path, kind, components, checkpoints, ".aq", overwrite, run)
     prefixed = kind == "diffusers"

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import __version__, _core
-from ..diffusion import published_path, describe_model, write_model_outputs
+from ..diffusion import component_progress, describe_model, published_path, write_model_outputs
 from ..errors import ParameterError
 from ..paths import check_file_output, check_output_apart, warn_extension
 from ..validation import check_num_threads
@@ -80,22 +80,11 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
     if kind == "file":
         check_file_output(out, overwrite)
         warn_extension(out, ".gguf", "a GGUF file")
-    sizes = {name: c.nbytes for name, c in checkpoints.items()}
-    total = sum(sizes.values()) or 1
-    done = 0
+    progress_of = component_progress({name: c.nbytes for name, c in checkpoints.items()}, progress_callback)
 
     def write(name: str, path: Path, overwrite_file: bool) -> dict:
-        nonlocal done
-        base = done
-
-        def progress(tensor: str, fraction: float) -> None:
-            if progress_callback is not None:
-                progress_callback(f"{name}/{tensor}" if name else tensor, (base + fraction * sizes[name]) / total)
-
-        report = convert_checkpoint(checkpoints[name], path, TypePolicyFactory(mix, overrides, rearrange_rows, method),
-                                    forced_arch, overwrite_file, num_threads, with_stats, progress, component=name)
-        done += sizes[name]
-        return report
+        return convert_checkpoint(checkpoints[name], path, TypePolicyFactory(mix, overrides, rearrange_rows, method),
+                                  forced_arch, overwrite_file, num_threads, with_stats, progress_of(name), component=name)
 
     reports = write_model_outputs(src, out, kind, components, checkpoints, ".gguf", overwrite, write)
     for report in reports.values():
