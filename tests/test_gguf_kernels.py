@@ -125,3 +125,15 @@ def test_search_is_never_worse_than_ggml_on_any_block_and_better_overall(name):
     assert err_search.sum() < 0.97 * err_ggml.sum()  # squared error; relative RMSE about 2.5-5% lower
     [again] = _core.gguf_encode_arrays([data], [0], [tid], ["x"], 1, "search")
     assert again.tobytes() == search_bytes.tobytes()  # deterministic at any thread count
+
+
+@pytest.mark.parametrize("name", ["Q4_K", "Q5_K"])
+@pytest.mark.parametrize("blocks", [1, 2, 3, 17])
+def test_vectorised_encoders_write_ggml_bytes_on_every_path(ggml, simd_path, name, blocks):
+    rng = np.random.default_rng(blocks)
+    parts = [rng.standard_normal(256 * blocks), 0.02 * rng.standard_t(3, 256 * blocks),
+             np.where(rng.random(256 * blocks) < 0.05, 40.0, 0.0), np.full(256 * blocks, -0.25), rng.random(256 * blocks)]
+    for x in parts:
+        x = x.astype(np.float32)
+        [ours] = _core.gguf_encode_arrays([x], [0], [TYPES[name][0]], ["x"], 1)
+        assert ours.tobytes() == ggml_encode(ggml, name, x).tobytes(), simd_path

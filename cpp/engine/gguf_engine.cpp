@@ -6,7 +6,9 @@
 #include <cstring>
 #include <vector>
 
+#include "engine/kernel_selection.h"
 #include "engine/thread_pool.h"
+#include "kernels/gguf/gguf_simd.h"
 #include "kernels/common/float16.h"
 
 namespace arrowquant::engine {
@@ -64,6 +66,7 @@ std::optional<NonFiniteValue> gguf_encode(std::span<const GgufEncodeJob> jobs, i
   // The first non-finite value, as (job, index) packed for an atomic minimum.
   std::atomic<int64_t> first_bad_chunk{static_cast<int64_t>(chunks.size())};
   std::vector<int64_t> bad_index(chunks.size(), -1);
+  const kernels::Isa isa = active_isa();
   parallel_for(static_cast<int64_t>(chunks.size()), threads_for(num_threads, total), [&](int64_t t) {
     thread_local std::vector<float> buffer;
     const Chunk& c = chunks[static_cast<size_t>(t)];
@@ -78,7 +81,7 @@ std::optional<NonFiniteValue> gguf_encode(std::span<const GgufEncodeJob> jobs, i
         return;
       }
     }
-    const kernels::gguf::EncodeFn encode = job.search ? job.type->encode_search : job.type->encode_ggml;
+    const kernels::gguf::EncodeFn encode = job.search ? job.type->encode_search : kernels::gguf::ggml_encoder(*job.type, isa);
     encode(x, c.count, job.out + kernels::gguf::encoded_bytes(*job.type, c.begin));
   });
   const int64_t bad = first_bad_chunk.load();

@@ -49,4 +49,12 @@ const kernels::KernelTable& active_kernels() {
 
 bool kernels_forced() { return g_forced.load(); }
 
+kernels::Isa active_isa() {
+  const kernels::KernelTable* active = &active_kernels();
+  for (kernels::Isa isa : {kernels::Isa::kAvx512, kernels::Isa::kAvx2}) {
+    if (kernels::kernels_for(isa) == active) return isa;
+  }
+  return kernels::Isa::kScalar;
+}
+
 }  // namespace arrowquant::engine

@@ -17,6 +17,8 @@ std::string select_kernels_from_environment();
 std::string select_kernels(const std::string& isa_name);
 
 const kernels::KernelTable& active_kernels();
+// The ISA of the active kernels (what GGUF encoders dispatch on, too).
+kernels::Isa active_isa();
 // Whether the active table was forced (by the variable or select_kernels) rather than automatic.
 bool kernels_forced();
 

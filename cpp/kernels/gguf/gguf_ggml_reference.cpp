@@ -1079,3 +1079,21 @@ const TypeTraits* find_type(std::string_view name) {
 }
 
 }  // namespace arrowquant::kernels::gguf
+
+#include "kernels/gguf/gguf_simd.h"
+
+namespace arrowquant::kernels::gguf {
+
+EncodeFn ggml_encoder(const TypeTraits& type, Isa isa) {
+  if (isa == Isa::kAvx512) {
+    if (type.type == GgmlType::kQ4_K) return avx512::encode_q4_K;
+    if (type.type == GgmlType::kQ5_K) return avx512::encode_q5_K;
+  }
+  if (isa == Isa::kAvx2 || isa == Isa::kAvx512) {
+    if (type.type == GgmlType::kQ4_K) return avx2::encode_q4_K;
+    if (type.type == GgmlType::kQ5_K) return avx2::encode_q5_K;
+  }
+  return type.encode_ggml;
+}
+
+}  // namespace arrowquant::kernels::gguf

@@ -1,0 +1,20 @@
+// The avx2 path of the GGUF k-quant encoders: ggml's reference Q4_K / Q5_K quantizers with one
+// sub-block per lane (8 lanes), byte-identical to the scalar reference (gguf_kquant_lanes_inl.h).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/common/float16.h"
+#include "kernels/gguf/gguf_simd.h"
+
+namespace arrowquant::kernels::gguf::avx2 {
+
+#define AQ_LANES 8
+#include "kernels/gguf/gguf_kquant_lanes_inl.h"
+#undef AQ_LANES
+
+void encode_q4_K(const float* x, int64_t n, uint8_t* out) { encode_kquant<15, 144>(x, n, out); }
+void encode_q5_K(const float* x, int64_t n, uint8_t* out) { encode_kquant<31, 176>(x, n, out); }
+
+}  // namespace arrowquant::kernels::gguf::avx2

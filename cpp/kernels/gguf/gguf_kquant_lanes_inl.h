@@ -1,0 +1,225 @@
+// ggml's reference Q4_K / Q5_K quantizer with one 32-weight sub-block per SIMD lane.
+//
+// Included inside a per-ISA namespace by gguf_avx2.cpp (AQ_LANES 8: one super-block per call)
+// and gguf_avx512.cpp (AQ_LANES 16: two super-blocks). Every lane runs exactly the float
+// operations of the scalar reference (gguf_ggml_reference.cpp: make_qkx2_quants, kquant_scales)
+// for its own sub-block, in the same order, so the bytes are ggml's: vectorising *across*
+// sub-blocks never reorders a sum *within* one. Branches of the reference become per-lane
+// selects; lanes whose branch the reference would not take compute throw-away values (possibly
+// Inf or NaN, never trapped) that the selects discard. Compiled without FMA contraction.
+//
+// Needs, before inclusion: <algorithm>, <cmath>, <cstdint>, <cstring>, "kernels/common/float16.h".
+
+using VF = float __attribute__((vector_size(4 * AQ_LANES)));
+using VI = int32_t __attribute__((vector_size(4 * AQ_LANES)));
+constexpr int kLanes = AQ_LANES;
+constexpr int kSuperBlocksPerCall = AQ_LANES / 8;
+
+inline VI nearest_int_lanes(VF f) {
+  const VF val = f + 12582912.f;
+  const VI i = reinterpret_cast<const VI&>(val);
+  return (i & 0x007fffff) - 0x00400000;
+}
+
+inline VI clamp_lanes(VI l, int lo, int hi) {
+  l = l < lo ? VI{} + lo : l;
+  return l > hi ? VI{} + hi : l;
+}
+
+inline VF to_float(VI i) { return __builtin_convertvector(i, VF); }
+
+// make_qkx2_quants(32, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, use_mad=false),
+// one sub-block per lane.
+inline void make_qkx2_quants_lanes(const VF* x, const VF* weights, int nmax, float rmin, float rdelta, int nstep,
+                                   VI* L, VF* scale_out, VF* the_min_out) {
+  VF min = x[0], max = x[0];
+  VF sum_w = weights[0];
+  VF sum_x = sum_w * x[0];
+  for (int i = 1; i < 32; ++i) {
+    min = x[i] < min ? x[i] : min;
+    max = x[i] > max ? x[i] : max;
+    const VF w = weights[i];
+    sum_w += w;
+    sum_x += w * x[i];
+  }
+  min = min > 0 ? VF{} : min;
+  const VF min0 = min;
+  const VI flat = max == min;  // the reference returns early: L = 0, scale 0, the_min -min
+  VF iscale = static_cast<float>(nmax) / (max - min);
+  VF scale = 1 / iscale;
+  VF best_error = VF{};
+  for (int i = 0; i < 32; ++i) {
+    L[i] = clamp_lanes(nearest_int_lanes(iscale * (x[i] - min)), 0, nmax);
+    VF diff = scale * to_float(L[i]) + min - x[i];
+    diff = diff * diff;
+    best_error += weights[i] * diff;
+  }
+  VI Laux[32];
+  for (int is = 0; is <= nstep; ++is) {
+    iscale = (rmin + rdelta * static_cast<float>(is) + static_cast<float>(nmax)) / (max - min);
+    VF sum_l = VF{}, sum_l2 = VF{}, sum_xl = VF{};
+    for (int i = 0; i < 32; ++i) {
+      const VI l = clamp_lanes(nearest_int_lanes(iscale * (x[i] - min)), 0, nmax);
+      Laux[i] = l;
+      const VF w = weights[i], lf = to_float(l);
+      sum_l += w * lf;
+      sum_l2 += w * lf * lf;
+      sum_xl += w * lf * x[i];
+    }
+    const VF D = sum_w * sum_l2 - sum_l * sum_l;
+    VF this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+    VF this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+    const VI positive_min = this_min > 0;
+    this_min = positive_min ? VF{} : this_min;
+    this_scale = positive_min ? sum_xl / sum_l2 : this_scale;
+    VF cur_error = VF{};
+    for (int i = 0; i < 32; ++i) {
+      VF diff = this_scale * to_float(Laux[i]) + this_min - x[i];
+      diff = diff * diff;
+      cur_error += weights[i] * diff;
+    }
+    const VI better = (D > 0) & (cur_error < best_error);
+    for (int i = 0; i < 32; ++i) L[i] = better ? Laux[i] : L[i];
+    best_error = better ? cur_error : best_error;
+    scale = better ? this_scale : scale;
+    min = better ? this_min : min;
+  }
+  for (int i = 0; i < 32; ++i) L[i] = flat ? VI{} : L[i];
+  *scale_out = flat ? VF{} : scale;
+  *the_min_out = -(flat ? min0 : min);
+}
+
+inline float lane(VF v, int k) { return v[k]; }
+
+inline void store_half_bytes(uint8_t* p, float v) {
+  const uint16_t h = baseline::float_to_half(v);
+  std::memcpy(p, &h, 2);
+}
+
+inline float load_half_bytes(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return baseline::half_to_float(h);
+}
+
+// ggml's quantize_row_q4_K_ref / q5_K_ref for kSuperBlocksPerCall super-blocks: x holds that
+// many (the caller pads a short last call by repeating a super-block), out receives as many
+// blocks of kBlockBytes; kMaxCode 15 (Q4_K) or 31 (Q5_K).
+template <int kMaxCode, int kBlockBytes>
+void encode_kquant_lanes(const float* x, uint8_t* out, int valid_superblocks) {
+  const float rmin = kMaxCode == 15 ? -1.f : -0.5f;
+  const int nstep = kMaxCode == 15 ? 20 : 15;
+  VF X[32], W[32];
+  for (int l = 0; l < 32; ++l) {
+    for (int k = 0; k < kLanes; ++k) X[l][k] = x[32 * k + l];  // lane k: sub-block k % 8 of super-block k / 8
+  }
+  VF sum_x2 = VF{};
+  for (int l = 0; l < 32; ++l) sum_x2 += X[l] * X[l];
+  VF av_x;
+  for (int k = 0; k < kLanes; ++k) av_x[k] = std::sqrt(sum_x2[k] / 32);
+  for (int l = 0; l < 32; ++l) {
+    const VI magnitude = reinterpret_cast<const VI&>(X[l]) & 0x7fffffff;  // fabsf
+    W[l] = av_x + reinterpret_cast<const VF&>(magnitude);
+  }
+  VI L[32];
+  VF scales, mins;
+  make_qkx2_quants_lanes(X, W, kMaxCode, rmin, 0.1f, nstep, L, &scales, &mins);
+
+  // Per super-block: the 6-bit scales and mins against d and dmin (scalar, as the reference).
+  VF d_lane, dm_lane;
+  for (int sb = 0; sb < kSuperBlocksPerCall; ++sb) {
+    uint8_t* block = out + sb * kBlockBytes;
+    uint8_t* scales12 = block + 4;
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < 8; ++j) {
+      const float scale = lane(scales, 8 * sb + j), min = lane(mins, 8 * sb + j);
+      if (scale > max_scale) max_scale = scale;
+      if (min > max_min) max_min = min;
+    }
+    const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    uint8_t ls_all[8], lm_all[8];
+    for (int j = 0; j < 8; ++j) {
+      VF pair = VF{};
+      pair[0] = inv_scale * lane(scales, 8 * sb + j);
+      pair[1] = inv_min * lane(mins, 8 * sb + j);
+      const VI rounded = nearest_int_lanes(pair);
+      ls_all[j] = std::min<uint8_t>(63, static_cast<uint8_t>(rounded[0]));
+      lm_all[j] = std::min<uint8_t>(63, static_cast<uint8_t>(rounded[1]));
+      const uint8_t ls = ls_all[j], lm = lm_all[j];
+      if (j < 4) {
+        scales12[j] = ls;
+        scales12[j + 4] = lm;
+      } else {
+        scales12[j + 4] = static_cast<uint8_t>((ls & 0xF) | ((lm & 0xF) << 4));
+        scales12[j - 4] |= static_cast<uint8_t>((ls >> 4) << 6);
+        scales12[j - 0] |= static_cast<uint8_t>((lm >> 4) << 6);
+      }
+    }
+    store_half_bytes(block, max_scale / 63.f);
+    store_half_bytes(block + 2, max_min / 63.f);
+    const float d = load_half_bytes(block), dmin = load_half_bytes(block + 2);
+    for (int j = 0; j < 8; ++j) {  // get_scale_min_k4 of what was stored is ls_all / lm_all
+      d_lane[8 * sb + j] = d * static_cast<float>(ls_all[j]);
+      dm_lane[8 * sb + j] = dmin * static_cast<float>(lm_all[j]);
+    }
+  }
+  // Codes re-rounded against the stored scales and mins (lanes whose scale is 0 keep theirs).
+  const VI keep = d_lane == 0;
+  for (int l = 0; l < 32; ++l) {
+    const VI rounded = clamp_lanes(nearest_int_lanes((X[l] + dm_lane) / d_lane), 0, kMaxCode);
+    L[l] = keep ? L[l] : rounded;
+  }
+  for (int sb = 0; sb < valid_superblocks; ++sb) {
+    uint8_t* block = out + sb * kBlockBytes;
+    auto code = [&](int i) { return static_cast<uint8_t>(L[i % 32][8 * sb + i / 32]); };  // element i of the super-block
+    if constexpr (kMaxCode == 15) {
+      uint8_t* q = block + 16;
+      for (int j = 0; j < 256; j += 64) {
+        for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>(code(j + l) | (code(j + l + 32) << 4));
+        q += 32;
+      }
+    } else {
+      uint8_t* qh = block + 16;
+      uint8_t* ql = block + 48;
+      std::memset(qh, 0, 32);
+      uint8_t m1 = 1, m2 = 2;
+      for (int n = 0; n < 256; n += 64) {
+        for (int j = 0; j < 32; ++j) {
+          int l1 = code(n + j), l2 = code(n + j + 32);
+          if (l1 > 15) {
+            l1 -= 16;
+            qh[j] |= m1;
+          }
+          if (l2 > 15) {
+            l2 -= 16;
+            qh[j] |= m2;
+          }
+          ql[j] = static_cast<uint8_t>(l1 | (l2 << 4));
+        }
+        m1 = static_cast<uint8_t>(m1 << 2);
+        m2 = static_cast<uint8_t>(m2 << 2);
+        ql += 32;
+      }
+    }
+  }
+}
+
+template <int kMaxCode, int kBlockBytes>
+void encode_kquant(const float* x, int64_t n, uint8_t* out) {
+  const int64_t blocks = n / 256;
+  int64_t b = 0;
+  for (; b + kSuperBlocksPerCall <= blocks; b += kSuperBlocksPerCall) {
+    encode_kquant_lanes<kMaxCode, kBlockBytes>(x + 256 * b, out + kBlockBytes * b, kSuperBlocksPerCall);
+  }
+  if (b < blocks) {  // a short last call: pad with copies of the last super-block, keep only the valid ones
+    alignas(64) float padded[256 * kSuperBlocksPerCall];
+    alignas(64) uint8_t encoded[kBlockBytes * kSuperBlocksPerCall];
+    const int valid = static_cast<int>(blocks - b);
+    for (int s = 0; s < kSuperBlocksPerCall; ++s) {
+      std::memcpy(padded + 256 * s, x + 256 * (b + std::min(s, valid - 1)), 256 * sizeof(float));
+    }
+    encode_kquant_lanes<kMaxCode, kBlockBytes>(padded, encoded, valid);
+    std::memcpy(out + kBlockBytes * b, encoded, static_cast<size_t>(kBlockBytes) * valid);
+  }
+}

@@ -1,0 +1,25 @@
+// Vectorised GGUF encoders, one namespace per ISA, and the choice among them. Each writes exactly
+// the bytes of the scalar reference it replaces (tests compare every path with ggml itself).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/gguf/gguf_kernels.h"
+#include "kernels/quant/quant_kernels.h"
+
+namespace arrowquant::kernels::gguf {
+
+namespace avx2 {
+void encode_q4_K(const float* x, int64_t n, uint8_t* out);
+void encode_q5_K(const float* x, int64_t n, uint8_t* out);
+}  // namespace avx2
+
+namespace avx512 {
+void encode_q4_K(const float* x, int64_t n, uint8_t* out);
+void encode_q5_K(const float* x, int64_t n, uint8_t* out);
+}  // namespace avx512
+
+// The fastest encoder of `type` in ggml mode that the ISA has (its scalar reference otherwise).
+EncodeFn ggml_encoder(const TypeTraits& type, Isa isa);
+
+}  // namespace arrowquant::kernels::gguf
