@@ -1088,10 +1088,12 @@ EncodeFn ggml_encoder(const TypeTraits& type, Isa isa) {
   if (isa == Isa::kAvx512) {
     if (type.type == GgmlType::kQ4_K) return avx512::encode_q4_K;
     if (type.type == GgmlType::kQ5_K) return avx512::encode_q5_K;
+    if (type.type == GgmlType::kQ6_K) return avx512::encode_q6_K;
   }
   if (isa == Isa::kAvx2 || isa == Isa::kAvx512) {
     if (type.type == GgmlType::kQ4_K) return avx2::encode_q4_K;
     if (type.type == GgmlType::kQ5_K) return avx2::encode_q5_K;
+    if (type.type == GgmlType::kQ6_K) return avx2::encode_q6_K;
   }
   return type.encode_ggml;
 }

@@ -223,3 +223,120 @@ void encode_kquant(const float* x, int64_t n, uint8_t* out) {
     std::memcpy(out + kBlockBytes * b, encoded, static_cast<size_t>(kBlockBytes) * valid);
   }
 }
+
+// ------------------------------------------------------------------------------------------------
+// Q6_K: make_qx_quants(16, 32, x, L, rmse_type 1) with one 16-weight sub-block per lane.
+
+inline VF abs_lanes(VF v) {
+  const VI magnitude = reinterpret_cast<const VI&>(v) & 0x7fffffff;
+  return reinterpret_cast<const VF&>(magnitude);
+}
+
+inline VF make_qx_quants_lanes(const VF* x, VI* L) {
+  constexpr int nmax = 32;
+  constexpr float kGroupMaxEps = 1e-15f;
+  VF max = VF{}, amax = VF{};
+  for (int i = 0; i < 16; ++i) {
+    const VF ax = abs_lanes(x[i]);
+    const VI bigger = ax > amax;
+    amax = bigger ? ax : amax;
+    max = bigger ? x[i] : max;
+  }
+  const VI zero = amax < kGroupMaxEps;  // the reference returns L = 0, scale 0
+  VF iscale = static_cast<float>(-nmax) / max;
+  VF sumlx = VF{}, suml2 = VF{};
+  for (int i = 0; i < 16; ++i) {
+    const VI l = clamp_lanes(nearest_int_lanes(iscale * x[i]), -nmax, nmax - 1);
+    L[i] = l + nmax;
+    const VF w = x[i] * x[i], lf = to_float(l);
+    sumlx += w * x[i] * lf;
+    suml2 += w * lf * lf;
+  }
+  VF scale = suml2 != 0 ? sumlx / suml2 : VF{};
+  VF best = scale * sumlx;
+  for (int is = -9; is <= 9; ++is) {
+    if (is == 0) continue;
+    iscale = -(static_cast<float>(nmax) + 0.1f * static_cast<float>(is)) / max;
+    sumlx = suml2 = VF{};
+    VI trial[16];
+    for (int i = 0; i < 16; ++i) {
+      const VI l = clamp_lanes(nearest_int_lanes(iscale * x[i]), -nmax, nmax - 1);
+      trial[i] = l + nmax;
+      const VF w = x[i] * x[i], lf = to_float(l);
+      sumlx += w * x[i] * lf;
+      suml2 += w * lf * lf;
+    }
+    const VI better = (suml2 > 0) & (sumlx * sumlx > best * suml2);
+    for (int i = 0; i < 16; ++i) L[i] = better ? trial[i] : L[i];
+    const VF new_scale = sumlx / suml2;
+    scale = better ? new_scale : scale;
+    best = better ? new_scale * sumlx : best;
+  }
+  for (int i = 0; i < 16; ++i) L[i] = zero ? VI{} : L[i];
+  return zero ? VF{} : scale;
+}
+
+// ggml's quantize_row_q6_K_ref, one super-block per call (16 sub-blocks in 16 / kLanes passes).
+inline void encode_q6_K_superblock(const float* x, uint8_t* out) {
+  constexpr float kGroupMaxEps = 1e-15f;
+  constexpr int kPasses = 16 / kLanes;
+  VF X[kPasses][16];
+  VI L[kPasses][16];
+  float scales[16];
+  for (int p = 0; p < kPasses; ++p) {
+    for (int i = 0; i < 16; ++i) {
+      for (int k = 0; k < kLanes; ++k) X[p][i][k] = x[16 * (kLanes * p + k) + i];
+    }
+    const VF s = make_qx_quants_lanes(X[p], L[p]);
+    for (int k = 0; k < kLanes; ++k) scales[kLanes * p + k] = s[k];
+  }
+  float max_scale = 0, max_abs_scale = 0;
+  for (int ib = 0; ib < 16; ++ib) {
+    const float abs_scale = std::fabs(scales[ib]);
+    if (abs_scale > max_abs_scale) {
+      max_abs_scale = abs_scale;
+      max_scale = scales[ib];
+    }
+  }
+  uint8_t* ql = out;
+  uint8_t* qh = out + 128;
+  int8_t* y_scales = reinterpret_cast<int8_t*>(out + 192);
+  if (max_abs_scale < kGroupMaxEps) {
+    std::memset(out, 0, 210);
+    store_half_bytes(out + 208, 0.f);
+    return;
+  }
+  const float iscale = -128.f / max_scale;
+  store_half_bytes(out + 208, 1 / iscale);
+  const float d_all = load_half_bytes(out + 208);
+  for (int ib = 0; ib < 16; ++ib) {
+    VF v = VF{};
+    v[0] = iscale * scales[ib];
+    y_scales[ib] = static_cast<int8_t>(std::min(127, static_cast<int>(nearest_int_lanes(v)[0])));
+  }
+  uint8_t codes[256];
+  for (int p = 0; p < kPasses; ++p) {
+    VF d;
+    for (int k = 0; k < kLanes; ++k) d[k] = d_all * static_cast<float>(y_scales[kLanes * p + k]);
+    const VI keep = d == 0;  // the reference skips such sub-blocks: their codes stay
+    for (int i = 0; i < 16; ++i) {
+      const VI l = clamp_lanes(nearest_int_lanes(X[p][i] / d), -32, 31) + 32;
+      const VI code = keep ? L[p][i] : l;
+      for (int k = 0; k < kLanes; ++k) codes[16 * (kLanes * p + k) + i] = static_cast<uint8_t>(code[k]);
+    }
+  }
+  for (int j = 0; j < 256; j += 128) {
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t* c = codes + j + l;
+      ql[l + 0] = static_cast<uint8_t>((c[0] & 0xF) | ((c[64] & 0xF) << 4));
+      ql[l + 32] = static_cast<uint8_t>((c[32] & 0xF) | ((c[96] & 0xF) << 4));
+      qh[l] = static_cast<uint8_t>((c[0] >> 4) | ((c[32] >> 4) << 2) | ((c[64] >> 4) << 4) | ((c[96] >> 4) << 6));
+    }
+    ql += 64;
+    qh += 32;
+  }
+}
+
+inline void encode_q6_K_all(const float* x, int64_t n, uint8_t* out) {
+  for (int64_t b = 0; b < n / 256; ++b) encode_q6_K_superblock(x + 256 * b, out + 210 * b);
+}
