@@ -27,6 +27,7 @@ from .types import MIXES
 
 QUANTIZATION_VERSION = 2
 _ELEMENT = {"F32": 0, "F16": 1, "BF16": 2}
+_STATS_CHUNK = 1 << 20  # elements: a multiple of every block size
 
 
 def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  # noqa: A002 - the CLI's --type
@@ -188,11 +189,15 @@ def encode_tensor(sf: SafetensorsFile, info: TensorInfo, gguf, num_threads: int 
     [encoded] = _core.gguf_encode_arrays([flat], [_ELEMENT[dtype]], [gguf.id], [label], num_threads or 0, method)
     stats: dict[str, float] = {}
     if with_stats and gguf.quantized and dtype in QUANTIZABLE_DTYPES:
-        [decoded] = _core.gguf_decode_arrays([encoded], [gguf.id], [info.numel], [label], num_threads or 0)
-        x = array.reshape(-1).astype(np.float32)
-        diff = x - decoded
-        xx, dd, xy = float(np.dot(x, x)), float(np.dot(diff, diff)), float(np.dot(x, decoded))
-        yy = float(np.dot(decoded, decoded))
+        source = array.reshape(-1)
+        xx = dd = xy = yy = 0.0
+        for start in range(0, source.size, _STATS_CHUNK):  # bounded memory: one chunk in float32 at a time
+            x = source[start:start + _STATS_CHUNK].astype(np.float32)
+            chunk = encoded[gguf.encoded_bytes(start):gguf.encoded_bytes(start + x.size)]
+            [y] = _core.gguf_decode_arrays([chunk], [gguf.id], [x.size], [label], num_threads or 0)
+            diff = x - y
+            xx, dd = xx + float(np.dot(x, x)), dd + float(np.dot(diff, diff))
+            xy, yy = xy + float(np.dot(x, y)), yy + float(np.dot(y, y))
         stats = {"relative_rmse": math.sqrt(dd / xx) if xx else 0.0,
                  "cosine": xy / math.sqrt(xx * yy) if xx and yy else (1.0 if xx == yy else 0.0)}
     return encoded, stats
