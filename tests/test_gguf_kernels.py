@@ -127,7 +127,7 @@ def test_search_is_never_worse_than_ggml_on_any_block_and_better_overall(name):
     assert again.tobytes() == search_bytes.tobytes()  # deterministic at any thread count
 
 
-@pytest.mark.parametrize("name", ["Q4_K", "Q5_K", "Q6_K"])
+@pytest.mark.parametrize("name", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
 @pytest.mark.parametrize("blocks", [1, 2, 3, 17])
 def test_vectorised_encoders_write_ggml_bytes_on_every_path(ggml, simd_path, name, blocks):
     rng = np.random.default_rng(blocks)

@@ -1,4 +1,4 @@
-// The avx2 path of the GGUF k-quant encoders: ggml's reference Q4_K / Q5_K / Q6_K quantizers with one
+// The avx2 path of the GGUF k-quant encoders: ggml's reference k-quant quantizers (Q2_K to Q6_K) with one
 // sub-block per lane (8 lanes), byte-identical to the scalar reference (gguf_kquant_lanes_inl.h).
 #include <algorithm>
 #include <cmath>
@@ -17,5 +17,7 @@ namespace arrowquant::kernels::gguf::avx2 {
 void encode_q4_K(const float* x, int64_t n, uint8_t* out) { encode_kquant<15, 144>(x, n, out); }
 void encode_q5_K(const float* x, int64_t n, uint8_t* out) { encode_kquant<31, 176>(x, n, out); }
 void encode_q6_K(const float* x, int64_t n, uint8_t* out) { encode_q6_K_all(x, n, out); }
+void encode_q2_K(const float* x, int64_t n, uint8_t* out) { encode_q2_K_all(x, n, out); }
+void encode_q3_K(const float* x, int64_t n, uint8_t* out) { encode_q3_K_all(x, n, out); }
 
 }  // namespace arrowquant::kernels::gguf::avx2

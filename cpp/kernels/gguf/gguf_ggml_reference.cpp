@@ -1089,11 +1089,15 @@ EncodeFn ggml_encoder(const TypeTraits& type, Isa isa) {
     if (type.type == GgmlType::kQ4_K) return avx512::encode_q4_K;
     if (type.type == GgmlType::kQ5_K) return avx512::encode_q5_K;
     if (type.type == GgmlType::kQ6_K) return avx512::encode_q6_K;
+    if (type.type == GgmlType::kQ2_K) return avx512::encode_q2_K;
+    if (type.type == GgmlType::kQ3_K) return avx512::encode_q3_K;
   }
   if (isa == Isa::kAvx2 || isa == Isa::kAvx512) {
     if (type.type == GgmlType::kQ4_K) return avx2::encode_q4_K;
     if (type.type == GgmlType::kQ5_K) return avx2::encode_q5_K;
     if (type.type == GgmlType::kQ6_K) return avx2::encode_q6_K;
+    if (type.type == GgmlType::kQ2_K) return avx2::encode_q2_K;
+    if (type.type == GgmlType::kQ3_K) return avx2::encode_q3_K;
   }
   return type.encode_ggml;
 }

@@ -28,14 +28,20 @@ inline VI clamp_lanes(VI l, int lo, int hi) {
 
 inline VF to_float(VI i) { return __builtin_convertvector(i, VF); }
 
-// make_qkx2_quants(32, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, use_mad=false),
-// one sub-block per lane.
+inline VF abs_lanes(VF v) {
+  const VI magnitude = reinterpret_cast<const VI&>(v) & 0x7fffffff;
+  return reinterpret_cast<const VF&>(magnitude);
+}
+
+// make_qkx2_quants(N, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, kMad), one
+// sub-block of N weights per lane.
+template <int N = 32, bool kMad = false>
 inline void make_qkx2_quants_lanes(const VF* x, const VF* weights, int nmax, float rmin, float rdelta, int nstep,
                                    VI* L, VF* scale_out, VF* the_min_out) {
   VF min = x[0], max = x[0];
   VF sum_w = weights[0];
   VF sum_x = sum_w * x[0];
-  for (int i = 1; i < 32; ++i) {
+  for (int i = 1; i < N; ++i) {
     min = x[i] < min ? x[i] : min;
     max = x[i] > max ? x[i] : max;
     const VF w = weights[i];
@@ -48,17 +54,17 @@ inline void make_qkx2_quants_lanes(const VF* x, const VF* weights, int nmax, flo
   VF iscale = static_cast<float>(nmax) / (max - min);
   VF scale = 1 / iscale;
   VF best_error = VF{};
-  for (int i = 0; i < 32; ++i) {
+  for (int i = 0; i < N; ++i) {
     L[i] = clamp_lanes(nearest_int_lanes(iscale * (x[i] - min)), 0, nmax);
     VF diff = scale * to_float(L[i]) + min - x[i];
-    diff = diff * diff;
+    diff = kMad ? abs_lanes(diff) : diff * diff;
     best_error += weights[i] * diff;
   }
-  VI Laux[32];
+  VI Laux[N];
   for (int is = 0; is <= nstep; ++is) {
     iscale = (rmin + rdelta * static_cast<float>(is) + static_cast<float>(nmax)) / (max - min);
     VF sum_l = VF{}, sum_l2 = VF{}, sum_xl = VF{};
-    for (int i = 0; i < 32; ++i) {
+    for (int i = 0; i < N; ++i) {
       const VI l = clamp_lanes(nearest_int_lanes(iscale * (x[i] - min)), 0, nmax);
       Laux[i] = l;
       const VF w = weights[i], lf = to_float(l);
@@ -73,18 +79,18 @@ inline void make_qkx2_quants_lanes(const VF* x, const VF* weights, int nmax, flo
     this_min = positive_min ? VF{} : this_min;
     this_scale = positive_min ? sum_xl / sum_l2 : this_scale;
     VF cur_error = VF{};
-    for (int i = 0; i < 32; ++i) {
+    for (int i = 0; i < N; ++i) {
       VF diff = this_scale * to_float(Laux[i]) + this_min - x[i];
-      diff = diff * diff;
+      diff = kMad ? abs_lanes(diff) : diff * diff;
       cur_error += weights[i] * diff;
     }
     const VI better = (D > 0) & (cur_error < best_error);
-    for (int i = 0; i < 32; ++i) L[i] = better ? Laux[i] : L[i];
+    for (int i = 0; i < N; ++i) L[i] = better ? Laux[i] : L[i];
     best_error = better ? cur_error : best_error;
     scale = better ? this_scale : scale;
     min = better ? this_min : min;
   }
-  for (int i = 0; i < 32; ++i) L[i] = flat ? VI{} : L[i];
+  for (int i = 0; i < N; ++i) L[i] = flat ? VI{} : L[i];
   *scale_out = flat ? VF{} : scale;
   *the_min_out = -(flat ? min0 : min);
 }
@@ -227,11 +233,6 @@ void encode_kquant(const float* x, int64_t n, uint8_t* out) {
 // ------------------------------------------------------------------------------------------------
 // Q6_K: make_qx_quants(16, 32, x, L, rmse_type 1) with one 16-weight sub-block per lane.
 
-inline VF abs_lanes(VF v) {
-  const VI magnitude = reinterpret_cast<const VI&>(v) & 0x7fffffff;
-  return reinterpret_cast<const VF&>(magnitude);
-}
-
 inline VF make_qx_quants_lanes(const VF* x, VI* L) {
   constexpr int nmax = 32;
   constexpr float kGroupMaxEps = 1e-15f;
@@ -339,4 +340,218 @@ inline void encode_q6_K_superblock(const float* x, uint8_t* out) {
 
 inline void encode_q6_K_all(const float* x, int64_t n, uint8_t* out) {
   for (int64_t b = 0; b < n / 256; ++b) encode_q6_K_superblock(x + 256 * b, out + 210 * b);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Q2_K: make_qkx2_quants(16, 3, x, |x|, ..., -0.5, 0.1, 15, use_mad) with one 16-weight
+// sub-block per lane; 4-bit scales and mins against fp16 d and dmin.
+
+inline void encode_q2_K_superblock(const float* x, uint8_t* out) {
+  constexpr int kPasses = 16 / kLanes;
+  VF X[kPasses][16];
+  VI L[kPasses][16];
+  float scales[16], mins[16];
+  for (int p = 0; p < kPasses; ++p) {
+    VF W[16];
+    for (int i = 0; i < 16; ++i) {
+      for (int k = 0; k < kLanes; ++k) X[p][i][k] = x[16 * (kLanes * p + k) + i];
+      W[i] = abs_lanes(X[p][i]);
+    }
+    VF s, m;
+    make_qkx2_quants_lanes<16, true>(X[p], W, 3, -0.5f, 0.1f, 15, L[p], &s, &m);
+    for (int k = 0; k < kLanes; ++k) {
+      scales[kLanes * p + k] = s[k];
+      mins[kLanes * p + k] = m[k];
+    }
+  }
+  constexpr float q4scale = 15.f;
+  uint8_t* y_scales = out;
+  uint8_t* y_qs = out + 16;
+  float max_scale = 0, max_min = 0;
+  for (int j = 0; j < 16; ++j) {
+    if (scales[j] > max_scale) max_scale = scales[j];
+    if (mins[j] > max_min) max_min = mins[j];
+  }
+  auto nearest = [](float f) {
+    VF v = VF{};
+    v[0] = f;
+    return nearest_int_lanes(v)[0];
+  };
+  if (max_scale > 0) {
+    const float iscale = q4scale / max_scale;
+    for (int j = 0; j < 16; ++j) y_scales[j] = static_cast<uint8_t>(nearest(iscale * scales[j]));
+    store_half_bytes(out + 80, max_scale / q4scale);
+  } else {
+    for (int j = 0; j < 16; ++j) y_scales[j] = 0;
+    store_half_bytes(out + 80, 0.f);
+  }
+  if (max_min > 0) {
+    const float iscale = q4scale / max_min;
+    for (int j = 0; j < 16; ++j) y_scales[j] |= static_cast<uint8_t>(nearest(iscale * mins[j]) << 4);
+    store_half_bytes(out + 82, max_min / q4scale);
+  } else {
+    store_half_bytes(out + 82, 0.f);
+  }
+  const float d_all = load_half_bytes(out + 80), dmin_all = load_half_bytes(out + 82);
+  uint8_t codes[256];
+  for (int p = 0; p < kPasses; ++p) {
+    VF d, dm;
+    for (int k = 0; k < kLanes; ++k) {
+      const uint8_t sc = y_scales[kLanes * p + k];
+      d[k] = d_all * static_cast<float>(sc & 0xF);
+      dm[k] = dmin_all * static_cast<float>(sc >> 4);
+    }
+    const VI keep = d == 0;
+    for (int i = 0; i < 16; ++i) {
+      const VI l = clamp_lanes(nearest_int_lanes((X[p][i] + dm) / d), 0, 3);
+      const VI code = keep ? L[p][i] : l;
+      for (int k = 0; k < kLanes; ++k) codes[16 * (kLanes * p + k) + i] = static_cast<uint8_t>(code[k]);
+    }
+  }
+  for (int j = 0; j < 256; j += 128) {
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t* c = codes + j + l;
+      y_qs[j / 4 + l] = static_cast<uint8_t>(c[0] | (c[32] << 2) | (c[64] << 4) | (c[96] << 6));
+    }
+  }
+}
+
+inline void encode_q2_K_all(const float* x, int64_t n, uint8_t* out) {
+  for (int64_t b = 0; b < n / 256; ++b) encode_q2_K_superblock(x + 256 * b, out + 84 * b);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Q3_K: make_q3_quants(16, 4, x, L, do_rmse) with one 16-weight sub-block per lane; 6-bit signed
+// scales against one fp16 d. The reference's refinement passes stop when a pass changes nothing;
+// a lane that has stopped is unchanged by further passes (same state, same decisions), so all
+// lanes run until none changes.
+
+inline VF make_q3_quants_lanes(const VF* x, VI* L) {
+  constexpr int nmax = 4;
+  constexpr float kGroupMaxEps = 1e-15f;
+  VF max = VF{}, amax = VF{};
+  for (int i = 0; i < 16; ++i) {
+    const VF ax = abs_lanes(x[i]);
+    const VI bigger = ax > amax;
+    amax = bigger ? ax : amax;
+    max = bigger ? x[i] : max;
+  }
+  const VI zero = amax < kGroupMaxEps;
+  const VF iscale = static_cast<float>(-nmax) / max;
+  VF sumlx = VF{}, suml2 = VF{};
+  for (int i = 0; i < 16; ++i) {
+    L[i] = clamp_lanes(nearest_int_lanes(iscale * x[i]), -nmax, nmax - 1);
+    const VF w = x[i] * x[i], lf = to_float(L[i]);
+    sumlx += w * x[i] * lf;
+    suml2 += w * lf * lf;
+  }
+  for (int itry = 0; itry < 5; ++itry) {
+    VI changed = VI{};
+    for (int i = 0; i < 16; ++i) {
+      const VF w = x[i] * x[i];
+      const VF li = to_float(L[i]);
+      VF slx = sumlx - w * x[i] * li;
+      VF sl2 = suml2 - w * li * li;
+      const VI positive = slx > 0;
+      const VI new_l = clamp_lanes(nearest_int_lanes(x[i] * sl2 / slx), -nmax, nmax - 1);
+      const VF nf = to_float(new_l);
+      slx += w * x[i] * nf;
+      sl2 += w * nf * nf;
+      const VI take = positive & (new_l != L[i]) & (sl2 > 0) & (slx * slx * suml2 > sumlx * sumlx * sl2);
+      L[i] = take ? new_l : L[i];
+      sumlx = take ? slx : sumlx;
+      suml2 = take ? sl2 : suml2;
+      changed |= take;
+    }
+    bool any = false;
+    for (int k = 0; k < kLanes; ++k) any |= changed[k] != 0;
+    if (!any) break;
+  }
+  for (int i = 0; i < 16; ++i) L[i] = zero ? VI{} : L[i] + nmax;
+  return zero ? VF{} : (suml2 > 0 ? sumlx / suml2 : VF{});
+}
+
+inline void encode_q3_K_superblock(const float* x, uint8_t* out) {
+  constexpr int kPasses = 16 / kLanes;
+  VF X[kPasses][16];
+  VI L[kPasses][16];
+  float scales[16];
+  for (int p = 0; p < kPasses; ++p) {
+    for (int i = 0; i < 16; ++i) {
+      for (int k = 0; k < kLanes; ++k) X[p][i][k] = x[16 * (kLanes * p + k) + i];
+    }
+    const VF s = make_q3_quants_lanes(X[p], L[p]);
+    for (int k = 0; k < kLanes; ++k) scales[kLanes * p + k] = s[k];
+  }
+  uint8_t* hmask = out;
+  uint8_t* qs = out + 32;
+  uint8_t* y_scales = out + 96;
+  float max_scale = 0, amax = 0;
+  for (int j = 0; j < 16; ++j) {
+    const float scale = std::fabs(scales[j]);
+    if (scale > amax) {
+      amax = scale;
+      max_scale = scales[j];
+    }
+  }
+  std::memset(y_scales, 0, 12);
+  if (max_scale) {
+    const float iscale = -32.f / max_scale;
+    for (int j = 0; j < 16; ++j) {
+      VF v = VF{};
+      v[0] = iscale * scales[j];
+      int8_t l = static_cast<int8_t>(nearest_int_lanes(v)[0]);
+      l = static_cast<int8_t>(std::max<int>(-32, std::min<int>(31, l)) + 32);
+      if (j < 8) {
+        y_scales[j] = static_cast<uint8_t>(l & 0xF);
+      } else {
+        y_scales[j - 8] |= static_cast<uint8_t>((l & 0xF) << 4);
+      }
+      l = static_cast<int8_t>(l >> 4);
+      y_scales[j % 4 + 8] |= static_cast<uint8_t>(l << (2 * (j / 4)));
+    }
+    store_half_bytes(out + 108, 1 / iscale);
+  } else {
+    store_half_bytes(out + 108, 0.f);
+  }
+  const float d_all = load_half_bytes(out + 108);
+  uint8_t codes[256];
+  for (int p = 0; p < kPasses; ++p) {
+    VF d;
+    for (int k = 0; k < kLanes; ++k) {
+      const int j = kLanes * p + k;
+      int8_t sc = static_cast<int8_t>(j < 8 ? y_scales[j] & 0xF : y_scales[j - 8] >> 4);
+      sc = static_cast<int8_t>((sc | (((y_scales[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32);
+      d[k] = d_all * static_cast<float>(sc);
+    }
+    const VI keep = d == 0;
+    for (int i = 0; i < 16; ++i) {
+      const VI l = clamp_lanes(nearest_int_lanes(X[p][i] / d), -4, 3) + 4;
+      const VI code = keep ? L[p][i] : l;
+      for (int k = 0; k < kLanes; ++k) codes[16 * (kLanes * p + k) + i] = static_cast<uint8_t>(code[k]);
+    }
+  }
+  std::memset(hmask, 0, 32);
+  int m = 0;
+  uint8_t hm = 1;
+  for (int j = 0; j < 256; ++j) {
+    if (codes[j] > 3) {
+      hmask[m] |= hm;
+      codes[j] = static_cast<uint8_t>(codes[j] - 4);
+    }
+    if (++m == 32) {
+      m = 0;
+      hm = static_cast<uint8_t>(hm << 1);
+    }
+  }
+  for (int j = 0; j < 256; j += 128) {
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t* c = codes + j + l;
+      qs[j / 4 + l] = static_cast<uint8_t>(c[0] | (c[32] << 2) | (c[64] << 4) | (c[96] << 6));
+    }
+  }
+}
+
+inline void encode_q3_K_all(const float* x, int64_t n, uint8_t* out) {
+  for (int64_t b = 0; b < n / 256; ++b) encode_q3_K_superblock(x + 256 * b, out + 110 * b);
 }

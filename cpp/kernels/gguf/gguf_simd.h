@@ -13,12 +13,16 @@ namespace avx2 {
 void encode_q4_K(const float* x, int64_t n, uint8_t* out);
 void encode_q5_K(const float* x, int64_t n, uint8_t* out);
 void encode_q6_K(const float* x, int64_t n, uint8_t* out);
+void encode_q2_K(const float* x, int64_t n, uint8_t* out);
+void encode_q3_K(const float* x, int64_t n, uint8_t* out);
 }  // namespace avx2
 
 namespace avx512 {
 void encode_q4_K(const float* x, int64_t n, uint8_t* out);
 void encode_q5_K(const float* x, int64_t n, uint8_t* out);
 void encode_q6_K(const float* x, int64_t n, uint8_t* out);
+void encode_q2_K(const float* x, int64_t n, uint8_t* out);
+void encode_q3_K(const float* x, int64_t n, uint8_t* out);
 }  // namespace avx512
 
 // The fastest encoder of `type` in ggml mode that the ISA has (its scalar reference otherwise).
