@@ -59,6 +59,7 @@ bench-python: install ggml-ref
 	$(PY) bench/quality.py
 	$(PY) bench/bench_checkpoint.py
 	$(PY) bench/bench_gguf.py --json bench/results/gguf.json
+	$(PY) bench/bench_gguf_checkpoint.py --json bench/results/gguf_checkpoint.json
 	$(PY) bench/report.py
 
 bench: bench-cpp bench-python
@@ -71,6 +72,7 @@ bench-smoke: $(BENCH_BUILD)/kernels_bench ggml-ref
 	$(PY) bench/bench_api.py --quick --json build/bench-smoke/api.json
 	$(PY) bench/quality.py --quick --json build/bench-smoke/quality.json
 	$(PY) bench/bench_gguf.py --quick --json build/bench-smoke/gguf.json
+	$(PY) bench/bench_gguf_checkpoint.py --quick --json build/bench-smoke/gguf_checkpoint.json
 	$(PY) bench/report.py --results build/bench-smoke --out build/bench-smoke
 
 # The whole test suite against an ASan + UBSan build of the extension, in its own venv, with leak
