@@ -127,12 +127,13 @@ def test_search_is_never_worse_than_ggml_on_any_block_and_better_overall(name):
     assert again.tobytes() == search_bytes.tobytes()  # deterministic at any thread count
 
 
-@pytest.mark.parametrize("name", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+@pytest.mark.parametrize("name", QUANTIZED)
 @pytest.mark.parametrize("blocks", [1, 2, 3, 17])
 def test_vectorised_encoders_write_ggml_bytes_on_every_path(ggml, simd_path, name, blocks):
     rng = np.random.default_rng(blocks)
-    parts = [rng.standard_normal(256 * blocks), 0.02 * rng.standard_t(3, 256 * blocks),
-             np.where(rng.random(256 * blocks) < 0.05, 40.0, 0.0), np.full(256 * blocks, -0.25), rng.random(256 * blocks)]
+    n = TYPES[name][2] * blocks  # whole blocks, and for the 32-blocks also counts no lane width divides
+    parts = [rng.standard_normal(n), 0.02 * rng.standard_t(3, n), np.where(rng.random(n) < 0.05, 40.0, 0.0),
+             np.full(n, -0.25), rng.random(n), np.round(rng.standard_normal(n) * 4) / 8]
     for x in parts:
         x = x.astype(np.float32)
         [ours] = _core.gguf_encode_arrays([x], [0], [TYPES[name][0]], ["x"], 1)

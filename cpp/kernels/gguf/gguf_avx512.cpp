@@ -1,4 +1,4 @@
-// The avx512 path of the GGUF k-quant encoders: ggml's reference k-quant quantizers (Q2_K to Q6_K) with one
+// The avx512 path of the GGUF k-quant encoders: ggml's reference quantizers (every quantized type) with one
 // sub-block per lane (16 lanes), byte-identical to the scalar reference (gguf_kquant_lanes_inl.h).
 #include <algorithm>
 #include <cmath>
@@ -19,5 +19,10 @@ void encode_q5_K(const float* x, int64_t n, uint8_t* out) { encode_kquant<31, 17
 void encode_q6_K(const float* x, int64_t n, uint8_t* out) { encode_q6_K_all(x, n, out); }
 void encode_q2_K(const float* x, int64_t n, uint8_t* out) { encode_q2_K_all(x, n, out); }
 void encode_q3_K(const float* x, int64_t n, uint8_t* out) { encode_q3_K_all(x, n, out); }
+void encode_q4_0(const float* x, int64_t n, uint8_t* out) { encode_legacy<Legacy::kQ4_0, 18>(x, n, out); }
+void encode_q4_1(const float* x, int64_t n, uint8_t* out) { encode_legacy<Legacy::kQ4_1, 20>(x, n, out); }
+void encode_q5_0(const float* x, int64_t n, uint8_t* out) { encode_legacy<Legacy::kQ5_0, 22>(x, n, out); }
+void encode_q5_1(const float* x, int64_t n, uint8_t* out) { encode_legacy<Legacy::kQ5_1, 24>(x, n, out); }
+void encode_q8_0(const float* x, int64_t n, uint8_t* out) { encode_legacy<Legacy::kQ8_0, 34>(x, n, out); }
 
 }  // namespace arrowquant::kernels::gguf::avx512

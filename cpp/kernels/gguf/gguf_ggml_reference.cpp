@@ -1085,19 +1085,21 @@ const TypeTraits* find_type(std::string_view name) {
 namespace arrowquant::kernels::gguf {
 
 EncodeFn ggml_encoder(const TypeTraits& type, Isa isa) {
-  if (isa == Isa::kAvx512) {
-    if (type.type == GgmlType::kQ4_K) return avx512::encode_q4_K;
-    if (type.type == GgmlType::kQ5_K) return avx512::encode_q5_K;
-    if (type.type == GgmlType::kQ6_K) return avx512::encode_q6_K;
-    if (type.type == GgmlType::kQ2_K) return avx512::encode_q2_K;
-    if (type.type == GgmlType::kQ3_K) return avx512::encode_q3_K;
-  }
-  if (isa == Isa::kAvx2 || isa == Isa::kAvx512) {
-    if (type.type == GgmlType::kQ4_K) return avx2::encode_q4_K;
-    if (type.type == GgmlType::kQ5_K) return avx2::encode_q5_K;
-    if (type.type == GgmlType::kQ6_K) return avx2::encode_q6_K;
-    if (type.type == GgmlType::kQ2_K) return avx2::encode_q2_K;
-    if (type.type == GgmlType::kQ3_K) return avx2::encode_q3_K;
+  struct Row {
+    GgmlType type;
+    EncodeFn avx2, avx512;
+  };
+  static constexpr Row kVectorised[] = {
+      {GgmlType::kQ4_0, avx2::encode_q4_0, avx512::encode_q4_0}, {GgmlType::kQ4_1, avx2::encode_q4_1, avx512::encode_q4_1},
+      {GgmlType::kQ5_0, avx2::encode_q5_0, avx512::encode_q5_0}, {GgmlType::kQ5_1, avx2::encode_q5_1, avx512::encode_q5_1},
+      {GgmlType::kQ8_0, avx2::encode_q8_0, avx512::encode_q8_0}, {GgmlType::kQ2_K, avx2::encode_q2_K, avx512::encode_q2_K},
+      {GgmlType::kQ3_K, avx2::encode_q3_K, avx512::encode_q3_K}, {GgmlType::kQ4_K, avx2::encode_q4_K, avx512::encode_q4_K},
+      {GgmlType::kQ5_K, avx2::encode_q5_K, avx512::encode_q5_K}, {GgmlType::kQ6_K, avx2::encode_q6_K, avx512::encode_q6_K},
+  };
+  for (const Row& row : kVectorised) {
+    if (row.type != type.type) continue;
+    if (isa == Isa::kAvx512) return row.avx512;
+    if (isa == Isa::kAvx2) return row.avx2;
   }
   return type.encode_ggml;
 }

@@ -555,3 +555,101 @@ inline void encode_q3_K_superblock(const float* x, uint8_t* out) {
 inline void encode_q3_K_all(const float* x, int64_t n, uint8_t* out) {
   for (int64_t b = 0; b < n / 256; ++b) encode_q3_K_superblock(x + 256 * b, out + 110 * b);
 }
+
+// ------------------------------------------------------------------------------------------------
+// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (quantize_row_*_ref): one 32-weight block per lane.
+
+enum class Legacy { kQ4_0, kQ4_1, kQ5_0, kQ5_1, kQ8_0 };
+
+// roundf (half away from zero) of values well inside the int range, exactly.
+inline VI round_half_away_lanes(VF v) {
+  const VI t = __builtin_convertvector(v, VI);  // truncation toward zero
+  const VF frac = v - to_float(t);               // exact for |v| < 2^23
+  const VI up = frac >= 0.5f, down = frac <= -0.5f;
+  return t + (up & 1) - (down & 1);
+}
+
+template <Legacy kType>
+void encode_legacy_lanes(const float* x, uint8_t* out, int valid_blocks) {
+  constexpr int kBytes = kType == Legacy::kQ4_0 ? 18 : kType == Legacy::kQ4_1 ? 20 : kType == Legacy::kQ5_0 ? 22
+                         : kType == Legacy::kQ5_1 ? 24 : 34;
+  VF X[32];
+  for (int j = 0; j < 32; ++j) {
+    for (int k = 0; k < kLanes; ++k) X[j][k] = x[32 * k + j];
+  }
+  VF d, m = VF{};
+  VI q[32];
+  if constexpr (kType == Legacy::kQ4_1 || kType == Legacy::kQ5_1) {
+    VF min = VF{} + 3.402823466e+38F, max = VF{} - 3.402823466e+38F;
+    for (int j = 0; j < 32; ++j) {
+      min = X[j] < min ? X[j] : min;
+      max = X[j] > max ? X[j] : max;
+    }
+    constexpr int kLevels = kType == Legacy::kQ4_1 ? 15 : 31;
+    d = (max - min) / static_cast<float>(kLevels);
+    const VF id = d != 0 ? 1.0f / d : VF{};
+    m = min;
+    for (int j = 0; j < 32; ++j) {
+      const VI v = __builtin_convertvector((X[j] - min) * id + 0.5f, VI);  // (int8_t) / (uint8_t) casts truncate
+      q[j] = kType == Legacy::kQ4_1 ? (v > 15 ? VI{} + 15 : v) : v;
+    }
+  } else if constexpr (kType == Legacy::kQ8_0) {
+    VF amax = VF{};
+    for (int j = 0; j < 32; ++j) {
+      const VF a = abs_lanes(X[j]);
+      amax = amax > a ? amax : a;  // MAX(amax, fabsf(v))
+    }
+    d = amax / 127.0f;
+    const VF id = d != 0 ? 1.0f / d : VF{};
+    for (int j = 0; j < 32; ++j) q[j] = round_half_away_lanes(X[j] * id);
+  } else {
+    VF amax = VF{}, max = VF{};
+    for (int j = 0; j < 32; ++j) {
+      const VF a = abs_lanes(X[j]);
+      const VI bigger = amax < a;
+      amax = bigger ? a : amax;
+      max = bigger ? X[j] : max;
+    }
+    constexpr float kDiv = kType == Legacy::kQ4_0 ? -8.0f : -16.0f;
+    constexpr float kOffset = kType == Legacy::kQ4_0 ? 8.5f : 16.5f;
+    constexpr int kTop = kType == Legacy::kQ4_0 ? 15 : 31;
+    d = max / kDiv;
+    const VF id = d != 0 ? 1.0f / d : VF{};
+    for (int j = 0; j < 32; ++j) {
+      const VI v = __builtin_convertvector(X[j] * id + kOffset, VI);
+      q[j] = v > kTop ? VI{} + kTop : v;
+    }
+  }
+  for (int k = 0; k < valid_blocks; ++k) {
+    uint8_t* block = out + kBytes * k;
+    store_half_bytes(block, d[k]);
+    if constexpr (kType == Legacy::kQ8_0) {
+      for (int j = 0; j < 32; ++j) block[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(q[j][k]));
+    } else {
+      uint8_t* qs = block + kBytes - 16;
+      if constexpr (kType == Legacy::kQ4_1 || kType == Legacy::kQ5_1) store_half_bytes(block + 2, m[k]);
+      uint32_t qh = 0;
+      for (int j = 0; j < 16; ++j) {
+        const uint32_t x0 = static_cast<uint32_t>(q[j][k]), x1 = static_cast<uint32_t>(q[j + 16][k]);
+        qs[j] = static_cast<uint8_t>((x0 & 0x0F) | ((x1 & 0x0F) << 4));
+        qh |= ((x0 & 0x10u) >> 4) << j;
+        qh |= ((x1 & 0x10u) >> 4) << (j + 16);
+      }
+      if constexpr (kType == Legacy::kQ5_0) std::memcpy(block + 2, &qh, 4);
+      if constexpr (kType == Legacy::kQ5_1) std::memcpy(block + 4, &qh, 4);
+    }
+  }
+}
+
+template <Legacy kType, int kBytes>
+void encode_legacy(const float* x, int64_t n, uint8_t* out) {
+  const int64_t blocks = n / 32;
+  int64_t b = 0;
+  for (; b + kLanes <= blocks; b += kLanes) encode_legacy_lanes<kType>(x + 32 * b, out + kBytes * b, kLanes);
+  if (b < blocks) {
+    alignas(64) float padded[32 * kLanes];
+    const int valid = static_cast<int>(blocks - b);
+    for (int k = 0; k < kLanes; ++k) std::memcpy(padded + 32 * k, x + 32 * (b + std::min(k, valid - 1)), 32 * sizeof(float));
+    encode_legacy_lanes<kType>(padded, out + kBytes * b, valid);
+  }
+}

@@ -15,6 +15,11 @@ void encode_q5_K(const float* x, int64_t n, uint8_t* out);
 void encode_q6_K(const float* x, int64_t n, uint8_t* out);
 void encode_q2_K(const float* x, int64_t n, uint8_t* out);
 void encode_q3_K(const float* x, int64_t n, uint8_t* out);
+void encode_q4_0(const float* x, int64_t n, uint8_t* out);
+void encode_q4_1(const float* x, int64_t n, uint8_t* out);
+void encode_q5_0(const float* x, int64_t n, uint8_t* out);
+void encode_q5_1(const float* x, int64_t n, uint8_t* out);
+void encode_q8_0(const float* x, int64_t n, uint8_t* out);
 }  // namespace avx2
 
 namespace avx512 {
@@ -23,6 +28,11 @@ void encode_q5_K(const float* x, int64_t n, uint8_t* out);
 void encode_q6_K(const float* x, int64_t n, uint8_t* out);
 void encode_q2_K(const float* x, int64_t n, uint8_t* out);
 void encode_q3_K(const float* x, int64_t n, uint8_t* out);
+void encode_q4_0(const float* x, int64_t n, uint8_t* out);
+void encode_q4_1(const float* x, int64_t n, uint8_t* out);
+void encode_q5_0(const float* x, int64_t n, uint8_t* out);
+void encode_q5_1(const float* x, int64_t n, uint8_t* out);
+void encode_q8_0(const float* x, int64_t n, uint8_t* out);
 }  // namespace avx512
 
 // The fastest encoder of `type` in ggml mode that the ISA has (its scalar reference otherwise).
