@@ -138,3 +138,11 @@ def test_vectorised_encoders_write_ggml_bytes_on_every_path(ggml, simd_path, nam
         x = x.astype(np.float32)
         [ours] = _core.gguf_encode_arrays([x], [0], [TYPES[name][0]], ["x"], 1)
         assert ours.tobytes() == ggml_encode(ggml, name, x).tobytes(), simd_path
+
+
+@pytest.mark.parametrize("name", QUANTIZED)
+def test_decoders_give_ggml_floats_on_every_path(ggml, simd_path, name):
+    x = np.ascontiguousarray(inputs()["student_t4"].reshape(-1))
+    encoded = ggml_encode(ggml, name, x)
+    [decoded] = _core.gguf_decode_arrays([encoded], [TYPES[name][0]], [x.size], ["x"], 1)
+    assert decoded.view(np.uint32).tolist() == ggml_decode(ggml, name, encoded, x.size).view(np.uint32).tolist()

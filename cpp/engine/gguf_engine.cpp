@@ -94,10 +94,11 @@ std::optional<NonFiniteValue> gguf_encode(std::span<const GgufEncodeJob> jobs, i
 void gguf_decode(std::span<const GgufDecodeJob> jobs, int num_threads) {
   int64_t total = 0;
   const std::vector<Chunk> chunks = plan_chunks(jobs, &total);
+  const kernels::Isa isa = active_isa();
   parallel_for(static_cast<int64_t>(chunks.size()), threads_for(num_threads, total), [&](int64_t t) {
     const Chunk& c = chunks[static_cast<size_t>(t)];
     const GgufDecodeJob& job = jobs[static_cast<size_t>(c.job)];
-    job.type->decode(job.encoded + kernels::gguf::encoded_bytes(*job.type, c.begin), c.count, job.out + c.begin);
+    kernels::gguf::decoder(*job.type, isa)(job.encoded + kernels::gguf::encoded_bytes(*job.type, c.begin), c.count, job.out + c.begin);
   });
 }
 

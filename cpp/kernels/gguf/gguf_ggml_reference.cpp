@@ -62,7 +62,7 @@ void decode_f32(const uint8_t* in, int64_t n, float* y) { std::memcpy(y, in, sta
 void encode_f16(const float* x, int64_t n, uint8_t* out) {
   for (int64_t i = 0; i < n; ++i) store_half(out + 2 * i, x[i]);
 }
-void decode_f16(const uint8_t* in, int64_t n, float* y) {
+void decode_f16(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
   for (int64_t i = 0; i < n; ++i) y[i] = load_half(in + 2 * i);
 }
 
@@ -72,7 +72,7 @@ void encode_bf16(const float* x, int64_t n, uint8_t* out) {
     std::memcpy(out + 2 * i, &b, 2);
   }
 }
-void decode_bf16(const uint8_t* in, int64_t n, float* y) {
+void decode_bf16(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
   for (int64_t i = 0; i < n; ++i) {
     uint16_t b;
     std::memcpy(&b, in + 2 * i, 2);
@@ -108,7 +108,7 @@ void encode_q4_0(const float* x, int64_t n, uint8_t* out) {
   }
 }
 
-void decode_q4_0(const uint8_t* in, int64_t n, float* y) {
+void decode_q4_0(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
   for (int64_t b = 0; b < n / QK; ++b, in += 18, y += QK) {
     const float d = load_half(in);
     for (int j = 0; j < QK / 2; ++j) {
@@ -149,7 +149,7 @@ void encode_q4_1(const float* x, int64_t n, uint8_t* out) {
   }
 }
 
-void decode_q4_1(const uint8_t* in, int64_t n, float* y) {
+void decode_q4_1(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
   for (int64_t b = 0; b < n / QK; ++b, in += 20, y += QK) {
     const float d = load_half(in), m = load_half(in + 2);
     for (int j = 0; j < QK / 2; ++j) {
@@ -186,7 +186,7 @@ void encode_q5_0(const float* x, int64_t n, uint8_t* out) {
   }
 }
 
-void decode_q5_0(const uint8_t* in, int64_t n, float* y) {
+void decode_q5_0(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
   for (int64_t b = 0; b < n / QK; ++b, in += 22, y += QK) {
     const float d = load_half(in);
     uint32_t qh;
@@ -224,7 +224,7 @@ void encode_q5_1(const float* x, int64_t n, uint8_t* out) {
   }
 }
 
-void decode_q5_1(const uint8_t* in, int64_t n, float* y) {
+void decode_q5_1(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
   for (int64_t b = 0; b < n / QK; ++b, in += 24, y += QK) {
     const float d = load_half(in), m = load_half(in + 2);
     uint32_t qh;
@@ -251,7 +251,7 @@ void encode_q8_0(const float* x, int64_t n, uint8_t* out) {
   }
 }
 
-void decode_q8_0(const uint8_t* in, int64_t n, float* y) {
+void decode_q8_0(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
   for (int64_t b = 0; b < n / QK; ++b, in += 34, y += QK) {
     const float d = load_half(in);
     for (int j = 0; j < QK; ++j) y[j] = static_cast<float>(static_cast<int8_t>(in[2 + j])) * d;
@@ -488,25 +488,24 @@ void encode_q2_K(const float* x, int64_t n, uint8_t* out) {
   }
 }
 
-void decode_q2_K(const uint8_t* in, int64_t n, float* y) {
-  for (int64_t b = 0; b < n / QK_K; ++b, in += 84) {
+void decode_q2_K(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
+  // dequantize_row_q2_K's operations, written with indexed stores so that the compiler vectorises.
+  for (int64_t b = 0; b < n / QK_K; ++b, in += 84, y += QK_K) {
     const uint8_t* scales = in;
-    const uint8_t* q = in + 16;
     const float d = load_half(in + 80), min = load_half(in + 82);
-    int is = 0;
-    for (int k = 0; k < QK_K; k += 128) {
-      int shift = 0;
+    for (int half = 0; half < 2; ++half) {
+      const uint8_t* q = in + 16 + 32 * half;
       for (int j = 0; j < 4; ++j) {
-        uint8_t sc = scales[is++];
-        float dl = d * static_cast<float>(sc & 0xF), ml = min * static_cast<float>(sc >> 4);
-        for (int l = 0; l < 16; ++l) *y++ = dl * static_cast<float>(static_cast<int8_t>((q[l] >> shift) & 3)) - ml;
-        sc = scales[is++];
-        dl = d * static_cast<float>(sc & 0xF);
-        ml = min * static_cast<float>(sc >> 4);
-        for (int l = 0; l < 16; ++l) *y++ = dl * static_cast<float>(static_cast<int8_t>((q[l + 16] >> shift) & 3)) - ml;
-        shift += 2;
+        const int shift = 2 * j;
+        for (int part = 0; part < 2; ++part) {
+          const uint8_t sc = scales[8 * half + 2 * j + part];
+          const float dl = d * static_cast<float>(sc & 0xF), ml = min * static_cast<float>(sc >> 4);
+          float* out = y + 128 * half + 32 * j + 16 * part;
+          for (int l = 0; l < 16; ++l) {
+            out[l] = dl * static_cast<float>(static_cast<int8_t>((q[l + 16 * part] >> shift) & 3)) - ml;
+          }
+        }
       }
-      q += 32;
     }
   }
 }
@@ -581,14 +580,13 @@ void encode_q3_K(const float* x, int64_t n, uint8_t* out) {
   }
 }
 
-void decode_q3_K(const uint8_t* in, int64_t n, float* y) {
+void decode_q3_K(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
+  // dequantize_row_q3_K's operations, written with indexed stores so that the compiler vectorises.
   constexpr uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
   uint32_t aux[4];
-  for (int64_t b = 0; b < n / QK_K; ++b, in += 110) {
+  for (int64_t b = 0; b < n / QK_K; ++b, in += 110, y += QK_K) {
     const float d_all = load_half(in + 108);
-    const uint8_t* q = in + 32;
     const uint8_t* hm = in;
-    uint8_t m = 1;
     std::memcpy(aux, in + 96, 12);
     const uint32_t tmp = aux[2];
     aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
@@ -597,22 +595,20 @@ void decode_q3_K(const uint8_t* in, int64_t n, float* y) {
     aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
     int8_t scales[16];
     std::memcpy(scales, aux, 16);
-    int is = 0;
-    for (int k = 0; k < QK_K; k += 128) {
-      int shift = 0;
+    for (int half = 0; half < 2; ++half) {
+      const uint8_t* q = in + 32 + 32 * half;
       for (int j = 0; j < 4; ++j) {
-        float dl = d_all * static_cast<float>(scales[is++] - 32);
-        for (int l = 0; l < 16; ++l) {
-          *y++ = dl * static_cast<float>(static_cast<int8_t>((q[l + 0] >> shift) & 3) - ((hm[l + 0] & m) ? 0 : 4));
+        const int shift = 2 * j;
+        const uint8_t m = static_cast<uint8_t>(1u << (4 * half + j));
+        for (int part = 0; part < 2; ++part) {
+          const float dl = d_all * static_cast<float>(scales[8 * half + 2 * j + part] - 32);
+          float* out = y + 128 * half + 32 * j + 16 * part;
+          for (int l = 0; l < 16; ++l) {
+            const int k = l + 16 * part;
+            out[l] = dl * static_cast<float>(static_cast<int8_t>((q[k] >> shift) & 3) - ((hm[k] & m) ? 0 : 4));
+          }
         }
-        dl = d_all * static_cast<float>(scales[is++] - 32);
-        for (int l = 0; l < 16; ++l) {
-          *y++ = dl * static_cast<float>(static_cast<int8_t>((q[l + 16] >> shift) & 3) - ((hm[l + 16] & m) ? 0 : 4));
-        }
-        shift += 2;
-        m = static_cast<uint8_t>(m << 1);
       }
-      q += 32;
     }
   }
 }
@@ -681,7 +677,7 @@ void encode_q4_K(const float* x, int64_t n, uint8_t* out) {
   }
 }
 
-void decode_q4_K(const uint8_t* in, int64_t n, float* y) {
+void decode_q4_K(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
   for (int64_t b = 0; b < n / QK_K; ++b, in += 144) {
     const uint8_t* q = in + 16;
     const float d = load_half(in), min = load_half(in + 2);
@@ -729,7 +725,7 @@ void encode_q5_K(const float* x, int64_t n, uint8_t* out) {
   }
 }
 
-void decode_q5_K(const uint8_t* in, int64_t n, float* y) {
+void decode_q5_K(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
   for (int64_t b = 0; b < n / QK_K; ++b, in += 176) {
     const uint8_t* ql = in + 48;
     const uint8_t* qh = in + 16;
@@ -1018,7 +1014,7 @@ void encode_q6_K(const float* x, int64_t n, uint8_t* out) {
   }
 }
 
-void decode_q6_K(const uint8_t* in, int64_t n, float* y) {
+void decode_q6_K(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
   for (int64_t b = 0; b < n / QK_K; ++b, in += 210) {
     const float d = load_half(in + 208);
     const uint8_t* ql = in;
@@ -1102,6 +1098,15 @@ EncodeFn ggml_encoder(const TypeTraits& type, Isa isa) {
     if (isa == Isa::kAvx2) return row.avx2;
   }
   return type.encode_ggml;
+}
+
+DecodeFn decoder(const TypeTraits& type, Isa isa) {
+  if (isa == Isa::kAvx2 || isa == Isa::kAvx512) {
+    const bool wide = isa == Isa::kAvx512;
+    if (type.type == GgmlType::kQ2_K) return wide ? avx512::decode_q2_K : avx2::decode_q2_K;
+    if (type.type == GgmlType::kQ3_K) return wide ? avx512::decode_q3_K : avx2::decode_q3_K;
+  }
+  return type.decode;
 }
 
 }  // namespace arrowquant::kernels::gguf

@@ -653,3 +653,66 @@ void encode_legacy(const float* x, int64_t n, uint8_t* out) {
     encode_legacy_lanes<kType>(padded, out + kBytes * b, valid);
   }
 }
+
+// ------------------------------------------------------------------------------------------------
+// Q2_K and Q3_K decoders, 16 values at a time (dequantize_row_q2_K / q3_K's operations per value).
+
+using V16F = float __attribute__((vector_size(64)));
+using V16I = int32_t __attribute__((vector_size(64)));
+using V16B = uint8_t __attribute__((vector_size(16)));
+
+inline V16I load16(const uint8_t* p) {
+  V16B b;
+  std::memcpy(&b, p, 16);
+  return __builtin_convertvector(b, V16I);
+}
+
+inline void decode_q2_K_all(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
+  for (int64_t b = 0; b < n / 256; ++b, in += 84, y += 256) {
+    const float d = load_half_bytes(in + 80), min = load_half_bytes(in + 82);
+    for (int half = 0; half < 2; ++half) {
+      const uint8_t* q = in + 16 + 32 * half;
+      const V16I lo = load16(q), hi = load16(q + 16);
+      for (int j = 0; j < 4; ++j) {
+        for (int part = 0; part < 2; ++part) {
+          const uint8_t sc = in[8 * half + 2 * j + part];
+          const float dl = d * static_cast<float>(sc & 0xF), ml = min * static_cast<float>(sc >> 4);
+          const V16F v = __builtin_convertvector(((part ? hi : lo) >> (2 * j)) & 3, V16F);
+          const V16F out = dl * v - ml;
+          std::memcpy(y + 128 * half + 32 * j + 16 * part, &out, 64);
+        }
+      }
+    }
+  }
+}
+
+inline void decode_q3_K_all(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
+  constexpr uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
+  for (int64_t b = 0; b < n / 256; ++b, in += 110, y += 256) {
+    const float d_all = load_half_bytes(in + 108);
+    uint32_t aux[4];
+    std::memcpy(aux, in + 96, 12);
+    const uint32_t tmp = aux[2];
+    aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
+    aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
+    aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
+    aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
+    int8_t scales[16];
+    std::memcpy(scales, aux, 16);
+    const V16I hm_lo = load16(in), hm_hi = load16(in + 16);
+    for (int half = 0; half < 2; ++half) {
+      const uint8_t* q = in + 32 + 32 * half;
+      const V16I lo = load16(q), hi = load16(q + 16);
+      for (int j = 0; j < 4; ++j) {
+        const int bit = 4 * half + j;
+        for (int part = 0; part < 2; ++part) {
+          const float dl = d_all * static_cast<float>(scales[8 * half + 2 * j + part] - 32);
+          const V16I codes = ((part ? hi : lo) >> (2 * j)) & 3;
+          const V16I high = ((part ? hm_hi : hm_lo) >> bit) & 1;
+          const V16F out = dl * __builtin_convertvector(codes - (high ^ 1) * 4, V16F);
+          std::memcpy(y + 128 * half + 32 * j + 16 * part, &out, 64);
+        }
+      }
+    }
+  }
+}

@@ -15,6 +15,8 @@ void encode_q5_K(const float* x, int64_t n, uint8_t* out);
 void encode_q6_K(const float* x, int64_t n, uint8_t* out);
 void encode_q2_K(const float* x, int64_t n, uint8_t* out);
 void encode_q3_K(const float* x, int64_t n, uint8_t* out);
+void decode_q2_K(const uint8_t* in, int64_t n, float* y);
+void decode_q3_K(const uint8_t* in, int64_t n, float* y);
 void encode_q4_0(const float* x, int64_t n, uint8_t* out);
 void encode_q4_1(const float* x, int64_t n, uint8_t* out);
 void encode_q5_0(const float* x, int64_t n, uint8_t* out);
@@ -28,6 +30,8 @@ void encode_q5_K(const float* x, int64_t n, uint8_t* out);
 void encode_q6_K(const float* x, int64_t n, uint8_t* out);
 void encode_q2_K(const float* x, int64_t n, uint8_t* out);
 void encode_q3_K(const float* x, int64_t n, uint8_t* out);
+void decode_q2_K(const uint8_t* in, int64_t n, float* y);
+void decode_q3_K(const uint8_t* in, int64_t n, float* y);
 void encode_q4_0(const float* x, int64_t n, uint8_t* out);
 void encode_q4_1(const float* x, int64_t n, uint8_t* out);
 void encode_q5_0(const float* x, int64_t n, uint8_t* out);
@@ -37,5 +41,7 @@ void encode_q8_0(const float* x, int64_t n, uint8_t* out);
 
 // The fastest encoder of `type` in ggml mode that the ISA has (its scalar reference otherwise).
 EncodeFn ggml_encoder(const TypeTraits& type, Isa isa);
+// The fastest decoder of `type` the ISA has; every one gives the scalar decoder's floats.
+DecodeFn decoder(const TypeTraits& type, Isa isa);
 
 }  // namespace arrowquant::kernels::gguf
