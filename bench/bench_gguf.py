@@ -26,7 +26,7 @@ from bench_common import median_seconds
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "build" / "ggml-ref" / "libggml-quants.so"
 TYPES = {t[1]: t for t in _core.gguf_types()}
-QUANTIZED = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+QUANTIZED = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
 
 
 def main() -> None:
@@ -50,7 +50,12 @@ def main() -> None:
     for name in QUANTIZED:
         type_id, _, block, block_bytes, has_search = TYPES[name]
         sym = name.lower().replace("_k", "_K")
-        encode_ref, decode_ref = getattr(lib, f"quantize_row_{sym}_ref"), getattr(lib, f"dequantize_row_{sym}")
+        decode_ref = getattr(lib, f"dequantize_row_{sym}")
+        if name == "IQ4_NL":  # what llama-quantize calls (its _ref uses other settings)
+            def encode_ref(src, dst, n):
+                lib.quantize_iq4_nl(src, dst, ctypes.c_int64(1), n, None)
+        else:
+            encode_ref = getattr(lib, f"quantize_row_{sym}_ref")
         for dist, x in data.items():
             flat = np.ascontiguousarray(x.reshape(-1))
             n = flat.size

@@ -268,3 +268,16 @@ def test_search_method_lowers_the_error_of_k_quant_tensors(demo, tmp_path):
     assert sum(tensors[n]["relative_rmse"] for n in k4) < 0.985 * sum(ggml_mode[n]["relative_rmse"] for n in k4)
     with pytest.raises(ParameterError, match="method must be 'ggml' or 'search'"):
         ag.convert(demo / "unet", tmp_path / "x.gguf", method="fast")
+
+
+@pytest.mark.parametrize("mix", ["IQ4_NL", "IQ4_XS"])
+def test_non_linear_types_are_written_and_read_by_gguf_py(demo, tmp_path, mix):
+    report = ag.convert(demo / "unet", tmp_path / "u.gguf", type=mix)
+    types = {t["type"] for t in report["components"]["model"]["tensors"].values()}
+    assert mix in types
+    reader = gguf.GGUFReader(str(tmp_path / "u.gguf"))
+    assert field(reader, "general.file_type") == gguf.LlamaFileType[f"MOSTLY_{mix}"]
+    with ag.open(tmp_path / "u.gguf") as ours:
+        for t in reader.tensors:
+            theirs = gguf_dequantize(t.data, t.tensor_type).reshape(-1).astype(np.float32)
+            assert np.array_equal(theirs, ours.dequantize(t.name).reshape(-1)), t.name

@@ -25,7 +25,7 @@ def unet(tmp_path_factory):
     return model.eval(), folder
 
 
-@pytest.mark.parametrize("mix,floor", [("Q4_K_M", 0.99), ("Q8_0", 0.9999)])
+@pytest.mark.parametrize("mix,floor", [("Q4_K_M", 0.99), ("IQ4_XS", 0.99), ("Q8_0", 0.9999)])
 def test_diffusers_loads_and_runs_the_gguf(unet, tmp_path, mix, floor):
     from diffusers.quantizers.gguf.utils import GGUFParameter
     model, folder = unet

@@ -13,7 +13,7 @@ import arrowquant as aq
 from arrowquant import _core
 
 LIB = Path(__file__).parent.parent / "build" / "ggml-ref" / "libggml-quants.so"
-QUANTIZED = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+QUANTIZED = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
 TYPES = {t[1]: t for t in _core.gguf_types()}
 
 
@@ -31,10 +31,15 @@ def ggml_symbol(name):
 
 
 def ggml_encode(lib, name, x):
+    """What llama-quantize writes without an importance matrix: quantize_row_*_ref, except IQ4_NL,
+    whose _ref (ntry -1) llama-quantize does not use (it calls quantize_iq4_nl)."""
     _, _, block, nbytes, _ = TYPES[name]
     out = np.zeros(x.size // block * nbytes, np.uint8)
-    getattr(lib, f"quantize_row_{ggml_symbol(name)}_ref")(
-        x.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(x.size))
+    src, dst = x.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p)
+    if name == "IQ4_NL":
+        lib.quantize_iq4_nl(src, dst, ctypes.c_int64(1), ctypes.c_int64(x.size), None)
+    else:
+        getattr(lib, f"quantize_row_{ggml_symbol(name)}_ref")(src, dst, ctypes.c_int64(x.size))
     return out
 
 

@@ -1040,6 +1040,159 @@ void decode_q6_K(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
   }
 }
 
+// ------------------------------------------------------------------------------------------------
+// IQ4_NL (blocks of 32: d fp16, qs[16]) and IQ4_XS (256: d fp16, scales_h u16, scales_l[4],
+// qs[128]): 4-bit indices into a fixed non-uniform grid. As llama-quantize writes them without an
+// importance matrix: quantize_iq4_nl / quantize_iq4_xs, i.e. quantize_row_iq4_nl_impl with
+// ntry = 7 and weights x^2.
+
+constexpr int8_t kValuesIq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+inline int best_index_int8(const int8_t* val, float x) {
+  if (x <= val[0]) return 0;
+  if (x >= val[15]) return 15;
+  int ml = 0, mu = 15;
+  while (mu - ml > 1) {
+    const int mav = (ml + mu) / 2;
+    if (x < val[mav]) mu = mav; else ml = mav;
+  }
+  return x - static_cast<float>(val[mu - 1]) < static_cast<float>(val[mu]) - x ? mu - 1 : mu;
+}
+
+// quantize_row_iq4_nl_impl(super_block_size, 32, x, ..., quant_weights = NULL, ntry = 7).
+template <int kSuperBlock>
+void iq4_impl(const float* x, uint8_t* dh, uint8_t* q4, uint8_t* scales_h, uint8_t* scales_l) {
+  constexpr int ntry = 7;
+  const int8_t* values = kValuesIq4nl;
+  uint8_t L[kSuperBlock];
+  float scales[kSuperBlock / 32], weight[32];
+  std::memset(q4, 0, kSuperBlock / 2);
+  store_half(dh, 0.f);
+  float max_scale = 0, amax_scale = 0;
+  for (int ib = 0; ib < kSuperBlock / 32; ++ib) {
+    const float* xb = x + ib * 32;
+    uint8_t* Lb = L + ib * 32;
+    for (int j = 0; j < 32; ++j) weight[j] = xb[j] * xb[j];
+    float amax = 0, max = 0;
+    for (int j = 0; j < 32; ++j) {
+      const float ax = std::fabs(xb[j]);
+      if (ax > amax) {
+        amax = ax;
+        max = xb[j];
+      }
+    }
+    if (amax < GROUP_MAX_EPS) {
+      scales[ib] = 0;
+      continue;
+    }
+    float d = -max / static_cast<float>(values[0]);
+    float id = 1 / d;
+    float sumqx = 0, sumq2 = 0;
+    for (int j = 0; j < 32; ++j) {
+      const float al = id * xb[j];
+      const int l = best_index_int8(values, al);
+      Lb[j] = static_cast<uint8_t>(l);
+      const float q = values[l];
+      const float w = weight[j];
+      sumqx += w * q * xb[j];
+      sumq2 += w * q * q;
+    }
+    d = sumq2 > 0 ? sumqx / sumq2 : 0.f;
+    float best = d * sumqx;
+    for (int itry = -ntry; itry <= ntry; ++itry) {
+      id = static_cast<float>(itry + values[0]) / max;
+      sumqx = sumq2 = 0;
+      for (int j = 0; j < 32; ++j) {
+        const float al = id * xb[j];
+        const int l = best_index_int8(values, al);
+        const float q = values[l];
+        const float w = weight[j];
+        sumqx += w * q * xb[j];
+        sumq2 += w * q * q;
+      }
+      if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+        d = sumqx / sumq2;
+        best = d * sumqx;
+      }
+    }
+    scales[ib] = d;
+    const float abs_d = std::fabs(d);
+    if (abs_d > amax_scale) {
+      amax_scale = abs_d;
+      max_scale = d;
+    }
+  }
+  if constexpr (kSuperBlock > 32) {
+    uint16_t sh = 0;
+    const float d = -max_scale / 32;
+    store_half(dh, d);
+    const float id = d ? 1 / d : 0.f;
+    for (int ib = 0; ib < kSuperBlock / 32; ++ib) {
+      int l = nearest_int(id * scales[ib]);
+      l = std::max(-32, std::min(31, l));
+      const float dl = d * static_cast<float>(l);
+      const float idl = dl ? 1 / dl : 0.f;
+      uint8_t* Lb = L + ib * 32;
+      const float* xb = x + ib * 32;
+      for (int j = 0; j < 32; ++j) Lb[j] = static_cast<uint8_t>(best_index_int8(values, idl * xb[j]));
+      l += 32;
+      const uint8_t l_l = static_cast<uint8_t>(l & 0xf), l_h = static_cast<uint8_t>(l >> 4);
+      if (ib % 2 == 0) {
+        scales_l[ib / 2] = l_l;
+      } else {
+        scales_l[ib / 2] |= static_cast<uint8_t>(l_l << 4);
+      }
+      sh = static_cast<uint16_t>(sh | (l_h << 2 * (ib % 8)));
+    }
+    std::memcpy(scales_h, &sh, 2);
+  } else {
+    store_half(dh, scales[0]);
+    const float id = scales[0] ? 1 / scales[0] : 0;
+    for (int j = 0; j < kSuperBlock; ++j) L[j] = static_cast<uint8_t>(best_index_int8(values, id * x[j]));
+  }
+  for (int i = 0; i < kSuperBlock / 32; ++i) {
+    for (int j = 0; j < 16; ++j) q4[16 * i + j] = static_cast<uint8_t>(L[32 * i + j] | (L[32 * i + 16 + j] << 4));
+  }
+}
+
+void encode_iq4_nl(const float* x, int64_t n, uint8_t* out) {
+  for (int64_t b = 0; b < n / 32; ++b, x += 32, out += 18) iq4_impl<32>(x, out, out + 2, nullptr, nullptr);
+}
+
+void decode_iq4_nl(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
+  for (int64_t b = 0; b < n / 32; ++b, in += 18, y += 32) {
+    const float d = load_half(in);
+    for (int j = 0; j < 16; ++j) {
+      y[j] = d * static_cast<float>(kValuesIq4nl[in[2 + j] & 0xf]);
+      y[j + 16] = d * static_cast<float>(kValuesIq4nl[in[2 + j] >> 4]);
+    }
+  }
+}
+
+void encode_iq4_xs(const float* x, int64_t n, uint8_t* out) {
+  for (int64_t b = 0; b < n / QK_K; ++b, x += QK_K, out += 136) iq4_impl<QK_K>(x, out, out + 8, out + 2, out + 4);
+}
+
+void decode_iq4_xs(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
+  for (int64_t b = 0; b < n / QK_K; ++b, in += 136) {
+    const float d = load_half(in);
+    uint16_t scales_h;
+    std::memcpy(&scales_h, in + 2, 2);
+    const uint8_t* scales_l = in + 4;
+    const uint8_t* qs = in + 8;
+    for (int ib = 0; ib < QK_K / 32; ++ib) {
+      const int ls = ((scales_l[ib / 2] >> 4 * (ib % 2)) & 0xf) | (((scales_h >> 2 * ib) & 3) << 4);
+      const float dl = d * static_cast<float>(ls - 32);
+      for (int j = 0; j < 16; ++j) {
+        y[j + 0] = dl * static_cast<float>(kValuesIq4nl[qs[j] & 0xf]);
+        y[j + 16] = dl * static_cast<float>(kValuesIq4nl[qs[j] >> 4]);
+      }
+      y += 32;
+      qs += 16;
+    }
+  }
+}
+
 constexpr TypeTraits kTypes[] = {
     {GgmlType::kF32, "F32", 1, 4, encode_f32, decode_f32, encode_f32, false},
     {GgmlType::kF16, "F16", 1, 2, encode_f16, decode_f16, encode_f16, false},
@@ -1053,6 +1206,8 @@ constexpr TypeTraits kTypes[] = {
     {GgmlType::kQ4_K, "Q4_K", QK_K, 144, encode_q4_K, decode_q4_K, encode_q4_K_search, true},
     {GgmlType::kQ5_K, "Q5_K", QK_K, 176, encode_q5_K, decode_q5_K, encode_q5_K_search, true},
     {GgmlType::kQ6_K, "Q6_K", QK_K, 210, encode_q6_K, decode_q6_K, encode_q6_K, false},
+    {GgmlType::kIQ4_NL, "IQ4_NL", 32, 18, encode_iq4_nl, decode_iq4_nl, encode_iq4_nl, false},
+    {GgmlType::kIQ4_XS, "IQ4_XS", QK_K, 136, encode_iq4_xs, decode_iq4_xs, encode_iq4_xs, false},
     {GgmlType::kBF16, "BF16", 1, 2, encode_bf16, decode_bf16, encode_bf16, false},
 };
 
