@@ -19,6 +19,8 @@ void encode_q5_K(const float* x, int64_t n, uint8_t* out) { encode_kquant<31, 17
 void encode_q6_K(const float* x, int64_t n, uint8_t* out) { encode_q6_K_all(x, n, out); }
 void encode_q2_K(const float* x, int64_t n, uint8_t* out) { encode_q2_K_all(x, n, out); }
 void encode_q3_K(const float* x, int64_t n, uint8_t* out) { encode_q3_K_all(x, n, out); }
+void encode_iq4_nl(const float* x, int64_t n, uint8_t* out) { encode_iq4_nl_all(x, n, out); }
+void encode_iq4_xs(const float* x, int64_t n, uint8_t* out) { encode_iq4_xs_all(x, n, out); }
 void decode_q2_K(const uint8_t* in, int64_t n, float* y) { decode_q2_K_all(in, n, y); }
 void decode_q3_K(const uint8_t* in, int64_t n, float* y) { decode_q3_K_all(in, n, y); }
 void encode_q4_0(const float* x, int64_t n, uint8_t* out) { encode_legacy<Legacy::kQ4_0, 18>(x, n, out); }

@@ -1246,6 +1246,8 @@ EncodeFn ggml_encoder(const TypeTraits& type, Isa isa) {
       {GgmlType::kQ8_0, avx2::encode_q8_0, avx512::encode_q8_0}, {GgmlType::kQ2_K, avx2::encode_q2_K, avx512::encode_q2_K},
       {GgmlType::kQ3_K, avx2::encode_q3_K, avx512::encode_q3_K}, {GgmlType::kQ4_K, avx2::encode_q4_K, avx512::encode_q4_K},
       {GgmlType::kQ5_K, avx2::encode_q5_K, avx512::encode_q5_K}, {GgmlType::kQ6_K, avx2::encode_q6_K, avx512::encode_q6_K},
+      {GgmlType::kIQ4_NL, avx2::encode_iq4_nl, avx512::encode_iq4_nl},
+      {GgmlType::kIQ4_XS, avx2::encode_iq4_xs, avx512::encode_iq4_xs},
   };
   for (const Row& row : kVectorised) {
     if (row.type != type.type) continue;

@@ -716,3 +716,170 @@ inline void decode_q3_K_all(const uint8_t* __restrict in, int64_t n, float* __re
     }
   }
 }
+
+// ------------------------------------------------------------------------------------------------
+// IQ4_NL and IQ4_XS (quantize_row_iq4_nl_impl, ntry 7, weights x^2): one 32-weight block per lane.
+
+constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+// best_index_int8(16, values, x) per lane. The reference's binary search ends at the mu with
+// values[mu - 1] <= x < values[mu], i.e. mu = how many values are <= x.
+inline VI best_index_lanes(VF x) {
+  VI mu = VI{};
+  VF lo = VF{} + static_cast<float>(kIq4Values[0]), hi = VF{} + static_cast<float>(kIq4Values[15]);
+  for (int i = 0; i < 16; ++i) {
+    const float v = kIq4Values[i];
+    const VI below = v <= x;
+    mu -= below;  // a true comparison is -1
+    lo = below ? VF{} + v : lo;
+  }
+  for (int i = 15; i >= 0; --i) {
+    const float v = kIq4Values[i];
+    hi = v > x ? VF{} + v : hi;
+  }
+  VI index = (x - lo < hi - x) ? mu - 1 : mu;
+  index = x <= static_cast<float>(kIq4Values[0]) ? VI{} : index;
+  return x >= static_cast<float>(kIq4Values[15]) ? VI{} + 15 : index;
+}
+
+inline VF value_of(VI index) {
+  VF q = VF{};
+  for (int i = 0; i < 16; ++i) q = index == i ? VF{} + static_cast<float>(kIq4Values[i]) : q;
+  return q;
+}
+
+// The per-block scale of the first stage (scales[ib] of the reference).
+inline VF iq4_block_scales(const VF* x) {
+  constexpr int ntry = 7;
+  constexpr float kGroupMaxEps = 1e-15f;
+  VF weight[32];
+  VF amax = VF{}, max = VF{};
+  for (int j = 0; j < 32; ++j) {
+    weight[j] = x[j] * x[j];
+    const VF ax = abs_lanes(x[j]);
+    const VI bigger = ax > amax;
+    amax = bigger ? ax : amax;
+    max = bigger ? x[j] : max;
+  }
+  const VI zero = amax < kGroupMaxEps;
+  VF d = -max / static_cast<float>(kIq4Values[0]);
+  VF id = 1 / d;
+  VF sumqx = VF{}, sumq2 = VF{};
+  for (int j = 0; j < 32; ++j) {
+    const VF q = value_of(best_index_lanes(id * x[j]));
+    sumqx += weight[j] * q * x[j];
+    sumq2 += weight[j] * q * q;
+  }
+  d = sumq2 > 0 ? sumqx / sumq2 : VF{};
+  VF best = d * sumqx;
+  for (int itry = -ntry; itry <= ntry; ++itry) {
+    id = static_cast<float>(itry + kIq4Values[0]) / max;
+    sumqx = sumq2 = VF{};
+    for (int j = 0; j < 32; ++j) {
+      const VF q = value_of(best_index_lanes(id * x[j]));
+      sumqx += weight[j] * q * x[j];
+      sumq2 += weight[j] * q * q;
+    }
+    const VI better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2);
+    const VF nd = sumqx / sumq2;
+    d = better ? nd : d;
+    best = better ? nd * sumqx : best;
+  }
+  return zero ? VF{} : d;
+}
+
+inline void pack_iq4(const VI* L, int k, uint8_t* q4) {  // one 32-block of lane k: 16 bytes
+  for (int j = 0; j < 16; ++j) q4[j] = static_cast<uint8_t>(L[j][k] | (L[16 + j][k] << 4));
+}
+
+inline void encode_iq4_nl_lanes(const float* x, uint8_t* out, int valid) {
+  VF X[32];
+  for (int j = 0; j < 32; ++j) {
+    for (int k = 0; k < kLanes; ++k) X[j][k] = x[32 * k + j];
+  }
+  const VF scales = iq4_block_scales(X);
+  VF id;
+  for (int k = 0; k < kLanes; ++k) id[k] = scales[k] ? 1 / scales[k] : 0;
+  VI L[32];
+  for (int j = 0; j < 32; ++j) L[j] = best_index_lanes(id * X[j]);
+  for (int k = 0; k < valid; ++k) {
+    store_half_bytes(out + 18 * k, scales[k]);
+    pack_iq4(L, k, out + 18 * k + 2);
+  }
+}
+
+inline void encode_iq4_nl_all(const float* x, int64_t n, uint8_t* out) {
+  const int64_t blocks = n / 32;
+  int64_t b = 0;
+  for (; b + kLanes <= blocks; b += kLanes) encode_iq4_nl_lanes(x + 32 * b, out + 18 * b, kLanes);
+  if (b < blocks) {
+    alignas(64) float padded[32 * kLanes];
+    const int valid = static_cast<int>(blocks - b);
+    for (int k = 0; k < kLanes; ++k) std::memcpy(padded + 32 * k, x + 32 * (b + std::min(k, valid - 1)), 32 * sizeof(float));
+    encode_iq4_nl_lanes(padded, out + 18 * b, valid);
+  }
+}
+
+inline void encode_iq4_xs_lanes(const float* x, uint8_t* out, int valid_superblocks) {
+  VF X[32];
+  for (int j = 0; j < 32; ++j) {
+    for (int k = 0; k < kLanes; ++k) X[j][k] = x[32 * k + j];
+  }
+  const VF scales = iq4_block_scales(X);
+  VF idl;
+  for (int sb = 0; sb < kSuperBlocksPerCall; ++sb) {
+    uint8_t* block = out + 136 * sb;
+    float max_scale = 0, amax_scale = 0;
+    for (int ib = 0; ib < 8; ++ib) {
+      const float abs_d = std::fabs(scales[8 * sb + ib]);
+      if (abs_d > amax_scale) {
+        amax_scale = abs_d;
+        max_scale = scales[8 * sb + ib];
+      }
+    }
+    const float d = -max_scale / 32;
+    store_half_bytes(block, d);
+    const float id = d ? 1 / d : 0.f;
+    uint16_t sh = 0;
+    uint8_t* scales_l = block + 4;
+    for (int ib = 0; ib < 8; ++ib) {
+      VF v = VF{};
+      v[0] = id * scales[8 * sb + ib];
+      int l = std::max(-32, std::min(31, static_cast<int>(nearest_int_lanes(v)[0])));
+      const float dl = d * static_cast<float>(l);
+      idl[8 * sb + ib] = dl ? 1 / dl : 0.f;
+      l += 32;
+      const uint8_t l_l = static_cast<uint8_t>(l & 0xf), l_h = static_cast<uint8_t>(l >> 4);
+      if (ib % 2 == 0) {
+        scales_l[ib / 2] = l_l;
+      } else {
+        scales_l[ib / 2] |= static_cast<uint8_t>(l_l << 4);
+      }
+      sh = static_cast<uint16_t>(sh | (l_h << 2 * ib));
+    }
+    std::memcpy(block + 2, &sh, 2);
+  }
+  VI L[32];
+  for (int j = 0; j < 32; ++j) L[j] = best_index_lanes(idl * X[j]);
+  for (int sb = 0; sb < valid_superblocks; ++sb) {
+    for (int ib = 0; ib < 8; ++ib) pack_iq4(L, 8 * sb + ib, out + 136 * sb + 8 + 16 * ib);
+  }
+}
+
+inline void encode_iq4_xs_all(const float* x, int64_t n, uint8_t* out) {
+  const int64_t blocks = n / 256;
+  int64_t b = 0;
+  for (; b + kSuperBlocksPerCall <= blocks; b += kSuperBlocksPerCall) {
+    encode_iq4_xs_lanes(x + 256 * b, out + 136 * b, kSuperBlocksPerCall);
+  }
+  if (b < blocks) {
+    alignas(64) float padded[256 * kSuperBlocksPerCall];
+    alignas(64) uint8_t encoded[136 * kSuperBlocksPerCall];
+    const int valid = static_cast<int>(blocks - b);
+    for (int s = 0; s < kSuperBlocksPerCall; ++s) {
+      std::memcpy(padded + 256 * s, x + 256 * (b + std::min(s, valid - 1)), 256 * sizeof(float));
+    }
+    encode_iq4_xs_lanes(padded, encoded, valid);
+    std::memcpy(out + 136 * b, encoded, static_cast<size_t>(136) * valid);
+  }
+}
