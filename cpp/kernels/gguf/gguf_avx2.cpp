@@ -23,6 +23,8 @@ void encode_iq4_nl(const float* x, int64_t n, uint8_t* out) { encode_iq4_nl_all(
 void encode_iq4_xs(const float* x, int64_t n, uint8_t* out) { encode_iq4_xs_all(x, n, out); }
 void decode_q2_K(const uint8_t* in, int64_t n, float* y) { decode_q2_K_all(in, n, y); }
 void decode_q3_K(const uint8_t* in, int64_t n, float* y) { decode_q3_K_all(in, n, y); }
+void decode_iq4_nl(const uint8_t* in, int64_t n, float* y) { decode_iq4_nl_all(in, n, y); }
+void decode_iq4_xs(const uint8_t* in, int64_t n, float* y) { decode_iq4_xs_all(in, n, y); }
 void encode_q4_0(const float* x, int64_t n, uint8_t* out) { encode_legacy<Legacy::kQ4_0, 18>(x, n, out); }
 void encode_q4_1(const float* x, int64_t n, uint8_t* out) { encode_legacy<Legacy::kQ4_1, 20>(x, n, out); }
 void encode_q5_0(const float* x, int64_t n, uint8_t* out) { encode_legacy<Legacy::kQ5_0, 22>(x, n, out); }

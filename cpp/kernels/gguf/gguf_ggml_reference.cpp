@@ -1262,6 +1262,8 @@ DecodeFn decoder(const TypeTraits& type, Isa isa) {
     const bool wide = isa == Isa::kAvx512;
     if (type.type == GgmlType::kQ2_K) return wide ? avx512::decode_q2_K : avx2::decode_q2_K;
     if (type.type == GgmlType::kQ3_K) return wide ? avx512::decode_q3_K : avx2::decode_q3_K;
+    if (type.type == GgmlType::kIQ4_NL) return wide ? avx512::decode_iq4_nl : avx2::decode_iq4_nl;
+    if (type.type == GgmlType::kIQ4_XS) return wide ? avx512::decode_iq4_xs : avx2::decode_iq4_xs;
   }
   return type.decode;
 }

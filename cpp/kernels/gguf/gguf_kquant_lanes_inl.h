@@ -883,3 +883,35 @@ inline void encode_iq4_xs_all(const float* x, int64_t n, uint8_t* out) {
     std::memcpy(out + 136 * b, encoded, static_cast<size_t>(136) * valid);
   }
 }
+
+// IQ4_NL / IQ4_XS decoders: the 16-entry grid as a vector, indexed by a shuffle.
+inline V16F iq4_grid() {
+  V16F t;
+  for (int i = 0; i < 16; ++i) t[i] = static_cast<float>(kIq4Values[i]);
+  return t;
+}
+
+inline void decode_iq4_block(const uint8_t* qs, float dl, V16F grid, float* y) {
+  const V16I q = load16(qs);
+  const V16F lo = dl * __builtin_shuffle(grid, q & 0xf), hi = dl * __builtin_shuffle(grid, q >> 4);
+  std::memcpy(y, &lo, 64);
+  std::memcpy(y + 16, &hi, 64);
+}
+
+inline void decode_iq4_nl_all(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
+  const V16F grid = iq4_grid();
+  for (int64_t b = 0; b < n / 32; ++b, in += 18, y += 32) decode_iq4_block(in + 2, load_half_bytes(in), grid, y);
+}
+
+inline void decode_iq4_xs_all(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
+  const V16F grid = iq4_grid();
+  for (int64_t b = 0; b < n / 256; ++b, in += 136) {
+    const float d = load_half_bytes(in);
+    uint16_t scales_h;
+    std::memcpy(&scales_h, in + 2, 2);
+    for (int ib = 0; ib < 8; ++ib, y += 32) {
+      const int ls = ((in[4 + ib / 2] >> 4 * (ib % 2)) & 0xf) | (((scales_h >> 2 * ib) & 3) << 4);
+      decode_iq4_block(in + 8 + 16 * ib, d * static_cast<float>(ls - 32), grid, y);
+    }
+  }
+}
