@@ -8,14 +8,12 @@ import os
 import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-import arrowquant as aq
 import arrowquant.gguf as ag
 from arrowquant.demo import make_demo_model
 from arrowquant.errors import FileFormatError, ParameterError
@@ -60,7 +58,6 @@ def test_gguf_py_reads_every_tensor_and_decodes_it_as_we_do(unet_q4km, demo):
     assert field(reader, "general.architecture") == "sd1"
     assert field(reader, "general.quantization_version") == 2
     assert field(reader, "general.file_type") == gguf.LlamaFileType.MOSTLY_Q4_K_M
-    source = aq.open  # noqa: F841 - the source tensors come from safetensors below
     from arrowquant.safetensors_io import SafetensorsFile
     with SafetensorsFile(demo / "unet" / "diffusion_pytorch_model.safetensors") as sf, ag.open(path) as ours:
         assert [t.name for t in reader.tensors] == sf.names()

@@ -3,7 +3,6 @@ symlinks, outputs against inputs, overwrites, atomic publishing under interrupti
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap

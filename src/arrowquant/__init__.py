@@ -9,7 +9,7 @@ PYARROW_BUILT_FOR = "26.0.1"
 
 try:
     from . import _core  # noqa: E402
-except ImportError as _error:
+except ImportError:
     if _pyarrow.__version__ != PYARROW_BUILT_FOR:
         raise ImportError(f"arrowquant was built for pyarrow {PYARROW_BUILT_FOR}, found pyarrow {_pyarrow.__version__}; "
                           f"reinstall arrowquant (or pip install pyarrow=={PYARROW_BUILT_FOR})") from None

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from .errors import DataError, FileFormatError, MissingFileError, ParameterError
+from .errors import DataError, FileFormatError, MissingFileError
 from .paths import atomic_file, check_output_apart
 from .safetensors_io import write_safetensors
 from .tensor import QUANTIZABLE_DTYPES, SAFETENSORS_DTYPES, QuantizedTensor, check_shape, dequantize_tensors, to_dtype

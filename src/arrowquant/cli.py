@@ -16,7 +16,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import __version__
 from .diffusion import DEFAULT_THRESHOLDS, PROFILES

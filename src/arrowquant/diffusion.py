@@ -3,7 +3,6 @@ and quality validation. The rules are documented in docs/diffusion.md."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time

@@ -31,7 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import ParameterError, UnsafePathError
+from .errors import MissingFileError, ParameterError, UnsafePathError
 
 # Written into every output folder arrowquant publishes: `overwrite` replaces only such folders.
 OUTPUT_MARKER = ".arrowquant-output"
@@ -63,6 +63,16 @@ def path_inside(folder: Path, name: Any, what: str) -> Path:
         raise UnsafePathError(f"{what}: {name!r} is a symlink (or lies under one) that leads outside {folder}, "
                               f"to {_real(path)}; refusing to read it")
     return path
+
+
+def open_input(path: Path, what: str):
+    """``path`` opened for reading in binary; a missing file or a folder is one clear error."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise MissingFileError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ParameterError(f"{path}: is a directory, not {what}") from None
 
 
 def check_output_apart(output: Path, inputs: Iterable[Path]) -> None:

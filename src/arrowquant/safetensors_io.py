@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .errors import DataError, FileFormatError, MissingFileError, ParameterError
-from .paths import atomic_file, path_inside
+from .paths import atomic_file, open_input, path_inside
 from .tensor import SAFETENSORS_DTYPES, check_shape, check_text
 
 # The reference implementation refuses headers above 100 MB; so do we (a corrupt length would
@@ -117,12 +117,7 @@ class SafetensorsFile:
 
     def __init__(self, path: Any) -> None:
         self.path = Path(path)
-        try:
-            self._file = open(self.path, "rb")
-        except FileNotFoundError:
-            raise MissingFileError(f"{self.path}: no such file") from None
-        except IsADirectoryError:
-            raise ParameterError(f"{self.path}: is a directory, not a safetensors file") from None
+        self._file = open_input(self.path, "a safetensors file")
         try:
             self._map = None
             size = os.fstat(self._file.fileno()).st_size

@@ -1235,37 +1235,26 @@ const TypeTraits* find_type(std::string_view name) {
 
 namespace arrowquant::kernels::gguf {
 
-EncodeFn ggml_encoder(const TypeTraits& type, Isa isa) {
-  struct Row {
-    GgmlType type;
-    EncodeFn avx2, avx512;
-  };
-  static constexpr Row kVectorised[] = {
-      {GgmlType::kQ4_0, avx2::encode_q4_0, avx512::encode_q4_0}, {GgmlType::kQ4_1, avx2::encode_q4_1, avx512::encode_q4_1},
-      {GgmlType::kQ5_0, avx2::encode_q5_0, avx512::encode_q5_0}, {GgmlType::kQ5_1, avx2::encode_q5_1, avx512::encode_q5_1},
-      {GgmlType::kQ8_0, avx2::encode_q8_0, avx512::encode_q8_0}, {GgmlType::kQ2_K, avx2::encode_q2_K, avx512::encode_q2_K},
-      {GgmlType::kQ3_K, avx2::encode_q3_K, avx512::encode_q3_K}, {GgmlType::kQ4_K, avx2::encode_q4_K, avx512::encode_q4_K},
-      {GgmlType::kQ5_K, avx2::encode_q5_K, avx512::encode_q5_K}, {GgmlType::kQ6_K, avx2::encode_q6_K, avx512::encode_q6_K},
-      {GgmlType::kIQ4_NL, avx2::encode_iq4_nl, avx512::encode_iq4_nl},
-      {GgmlType::kIQ4_XS, avx2::encode_iq4_xs, avx512::encode_iq4_xs},
-  };
-  for (const Row& row : kVectorised) {
-    if (row.type != type.type) continue;
-    if (isa == Isa::kAvx512) return row.avx512;
-    if (isa == Isa::kAvx2) return row.avx2;
+namespace {
+
+const SimdKernel* simd_kernel(GgmlType type, Isa isa) {
+  if (isa != Isa::kAvx2 && isa != Isa::kAvx512) return nullptr;
+  for (const SimdKernel& k : isa == Isa::kAvx512 ? avx512::simd_kernels() : avx2::simd_kernels()) {
+    if (k.type == type) return &k;
   }
-  return type.encode_ggml;
+  return nullptr;
+}
+
+}  // namespace
+
+EncodeFn ggml_encoder(const TypeTraits& type, Isa isa) {
+  const SimdKernel* k = simd_kernel(type.type, isa);
+  return k != nullptr && k->encode_ggml != nullptr ? k->encode_ggml : type.encode_ggml;
 }
 
 DecodeFn decoder(const TypeTraits& type, Isa isa) {
-  if (isa == Isa::kAvx2 || isa == Isa::kAvx512) {
-    const bool wide = isa == Isa::kAvx512;
-    if (type.type == GgmlType::kQ2_K) return wide ? avx512::decode_q2_K : avx2::decode_q2_K;
-    if (type.type == GgmlType::kQ3_K) return wide ? avx512::decode_q3_K : avx2::decode_q3_K;
-    if (type.type == GgmlType::kIQ4_NL) return wide ? avx512::decode_iq4_nl : avx2::decode_iq4_nl;
-    if (type.type == GgmlType::kIQ4_XS) return wide ? avx512::decode_iq4_xs : avx2::decode_iq4_xs;
-  }
-  return type.decode;
+  const SimdKernel* k = simd_kernel(type.type, isa);
+  return k != nullptr && k->decode != nullptr ? k->decode : type.decode;
 }
 
 }  // namespace arrowquant::kernels::gguf

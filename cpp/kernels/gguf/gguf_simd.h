@@ -1,50 +1,29 @@
-// Vectorised GGUF encoders, one namespace per ISA, and the choice among them. Each writes exactly
-// the bytes of the scalar reference it replaces (tests compare every path with ggml itself).
+// Vectorised GGUF encoders and decoders, one table per ISA, and the choice among them. Each writes
+// exactly the bytes (or floats) of the scalar reference it replaces; tests compare every path with
+// ggml itself.
 #pragma once
 
 #include <cstdint>
+#include <span>
 
 #include "kernels/gguf/gguf_kernels.h"
 #include "kernels/quant/quant_kernels.h"
 
 namespace arrowquant::kernels::gguf {
 
+// One row per type an ISA vectorises; a null function means that ISA keeps the scalar one.
+struct SimdKernel {
+  GgmlType type;
+  EncodeFn encode_ggml;
+  DecodeFn decode;
+};
+
 namespace avx2 {
-void encode_q4_K(const float* x, int64_t n, uint8_t* out);
-void encode_q5_K(const float* x, int64_t n, uint8_t* out);
-void encode_q6_K(const float* x, int64_t n, uint8_t* out);
-void encode_q2_K(const float* x, int64_t n, uint8_t* out);
-void encode_q3_K(const float* x, int64_t n, uint8_t* out);
-void encode_iq4_nl(const float* x, int64_t n, uint8_t* out);
-void encode_iq4_xs(const float* x, int64_t n, uint8_t* out);
-void decode_q2_K(const uint8_t* in, int64_t n, float* y);
-void decode_q3_K(const uint8_t* in, int64_t n, float* y);
-void decode_iq4_nl(const uint8_t* in, int64_t n, float* y);
-void decode_iq4_xs(const uint8_t* in, int64_t n, float* y);
-void encode_q4_0(const float* x, int64_t n, uint8_t* out);
-void encode_q4_1(const float* x, int64_t n, uint8_t* out);
-void encode_q5_0(const float* x, int64_t n, uint8_t* out);
-void encode_q5_1(const float* x, int64_t n, uint8_t* out);
-void encode_q8_0(const float* x, int64_t n, uint8_t* out);
+std::span<const SimdKernel> simd_kernels();
 }  // namespace avx2
 
 namespace avx512 {
-void encode_q4_K(const float* x, int64_t n, uint8_t* out);
-void encode_q5_K(const float* x, int64_t n, uint8_t* out);
-void encode_q6_K(const float* x, int64_t n, uint8_t* out);
-void encode_q2_K(const float* x, int64_t n, uint8_t* out);
-void encode_q3_K(const float* x, int64_t n, uint8_t* out);
-void encode_iq4_nl(const float* x, int64_t n, uint8_t* out);
-void encode_iq4_xs(const float* x, int64_t n, uint8_t* out);
-void decode_q2_K(const uint8_t* in, int64_t n, float* y);
-void decode_q3_K(const uint8_t* in, int64_t n, float* y);
-void decode_iq4_nl(const uint8_t* in, int64_t n, float* y);
-void decode_iq4_xs(const uint8_t* in, int64_t n, float* y);
-void encode_q4_0(const float* x, int64_t n, uint8_t* out);
-void encode_q4_1(const float* x, int64_t n, uint8_t* out);
-void encode_q5_0(const float* x, int64_t n, uint8_t* out);
-void encode_q5_1(const float* x, int64_t n, uint8_t* out);
-void encode_q8_0(const float* x, int64_t n, uint8_t* out);
+std::span<const SimdKernel> simd_kernels();
 }  // namespace avx512
 
 // The fastest encoder of `type` in ggml mode that the ISA has (its scalar reference otherwise).

@@ -22,8 +22,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .. import _core
-from ..errors import FileFormatError, MissingFileError, ParameterError
-from ..paths import atomic_file
+from ..errors import FileFormatError, ParameterError
+from ..paths import atomic_file, open_input
 from .types import GGUF_TYPES, GgufType, type_by_id
 
 MAGIC = b"GGUF"
@@ -193,12 +193,7 @@ class GgufFile:
 
     def __init__(self, path: Any) -> None:
         self.path = Path(path)
-        try:
-            self._file = open(self.path, "rb")
-        except FileNotFoundError:
-            raise MissingFileError(f"{self.path}: no such file") from None
-        except IsADirectoryError:
-            raise ParameterError(f"{self.path}: is a directory, not a GGUF file") from None
+        self._file = open_input(self.path, "a GGUF file")
         try:
             size = os.fstat(self._file.fileno()).st_size
             if size < 24:
