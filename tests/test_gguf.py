@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+import arrowquant as aq
 import arrowquant.gguf as ag
 from arrowquant.demo import make_demo_model
 from arrowquant.errors import FileFormatError, ParameterError
@@ -278,3 +279,32 @@ def test_non_linear_types_are_written_and_read_by_gguf_py(demo, tmp_path, mix):
         for t in reader.tensors:
             theirs = gguf_dequantize(t.data, t.tensor_type).reshape(-1).astype(np.float32)
             assert np.array_equal(theirs, ours.dequantize(t.name).reshape(-1)), t.name
+
+
+def test_cli_inspects_gguf_files(unet_q4km):
+    path, _ = unet_q4km
+    r = subprocess.run([sys.executable, "-m", "arrowquant", "inspect", path, "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["architecture"] == "sd1" and doc["types"]["Q4_K"] > 10
+    conv = next(t for t in doc["tensors"] if t["name"] == "conv_in.weight")
+    assert conv == {"name": "conv_in.weight", "shape": [64, 4, 3, 3], "stored_shape": [64, 4, 3, 3], "type": "F16",
+                    "bytes": 64 * 4 * 9 * 2}
+    r = subprocess.run([sys.executable, "-m", "arrowquant", "inspect", path], capture_output=True, text=True)
+    assert r.returncode == 0 and "GGUF, architecture sd1" in r.stdout
+
+
+def test_validate_compares_gguf_files_and_folders_with_the_original(demo, tmp_path, unet_q4km):
+    path, _ = unet_q4km
+    report = aq.validate_quality(demo / "unet", path)
+    assert report["passed"] and report["problems"] == [] and len(report["layers"]) == 324
+    assert all(layer["threshold"] in (0.98, 0.999) for layer in report["layers"].values())
+    ag.convert(demo, tmp_path / "sd", type="Q2_K")
+    report = aq.validate_quality(demo, tmp_path / "sd")  # the VAE stayed safetensors: not compared
+    assert not report["passed"] and all(k.startswith("unet/") for k in report["layers"])  # 2 bits: weights too far
+    save_file({"model.diffusion_model.double_blocks.0.img_attn.proj.weight": np.ones((64, 256), np.float32),
+               "first_stage_model.decoder.conv_in.weight": np.ones((64, 256), np.float32)}, str(tmp_path / "m.safetensors"))
+    ag.convert(tmp_path / "m.safetensors", tmp_path / "m.gguf", type="Q8_0")
+    report = aq.validate_quality(tmp_path / "m.safetensors", tmp_path / "m.gguf")
+    assert report["passed"] and report["skipped"] == ["first_stage_model.decoder.conv_in.weight"]
+    assert list(report["layers"]) == ["model.diffusion_model.double_blocks.0.img_attn.proj.weight"]

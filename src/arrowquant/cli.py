@@ -301,8 +301,34 @@ def inspect_report(path: Path) -> dict:
                 "layers_carried": sum(1 for layer in layers if not layer["quantized"])}
 
 
+def inspect_gguf_report(path: Path) -> dict:
+    from .gguf import open as open_gguf
+    with open_gguf(path) as f:
+        tensors = [{"name": t.name, "shape": list(f.original_shape(t.name)), "stored_shape": list(t.shape),
+                    "type": t.type.name, "bytes": t.nbytes} for t in f.tensors.values()]
+        metadata = {k: v for k, v in f.metadata.items() if not k.startswith("comfy.gguf.orig_shape.")}
+    counts: dict[str, int] = {}
+    for t in tensors:
+        counts[t["type"]] = counts.get(t["type"], 0) + 1
+    return {"file": str(path), "bytes": path.stat().st_size, "architecture": metadata.get("general.architecture"),
+            "metadata": metadata, "tensors": tensors, "types": counts}
+
+
 def cmd_inspect(args) -> int:
-    report = inspect_report(Path(args.file))
+    path = Path(args.file)
+    if path.name.endswith(".gguf"):
+        report = inspect_gguf_report(path)
+        if args.json:
+            _print_json(report)
+        elif not args.quiet:
+            print(f"{report['file']}: GGUF, architecture {report['architecture']}, {_mb(report['bytes'])}, "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(report["types"].items())))
+            meta = {k: v for k, v in report["metadata"].items() if not isinstance(v, list) or len(v) <= 8}
+            print("metadata: " + ", ".join(f"{k}={v}" for k, v in meta.items()))
+            rows = [[t["name"], "x".join(map(str, t["shape"])), t["type"], f"{t['bytes']:,}"] for t in report["tensors"]]
+            print(_table(rows, ["tensor", "shape", "type", "bytes"]))
+        return EXIT_OK
+    report = inspect_report(path)
     if args.json:
         _print_json(report)
         return EXIT_OK
@@ -457,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "arrowquant validate m.safetensors m.aq --threshold 0.99 "
                                                              "--layers"])
     v.add_argument("original", help="the original model folder, safetensors file or index")
-    v.add_argument("quantized", help="the .aq file or folder `arrowquant quantize` wrote from it")
+    v.add_argument("quantized", help="the .aq or .gguf file, or the folder `arrowquant quantize` / `arrowquant gguf` "
+                                     "wrote from it")
     v.add_argument("--threshold", type=float, help="minimum weight cosine per layer (default by bit width: "
                    + ", ".join(f"{b}-bit {t}" for b, t in sorted(DEFAULT_THRESHOLDS.items())) + ")")
     v.add_argument("--variant", help="the original's weight variant, as given to quantize")
@@ -490,9 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(g)
     g.set_defaults(run=cmd_gguf)
 
-    i = command("inspect", "show a .aq file's metadata and layers", ["arrowquant inspect unet.aq",
-                                                                       "arrowquant inspect unet.aq --json"])
-    i.add_argument("file", help="a .aq file")
+    i = command("inspect", "show a .aq or .gguf file's metadata and tensors",
+                ["arrowquant inspect unet.aq", "arrowquant inspect unet.aq --json", "arrowquant inspect unet-Q4_K_M.gguf"])
+    i.add_argument("file", help="a .aq or .gguf file")
     common(i)
     i.set_defaults(run=cmd_inspect)
 

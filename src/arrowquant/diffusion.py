@@ -338,22 +338,80 @@ def published_path(written: str, output_path: Path) -> str:
 # Validation
 
 def _pairs(original: Path, quantized: Path) -> list[tuple[str, Path, Path]]:
-    """(component, original weights, .aq file) pairs for file/file, folder/folder inputs."""
+    """(component, original weights, .aq or .gguf file) pairs for file/file, folder/folder inputs.
+    Components a GGUF conversion kept as safetensors (no .aq or .gguf file) are left out."""
     if quantized.is_file():
         return [("model", original, quantized)]
     if not quantized.is_dir():
-        raise MissingFileError(f"{quantized}: no such .aq file or folder")
+        raise MissingFileError(f"{quantized}: no such .aq / .gguf file or folder")
     kind, components = describe_model(original)
     if kind == "file":
-        raise ParameterError(f"{quantized}: is a folder but {original} is a single file; pass the .aq file")
+        raise ParameterError(f"{quantized}: is a folder but {original} is a single file; pass the .aq or .gguf file")
     pairs = []
     for name, folder in components:
         target = path_inside(quantized, name, f"{quantized}: component") if name else quantized
-        aq_files = sorted(p for p in target.glob("*.aq") if p.is_file()) if target.is_dir() else []
-        if not aq_files:
-            raise MissingFileError(f"{target}: no .aq file for component '{name or original.name}'")
-        pairs.append((name or "model", folder, path_inside(target, aq_files[0].name, f"{target}: .aq file")))
+        stored = sorted(p for pattern in ("*.aq", "*.gguf") for p in target.glob(pattern) if p.is_file()) \
+            if target.is_dir() else []
+        if not stored:
+            kept = target.is_dir() and any(_is_weight_file(p) for p in target.iterdir())
+            if kept and any(quantized.rglob("*.gguf")):
+                continue  # a GGUF conversion keeps components of no known architecture as safetensors
+            raise MissingFileError(f"{target}: no .aq or .gguf file for component '{name or original.name}'")
+        pairs.append((name or "model", folder, path_inside(target, stored[0].name, f"{target}: quantized file")))
     return pairs
+
+
+def threshold_for_bits(bits: float) -> float:
+    """validate_quality's default weight-cosine threshold for a tensor stored at ``bits`` per weight."""
+    return DEFAULT_THRESHOLDS.get(bits, DEFAULT_THRESHOLDS[8] if bits >= 8 else DEFAULT_THRESHOLDS[4])
+
+
+class _StoredAq:
+    """validate_quality's view of a .aq file: names as in the source, carried tensors as stored."""
+
+    def __init__(self, path: Path, source_names: list[str]) -> None:
+        self.file, self.path = AqFile(path), path
+        self.names = self.file.layer_names
+
+    def source_name(self, name: str) -> str:
+        return name
+
+    def entry(self, name: str) -> tuple[tuple[int, ...], np.ndarray | None, float]:
+        """(shape, decoded float64 values or None if stored as it was, bits per weight)."""
+        stored = self.file.tensor(name)
+        if isinstance(stored, np.ndarray):
+            return tuple(stored.shape), None, 0
+        decoded = dequantize_tensors([stored], [f"{self.path}: layer {name!r}"])[0].astype(np.float64)
+        return tuple(stored.shape), decoded, stored.bit_width
+
+    def stored_array(self, name: str) -> np.ndarray:
+        return self.file.tensor(name)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class _StoredGguf:
+    """validate_quality's view of a GGUF file: every tensor decoded (GGUF keeps no tensor as the
+    source stored it), names mapped back to the source's (the prefix the conversion stripped)."""
+
+    def __init__(self, path: Path, source_names: list[str]) -> None:
+        from .gguf.container import GgufFile
+        from .gguf.policy import strip_prefix
+        self.file, self.path = GgufFile(path), path
+        self.prefix = strip_prefix(source_names)
+        self.names = self.file.names
+
+    def source_name(self, name: str) -> str:
+        return self.prefix + name
+
+    def entry(self, name: str) -> tuple[tuple[int, ...], np.ndarray | None, float]:
+        t = self.file.tensors[name]
+        return self.file.original_shape(name), self.file.dequantize(name).astype(np.float64).reshape(-1), \
+            t.type.bits_per_weight
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def _layer_quality(x: np.ndarray, decoded: np.ndarray) -> dict[str, float]:
@@ -369,7 +427,8 @@ def validate_quality(original_path: Any, quantized_path: Any, threshold: float |
                      variant: str | None = None,
                      progress_callback: Callable[[str, float], Any] | None = None) -> dict[str, Any]:
     """Compare an original checkpoint (file, index or model folder) with its quantized counterpart
-    (.aq file or the folder quantize_diffusion_model wrote), weight by weight: per layer cosine
+    (.aq or .gguf file, or the folder quantize_diffusion_model or arrowquant.gguf.convert wrote),
+    weight by weight: per layer cosine
     similarity, relative RMSE, SQNR (dB) and max absolute error (float64, numpy), overall mean /
     min cosine, and ``passed``: every quantized layer's weight cosine at least ``threshold``
     (default by its bit width, DEFAULT_THRESHOLDS: 0.98 at 2 and 4 bits, 0.999 at 8), carried-through
@@ -387,6 +446,7 @@ def validate_quality(original_path: Any, quantized_path: Any, threshold: float |
     original_path, quantized_path = Path(original_path), Path(quantized_path)
     layers: dict[str, dict[str, Any]] = {}
     problems: list[dict[str, Any]] = []
+    skipped: list[str] = []
     bytes_before = bytes_after = 0
     pairs = [(component, resolve_checkpoint(source, variant), aq_path)
              for component, source, aq_path in _pairs(original_path, quantized_path)]
@@ -402,33 +462,38 @@ def validate_quality(original_path: Any, quantized_path: Any, threshold: float |
                     originals[name] = f
                     bytes_before += f.tensors[name].nbytes
             bytes_after += aq_path.stat().st_size
-            with AqFile(aq_path) as q:
-                for name in sorted(set(originals) - set(q.layer_names)):
+            view = (_StoredGguf if aq_path.name.endswith(".gguf") else _StoredAq)(aq_path, list(originals))
+            try:
+                stored_names = {view.source_name(n): n for n in view.names}
+                dropped = [n for n in originals if n not in stored_names and isinstance(view, _StoredGguf)
+                           and not n.startswith(view.prefix)]
+                skipped.extend(prefix + n for n in dropped)
+                for name in sorted(set(originals) - set(stored_names) - set(dropped)):
                     problems.append({"layer": prefix + name, "problem": "missing in the quantized model"})
-                for name in sorted(set(q.layer_names) - set(originals)):
+                for name in sorted(set(stored_names) - set(originals)):
                     problems.append({"layer": prefix + name, "problem": "not in the original model"})
-                for name in q.layer_names:
+                for name, stored_name in stored_names.items():
                     if name not in originals:
                         continue
                     source_array = originals[name].array(name)
-                    stored = q.tensor(name)
                     done += source_array.nbytes
-                    shape = tuple(stored.shape)
+                    shape, decoded, bits = view.entry(stored_name)
                     if shape != tuple(source_array.shape):
                         problems.append({"layer": prefix + name, "problem":
                                          f"shape {list(shape)} differs from the original's {list(source_array.shape)}"})
                         continue
-                    if isinstance(stored, np.ndarray):  # carried through: must be identical
-                        if stored.tobytes() != source_array.tobytes():
+                    if decoded is None:  # carried through: must be identical
+                        if view.stored_array(stored_name).tobytes() != source_array.tobytes():
                             problems.append({"layer": prefix + name, "problem": "carried-through tensor differs"})
                         continue
-                    decoded = dequantize_tensors([stored], [f"{aq_path}: layer {name!r}"])[0].astype(np.float64)
                     quality = _layer_quality(source_array.astype(np.float64).reshape(-1), decoded)
-                    layer_threshold = threshold if threshold is not None else DEFAULT_THRESHOLDS[stored.bit_width]
-                    layers[prefix + name] = {"bit_width": stored.bit_width, **quality, "threshold": layer_threshold,
+                    layer_threshold = threshold if threshold is not None else threshold_for_bits(bits)
+                    layers[prefix + name] = {"bit_width": bits, **quality, "threshold": layer_threshold,
                                              "passed": quality["cosine"] >= layer_threshold}
                     if progress_callback is not None:
                         progress_callback(prefix + name, done / total)
+            finally:
+                view.close()
         finally:
             for f in files:
                 f.close()
@@ -438,4 +503,4 @@ def validate_quality(original_path: Any, quantized_path: Any, threshold: float |
             "layers": layers, "mean_cosine": float(np.mean(cos)) if cos else 1.0, "min_cosine": min(cos) if cos else 1.0,
             "compression_ratio": bytes_before / bytes_after if bytes_after else 0.0,
             "bytes_before": bytes_before, "bytes_after": bytes_after,
-            "failed_layers": failed, "problems": problems, "passed": not failed and not problems}
+            "failed_layers": failed, "problems": problems, "skipped": skipped, "passed": not failed and not problems}
