@@ -1,0 +1,109 @@
+"""Loading `.aq` files into torch: every tensor as a state dict, or a model whose Linear and Conv
+layers become quantized modules, built on the meta device so the float weights never exist."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..aq_file import AqFile
+from ..errors import DataError
+from .decode import numpy_to_torch
+from .modules import REPLACEMENTS, QuantizedWeight
+
+# safetensors dtype names of carried tensors that torch holds under another view.
+_TORCH_VIEW = {"BF16": (np.uint16, torch.bfloat16), "F8_E4M3": (np.uint8, getattr(torch, "float8_e4m3fn", None)),
+               "F8_E5M2": (np.uint8, getattr(torch, "float8_e5m2", None))}
+
+
+def _carried_to_torch(array: np.ndarray, source_dtype: str, device: Any) -> torch.Tensor:
+    if source_dtype in _TORCH_VIEW and _TORCH_VIEW[source_dtype][1] is not None:
+        raw, view = _TORCH_VIEW[source_dtype]
+        return numpy_to_torch(array.view(raw), device).view(view)
+    return numpy_to_torch(array, device)
+
+
+def _tensor(f: AqFile, name: str, device: Any, dtype: torch.dtype | None) -> torch.Tensor:
+    fields = f._fields(name)
+    if fields["group_size"] == 0:
+        tensor = _carried_to_torch(f.tensor(name), fields["source_dtype"], device)
+    else:  # decoded by the compiled kernels; the array becomes the tensor without a copy
+        tensor = torch.from_numpy(f.dequantize(name)).to(device)
+    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+
+def load_state_dict(path: Any, *, device: Any = "cpu", dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of a `.aq` file: quantized ones decoded to float32 (bit-identical to
+    ``arrowquant.open(path).dequantize(name)``), carried ones as stored; floating tensors cast to
+    ``dtype`` if given."""
+    with AqFile(path) as f:
+        return {name: _tensor(f, name, device, dtype) for name in f.layer_names}
+
+
+def _quantized_weight(f: AqFile, name: str, device: Any) -> QuantizedWeight:
+    fields = f._fields(name)
+    return QuantizedWeight(numpy_to_torch(fields["data"], device), numpy_to_torch(fields["scales"], device),
+                           numpy_to_torch(fields["zero_points"], device), tuple(fields["shape"]), fields["bit_width"],
+                           fields["group_size"], fields["source_dtype"])
+
+
+def load_quantized(model: nn.Module, path: Any, *, device: Any = None, dtype: torch.dtype | None = None,
+                   strict: bool = True) -> nn.Module:
+    """Load a `.aq` file into ``model``: each Linear / Conv1d / Conv2d whose weight the file holds
+    quantized is replaced by its quantized module (packed buffers, decoded per forward); every other
+    tensor is loaded as usual. Works on a model built on the meta device (its float weights are
+    never materialised). Shapes are checked; with ``strict`` missing or unexpected keys are an
+    error naming them, else a warning. Tensors go to ``device`` (default: CPU) and floating ones to
+    ``dtype`` (default: the model's dtype for that parameter). Returns the model."""
+    path = Path(path)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    expected = model.state_dict(keep_vars=True)
+    with AqFile(path) as f:
+        stored = set(f.layer_names)
+        consumed: set[str] = set()
+        for module_name, module in list(model.named_modules()):
+            replacement = REPLACEMENTS.get(type(module))
+            weight_name = f"{module_name}.weight" if module_name else "weight"
+            if replacement is None or weight_name not in stored or not f.is_quantized(weight_name):
+                continue
+            qweight = _quantized_weight(f, weight_name, device)
+            if tuple(module.weight.shape) != qweight.shape:
+                raise DataError(f"{path}: tensor {weight_name!r} has shape {list(qweight.shape)} but the model's "
+                                f"{type(module).__name__} {module_name!r} expects {list(module.weight.shape)}")
+            bias_name = f"{module_name}.bias" if module_name else "bias"
+            bias = None
+            if module.bias is not None and bias_name in stored:
+                bias = _tensor(f, bias_name, device, dtype or module.bias.dtype)
+                consumed.add(bias_name)
+            new = replacement(qweight, bias) if replacement.__name__ == "QuantizedLinear" else \
+                replacement(qweight, bias, module)
+            consumed.add(weight_name)
+            if not module_name:
+                raise DataError(f"{path}: the model itself is a {type(module).__name__}; wrap it in a module to load it")
+            parent_name, _, child = module_name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        rest = {}
+        for name, current in expected.items():
+            if name in consumed or name not in stored:
+                continue
+            target = dtype if dtype is not None else (current.dtype if current.is_floating_point() else None)
+            tensor = _tensor(f, name, device, target)
+            if tuple(tensor.shape) != tuple(current.shape):
+                raise DataError(f"{path}: tensor {name!r} has shape {list(tensor.shape)} but the model expects "
+                                f"{list(current.shape)}")
+            rest[name] = tensor
+        model.load_state_dict(rest, strict=False, assign=True)
+    missing = sorted(k for k in expected if k not in consumed and k not in rest)
+    unexpected = sorted(stored - set(expected) - consumed)
+    if missing or unexpected:
+        message = (f"{path}: missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''} ({len(missing)}), "
+                   f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''} ({len(unexpected)})")
+        if strict:
+            raise DataError(message)
+        warnings.warn(message, UserWarning, stacklevel=2)
+    return model

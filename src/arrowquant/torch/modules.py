@@ -1,0 +1,99 @@
+"""Quantized drop-in modules: the packed codes, scales and zero points are buffers (they move with
+``.to(device)`` and are saved in ``state_dict``); ``forward`` decodes the weight on the module's
+device into the input's dtype and calls the functional op."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .decode import decode_weight
+
+
+class QuantizedWeight(nn.Module):
+    """The packed weight of one layer (arrowquant format, docs/format.md)."""
+
+    def __init__(self, packed: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor, shape: tuple[int, ...],
+                 bit_width: int, group_size: int, source_dtype: str = "F32") -> None:
+        super().__init__()
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales", scales)
+        self.register_buffer("zero_points", zero_points)
+        self.shape, self.bit_width, self.group_size, self.source_dtype = tuple(shape), bit_width, group_size, source_dtype
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return decode_weight(self.packed, self.scales, self.zero_points, self.shape, self.bit_width, self.group_size,
+                             dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in (self.packed, self.scales, self.zero_points))
+
+    def extra_repr(self) -> str:
+        return (f"shape={list(self.shape)}, bits={self.bit_width}, group_size={self.group_size}, "
+                f"bytes={self.nbytes:,} (float32: {4 * math.prod(self.shape):,})")
+
+
+class _QuantizedLayer(nn.Module):
+    def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.qweight = weight
+        self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The float weight (float32 unless ``dtype``)."""
+        return self.qweight.dequantize(dtype)
+
+    def _weight_and_bias(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        bias = self.bias.to(dtype) if self.bias is not None and self.bias.dtype != dtype else self.bias
+        return self.qweight.dequantize(dtype), bias
+
+
+class QuantizedLinear(_QuantizedLayer):
+    def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None = None) -> None:
+        super().__init__(weight, bias)
+        self.out_features, self.in_features = weight.shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, *self._weight_and_bias(x))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class _QuantizedConv(_QuantizedLayer):
+    _functional: Any = None
+
+    def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None, conv: nn.Module) -> None:
+        super().__init__(weight, bias)
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        self.padding_mode = conv.padding_mode
+        self._reversed_padding = getattr(conv, "_reversed_padding_repeated_twice", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self._weight_and_bias(x)
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding, mode=self.padding_mode)
+            return type(self)._functional(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return type(self)._functional(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"weight_shape={list(self.qweight.shape)}, stride={self.stride}, padding={self.padding}, "
+                f"bias={self.bias is not None}")
+
+
+class QuantizedConv1d(_QuantizedConv):
+    _functional = staticmethod(F.conv1d)
+
+
+class QuantizedConv2d(_QuantizedConv):
+    _functional = staticmethod(F.conv2d)
+
+
+# Which quantized module replaces which float module.
+REPLACEMENTS: dict[type, type] = {nn.Linear: QuantizedLinear, nn.Conv1d: QuantizedConv1d, nn.Conv2d: QuantizedConv2d}

