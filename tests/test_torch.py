@@ -180,3 +180,40 @@ def test_minilm_through_sentence_transformers(tmp_path):
     a = quantized.encode(sentences, convert_to_numpy=True)
     b = dequantized.encode(sentences, convert_to_numpy=True)
     assert np.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode,dtype", [("base", torch.float32), ("diffusion", torch.bfloat16)])
+def test_quantize_model_gives_the_bytes_of_the_checkpoint_pipeline(tmp_path, mode, dtype):
+    torch.manual_seed(4)
+    model = Small().to(dtype).eval()
+    save_file(model.state_dict(), str(tmp_path / "m.safetensors"))
+    aq.ArrowQuantV2(mode=mode).quantize_from_safetensors(tmp_path / "m.safetensors", tmp_path / "ref.aq",
+                                                         bit_width=4, group_size=64)
+    at.quantize_model(model, bit_width=4, group_size=64, mode=mode)
+    with aq.open(tmp_path / "ref.aq") as ref:
+        for layer in ("fc", "conv", "seq"):
+            module = getattr(model, layer)
+            stored = ref.tensor(f"{layer}.weight")
+            if isinstance(stored, np.ndarray):  # not quantized by the pipeline: not by quantize_model either
+                assert isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d))
+                continue
+            assert module.qweight.packed.numpy().tobytes() == stored.quantized_data.tobytes(), layer
+            assert module.qweight.bit_width == stored.bit_width
+
+
+def test_save_writes_a_file_load_quantized_reads_back(tmp_path):
+    torch.manual_seed(5)
+    live = Small().eval()
+    at.quantize_model(live, bit_width=4, group_size=64, mode="base")
+    at.save(live, tmp_path / "live.aq")
+    with pytest.raises(aq.ParameterError, match="exists"):
+        at.save(live, tmp_path / "live.aq")
+    with torch.device("meta"):
+        back = Small()
+    at.load_quantized(back, tmp_path / "live.aq")
+    back.eval()
+    with torch.no_grad():
+        for a, b in zip(live(*inputs()), back(*inputs())):
+            assert torch.equal(a, b)
+    with aq.open(tmp_path / "live.aq") as f:
+        assert f.is_quantized("fc.weight") and not f.is_quantized("fc.bias")

@@ -16,6 +16,7 @@ except ImportError as error:  # pragma: no cover - exercised only without torch
 from .decode import decode_weight
 from .loading import load_quantized, load_state_dict
 from .modules import QuantizedConv1d, QuantizedConv2d, QuantizedLinear, QuantizedWeight
+from .quantize import quantize_model, save
 
-__all__ = ["load_state_dict", "load_quantized", "decode_weight", "QuantizedLinear", "QuantizedConv1d",
-           "QuantizedConv2d", "QuantizedWeight"]
+__all__ = ["load_state_dict", "load_quantized", "quantize_model", "save", "decode_weight", "QuantizedLinear",
+           "QuantizedConv1d", "QuantizedConv2d", "QuantizedWeight"]
