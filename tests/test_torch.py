@@ -217,3 +217,28 @@ def test_save_writes_a_file_load_quantized_reads_back(tmp_path):
             assert torch.equal(a, b)
     with aq.open(tmp_path / "live.aq") as f:
         assert f.is_quantized("fc.weight") and not f.is_quantized("fc.bias")
+
+
+def test_load_pipeline_runs_a_quantized_diffusers_pipeline(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    import arrowquant.diffusers as ad
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(32, 64), norm_num_groups=8,
+                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(num_train_timesteps=50))
+    pipe.save_pretrained(tmp_path / "ddpm")
+    aq.quantize_diffusion_model(tmp_path / "ddpm", tmp_path / "q", aq.DiffusionQuantConfig(bit_width=8))
+    quantized = ad.load_pipeline(tmp_path / "q")
+    assert type(quantized).__name__ == "DDPMPipeline"
+    assert any(isinstance(m, at.QuantizedConv2d) for m in quantized.unet.modules())
+    images = []
+    for p in (pipe, quantized):
+        images.append(p(batch_size=1, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                        output_type="np").images)
+    assert images[1].shape == (1, 16, 16, 3) and np.abs(images[0] - images[1]).max() < 0.05
+    model = ad.load_model(tmp_path / "q" / "unet")  # one component on its own
+    assert type(model).__name__ == "UNet2DModel" and not any(p.is_meta for p in model.parameters())
+    with pytest.raises(aq.MissingFileError, match="no .aq file"):
+        ad.load_model(tmp_path / "ddpm" / "unet")
