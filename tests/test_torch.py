@@ -242,3 +242,28 @@ def test_load_pipeline_runs_a_quantized_diffusers_pipeline(tmp_path):
     assert type(model).__name__ == "UNet2DModel" and not any(p.is_meta for p in model.parameters())
     with pytest.raises(aq.MissingFileError, match="no .aq file"):
         ad.load_model(tmp_path / "ddpm" / "unet")
+
+
+def test_embeddings_stay_packed(tmp_path):
+    class Tokens(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(1000, 64, padding_idx=0)
+            self.out = torch.nn.Linear(64, 1000, bias=False)
+
+        def forward(self, ids):
+            return self.out(self.embed(ids))
+
+    torch.manual_seed(6)
+    model = Tokens().eval()
+    save_file(model.state_dict(), str(tmp_path / "t.safetensors"))
+    aq.ArrowQuantV2(mode="base").quantize_from_safetensors(tmp_path / "t.safetensors", tmp_path / "t.aq", bit_width=8)
+    reference = Tokens().eval()
+    reference.load_state_dict(at.load_state_dict(tmp_path / "t.aq"))
+    with torch.device("meta"):
+        quantized = Tokens()
+    at.load_quantized(quantized, tmp_path / "t.aq")
+    assert isinstance(quantized.embed, at.QuantizedEmbedding) and quantized.embed.padding_idx == 0
+    ids = torch.tensor([[0, 5, 999, 42]])
+    with torch.no_grad():
+        assert torch.equal(reference(ids), quantized(ids))

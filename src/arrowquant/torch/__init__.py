@@ -15,8 +15,8 @@ except ImportError as error:  # pragma: no cover - exercised only without torch
 
 from .decode import decode_weight
 from .loading import load_quantized, load_state_dict
-from .modules import QuantizedConv1d, QuantizedConv2d, QuantizedLinear, QuantizedWeight
+from .modules import QuantizedConv1d, QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, QuantizedWeight
 from .quantize import quantize_model, save
 
 __all__ = ["load_state_dict", "load_quantized", "quantize_model", "save", "decode_weight", "QuantizedLinear",
-           "QuantizedConv1d", "QuantizedConv2d", "QuantizedWeight"]
+           "QuantizedConv1d", "QuantizedConv2d", "QuantizedEmbedding", "QuantizedWeight"]

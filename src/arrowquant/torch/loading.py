@@ -77,11 +77,10 @@ def load_quantized(model: nn.Module, path: Any, *, device: Any = None, dtype: to
                                 f"{type(module).__name__} {module_name!r} expects {list(module.weight.shape)}")
             bias_name = f"{module_name}.bias" if module_name else "bias"
             bias = None
-            if module.bias is not None and bias_name in stored:
+            if getattr(module, "bias", None) is not None and bias_name in stored:
                 bias = _tensor(f, bias_name, device, dtype or module.bias.dtype)
                 consumed.add(bias_name)
-            new = replacement(qweight, bias) if replacement.__name__ == "QuantizedLinear" else \
-                replacement(qweight, bias, module)
+            new = replacement(qweight, bias, module)
             consumed.add(weight_name)
             if not module_name:
                 raise DataError(f"{path}: the model itself is a {type(module).__name__}; wrap it in a module to load it")

@@ -55,7 +55,7 @@ class _QuantizedLayer(nn.Module):
 
 
 class QuantizedLinear(_QuantizedLayer):
-    def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None = None) -> None:
+    def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None = None, linear: nn.Module | None = None) -> None:
         super().__init__(weight, bias)
         self.out_features, self.in_features = weight.shape
 
@@ -95,5 +95,28 @@ class QuantizedConv2d(_QuantizedConv):
     _functional = staticmethod(F.conv2d)
 
 
-# Which quantized module replaces which float module.
-REPLACEMENTS: dict[type, type] = {nn.Linear: QuantizedLinear, nn.Conv1d: QuantizedConv1d, nn.Conv2d: QuantizedConv2d}
+class QuantizedEmbedding(nn.Module):
+    """nn.Embedding with a packed table, decoded when looked up (whole table: rows of the packed
+    format need not start on a byte)."""
+
+    def __init__(self, weight: QuantizedWeight, bias: None, embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.qweight = weight
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.padding_idx, self.max_norm, self.norm_type = embedding.padding_idx, embedding.max_norm, embedding.norm_type
+        self.scale_grad_by_freq, self.sparse = embedding.scale_grad_by_freq, embedding.sparse
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return self.qweight.dequantize(dtype)
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        return F.embedding(indices, self.qweight.dequantize(), self.padding_idx, None, self.norm_type,
+                           self.scale_grad_by_freq, self.sparse)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+# Which quantized module replaces which float module (each takes (weight, bias, original module)).
+REPLACEMENTS: dict[type, type] = {nn.Linear: QuantizedLinear, nn.Conv1d: QuantizedConv1d, nn.Conv2d: QuantizedConv2d,
+                                  nn.Embedding: QuantizedEmbedding}

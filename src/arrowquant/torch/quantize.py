@@ -67,9 +67,8 @@ def quantize_model(model: nn.Module, *, bit_width: int = 4, group_size: int = 12
         qweight = QuantizedWeight(numpy_to_torch(tensor.quantized_data, device), numpy_to_torch(tensor.scales, device),
                                   numpy_to_torch(tensor.zero_points, device), tuple(tensor.shape), layer_bits, group,
                                   dtype)
-        bias = module.bias.detach() if module.bias is not None else None
-        new = replacement(qweight, bias) if replacement.__name__ == "QuantizedLinear" else \
-            replacement(qweight, bias, module)
+        bias = module.bias.detach() if getattr(module, "bias", None) is not None else None
+        new = replacement(qweight, bias, module)
         parent_name, _, child = module_name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     return model
