@@ -60,6 +60,7 @@ bench-python: install ggml-ref
 	$(PY) bench/bench_checkpoint.py
 	$(PY) bench/bench_gguf.py --json bench/results/gguf.json
 	$(PY) bench/bench_gguf_checkpoint.py --json bench/results/gguf_checkpoint.json
+	$(PY) bench/bench_torch.py --json bench/results/torch.json
 	$(PY) bench/report.py
 
 bench: bench-cpp bench-python
@@ -73,6 +74,8 @@ bench-smoke: $(BENCH_BUILD)/kernels_bench ggml-ref
 	$(PY) bench/quality.py --quick --json build/bench-smoke/quality.json
 	$(PY) bench/bench_gguf.py --quick --json build/bench-smoke/gguf.json
 	$(PY) bench/bench_gguf_checkpoint.py --quick --json build/bench-smoke/gguf_checkpoint.json
+	if $(PY) -c "import torch, diffusers" 2>/dev/null; then \
+	  $(PY) bench/bench_torch.py --quick --json build/bench-smoke/torch.json; fi
 	$(PY) bench/report.py --results build/bench-smoke --out build/bench-smoke
 
 # The whole test suite against an ASan + UBSan build of the extension, in its own venv, with leak

@@ -1,0 +1,71 @@
+"""arrowquant.torch on the CPU: decoding one layer (the kernels and the torch-operations decoder,
+one thread) and a small UNet's forward pass quantized against float32, in the same run.
+
+    python bench/bench_torch.py [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import arrowquant as aq
+import arrowquant.torch as at
+from arrowquant.torch.decode import decode_with_torch
+from bench_common import median_seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    aq_threads = aq.ArrowQuantV2(num_threads=1)
+    rows, cols = (512, 1024) if args.quick else (4096, 4096)
+    w = (0.02 * np.random.default_rng(0).standard_normal((rows, cols))).astype(np.float32)
+    q = aq_threads.quantize(w, 4, group_size=128)
+    packed, scales, zeros = (torch.from_numpy(np.array(a)) for a in (q.quantized_data, q.scales, q.zero_points))
+    n = w.size
+    t_kernel = median_seconds(lambda: at.decode_weight(packed, scales, zeros, w.shape, 4, 128), 5)
+    t_torch = median_seconds(lambda: decode_with_torch(packed, scales, zeros, w.shape, 4, 128), 3)
+    result = {"layer": [rows, cols], "decode_kernels_mweights_s": n / t_kernel / 1e6,
+              "decode_torch_ops_mweights_s": n / t_torch / 1e6}
+    try:
+        import diffusers
+    except ImportError:
+        diffusers = None
+    if diffusers is not None:
+        torch.manual_seed(0)
+        unet = diffusers.UNet2DConditionModel(
+            sample_size=32, block_out_channels=(64, 128) if args.quick else (128, 256), layers_per_block=1,
+            cross_attention_dim=64, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8, norm_num_groups=16).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            unet.save_pretrained(Path(tmp) / "unet")
+            aq.quantize_diffusion_model(Path(tmp) / "unet", Path(tmp) / "q", aq.DiffusionQuantConfig.from_profile("local"))
+            with torch.device("meta"):
+                quantized = diffusers.UNet2DConditionModel.from_config(unet.config)
+            at.load_quantized(quantized, Path(tmp) / "q" / "diffusion_pytorch_model.aq")
+        quantized.eval()
+        g = torch.Generator().manual_seed(1)
+        x, t, text = torch.randn(1, 4, 32, 32, generator=g), torch.tensor([10]), torch.randn(1, 7, 64, generator=g)
+        size = lambda m: sum(p.numel() * p.element_size() for p in list(m.parameters()) + list(m.buffers()))  # noqa: E731
+        with torch.no_grad():
+            t_float = median_seconds(lambda: unet(x, t, text), 3 if args.quick else 7)
+            t_quant = median_seconds(lambda: quantized(x, t, text), 3 if args.quick else 7)
+        result.update({"unet_float_ms": t_float * 1e3, "unet_quantized_ms": t_quant * 1e3,
+                       "unet_forward_ratio": t_quant / t_float, "unet_bytes_ratio": size(quantized) / size(unet)})
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
