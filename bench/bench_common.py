@@ -27,3 +27,13 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+def emit(result: dict, json_path: str | None) -> None:
+    """Print a benchmark's result as JSON, and write it to json_path if given."""
+    import json
+    from pathlib import Path
+    print(json.dumps(result, indent=2))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2))

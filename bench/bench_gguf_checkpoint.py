@@ -20,6 +20,8 @@ import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
 
+from bench_common import emit
+
 RUN = """
 import json, sys, time
 import arrowquant.gguf as ag
@@ -93,10 +95,7 @@ def main() -> None:
                 "peak_rss_above_baseline_mb": (best["peak_rss_kb"] - best["baseline_rss_kb"]) / 1024}
         result = {"checkpoint_mb": size / 1e6, "largest_tensor_mb": largest / 1e6, "cores": os.cpu_count(),
                   "page_cache_read_mb_s": bandwidth / 1e6, **rows}
-        print(json.dumps(result, indent=2))
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(result, indent=2))
+        emit(result, args.json)
 
 
 if __name__ == "__main__":

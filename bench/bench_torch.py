@@ -7,7 +7,6 @@ one thread) and a small UNet's forward pass quantized against float32, in the sa
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 import arrowquant as aq
 import arrowquant.torch as at
 from arrowquant.torch.decode import decode_with_torch
-from bench_common import median_seconds
+from bench_common import emit, median_seconds
 
 
 def main() -> None:
@@ -61,10 +60,7 @@ def main() -> None:
             t_quant = median_seconds(lambda: quantized(x, t, text), 3 if args.quick else 7)
         result.update({"unet_float_ms": t_float * 1e3, "unet_quantized_ms": t_quant * 1e3,
                        "unet_forward_ratio": t_quant / t_float, "unet_bytes_ratio": size(quantized) / size(unet)})
-    print(json.dumps(result, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    emit(result, args.json)
 
 
 if __name__ == "__main__":
