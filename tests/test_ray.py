@@ -67,3 +67,44 @@ def test_bad_rows_fail_with_the_layer_name_and_bad_settings_before_any_task():
         collect(ar.quantize_dataset(ray.data.from_arrow(bad)))
     with pytest.raises(aq.ParameterError, match="bit_width must be 2, 4 or 8"):
         ar.quantize_dataset(ray.data.from_arrow(table), bit_width=3)
+
+
+def checkpoint(path, seed=0, n=12):
+    from safetensors.numpy import save_file
+    rng = np.random.default_rng(seed)
+    tensors = {f"blocks.{i}.proj.weight": (0.02 * rng.standard_t(4, (64, 512))).astype(np.float32) for i in range(n)}
+    tensors["blocks.0.norm.weight"] = np.ones(64, np.float32)  # carried through
+    save_file(tensors, str(path))
+    return tensors
+
+
+@pytest.mark.parametrize("method", ["rtn", "search"])
+def test_a_checkpoint_quantized_by_ray_tasks_is_byte_identical(tmp_path, method):
+    checkpoint(tmp_path / "m.safetensors")
+    aq.ArrowQuantV2(mode="base").quantize_from_safetensors(tmp_path / "m.safetensors", tmp_path / "local.aq",
+                                                           bit_width=4, group_size=64, method=method)
+    report = ar.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "ray.aq", bit_width=4, group_size=64,
+                                    method=method, max_in_flight=3)
+    assert (tmp_path / "ray.aq").read_bytes() == (tmp_path / "local.aq").read_bytes()
+    assert report["layers_quantized"] == 12 and report["layers_carried"] == 1
+
+
+def test_a_killed_worker_is_retried_and_the_output_is_still_identical(tmp_path, monkeypatch):
+    checkpoint(tmp_path / "m.safetensors", seed=1)
+    aq.ArrowQuantV2(mode="base").quantize_from_safetensors(tmp_path / "m.safetensors", tmp_path / "local.aq",
+                                                           bit_width=4, group_size=64)
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(ar.FAULT_INJECTION_ENV, str(marker))
+    ar.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "ray.aq", bit_width=4, group_size=64)
+    assert marker.read_text() == "killed once"  # a worker did die
+    assert (tmp_path / "ray.aq").read_bytes() == (tmp_path / "local.aq").read_bytes()
+
+
+def test_a_failing_tensor_leaves_no_output_and_is_named(tmp_path):
+    tensors = checkpoint(tmp_path / "m.safetensors", seed=2, n=4)
+    tensors["blocks.2.proj.weight"][5, 7] = np.inf
+    from safetensors.numpy import save_file
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    with pytest.raises(Exception, match="layer 'blocks.2.proj.weight'.*NaN or infinity"):
+        ar.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "ray.aq")
+    assert not (tmp_path / "ray.aq").exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]

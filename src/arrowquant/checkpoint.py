@@ -6,14 +6,14 @@ import fnmatch
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from . import __version__
 from .aq_file import AqWriter
 from .errors import AccuracyError, ParameterError
 from .markov import DEFAULT_THRESHOLD as DEFAULT_MARKOV_THRESHOLD
 from .paths import check_file_output, check_output_apart, terminate_as_interrupt, warn_extension
-from .safetensors_io import TensorInfo, resolve_checkpoint
+from .safetensors_io import SafetensorsFile, TensorInfo, resolve_checkpoint
 from .tensor import QUANTIZABLE_DTYPES, quantize_arrays
 
 MIN_QUANTIZED_ELEMENTS = 1024
@@ -44,13 +44,42 @@ def should_quantize(info: TensorInfo, include: Sequence[str], exclude: Sequence[
 NEXT_BIT_WIDTH = {2: 4, 4: 8}
 
 
+class TensorJob:
+    """One tensor to quantize: where it is and how (what an executor needs)."""
+
+    __slots__ = ("file", "name", "info", "bits", "group_size", "symmetric", "method", "markov_threshold")
+
+    def __init__(self, file: SafetensorsFile, name: str, info: TensorInfo, bits: int, group_size: int, symmetric: bool,
+                 method: str, markov_threshold: float) -> None:
+        self.file, self.name, self.info, self.bits = file, name, info, bits
+        self.group_size, self.symmetric, self.method, self.markov_threshold = group_size, symmetric, method, markov_threshold
+
+    @property
+    def label(self) -> str:
+        return f"{self.file.path.name}: layer {self.name!r}"
+
+
+def local_executor(num_threads: int | None) -> Callable[[list[TensorJob]], Iterator[tuple]]:
+    """Quantizes the jobs here, one tensor at a time, its pages mapped just before and released
+    right after (peak memory: one tensor and its output)."""
+    def run(jobs: list[TensorJob]) -> Iterator[tuple]:
+        for job in jobs:
+            job.file.prefetch(job.name)
+            [result] = quantize_arrays([job.file.array(job.name)], [job.info.dtype], [job.label], bit_width=job.bits,
+                                       group_size=job.group_size, symmetric=job.symmetric, method=job.method,
+                                       num_threads=num_threads, with_stats=True, markov_threshold=job.markov_threshold)
+            yield result
+            job.file.release(job.name)
+    return run
+
+
 def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: int, group_size: int,
                         symmetric: bool, num_threads: int | None, method: str = "rtn", include: Any = None, exclude: Any = None,
                         progress_callback: Callable[[str, float], Any] | None = None, mode: str = "base",
                         bit_width_for: Callable[[str, TensorInfo], tuple[int | None, str]] | None = None,
                         min_accuracy: float | None = None, fallback: bool = True,
                         extra_metadata: dict | None = None, overwrite: bool = False, variant: str | None = None,
-                        markov_threshold: float = DEFAULT_MARKOV_THRESHOLD) -> dict:
+                        markov_threshold: float = DEFAULT_MARKOV_THRESHOLD, executor: Any = None) -> dict:
     """Quantize every eligible tensor of a checkpoint into ``output_path`` (.aq) and report.
 
     ``bit_width_for(name, info)`` may choose the bit width per eligible tensor and say why:
@@ -58,7 +87,9 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
     layer's cosine similarity is checked right after quantizing it; a layer below it moves to the
     next bit width (2 -> 4 -> 8) if ``fallback``, else (or if 8 bits do not reach it either) an
     AccuracyError names it. An existing output is replaced only with ``overwrite``; ``variant``
-    picks the weights of a folder holding several (``model.fp16.safetensors``)."""
+    picks the weights of a folder holding several (``model.fp16.safetensors``). ``executor(jobs)``
+    (default: this process, one tensor at a time) yields each TensorJob's (QuantizedTensor,
+    ErrorStats, Markov metrics) in order; arrowquant.ray passes one that runs them on a cluster."""
     started = time.perf_counter()
     include_patterns, exclude_patterns = _patterns(include, "include"), _patterns(exclude, "exclude")
     if progress_callback is not None and not callable(progress_callback):
@@ -83,51 +114,56 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
         carried: dict[str, str] = {}
         fallbacks: list[dict[str, Any]] = []
         input_bytes = quantized_source_bytes = quantized_bytes = 0
+        # The plan first (names and bit widths, no data), then the data in checkpoint order.
+        plan = []
+        for sf in opened:
+            for name in sf.names():
+                info = sf.tensors[name]
+                bits, reason = (bit_width, "default") if should_quantize(info, include_patterns, exclude_patterns) \
+                    else (None, "not eligible (dtype, fewer than 2 dimensions or 1,024 elements, or excluded)")
+                if bits is not None and bit_width_for is not None and not any(
+                        fnmatch.fnmatchcase(name, p) for p in include_patterns):
+                    bits, reason = bit_width_for(name, info)
+                plan.append((sf, name, info, bits, reason))
+        jobs = [TensorJob(sf, name, info, bits, group_size, symmetric, method, markov_threshold)
+                for sf, name, info, bits, _ in plan if bits is not None]
+        results = (executor or local_executor(num_threads))(jobs)
         with terminate_as_interrupt(), AqWriter(output_path, metadata, overwrite=overwrite) as writer:
-            for sf in opened:
-                for name in sf.names():
-                    info = sf.tensors[name]
-                    bits, reason = (bit_width, "default") if should_quantize(info, include_patterns, exclude_patterns) \
-                        else (None, "not eligible (dtype, fewer than 2 dimensions or 1,024 elements, or excluded)")
-                    if bits is not None and bit_width_for is not None and not any(
-                            fnmatch.fnmatchcase(name, p) for p in include_patterns):
-                        bits, reason = bit_width_for(name, info)
-                    if bits is None:
-                        writer.write_raw(name, sf.raw_bytes(name), info.dtype, info.shape)
-                        carried[name] = reason
-                    else:
-                        sf.prefetch(name)
-                        label = f"{sf.path.name}: layer {name!r}"
-                        requested = bits
-                        while True:
-                            [(tensor, stats, layer_markov)] = quantize_arrays(
-                                [sf.array(name)], [info.dtype], [label], bit_width=bits, group_size=group_size,
-                                symmetric=symmetric, method=method, num_threads=num_threads, with_stats=True,
-                                markov_threshold=markov_threshold)
-                            if min_accuracy is None or stats.cosine >= min_accuracy:
-                                break
-                            if not fallback or bits not in NEXT_BIT_WIDTH:
-                                why = "fallback is off" if not fallback else "even at 8 bits"
-                                raise AccuracyError(f"{label}: cosine similarity {stats.cosine:.4f} at {bits} bits is "
-                                                    f"below min_accuracy {min_accuracy} ({why})")
-                            fallbacks.append({"layer": name, "from_bits": bits, "to_bits": NEXT_BIT_WIDTH[bits],
-                                              "cosine": stats.cosine, "min_accuracy": min_accuracy,
-                                              "reason": f"cosine {stats.cosine:.4f} < min_accuracy {min_accuracy}"})
-                            bits = NEXT_BIT_WIDTH[bits]
-                        writer.write_quantized(name, tensor)
-                        markov_raw[name] = layer_markov
-                        layers[name] = {"shape": list(info.shape), "source_dtype": info.dtype, "bit_width": bits,
-                                        "requested_bit_width": requested, "reason": reason,
-                                        "bytes_before": info.nbytes, "bytes_after": tensor.nbytes,
-                                        "cosine": stats.cosine, "relative_rmse": stats.relative_rmse,
-                                        "max_abs_error": stats.max_abs_error}
-                        quantized_source_bytes += info.nbytes
-                        quantized_bytes += tensor.nbytes
-                    input_bytes += info.nbytes
-                    sf.release(name)
-                    done_bytes += info.nbytes
-                    if progress_callback is not None:
-                        progress_callback(name, done_bytes / total_bytes)
+            for sf, name, info, bits, reason in plan:
+                if bits is None:
+                    writer.write_raw(name, sf.raw_bytes(name), info.dtype, info.shape)
+                    carried[name] = reason
+                else:
+                    label = f"{sf.path.name}: layer {name!r}"
+                    requested = bits
+                    tensor, stats, layer_markov = next(results)
+                    while min_accuracy is not None and stats.cosine < min_accuracy:
+                        if not fallback or bits not in NEXT_BIT_WIDTH:
+                            why = "fallback is off" if not fallback else "even at 8 bits"
+                            raise AccuracyError(f"{label}: cosine similarity {stats.cosine:.4f} at {bits} bits is "
+                                                f"below min_accuracy {min_accuracy} ({why})")
+                        fallbacks.append({"layer": name, "from_bits": bits, "to_bits": NEXT_BIT_WIDTH[bits],
+                                          "cosine": stats.cosine, "min_accuracy": min_accuracy,
+                                          "reason": f"cosine {stats.cosine:.4f} < min_accuracy {min_accuracy}"})
+                        bits = NEXT_BIT_WIDTH[bits]
+                        [(tensor, stats, layer_markov)] = quantize_arrays(
+                            [sf.array(name)], [info.dtype], [label], bit_width=bits, group_size=group_size,
+                            symmetric=symmetric, method=method, num_threads=num_threads, with_stats=True,
+                            markov_threshold=markov_threshold)
+                    writer.write_quantized(name, tensor)
+                    markov_raw[name] = layer_markov
+                    layers[name] = {"shape": list(info.shape), "source_dtype": info.dtype, "bit_width": bits,
+                                    "requested_bit_width": requested, "reason": reason,
+                                    "bytes_before": info.nbytes, "bytes_after": tensor.nbytes,
+                                    "cosine": stats.cosine, "relative_rmse": stats.relative_rmse,
+                                    "max_abs_error": stats.max_abs_error}
+                    quantized_source_bytes += info.nbytes
+                    quantized_bytes += tensor.nbytes
+                input_bytes += info.nbytes
+                sf.release(name)
+                done_bytes += info.nbytes
+                if progress_callback is not None:
+                    progress_callback(name, done_bytes / total_bytes)
     finally:
         for sf in opened:
             sf.close()

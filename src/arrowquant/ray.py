@@ -47,3 +47,86 @@ def dequantize_dataset(ds: "ray.data.Dataset", *, num_cpus: int = 1, batch_size:
     """The inverse: rows of layer_name, weights (float32) and shape."""
     return ds.map_batches(_dequantize_batch, fn_kwargs={"num_threads": check_num_threads(num_cpus)},
                           batch_format="pyarrow", num_cpus=num_cpus, batch_size=batch_size, zero_copy_batch=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints: tensors quantized by Ray tasks, the file assembled by the driver.
+
+# Test-only fault injection: when set (to a marker path), the first task that finds no marker
+# creates it and kills its own worker process, so the tests can check that Ray's retry still gives
+# a complete, byte-identical output.
+FAULT_INJECTION_ENV = "_ARROWQUANT_KILL_FIRST_WORKER"
+
+
+def _quantize_tensor(path: str, name: str, dtype: str, bits: int, group_size: int, symmetric: bool, method: str,
+                     markov_threshold: float, num_threads: int) -> tuple:
+    import os
+    from pathlib import Path
+
+    from .safetensors_io import SafetensorsFile
+    from .tensor import quantize_arrays
+    marker = os.environ.get(FAULT_INJECTION_ENV)
+    if marker and not os.path.exists(marker):
+        Path(marker).write_text("killed once")
+        os._exit(1)
+    with SafetensorsFile(path) as sf:  # memory-mapped from storage every node sees
+        [(tensor, stats, markov)] = quantize_arrays(
+            [sf.array(name)], [dtype], [f"{Path(path).name}: layer {name!r}"], bit_width=bits, group_size=group_size,
+            symmetric=symmetric, method=method, num_threads=num_threads, with_stats=True,
+            markov_threshold=markov_threshold)
+    stats_values = (stats.sum_xx, stats.sum_yy, stats.sum_xy, stats.sum_dd, stats.max_abs_error, stats.count)
+    return (tensor.quantized_data, tensor.scales, tensor.zero_points, tuple(tensor.shape), tensor.bit_width,
+            tensor.group_size, tensor.symmetric, tensor.source_dtype, stats_values, markov)
+
+
+def ray_executor(num_cpus: int = 1, max_in_flight: int | None = None):
+    """An executor for quantize_checkpoint: each tensor a Ray task on ``num_cpus`` CPUs, results
+    taken in checkpoint order, at most ``max_in_flight`` submitted and not yet taken (default:
+    twice the cluster's CPUs / num_cpus), so the driver holds a bounded number of results."""
+    import collections
+    import os
+
+    from .tensor import ErrorStats, QuantizedTensor
+    options: dict = {"num_cpus": num_cpus, "max_retries": 3}
+    if os.environ.get(FAULT_INJECTION_ENV):
+        options["runtime_env"] = {"env_vars": {FAULT_INJECTION_ENV: os.environ[FAULT_INJECTION_ENV]}}
+    task = ray.remote(_quantize_tensor).options(**options)
+
+    def run(jobs):
+        window = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)) // num_cpus)
+        pending = collections.deque()
+        upcoming = iter(jobs)
+
+        def submit() -> None:
+            job = next(upcoming, None)
+            if job is not None:
+                pending.append(task.remote(str(job.file.path), job.name, job.info.dtype, job.bits, job.group_size,
+                                           job.symmetric, job.method, job.markov_threshold, num_cpus))
+
+        for _ in range(window):
+            submit()
+        while pending:
+            packed, scales, zeros, shape, bits, group, symmetric, dtype, stats, markov = ray.get(pending.popleft())
+            submit()
+            yield QuantizedTensor(packed, scales, zeros, shape, bits, group, symmetric, dtype), ErrorStats(*stats), markov
+
+    return run
+
+
+def quantize_checkpoint(src, out, *, bit_width: int = 4, group_size: int = 128, method: str = "search",
+                        symmetric: bool = False, include=None, exclude=None, num_cpus: int = 1,
+                        max_in_flight: int | None = None, overwrite: bool = False, variant: str | None = None,
+                        progress_callback=None) -> dict:
+    """quantize_from_safetensors with every tensor quantized by a Ray task: the tasks memory-map the
+    checkpoint (it must be on storage every node sees), the driver writes the `.aq` in the
+    checkpoint's order, atomically. The file is byte-identical to the single-machine pipeline's for
+    the same settings. A task whose worker dies is retried by Ray; a failure that does not recover
+    leaves no output and names the tensor."""
+    from .checkpoint import quantize_checkpoint as local_quantize_checkpoint
+    report = local_quantize_checkpoint(
+        src, out, bit_width=check_bit_width(bit_width), group_size=check_group_size(group_size),
+        symmetric=check_symmetric(symmetric), num_threads=check_num_threads(num_cpus), method=check_method(method),
+        include=include, exclude=exclude, progress_callback=progress_callback, mode="base", overwrite=overwrite,
+        variant=variant, executor=ray_executor(num_cpus, max_in_flight))
+    report.pop("_markov", None)
+    return report
