@@ -108,3 +108,29 @@ def test_a_failing_tensor_leaves_no_output_and_is_named(tmp_path):
     with pytest.raises(Exception, match="layer 'blocks.2.proj.weight'.*NaN or infinity"):
         ar.quantize_checkpoint(tmp_path / "m.safetensors", tmp_path / "ray.aq")
     assert not (tmp_path / "ray.aq").exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_diffusion_folders_through_ray_are_byte_identical(tmp_path):
+    from arrowquant.demo import make_demo_model
+    model = make_demo_model(tmp_path / "model")
+    config = aq.DiffusionQuantConfig.from_profile("local")
+    aq.quantize_diffusion_model(model, tmp_path / "local", config)
+    from arrowquant.diffusion import quantize_diffusion_model
+    quantize_diffusion_model(model, tmp_path / "ray", config, ray=True)
+    for component in ("unet", "vae"):
+        local = (tmp_path / "local" / component / "diffusion_pytorch_model.aq").read_bytes()
+        assert (tmp_path / "ray" / component / "diffusion_pytorch_model.aq").read_bytes() == local
+
+
+def test_cli_quantize_with_ray(tmp_path):
+    import subprocess
+    import sys
+    tensors_path = tmp_path / "m.safetensors"
+    checkpoint(tensors_path, seed=3, n=4)
+    local = subprocess.run([sys.executable, "-m", "arrowquant", "quantize", tensors_path, tmp_path / "local.aq",
+                            "--mode", "base", "--quiet"], capture_output=True, text=True)
+    assert local.returncode == 0, local.stderr
+    remote = subprocess.run([sys.executable, "-m", "arrowquant", "quantize", tensors_path, tmp_path / "ray.aq",
+                             "--mode", "base", "--ray", "--json"], capture_output=True, text=True, timeout=300)
+    assert remote.returncode == 0, remote.stderr
+    assert (tmp_path / "ray.aq").read_bytes() == (tmp_path / "local.aq").read_bytes()

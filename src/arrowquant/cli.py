@@ -179,8 +179,12 @@ def cmd_quantize(args) -> int:
     config = _config_from_args(args)
     bar = ProgressBar(_source_bytes(Path(args.model), args.variant), not args.quiet and not args.json, "quantize")
     try:
+        if args.ray is not None:
+            import ray
+            ray.init(address=args.ray or None, include_dashboard=False, log_to_driver=False, configure_logging=False)
         report = ArrowQuantV2(mode=args.mode).quantize_diffusion_model(args.model, args.output, config, bar,
-                                                                      overwrite=args.overwrite, variant=args.variant)
+                                                                      overwrite=args.overwrite, variant=args.variant,
+                                                                      ray=args.ray is not None)
     finally:
         bar.close()
     if args.json:
@@ -460,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--overwrite", action="store_true", help="replace an existing output (a folder only if an earlier "
                                                             "arrowquant run wrote it)")
     q.add_argument("--layers", action="store_true", help="also print per-component and per-bit-width tables")
+    q.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="quantize every tensor in a Ray task (pip "
+                   "install 'arrowquant[ray]'): on the cluster at ADDRESS, or without one on RAY_ADDRESS's or a new "
+                   "local cluster; the model must lie on storage every node sees; the output is byte-identical")
     common(q)
     q.set_defaults(run=cmd_quantize)
 

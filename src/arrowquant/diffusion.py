@@ -267,13 +267,15 @@ def _summary(reports: list[dict]) -> dict[str, Any]:
 def quantize_diffusion_model(model_path: Any, output_path: Any, config: DiffusionQuantConfig | None = None,
                              progress_callback: Callable[[str, float], Any] | None = None, *, mode: str = "diffusion",
                              overwrite: bool = False, variant: str | None = None,
-                             markov_threshold: float = DEFAULT_MARKOV_THRESHOLD) -> dict[str, Any]:
+                             markov_threshold: float = DEFAULT_MARKOV_THRESHOLD, ray: bool = False) -> dict[str, Any]:
     """Quantize a diffusers-style model folder (or one component folder, a safetensors file or a
     sharded index) into ``output_path``, which mirrors the input: a folder per component with its
     .aq file and every non-weight file and folder copied unchanged (symlinks that stay inside the
     model as symlinks). ``variant`` picks weight files such as ``*.fp16.safetensors``; by default
     the files without a variant are used, as diffusers does. The output must lie outside the input;
     an existing one is replaced only with ``overwrite`` (a folder only if arrowquant wrote it).
+    With ``ray=True`` every tensor is quantized by a Ray task (arrowquant.ray; a Ray cluster must be
+    initialised, and the model must lie on storage every node sees); the output is byte-identical.
     Returns a report (per component and overall: bytes, compression, cosine, relative RMSE, bit
     width per layer, fallbacks, warnings, seconds)."""
     started = time.perf_counter()
@@ -292,6 +294,10 @@ def quantize_diffusion_model(model_path: Any, output_path: Any, config: Diffusio
                             "for other models use mode 'base' (--mode base)")
         warnings.warn(warnings_out[-1], UserWarning, stacklevel=2)
     progress_of = component_progress({name: c.nbytes for name, c in checkpoints.items()}, progress_callback)
+    executor = None
+    if ray:
+        from .ray import ray_executor
+        executor = ray_executor(config.num_threads or 1)
 
     def run(name: str, out_file: Path, overwrite_file: bool) -> dict:
         return quantize_checkpoint(
@@ -301,7 +307,7 @@ def quantize_diffusion_model(model_path: Any, output_path: Any, config: Diffusio
             bit_width_for=bit_width_rule(config, mode, names_of[name]), min_accuracy=config.min_accuracy,
             fallback=config.fallback, overwrite=overwrite_file, variant=variant,
             extra_metadata={"diffusion_config": config.to_dict(), "component": name},
-            markov_threshold=markov_threshold)
+            markov_threshold=markov_threshold, executor=executor)
 
     per_component = write_model_outputs(model_path, output_path, kind, components, checkpoints, ".aq", overwrite, run)
     prefixed = kind == "diffusers"

@@ -263,7 +263,7 @@ class ArrowQuantV2:
 
     def quantize_diffusion_model(self, model_path: Any, output_path: Any, config: Any = None,
                                  progress_callback: Callable[[str, float], Any] | None = None, *,
-                                 overwrite: bool = False, variant: str | None = None) -> dict:
+                                 overwrite: bool = False, variant: str | None = None, ray: bool = False) -> dict:
         """Quantize a diffusers-style model (see arrowquant.quantize_diffusion_model) with this
         quantizer's mode; without a config, its group size, symmetry, threads and method are used."""
         from .diffusion import DiffusionQuantConfig, quantize_diffusion_model
@@ -272,7 +272,8 @@ class ArrowQuantV2:
             config = DiffusionQuantConfig(group_size=self.group_size, symmetric=self.symmetric,
                                           num_threads=self.num_threads, method=self.method or DEFAULT_PIPELINE_METHOD)
         report = quantize_diffusion_model(model_path, output_path, config, progress_callback, mode=self.mode,
-                                          overwrite=overwrite, variant=variant, markov_threshold=self.markov_threshold)
+                                          overwrite=overwrite, variant=variant, markov_threshold=self.markov_threshold,
+                                          ray=ray)
         raw = report.pop("_markov")
         self._record_markov(list(raw), list(raw.values()))
         return report
