@@ -61,6 +61,7 @@ bench-python: install ggml-ref
 	$(PY) bench/bench_gguf.py --json bench/results/gguf.json
 	$(PY) bench/bench_gguf_checkpoint.py --json bench/results/gguf_checkpoint.json
 	$(PY) bench/bench_torch.py --json bench/results/torch.json
+	$(PY) bench/bench_ray.py --json bench/results/ray.json
 	$(PY) bench/report.py
 
 bench: bench-cpp bench-python
