@@ -108,6 +108,28 @@ inline float load_half_bytes(const uint8_t* p) {
   return baseline::half_to_float(h);
 }
 
+// Runs encode_call(x, out, valid) over n floats in calls of kUnitsPerCall units (a super-block or a
+// 32-block per lane group) of kUnitElements elements, kUnitBytes encoded each. A short last call
+// gets copies of its last unit as padding and keeps only its `valid` units.
+template <int kUnitElements, int kUnitBytes, int kUnitsPerCall, typename EncodeCall>
+void encode_in_calls(const float* x, int64_t n, uint8_t* out, EncodeCall encode_call) {
+  const int64_t units = n / kUnitElements;
+  int64_t u = 0;
+  for (; u + kUnitsPerCall <= units; u += kUnitsPerCall) {
+    encode_call(x + kUnitElements * u, out + kUnitBytes * u, kUnitsPerCall);
+  }
+  if (u < units) {
+    alignas(64) float padded[kUnitElements * kUnitsPerCall];
+    alignas(64) uint8_t encoded[kUnitBytes * kUnitsPerCall];
+    const int valid = static_cast<int>(units - u);
+    for (int k = 0; k < kUnitsPerCall; ++k) {
+      std::memcpy(padded + kUnitElements * k, x + kUnitElements * (u + std::min(k, valid - 1)), kUnitElements * sizeof(float));
+    }
+    encode_call(padded, encoded, valid);
+    std::memcpy(out + kUnitBytes * u, encoded, static_cast<size_t>(kUnitBytes) * valid);
+  }
+}
+
 // ggml's quantize_row_q4_K_ref / q5_K_ref for kSuperBlocksPerCall super-blocks: x holds that
 // many (the caller pads a short last call by repeating a super-block), out receives as many
 // blocks of kBlockBytes; kMaxCode 15 (Q4_K) or 31 (Q5_K).
@@ -213,21 +235,7 @@ void encode_kquant_lanes(const float* x, uint8_t* out, int valid_superblocks) {
 
 template <int kMaxCode, int kBlockBytes>
 void encode_kquant(const float* x, int64_t n, uint8_t* out) {
-  const int64_t blocks = n / 256;
-  int64_t b = 0;
-  for (; b + kSuperBlocksPerCall <= blocks; b += kSuperBlocksPerCall) {
-    encode_kquant_lanes<kMaxCode, kBlockBytes>(x + 256 * b, out + kBlockBytes * b, kSuperBlocksPerCall);
-  }
-  if (b < blocks) {  // a short last call: pad with copies of the last super-block, keep only the valid ones
-    alignas(64) float padded[256 * kSuperBlocksPerCall];
-    alignas(64) uint8_t encoded[kBlockBytes * kSuperBlocksPerCall];
-    const int valid = static_cast<int>(blocks - b);
-    for (int s = 0; s < kSuperBlocksPerCall; ++s) {
-      std::memcpy(padded + 256 * s, x + 256 * (b + std::min(s, valid - 1)), 256 * sizeof(float));
-    }
-    encode_kquant_lanes<kMaxCode, kBlockBytes>(padded, encoded, valid);
-    std::memcpy(out + kBlockBytes * b, encoded, static_cast<size_t>(kBlockBytes) * valid);
-  }
+  encode_in_calls<256, kBlockBytes, kSuperBlocksPerCall>(x, n, out, encode_kquant_lanes<kMaxCode, kBlockBytes>);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -643,15 +651,7 @@ void encode_legacy_lanes(const float* x, uint8_t* out, int valid_blocks) {
 
 template <Legacy kType, int kBytes>
 void encode_legacy(const float* x, int64_t n, uint8_t* out) {
-  const int64_t blocks = n / 32;
-  int64_t b = 0;
-  for (; b + kLanes <= blocks; b += kLanes) encode_legacy_lanes<kType>(x + 32 * b, out + kBytes * b, kLanes);
-  if (b < blocks) {
-    alignas(64) float padded[32 * kLanes];
-    const int valid = static_cast<int>(blocks - b);
-    for (int k = 0; k < kLanes; ++k) std::memcpy(padded + 32 * k, x + 32 * (b + std::min(k, valid - 1)), 32 * sizeof(float));
-    encode_legacy_lanes<kType>(padded, out + kBytes * b, valid);
-  }
+  encode_in_calls<32, kBytes, kLanes>(x, n, out, encode_legacy_lanes<kType>);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -809,15 +809,7 @@ inline void encode_iq4_nl_lanes(const float* x, uint8_t* out, int valid) {
 }
 
 inline void encode_iq4_nl_all(const float* x, int64_t n, uint8_t* out) {
-  const int64_t blocks = n / 32;
-  int64_t b = 0;
-  for (; b + kLanes <= blocks; b += kLanes) encode_iq4_nl_lanes(x + 32 * b, out + 18 * b, kLanes);
-  if (b < blocks) {
-    alignas(64) float padded[32 * kLanes];
-    const int valid = static_cast<int>(blocks - b);
-    for (int k = 0; k < kLanes; ++k) std::memcpy(padded + 32 * k, x + 32 * (b + std::min(k, valid - 1)), 32 * sizeof(float));
-    encode_iq4_nl_lanes(padded, out + 18 * b, valid);
-  }
+  encode_in_calls<32, 18, kLanes>(x, n, out, encode_iq4_nl_lanes);
 }
 
 inline void encode_iq4_xs_lanes(const float* x, uint8_t* out, int valid_superblocks) {
@@ -867,21 +859,7 @@ inline void encode_iq4_xs_lanes(const float* x, uint8_t* out, int valid_superblo
 }
 
 inline void encode_iq4_xs_all(const float* x, int64_t n, uint8_t* out) {
-  const int64_t blocks = n / 256;
-  int64_t b = 0;
-  for (; b + kSuperBlocksPerCall <= blocks; b += kSuperBlocksPerCall) {
-    encode_iq4_xs_lanes(x + 256 * b, out + 136 * b, kSuperBlocksPerCall);
-  }
-  if (b < blocks) {
-    alignas(64) float padded[256 * kSuperBlocksPerCall];
-    alignas(64) uint8_t encoded[136 * kSuperBlocksPerCall];
-    const int valid = static_cast<int>(blocks - b);
-    for (int s = 0; s < kSuperBlocksPerCall; ++s) {
-      std::memcpy(padded + 256 * s, x + 256 * (b + std::min(s, valid - 1)), 256 * sizeof(float));
-    }
-    encode_iq4_xs_lanes(padded, encoded, valid);
-    std::memcpy(out + 136 * b, encoded, static_cast<size_t>(136) * valid);
-  }
+  encode_in_calls<256, 136, kSuperBlocksPerCall>(x, n, out, encode_iq4_xs_lanes);
 }
 
 // IQ4_NL / IQ4_XS decoders: the 16-entry grid as a vector, indexed by a shuffle.
