@@ -14,6 +14,7 @@
 #include "arrow_glue/errors.h"
 #include "arrow_glue/quantize_arrow.h"
 #include "engine/gguf_engine.h"
+#include "engine/kquant_engine.h"
 #include "engine/kernel_selection.h"
 #include "engine/markov_metrics.h"
 #include "engine/quantize_engine.h"
@@ -333,6 +334,101 @@ nb::list gguf_decode_arrays(const std::vector<InputArray>& encoded, const std::v
   return results;
 }
 
+// ------------------------------------------------------------------------------------------------
+// Format version 2, scheme "kquant" (docs/format.md)
+
+const arrowquant::kernels::gguf::TypeTraits& kquant_type_for(int bits, const std::string& label) {
+  const auto* type = arrowquant::engine::kquant_type(bits);
+  if (type == nullptr) raise_error("ParameterError", label + ": the kquant scheme has bit widths 2, 3, 4, 5, 6 and 8; got " + std::to_string(bits));
+  return *type;
+}
+
+// Encodes arrays viewed as rows x cols matrices; per array (encoded bytes, stats-or-None).
+nb::list kquant_encode_arrays(const std::vector<InputArray>& arrays, const std::vector<int>& element_types,
+                              const std::vector<int64_t>& rows, const std::vector<int64_t>& cols,
+                              const std::vector<std::string>& labels, int bits, bool rotate, const std::string& method,
+                              int num_threads, bool with_stats) {
+  using namespace arrowquant;
+  const size_t n = arrays.size();
+  if (element_types.size() != n || rows.size() != n || cols.size() != n || labels.size() != n) {
+    raise_error("ParameterError", "arrays, element_types, rows, cols and labels must have the same length");
+  }
+  if (method != "rtn" && method != "search") raise_error("ParameterError", "method must be 'rtn' or 'search'; got '" + method + "'");
+  const auto& type = kquant_type_for(bits, "kquant");
+  std::vector<engine::KquantEncodeJob> jobs(n);
+  std::vector<OwnedBuffer<uint8_t>> outputs(n);
+  for (size_t i = 0; i < n; ++i) {
+    const int element = element_types[i];
+    if (element < 0 || element > 2 || arrays[i].itemsize() != (element == 0 ? 4u : 2u)) {
+      raise_error("ParameterError", labels[i] + ": element type " + std::to_string(element) +
+                                        " does not match an itemsize of " + std::to_string(arrays[i].itemsize()));
+    }
+    if (rows[i] < 0 || cols[i] < 0 || (cols[i] != 0 && rows[i] > static_cast<int64_t>(arrays[i].size()) / cols[i]) ||
+        rows[i] * cols[i] != static_cast<int64_t>(arrays[i].size())) {
+      raise_error("DataError", labels[i] + ": " + std::to_string(rows[i]) + " x " + std::to_string(cols[i]) +
+                                   " does not match the array's " + std::to_string(arrays[i].size()) + " elements");
+    }
+    jobs[i] = {arrays[i].data(), static_cast<kernels::ElementType>(element), rows[i], cols[i], &type, rotate, method == "search", nullptr};
+    outputs[i] = OwnedBuffer<uint8_t>::uninitialized(engine::kquant_encoded_bytes(type, rows[i], cols[i]));
+    jobs[i].out = outputs[i].data.get();
+  }
+  std::optional<engine::NonFiniteValue> bad;
+  std::vector<kernels::ErrorStats> stats;
+  {
+    ReleasedGil released;
+    bad = engine::kquant_encode(jobs, num_threads, with_stats ? &stats : nullptr);
+  }
+  if (bad) {
+    raise_error("DataError", labels[static_cast<size_t>(bad->tensor_index)] + ": contains NaN or infinity at (flattened) index " +
+                                 std::to_string(bad->element_index) + "; only finite values can be quantized");
+  }
+  nb::list results;
+  for (size_t i = 0; i < n; ++i) {
+    nb::object error_stats = nb::none();
+    if (with_stats) {
+      const kernels::ErrorStats& e = stats[i];
+      error_stats = nb::make_tuple(e.sum_xx, e.sum_yy, e.sum_xy, e.sum_dd, e.max_abs_error, e.count);
+    }
+    results.append(nb::make_tuple(outputs[i].release_to_numpy(), error_stats));
+  }
+  return results;
+}
+
+// Decodes kquant tensors (uint8 arrays, rows x cols each) into float32.
+nb::list kquant_decode_arrays(const std::vector<InputArray>& encoded, const std::vector<int64_t>& rows,
+                              const std::vector<int64_t>& cols, const std::vector<int>& bits, const std::vector<bool>& rotate,
+                              const std::vector<std::string>& labels, int num_threads) {
+  using namespace arrowquant;
+  const size_t n = encoded.size();
+  if (rows.size() != n || cols.size() != n || bits.size() != n || rotate.size() != n || labels.size() != n) {
+    raise_error("ParameterError", "encoded, rows, cols, bits, rotate and labels must have the same length");
+  }
+  std::vector<engine::KquantDecodeJob> jobs(n);
+  std::vector<OwnedBuffer<float>> outputs(n);
+  for (size_t i = 0; i < n; ++i) {
+    const auto& type = kquant_type_for(bits[i], labels[i]);
+    if (rows[i] < 0 || cols[i] < 0 || (cols[i] != 0 && rows[i] > (int64_t{1} << 62) / engine::kquant_padded_cols(cols[i]))) {
+      raise_error("DataError", labels[i] + ": " + std::to_string(rows[i]) + " x " + std::to_string(cols[i]) + " is not a valid matrix");
+    }
+    const int64_t expected = engine::kquant_encoded_bytes(type, rows[i], cols[i]);
+    if (encoded[i].itemsize() != 1 || static_cast<int64_t>(encoded[i].size()) != expected) {
+      raise_error("DataError", labels[i] + ": holds " + std::to_string(encoded[i].size() * encoded[i].itemsize()) +
+                                   " bytes but " + std::to_string(rows[i]) + " x " + std::to_string(cols[i]) + " at " +
+                                   std::to_string(bits[i]) + " bits (" + type.name + " blocks, rows padded to 256) needs " +
+                                   std::to_string(expected));
+    }
+    outputs[i] = OwnedBuffer<float>::uninitialized(rows[i] * cols[i]);
+    jobs[i] = {static_cast<const uint8_t*>(encoded[i].data()), rows[i], cols[i], &type, rotate[i], outputs[i].data.get()};
+  }
+  {
+    ReleasedGil released;
+    engine::kquant_decode(jobs, num_threads);
+  }
+  nb::list results;
+  for (auto& out : outputs) results.append(out.release_to_numpy());
+  return results;
+}
+
 }  // namespace
 
 NB_MODULE(_core, m) {
@@ -346,6 +442,11 @@ NB_MODULE(_core, m) {
     throw nb::import_error(error.c_str());
   }
 
+  m.def("kquant_encode_arrays", &kquant_encode_arrays, nb::arg("arrays"), nb::arg("element_types"), nb::arg("rows"),
+        nb::arg("cols"), nb::arg("labels"), nb::arg("bits"), nb::arg("rotate"), nb::arg("method"), nb::arg("num_threads"),
+        nb::arg("with_stats"), "Format v2 kquant encoder: (encoded, stats-or-None) per array.");
+  m.def("kquant_decode_arrays", &kquant_decode_arrays, nb::arg("encoded"), nb::arg("rows"), nb::arg("cols"), nb::arg("bits"),
+        nb::arg("rotate"), nb::arg("labels"), nb::arg("num_threads"), "Format v2 kquant decoder: float32 arrays.");
   m.def("gguf_types", &gguf_types, "GGUF tensor types: [(ggml id, name, block size, bytes per block, has search)]");
   m.def("gguf_encode_arrays", &gguf_encode_arrays, nb::arg("arrays"), nb::arg("element_types"), nb::arg("type_ids"),
         nb::arg("labels"), nb::arg("num_threads"), nb::arg("method") = "ggml");
