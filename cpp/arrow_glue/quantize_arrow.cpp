@@ -13,6 +13,7 @@
 #include <arrow/util/key_value_metadata.h>
 
 #include "arrow_glue/errors.h"
+#include "engine/kquant_engine.h"
 #include "engine/quantize_engine.h"
 
 namespace arrowquant::arrow_glue {
@@ -260,9 +261,19 @@ arrow::Result<std::shared_ptr<arrow::Array>> constant_bool_array(int64_t rows, b
   return arrow::MakeArray(arrow::ArrayData::Make(arrow::boolean(), rows, {nullptr, buffer}, 0));
 }
 
-std::shared_ptr<arrow::KeyValueMetadata> format_metadata() {
-  return arrow::key_value_metadata({kFormatKey, kFormatVersionKey}, {kFormatName, kFormatVersion});
+std::shared_ptr<arrow::KeyValueMetadata> format_metadata(bool v2) {
+  return arrow::key_value_metadata({kFormatKey, kFormatVersionKey}, {kFormatName, v2 ? kFormatVersion2 : kFormatVersion});
 }
+
+arrow::Result<std::shared_ptr<arrow::Array>> constant_string_array(int64_t rows, const std::string& value) {
+  arrow::StringBuilder builder;
+  ARROW_RETURN_NOT_OK(builder.Reserve(rows));
+  ARROW_RETURN_NOT_OK(builder.ReserveData(rows * static_cast<int64_t>(value.size())));
+  for (int64_t i = 0; i < rows; ++i) ARROW_RETURN_NOT_OK(builder.Append(value));
+  return builder.Finish();
+}
+
+bool is_kquant(const QuantizeOptions& options) { return options.scheme == "kquant"; }
 
 // ---------------------------------------------------------------------------------------------
 // Quantize
@@ -329,8 +340,15 @@ arrow::Result<QuantizeInput> read_quantize_input(const arrow::RecordBatch& batch
     job.symmetric = options.symmetric;
     job.method = options.method == "search" ? kernels::Method::kSearch : kernels::Method::kRtn;
     in.jobs.push_back(job);
-    in.packed_bytes.push_back(engine::packed_bytes(numel, options.bit_width));
-    in.num_groups.push_back(job.geometry.num_groups());
+    if (is_kquant(options)) {
+      // Super-blocks hold their own parameters: no scales or zero points.
+      in.packed_bytes.push_back(engine::kquant_encoded_bytes(*engine::kquant_type(options.bit_width), job.geometry.rows,
+                                                             job.geometry.cols));
+      in.num_groups.push_back(0);
+    } else {
+      in.packed_bytes.push_back(engine::packed_bytes(numel, options.bit_width));
+      in.num_groups.push_back(job.geometry.num_groups());
+    }
     in.shapes.push_back(std::move(*shape));
   }
   return in;
@@ -350,7 +368,7 @@ arrow::Result<QuantizeOutput> allocate_quantize_output(QuantizeInput& in) {
   auto* scales = reinterpret_cast<float*>(out.scales.values->mutable_data());
   auto* zero_points = reinterpret_cast<float*>(out.zero_points.values->mutable_data());
   for (size_t i = 0; i < in.jobs.size(); ++i) {
-    if (kernels::packed_needs_zeroing(in.jobs[i].geometry, in.jobs[i].bits)) {
+    if (in.num_groups[i] > 0 && kernels::packed_needs_zeroing(in.jobs[i].geometry, in.jobs[i].bits)) {
       std::memset(packed, 0, static_cast<size_t>(in.packed_bytes[i]));
     }
     in.jobs[i].packed = packed;
@@ -368,9 +386,11 @@ arrow::Result<std::shared_ptr<arrow::RecordBatch>> assemble_quantized(const Quan
   const int64_t rows = static_cast<int64_t>(in.jobs.size());
   ARROW_ASSIGN_OR_RAISE(auto names, names_as_string(in.names));
   ARROW_ASSIGN_OR_RAISE(auto shapes, shapes_array(in.shapes));
+  const bool v2 = is_kquant(options);
   ARROW_ASSIGN_OR_RAISE(auto bit_width, (constant_array<arrow::UInt8Type, uint8_t>(rows, static_cast<uint8_t>(options.bit_width))));
-  ARROW_ASSIGN_OR_RAISE(auto group_size, (constant_array<arrow::Int32Type, int32_t>(rows, options.group_size)));
-  ARROW_ASSIGN_OR_RAISE(auto symmetric, constant_bool_array(rows, options.symmetric));
+  ARROW_ASSIGN_OR_RAISE(auto group_size, (constant_array<arrow::Int32Type, int32_t>(
+                                             rows, v2 ? static_cast<int32_t>(engine::kKquantBlock) : options.group_size)));
+  ARROW_ASSIGN_OR_RAISE(auto symmetric, constant_bool_array(rows, v2 ? false : options.symmetric));
   const int64_t groups = sum(in.num_groups);
   std::vector<std::shared_ptr<arrow::Array>> columns = {
       names,
@@ -378,7 +398,13 @@ arrow::Result<std::shared_ptr<arrow::RecordBatch>> assemble_quantized(const Quan
       list_array(arrow::list(arrow::float32()), arrow::float32(), rows, out.scales, groups),
       list_array(arrow::list(arrow::float32()), arrow::float32(), rows, out.zero_points, groups),
       shapes, bit_width, group_size, symmetric};
-  return arrow::RecordBatch::Make(quantized_schema(in.large), rows, std::move(columns));
+  if (v2) {
+    ARROW_ASSIGN_OR_RAISE(auto scheme, constant_string_array(rows, options.scheme));
+    ARROW_ASSIGN_OR_RAISE(auto rotation, constant_string_array(rows, options.rotate ? "hadamard256" : "none"));
+    columns.push_back(scheme);
+    columns.push_back(rotation);
+  }
+  return arrow::RecordBatch::Make(quantized_schema(in.large, v2), rows, std::move(columns));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -387,10 +413,52 @@ arrow::Result<std::shared_ptr<arrow::RecordBatch>> assemble_quantized(const Quan
 struct DequantizeInput {
   std::shared_ptr<arrow::Array> names;
   bool large = false;
-  std::vector<kernels::DequantizeJob> jobs;
+  std::vector<kernels::DequantizeJob> jobs;          // affine rows
+  std::vector<engine::KquantDecodeJob> kquant_jobs;  // kquant rows
+  std::vector<bool> row_is_kquant;                   // per row: which list holds its job (in row order)
   std::vector<std::vector<int64_t>> shapes;
   std::vector<int64_t> numel;
 };
+
+// A version-2 table's per-row text column (scheme, rotation): string or large_string, no nulls.
+arrow::Result<std::shared_ptr<arrow::Array>> text_column(const arrow::RecordBatch& batch, const char* name) {
+  ARROW_ASSIGN_OR_RAISE(auto column, required_column(batch, name));
+  if (column->type_id() != arrow::Type::STRING && column->type_id() != arrow::Type::LARGE_STRING) {
+    return ColumnTypeError(std::string("column '") + name + "' must be string; found " + column->type()->ToString());
+  }
+  return column;
+}
+
+// Checks a kquant row's lengths against its shape and bit width; fills the job's geometry and type.
+std::string check_kquant_tensor(const std::vector<int64_t>& shape, int64_t bits, int64_t group_size, std::string_view rotation,
+                                int64_t bytes, int64_t scales_len, int64_t zero_points_len, engine::KquantDecodeJob* job) {
+  const kernels::gguf::TypeTraits* type = bits >= 0 && bits <= 8 ? engine::kquant_type(static_cast<int>(bits)) : nullptr;
+  if (type == nullptr) return "a kquant tensor has bit_width 2, 3, 4, 5, 6 or 8; found " + std::to_string(bits);
+  if (group_size != engine::kKquantBlock) return "a kquant tensor has group_size 256; found " + std::to_string(group_size);
+  if (rotation != "none" && rotation != "hadamard256") {
+    return "rotation must be 'none' or 'hadamard256'; found " + quoted(rotation);
+  }
+  if (scales_len != 0 || zero_points_len != 0) {
+    return "a kquant tensor has no scales or zero points; found " + std::to_string(scales_len) + " and " +
+           std::to_string(zero_points_len);
+  }
+  const std::optional<int64_t> numel = engine::element_count(shape);
+  const kernels::GroupGeometry g = engine::geometry_for_shape(shape, static_cast<int32_t>(engine::kKquantBlock));
+  // rows x padded cols must fit in 63 bits before the byte count is computed.
+  if (!numel || (g.cols > 0 && g.rows > (int64_t{1} << 61) / engine::kquant_padded_cols(g.cols))) {
+    return "shape " + engine::shape_text(shape) + " has a negative dimension or more elements than fit in 64 bits";
+  }
+  const int64_t expected = engine::kquant_encoded_bytes(*type, g.rows, g.cols);
+  if (bytes != expected) {
+    return "'quantized_data' has " + std::to_string(bytes) + " bytes but shape " + engine::shape_text(shape) + " at " +
+           std::to_string(bits) + " bits (kquant: " + type->name + " blocks, rows padded to 256) needs " + std::to_string(expected);
+  }
+  job->rows = g.rows;
+  job->cols = g.cols;
+  job->type = type;
+  job->rotate = rotation == "hadamard256";
+  return "";
+}
 
 arrow::Result<const arrow::Array*> integer_column(const arrow::RecordBatch& batch, const char* name,
                                                   std::shared_ptr<arrow::Array>* holder) {
@@ -426,6 +494,12 @@ arrow::Result<DequantizeInput> read_dequantize_input(const arrow::RecordBatch& b
   std::shared_ptr<arrow::Array> bits_holder, group_holder;
   ARROW_ASSIGN_OR_RAISE(const arrow::Array* bits_column, integer_column(batch, "bit_width", &bits_holder));
   ARROW_ASSIGN_OR_RAISE(const arrow::Array* group_column, integer_column(batch, "group_size", &group_holder));
+  // Version 2: a scheme column says how each row is encoded (absent: every row is affine).
+  std::shared_ptr<arrow::Array> schemes, rotations;
+  if (optional_column(batch, "scheme")) {
+    ARROW_ASSIGN_OR_RAISE(schemes, text_column(batch, "scheme"));
+    ARROW_ASSIGN_OR_RAISE(rotations, text_column(batch, "rotation"));
+  }
 
   const auto* scale_values = static_cast<const arrow::FloatArray&>(*scales->values()).raw_values();
   const auto* zero_point_values = static_cast<const arrow::FloatArray&>(*zero_points->values()).raw_values();
@@ -446,6 +520,27 @@ arrow::Result<DequantizeInput> read_dequantize_input(const arrow::RecordBatch& b
     // Every length is checked against shape and bits before anything is read.
     std::string_view bytes = in.large ? static_cast<const arrow::LargeBinaryArray&>(*data).GetView(i)
                                       : static_cast<const arrow::BinaryArray&>(*data).GetView(i);
+    // A null scheme is a version-1 row (as when version-1 and version-2 tables are concatenated).
+    if (schemes && !schemes->IsNull(i)) {
+      const std::string_view scheme = layer_name_at(*schemes, i);
+      if (scheme == "kquant") {
+        if (rotations->IsNull(i)) return DataError(label + ": 'rotation' must not be null in a kquant row");
+        engine::KquantDecodeJob job;
+        if (std::string error = check_kquant_tensor(*shape, integer_at(*bits_column, i), integer_at(*group_column, i),
+                                                    layer_name_at(*rotations, i), static_cast<int64_t>(bytes.size()),
+                                                    scales->length(i), zero_points->length(i), &job);
+            !error.empty()) {
+          return DataError(label + ": " + error);
+        }
+        job.encoded = reinterpret_cast<const uint8_t*>(bytes.data());
+        in.kquant_jobs.push_back(job);
+        in.row_is_kquant.push_back(true);
+        in.numel.push_back(job.rows * job.cols);
+        in.shapes.push_back(std::move(*shape));
+        continue;
+      }
+      if (scheme != "affine") return DataError(label + ": scheme must be 'affine' or 'kquant'; found " + quoted(scheme));
+    }
     kernels::DequantizeJob job;
     if (std::string error = engine::check_quantized_tensor(*shape, integer_at(*bits_column, i), integer_at(*group_column, i),
                                                            static_cast<int64_t>(bytes.size()), scales->length(i),
@@ -457,6 +552,7 @@ arrow::Result<DequantizeInput> read_dequantize_input(const arrow::RecordBatch& b
     job.scales = scale_values + scales->offset(i);
     job.zero_points = zero_point_values + zero_points->offset(i);
     in.jobs.push_back(job);
+    in.row_is_kquant.push_back(false);
     in.numel.push_back(job.geometry.numel());
     in.shapes.push_back(std::move(*shape));
   }
@@ -467,9 +563,14 @@ template <typename OffsetT>
 arrow::Result<ListOutput> allocate_dequantize_output(DequantizeInput& in) {
   ARROW_ASSIGN_OR_RAISE(ListOutput out, allocate_list<OffsetT>(in.numel, sizeof(float), false, "weights"));
   auto* weights = reinterpret_cast<float*>(out.values->mutable_data());
-  for (size_t i = 0; i < in.jobs.size(); ++i) {
-    in.jobs[i].weights = weights;
-    weights += in.numel[i];
+  size_t affine = 0, kquant = 0;
+  for (size_t row = 0; row < in.row_is_kquant.size(); ++row) {
+    if (in.row_is_kquant[row]) {
+      in.kquant_jobs[kquant++].out = weights;
+    } else {
+      in.jobs[affine++].weights = weights;
+    }
+    weights += in.numel[row];
   }
   return out;
 }
@@ -487,22 +588,33 @@ std::shared_ptr<arrow::Schema> dequantized_schema(bool large) {
   return large ? large_schema : small_schema;
 }
 
-std::shared_ptr<arrow::Schema> make_quantized_schema(bool large) {
-  return arrow::schema({arrow::field("layer_name", arrow::utf8(), false),
+std::shared_ptr<arrow::Schema> make_quantized_schema(bool large, bool v2) {
+  arrow::FieldVector fields = {arrow::field("layer_name", arrow::utf8(), false),
                         arrow::field("quantized_data", large ? arrow::large_binary() : arrow::binary(), false),
                         arrow::field("scales", arrow::list(arrow::float32()), false),
                         arrow::field("zero_points", arrow::list(arrow::float32()), false),
                         arrow::field("shape", arrow::list(arrow::int64()), false),
                         arrow::field("bit_width", arrow::uint8(), false),
                         arrow::field("group_size", arrow::int32(), false),
-                        arrow::field("symmetric", arrow::boolean(), false)},
-                       format_metadata());
+                        arrow::field("symmetric", arrow::boolean(), false)};
+  if (v2) {
+    fields.push_back(arrow::field("scheme", arrow::utf8(), false));
+    fields.push_back(arrow::field("rotation", arrow::utf8(), false));
+  }
+  return arrow::schema(std::move(fields), format_metadata(v2));
 }
 
 }  // namespace
 
 arrow::Status validate_quantize_options(const QuantizeOptions& options) {
-  if (options.bit_width != 2 && options.bit_width != 4 && options.bit_width != 8) {
+  if (options.scheme != "affine" && options.scheme != "kquant") {
+    return ParameterError("scheme must be 'affine' or 'kquant'; got '" + options.scheme + "'");
+  }
+  if (is_kquant(options)) {
+    if (engine::kquant_type(options.bit_width) == nullptr) {
+      return ParameterError("bit_width must be 2, 3, 4, 5, 6 or 8 for scheme 'kquant'; got " + std::to_string(options.bit_width));
+    }
+  } else if (options.bit_width != 2 && options.bit_width != 4 && options.bit_width != 8) {
     return ParameterError("bit_width must be 2, 4 or 8; got " + std::to_string(options.bit_width));
   }
   const int g = options.group_size;
@@ -518,10 +630,11 @@ arrow::Status validate_quantize_options(const QuantizeOptions& options) {
   return arrow::Status::OK();
 }
 
-std::shared_ptr<arrow::Schema> quantized_schema(bool large) {
-  static const std::shared_ptr<arrow::Schema> small_schema = make_quantized_schema(false);
-  static const std::shared_ptr<arrow::Schema> large_schema = make_quantized_schema(true);
-  return large ? large_schema : small_schema;
+std::shared_ptr<arrow::Schema> quantized_schema(bool large, bool v2) {
+  static const std::shared_ptr<arrow::Schema> schemas[2][2] = {
+      {make_quantized_schema(false, false), make_quantized_schema(false, true)},
+      {make_quantized_schema(true, false), make_quantized_schema(true, true)}};
+  return schemas[large][v2];
 }
 
 arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> quantize_record_batches(
@@ -546,7 +659,22 @@ arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> quantize_record_
       job_origin.emplace_back(b, static_cast<int64_t>(r));
     }
   }
-  if (auto bad = engine::quantize_tensors(jobs, options.num_threads, nullptr, markov, options.markov_threshold)) {
+  std::optional<engine::NonFiniteValue> bad;
+  if (is_kquant(options)) {
+    const kernels::gguf::TypeTraits* type = engine::kquant_type(options.bit_width);
+    std::vector<engine::KquantEncodeJob> kquant_jobs;
+    kquant_jobs.reserve(jobs.size());
+    for (const kernels::QuantizeJob& job : jobs) {
+      kquant_jobs.push_back({job.weights, job.element_type, job.geometry.rows, job.geometry.cols, type, options.rotate,
+                             options.method == "search", job.packed});
+    }
+    bad = engine::kquant_encode(kquant_jobs, options.num_threads);
+    // No float group parameters: nothing for the smoothness metrics to measure.
+    if (markov && !bad) markov->assign(jobs.size(), engine::MarkovSummary{});
+  } else {
+    bad = engine::quantize_tensors(jobs, options.num_threads, nullptr, markov, options.markov_threshold);
+  }
+  if (bad) {
     const auto [b, row] = job_origin[static_cast<size_t>(bad->tensor_index)];
     return DataError(layer_label(*inputs[b].names, row) + ": 'weights' contains NaN or infinity at index " +
                      std::to_string(bad->element_index) + "; only finite values can be quantized");
@@ -569,17 +697,20 @@ arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> dequantize_recor
   }
   std::vector<ListOutput> outputs;
   std::vector<kernels::DequantizeJob> jobs;
+  std::vector<engine::KquantDecodeJob> kquant_jobs;
   for (auto& in : inputs) {
     ARROW_ASSIGN_OR_RAISE(ListOutput out, in.large ? allocate_dequantize_output<int64_t>(in)
                                                    : allocate_dequantize_output<int32_t>(in));
     outputs.push_back(std::move(out));
     jobs.insert(jobs.end(), in.jobs.begin(), in.jobs.end());
+    kquant_jobs.insert(kquant_jobs.end(), in.kquant_jobs.begin(), in.kquant_jobs.end());
   }
-  engine::dequantize_tensors(jobs, num_threads);
+  if (!jobs.empty()) engine::dequantize_tensors(jobs, num_threads);
+  if (!kquant_jobs.empty()) engine::kquant_decode(kquant_jobs, num_threads);
   std::vector<std::shared_ptr<arrow::RecordBatch>> results;
   for (size_t b = 0; b < inputs.size(); ++b) {
     const DequantizeInput& in = inputs[b];
-    const int64_t rows = static_cast<int64_t>(in.jobs.size());
+    const int64_t rows = static_cast<int64_t>(in.row_is_kquant.size());
     ARROW_ASSIGN_OR_RAISE(auto names, names_as_string(in.names));
     ARROW_ASSIGN_OR_RAISE(auto shapes, shapes_array(in.shapes));
     auto weights = list_array(in.large ? arrow::large_list(arrow::float32()) : arrow::list(arrow::float32()),

@@ -456,8 +456,10 @@ NB_MODULE(_core, m) {
   m.def(
       "quantize_batches",
       [](const std::vector<CDataAddresses>& inputs, const std::vector<CDataAddresses>& outputs, int bit_width,
-         int group_size, bool symmetric, const std::string& method, int num_threads, double markov_threshold) {
-        arrowquant::arrow_glue::QuantizeOptions options{markov_threshold, bit_width, group_size, symmetric, num_threads, method};
+         int group_size, bool symmetric, const std::string& method, int num_threads, double markov_threshold,
+         const std::string& scheme, bool rotate) {
+        arrowquant::arrow_glue::QuantizeOptions options{markov_threshold, bit_width, group_size, symmetric, num_threads, method,
+                                                        scheme, rotate};
         std::vector<arrowquant::engine::MarkovSummary> markov;
         run_on_batches(inputs, outputs, [&](const BatchList& batches) {
           return arrowquant::arrow_glue::quantize_record_batches(batches, options, &markov);
@@ -467,7 +469,8 @@ NB_MODULE(_core, m) {
         return per_row;
       },
       nb::arg("inputs"), nb::arg("outputs"), nb::arg("bit_width"), nb::arg("group_size"), nb::arg("symmetric"),
-      nb::arg("method"), nb::arg("num_threads"), nb::arg("markov_threshold"),
+      nb::arg("method"), nb::arg("num_threads"), nb::arg("markov_threshold"), nb::arg("scheme") = "affine",
+      nb::arg("rotate") = true,
       "Quantizes record batches given as (ArrowArray*, ArrowSchema*) addresses into the output addresses; "
       "returns each row's parameter-smoothness metrics.");
 

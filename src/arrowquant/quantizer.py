@@ -12,9 +12,9 @@ from . import _core
 from ._c_data import call_with_batches, without_views
 from . import markov
 from .errors import ColumnTypeError, DataError, ParameterError
+from .schemes import DEFAULT_SCHEME, check_bits_for_scheme, check_rotate, check_scheme
 from .validation import (BIT_WIDTHS, DEFAULT_METHOD, DEFAULT_PIPELINE_METHOD, METHODS, MODES,  # noqa: F401
-                         check_bit_width, check_group_size, check_method, check_mode, check_num_threads,
-                         check_symmetric)
+                         check_group_size, check_method, check_mode, check_num_threads, check_symmetric)
 from .tensor import SAFETENSORS_DTYPES, QuantizedTensor, check_shape, quantize_arrays, source_dtype_of
 
 # quantize_batch_with_progress hands the core this many weights at a time, then reports.
@@ -99,12 +99,21 @@ class ArrowQuantV2:
             lower error at the same size, never worse than rtn for any group; see docs/search.md).
             None: "rtn" for quantize_arrow / quantize / quantize_batch, "search" for
             quantize_from_safetensors and the model pipelines.
+        scheme: "affine" (format version 1: bit widths 2, 4, 8 with a float32 scale and zero
+            point per group of ``group_size``) or "kquant" (version 2: bit widths 2, 3, 4, 5, 6, 8
+            in k-quant super-blocks of 256 values with their parameters inside, 2.625 to 8.5 bits
+            per weight; ``group_size`` and ``symmetric`` do not apply). See docs/format.md.
+        rotate: kquant only: rotate each block of 256 values of a row (randomised Hadamard) before
+            coding, which lowers the error of heavy-tailed (real) weights at the same size.
     """
 
     def __init__(self, mode: str = "diffusion", group_size: int = 128, symmetric: bool = False,
                  num_threads: int | None = None, method: str | None = None,
-                 markov_threshold: float = markov.DEFAULT_THRESHOLD) -> None:
+                 markov_threshold: float = markov.DEFAULT_THRESHOLD, scheme: str = DEFAULT_SCHEME,
+                 rotate: bool = True) -> None:
         self.mode = check_mode(mode)
+        self.scheme = check_scheme(scheme)
+        self.rotate = check_rotate(rotate)
         self.group_size = check_group_size(group_size)
         self.symmetric = check_symmetric(symmetric)
         self.num_threads = check_num_threads(num_threads)
@@ -125,15 +134,20 @@ class ArrowQuantV2:
         self._markov = (list(names), list(raws))
 
     def __repr__(self) -> str:
+        scheme = "" if self.scheme == DEFAULT_SCHEME else f", scheme={self.scheme!r}, rotate={self.rotate}"
         return (f"ArrowQuantV2(mode={self.mode!r}, group_size={self.group_size}, symmetric={self.symmetric}, "
-                f"num_threads={self.num_threads}, method={self.method!r})")
+                f"num_threads={self.num_threads}, method={self.method!r}{scheme})")
+
+    def _scheme(self, scheme: Any, rotate: Any) -> tuple[str, bool]:
+        return (self.scheme if scheme is None else check_scheme(scheme),
+                self.rotate if rotate is None else check_rotate(rotate))
 
     def _options(self, bit_width: Any, group_size: Any, symmetric: Any, method: Any = None,
-                 default_method: str = DEFAULT_METHOD) -> tuple[int, int, bool, str, int]:
+                 default_method: str = DEFAULT_METHOD, scheme: str = DEFAULT_SCHEME) -> tuple[int, int, bool, str, int]:
         if method is not None:
             method = check_method(method)
         return (
-            check_bit_width(bit_width),
+            check_bits_for_scheme(bit_width, scheme),
             self.group_size if group_size is None else check_group_size(group_size),
             self.symmetric if symmetric is None else check_symmetric(symmetric),
             method or self.method or default_method,
@@ -141,57 +155,67 @@ class ArrowQuantV2:
         )
 
     def quantize_arrow(self, table: Any, bit_width: int = 4, *, group_size: int | None = None,
-                       symmetric: bool | None = None, method: str | None = None) -> pa.Table:
-        """Quantize every layer of a table; returns a table of the quantized schema (docs/format.md)."""
-        options = self._options(bit_width, group_size, symmetric, method)
+                       symmetric: bool | None = None, method: str | None = None, scheme: str | None = None,
+                       rotate: bool | None = None) -> pa.Table:
+        """Quantize every layer of a table; returns a table of the quantized schema (docs/format.md):
+        version 1 for the affine scheme, version 2 (plus ``scheme`` and ``rotation`` columns) for kquant."""
+        scheme, rotate = self._scheme(scheme, rotate)
+        options = self._options(bit_width, group_size, symmetric, method, scheme=scheme)
         batches, _ = _as_batches(table, "table")
-        results, raw_markov = call_with_batches(_core.quantize_batches, batches, *options, self.markov_threshold)
+        results, raw_markov = call_with_batches(_core.quantize_batches, batches, *options, self.markov_threshold,
+                                                scheme, rotate)
         out = pa.Table.from_batches(results)
         self._record_markov(out.column("layer_name").to_pylist(), raw_markov)
         return out
 
     def quantize_arrow_batch(self, batch: Any, bit_width: int = 4, *, group_size: int | None = None,
-                             symmetric: bool | None = None, method: str | None = None) -> pa.RecordBatch:
+                             symmetric: bool | None = None, method: str | None = None, scheme: str | None = None,
+                             rotate: bool | None = None) -> pa.RecordBatch:
         """Quantize one record batch; returns one record batch."""
-        options = self._options(bit_width, group_size, symmetric, method)
+        scheme, rotate = self._scheme(scheme, rotate)
+        options = self._options(bit_width, group_size, symmetric, method, scheme=scheme)
         if isinstance(batch, pa.Table) or (hasattr(batch, "__arrow_c_stream__") and not hasattr(batch, "__arrow_c_array__")):
             raise ColumnTypeError(f"quantize_arrow_batch takes one record batch; got {type(batch).__name__} "
                                   "(use quantize_arrow for tables and streams)")
         batches, _ = _as_batches(batch, "batch")
-        results, raw_markov = call_with_batches(_core.quantize_batches, batches, *options, self.markov_threshold)
+        results, raw_markov = call_with_batches(_core.quantize_batches, batches, *options, self.markov_threshold,
+                                                scheme, rotate)
         self._record_markov(results[0].column("layer_name").to_pylist(), raw_markov)
         return results[0]
 
     def quantize(self, weights: np.ndarray, bit_width: int = 4, group_size: int | None = None,
-                 symmetric: bool | None = None, dtype: str | None = None, method: str | None = None) -> QuantizedTensor:
+                 symmetric: bool | None = None, dtype: str | None = None, method: str | None = None, *,
+                 scheme: str | None = None, rotate: bool | None = None) -> QuantizedTensor:
         """Quantize one array (any shape; float32, float16 or bfloat16).
 
         bfloat16 is an ``ml_dtypes.bfloat16`` array, or a uint16 array with ``dtype="bfloat16"``.
         Half-precision inputs are widened inside the kernels, never copied to float32 first."""
         return self.quantize_batch({"weights": weights}, bit_width, group_size, symmetric,
-                                   dtypes={"weights": dtype}, method=method)["weights"]
+                                   dtypes={"weights": dtype}, method=method, scheme=scheme, rotate=rotate)["weights"]
 
     def quantize_batch(self, weights_dict: Mapping[str, np.ndarray], bit_width: int = 4,
                        group_size: int | None = None, symmetric: bool | None = None,
-                       dtypes: Mapping[str, str | None] | None = None, method: str | None = None
-                       ) -> dict[str, QuantizedTensor]:
+                       dtypes: Mapping[str, str | None] | None = None, method: str | None = None, *,
+                       scheme: str | None = None, rotate: bool | None = None) -> dict[str, QuantizedTensor]:
         """Quantize many arrays in one call: a dict name -> QuantizedTensor, in input order.
 
         The layers are spread over the thread pool with the GIL released."""
         return self.quantize_batch_with_progress(weights_dict, bit_width, None, group_size, symmetric,
-                                                 dtypes=dtypes, method=method)
+                                                 dtypes=dtypes, method=method, scheme=scheme, rotate=rotate)
 
     def quantize_batch_with_progress(self, weights_dict: Mapping[str, np.ndarray], bit_width: int = 4,
                                      progress_callback: Callable[[str, float], Any] | None = None,
                                      group_size: int | None = None, symmetric: bool | None = None,
-                                     dtypes: Mapping[str, str | None] | None = None, method: str | None = None
+                                     dtypes: Mapping[str, str | None] | None = None, method: str | None = None, *,
+                                     scheme: str | None = None, rotate: bool | None = None
                                      ) -> dict[str, QuantizedTensor]:
         """As quantize_batch, calling ``progress_callback(layer_name, fraction_done)`` after each layer.
 
         fraction_done is the share of all weights quantized so far (1.0 after the last layer). The
         callback runs on the calling thread, never on a worker. If it raises, the work stops and
         the exception propagates; nothing partial is returned."""
-        bits, group, sym, meth, threads = self._options(bit_width, group_size, symmetric, method)
+        scheme, rotate = self._scheme(scheme, rotate)
+        bits, group, sym, meth, threads = self._options(bit_width, group_size, symmetric, method, scheme=scheme)
         if not isinstance(weights_dict, Mapping):
             raise ColumnTypeError(f"weights_dict must be a dict of name -> ndarray; got {type(weights_dict).__name__}")
         if progress_callback is not None and not callable(progress_callback):
@@ -225,7 +249,7 @@ class ArrowQuantV2:
             quantized = quantize_arrays([arrays[i] for i in chunk], [source_dtypes[i] for i in chunk],
                                         [labels[i] for i in chunk], bit_width=bits, group_size=group,
                                         symmetric=sym, method=meth, num_threads=threads,
-                                        markov_threshold=self.markov_threshold)
+                                        markov_threshold=self.markov_threshold, scheme=scheme, rotate=rotate)
             for i, (tensor, _, layer_markov) in zip(chunk, quantized):
                 results[names[i]] = tensor
                 raw_markov.append(layer_markov)

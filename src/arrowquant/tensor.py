@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _core
 from .errors import DataError, ParameterError
+from .schemes import DEFAULT_SCHEME, KQUANT_BLOCK, bits_per_weight, kquant_bytes, matrix_of
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -72,14 +73,17 @@ class QuantizedTensor:
     """One quantized tensor in arrowquant's packed format (docs/format.md).
 
     ``quantized_data``, ``scales`` and ``zero_points`` are NumPy arrays over the buffers the
-    kernels wrote (or over a memory-mapped .aq file): no copies."""
+    kernels wrote (or over a memory-mapped .aq file): no copies. ``scheme`` is "affine" (format
+    version 1: float32 scale and zero point per group) or "kquant" (version 2: k-quant
+    super-blocks of 256 values that hold their own parameters, so ``scales`` and ``zero_points``
+    are empty and ``group_size`` is 256; ``rotation`` "hadamard256" or "none")."""
 
     __slots__ = ("quantized_data", "scales", "zero_points", "shape", "bit_width", "group_size", "symmetric",
-                 "source_dtype")
+                 "source_dtype", "scheme", "rotation")
 
     def __init__(self, quantized_data: np.ndarray, scales: np.ndarray, zero_points: np.ndarray,
                  shape: Sequence[int], bit_width: int, group_size: int, symmetric: bool,
-                 source_dtype: str = "F32") -> None:
+                 source_dtype: str = "F32", scheme: str = DEFAULT_SCHEME, rotation: str = "none") -> None:
         self.quantized_data = quantized_data
         self.scales = scales
         self.zero_points = zero_points
@@ -88,6 +92,8 @@ class QuantizedTensor:
         self.group_size = int(group_size)
         self.symmetric = bool(symmetric)
         self.source_dtype = source_dtype
+        self.scheme = scheme
+        self.rotation = rotation
 
     @property
     def numel(self) -> int:
@@ -98,13 +104,20 @@ class QuantizedTensor:
         """Bytes of codes plus scales plus zero points."""
         return self.quantized_data.nbytes + self.scales.nbytes + self.zero_points.nbytes
 
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per weight, every parameter and any row padding included."""
+        return bits_per_weight(self.nbytes, self.numel)
+
     def dequantize(self, dtype: Any = np.float32) -> np.ndarray:
         """Decode to an array of the original shape: x = (q - zero_point) * scale."""
         return to_dtype(dequantize_tensors([self], ["tensor"])[0], dtype).reshape(self.shape)
 
     def __repr__(self) -> str:
-        return (f"QuantizedTensor(shape={self.shape}, bit_width={self.bit_width}, group_size={self.group_size}, "
-                f"symmetric={self.symmetric}, source_dtype={self.source_dtype!r}, nbytes={self.nbytes})")
+        scheme = "" if self.scheme == DEFAULT_SCHEME else f"scheme={self.scheme!r}, rotation={self.rotation!r}, "
+        return (f"QuantizedTensor(shape={self.shape}, {scheme}bit_width={self.bit_width}, group_size={self.group_size}, "
+                f"symmetric={self.symmetric}, source_dtype={self.source_dtype!r}, nbytes={self.nbytes}, "
+                f"bits_per_weight={self.bits_per_weight:.4g})")
 
 
 class ErrorStats:
@@ -139,13 +152,17 @@ class ErrorStats:
 
 def quantize_arrays(arrays: Sequence[np.ndarray], source_dtypes: Sequence[str], labels: Sequence[str], *,
                     bit_width: int, group_size: int, symmetric: bool, num_threads: int | None,
-                    method: str = "rtn", with_stats: bool = False, markov_threshold: float = 0.3
+                    method: str = "rtn", with_stats: bool = False, markov_threshold: float = 0.3,
+                    scheme: str = DEFAULT_SCHEME, rotate: bool = True
                     ) -> list[tuple[QuantizedTensor, ErrorStats | None, tuple]]:
     """Quantize arrays in one call of the core (GIL released, layers spread over the pool).
 
     Per array: the QuantizedTensor, its error statistics (if asked for) and its raw Markov
-    metrics (see markov.py)."""
+    metrics (see markov.py). ``rotate`` applies to the kquant scheme only."""
     views = [kernel_view(a) for a in arrays]
+    if scheme == "kquant":
+        return _quantize_kquant(arrays, views, source_dtypes, labels, bit_width=bit_width, method=method,
+                                num_threads=num_threads, with_stats=with_stats, rotate=rotate)
     results = _core.quantize_arrays(views, [_ELEMENT_TYPE[d] for d in source_dtypes], list(labels), bit_width,
                                     group_size, symmetric, method, num_threads or 0, with_stats, markov_threshold)
     out = []
@@ -153,6 +170,24 @@ def quantize_arrays(arrays: Sequence[np.ndarray], source_dtypes: Sequence[str], 
         tensor = QuantizedTensor(packed, scales, zero_points, array.shape, bit_width, group_size, symmetric, dtype)
         out.append((tensor, ErrorStats(*stats) if stats is not None else None, markov))
     return out
+
+
+# The Markov metrics of a tensor without float group parameters (kquant): no boundaries.
+NO_MARKOV = (0, 0.0, 0.0, 0.0, 0, 0, [])
+_EMPTY_PARAMS = np.zeros(0, np.float32)
+_EMPTY_PARAMS.flags.writeable = False
+
+
+def _quantize_kquant(arrays, views, source_dtypes, labels, *, bit_width, method, num_threads, with_stats, rotate):
+    shapes = [matrix_of(a.shape) for a in arrays]
+    results = _core.kquant_encode_arrays([v.reshape(-1) for v in views], [_ELEMENT_TYPE[d] for d in source_dtypes],
+                                         [r for r, _ in shapes], [c for _, c in shapes], list(labels), bit_width,
+                                         rotate, method, num_threads or 0, with_stats)
+    rotation = "hadamard256" if rotate else "none"
+    return [(QuantizedTensor(encoded, _EMPTY_PARAMS, _EMPTY_PARAMS, array.shape, bit_width, KQUANT_BLOCK, False, dtype,
+                             "kquant", rotation),
+             ErrorStats(*stats) if stats is not None else None, NO_MARKOV)
+            for array, dtype, (encoded, stats) in zip(arrays, source_dtypes, results)]
 
 
 def check_shape(shape: Sequence[Any], label: str, itemsize: int = 4) -> tuple[int, ...]:
@@ -179,11 +214,47 @@ def dequantize_tensors(tensors: Iterable[QuantizedTensor], labels: Sequence[str]
                        num_threads: int | None = None) -> list[np.ndarray]:
     """Flat float32 arrays, one per tensor (every length checked against shape and bits first)."""
     tensors = list(tensors)
+    labels = list(labels)
     for t, label in zip(tensors, labels):
         check_shape(t.shape, label)
+    if any(t.scheme != DEFAULT_SCHEME for t in tensors):
+        kquant = [i for i, t in enumerate(tensors) if t.scheme == "kquant"]
+        affine = [i for i, t in enumerate(tensors) if t.scheme == DEFAULT_SCHEME]
+        unknown = [labels[i] for i, t in enumerate(tensors) if t.scheme not in ("kquant", DEFAULT_SCHEME)]
+        if unknown:
+            raise DataError(f"{unknown[0]}: unknown scheme {tensors[labels.index(unknown[0])].scheme!r} "
+                            "(expected 'affine' or 'kquant')")
+        out: list[np.ndarray] = [None] * len(tensors)  # type: ignore[list-item]
+        for i, array in zip(kquant, _dequantize_kquant([tensors[i] for i in kquant], [labels[i] for i in kquant],
+                                                       num_threads)):
+            out[i] = array
+        for i, array in zip(affine, dequantize_tensors([tensors[i] for i in affine], [labels[i] for i in affine],
+                                                       num_threads)):
+            out[i] = array
+        return out
     return _core.dequantize_arrays(
         [np.ascontiguousarray(t.quantized_data, np.uint8) for t in tensors],
         [np.ascontiguousarray(t.scales, np.float32) for t in tensors],
         [np.ascontiguousarray(t.zero_points, np.float32) for t in tensors],
         [list(t.shape) for t in tensors], [t.bit_width for t in tensors], [t.group_size for t in tensors],
         list(labels), num_threads or 0)
+
+
+def _dequantize_kquant(tensors: list[QuantizedTensor], labels: list[str], num_threads: int | None) -> list[np.ndarray]:
+    for t, label in zip(tensors, labels):
+        if t.rotation not in ("none", "hadamard256"):
+            raise DataError(f"{label}: unknown rotation {t.rotation!r} (expected 'none' or 'hadamard256')")
+        if t.bit_width not in (2, 3, 4, 5, 6, 8) or t.group_size != KQUANT_BLOCK:
+            raise DataError(f"{label}: a kquant tensor has bit_width 2, 3, 4, 5, 6 or 8 and group_size {KQUANT_BLOCK}; "
+                            f"found bit_width {t.bit_width} and group_size {t.group_size}")
+        if t.scales.size or t.zero_points.size:
+            raise DataError(f"{label}: a kquant tensor has no scales or zero points; found {t.scales.size} and "
+                            f"{t.zero_points.size}")
+        expected = kquant_bytes(t.bit_width, t.shape)
+        if t.quantized_data.nbytes != expected:
+            raise DataError(f"{label}: holds {t.quantized_data.nbytes} bytes but shape {list(t.shape)} at "
+                            f"{t.bit_width} bits (kquant) needs {expected}")
+    shapes = [matrix_of(t.shape) for t in tensors]
+    return _core.kquant_decode_arrays([np.ascontiguousarray(t.quantized_data, np.uint8).reshape(-1) for t in tensors],
+                                      [r for r, _ in shapes], [c for _, c in shapes], [t.bit_width for t in tensors],
+                                      [t.rotation == "hadamard256" for t in tensors], labels, num_threads or 0)
