@@ -342,8 +342,7 @@ arrow::Result<QuantizeInput> read_quantize_input(const arrow::RecordBatch& batch
     in.jobs.push_back(job);
     if (is_kquant(options)) {
       // Super-blocks hold their own parameters: no scales or zero points.
-      in.packed_bytes.push_back(engine::kquant_encoded_bytes(*engine::kquant_type(options.bit_width), job.geometry.rows,
-                                                             job.geometry.cols));
+      in.packed_bytes.push_back(engine::kquant_encoded_bytes(*engine::kquant_type(options.bit_width), 1, numel));
       in.num_groups.push_back(0);
     } else {
       in.packed_bytes.push_back(engine::packed_bytes(numel, options.bit_width));
@@ -443,18 +442,18 @@ std::string check_kquant_tensor(const std::vector<int64_t>& shape, int64_t bits,
            std::to_string(zero_points_len);
   }
   const std::optional<int64_t> numel = engine::element_count(shape);
-  const kernels::GroupGeometry g = engine::geometry_for_shape(shape, static_cast<int32_t>(engine::kKquantBlock));
-  // rows x padded cols must fit in 63 bits before the byte count is computed.
-  if (!numel || (g.cols > 0 && g.rows > (int64_t{1} << 61) / engine::kquant_padded_cols(g.cols))) {
+  // The flattened tensor padded to whole super-blocks must fit in 62 bits before bytes are counted.
+  if (!numel || *numel > (int64_t{1} << 61)) {
     return "shape " + engine::shape_text(shape) + " has a negative dimension or more elements than fit in 64 bits";
   }
-  const int64_t expected = engine::kquant_encoded_bytes(*type, g.rows, g.cols);
+  const int64_t expected = engine::kquant_encoded_bytes(*type, 1, *numel);
   if (bytes != expected) {
     return "'quantized_data' has " + std::to_string(bytes) + " bytes but shape " + engine::shape_text(shape) + " at " +
-           std::to_string(bits) + " bits (kquant: " + type->name + " blocks, rows padded to 256) needs " + std::to_string(expected);
+           std::to_string(bits) + " bits (kquant: " + type->name + " blocks of 256 values) needs " + std::to_string(expected);
   }
-  job->rows = g.rows;
-  job->cols = g.cols;
+  // The flattened tensor is one row (docs/format.md).
+  job->rows = 1;
+  job->cols = *numel;
   job->type = type;
   job->rotate = rotation == "hadamard256";
   return "";
@@ -665,7 +664,8 @@ arrow::Result<std::vector<std::shared_ptr<arrow::RecordBatch>>> quantize_record_
     std::vector<engine::KquantEncodeJob> kquant_jobs;
     kquant_jobs.reserve(jobs.size());
     for (const kernels::QuantizeJob& job : jobs) {
-      kquant_jobs.push_back({job.weights, job.element_type, job.geometry.rows, job.geometry.cols, type, options.rotate,
+      // The format's kquant geometry is the flattened tensor as one row (docs/format.md).
+      kquant_jobs.push_back({job.weights, job.element_type, 1, job.geometry.numel(), type, options.rotate,
                              options.method == "search", job.packed});
     }
     bad = engine::kquant_encode(kquant_jobs, options.num_threads);

@@ -1,7 +1,8 @@
 """The quantized model file: ``.aq``, an Arrow IPC file with one record batch per tensor.
 
 Columns are those of ``quantize_arrow``'s output (docs/format.md) with ``quantized_data`` always
-``large_binary``, plus ``source_dtype`` (the safetensors dtype name). Tensors that were not
+``large_binary``, plus ``source_dtype`` (the safetensors dtype name). Version 2 files (written
+when any tensor uses the kquant scheme) add ``scheme`` and ``rotation``; version 1 files still read. Tensors that were not
 quantized are stored too, as their raw little-endian bytes with ``group_size`` 0, ``bit_width``
 the bits of their dtype and no scales, so the file holds the whole model.
 """
@@ -26,6 +27,7 @@ FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 AQ_FORMAT = "arrowquant.aq"
 AQ_FORMAT_VERSION = "1"
+AQ_FORMAT_VERSION_2 = "2"
 
 AQ_SCHEMA = pa.schema([
     pa.field("layer_name", pa.string(), False),
@@ -38,6 +40,7 @@ AQ_SCHEMA = pa.schema([
     pa.field("symmetric", pa.bool_(), False),
     pa.field("source_dtype", pa.string(), False),
 ])
+AQ_SCHEMA_V2 = AQ_SCHEMA.append(pa.field("scheme", pa.string(), False)).append(pa.field("rotation", pa.string(), False))
 
 
 def _float_list(values: np.ndarray) -> pa.Array:
@@ -45,41 +48,57 @@ def _float_list(values: np.ndarray) -> pa.Array:
 
 
 def _row(name: str, data: Any, scales: np.ndarray, zero_points: np.ndarray, shape, bit_width: int,
-         group_size: int, symmetric: bool, source_dtype: str) -> pa.RecordBatch:
+         group_size: int, symmetric: bool, source_dtype: str, scheme: str | None = None,
+         rotation: str = "none") -> pa.RecordBatch:
+    """One tensor's record batch; ``scheme`` None writes the version-1 schema."""
     buffer = pa.py_buffer(data)  # zero-copy over the kernel output or the source mapping
     data_array = pa.LargeBinaryArray.from_buffers(
         pa.large_binary(), 1, [None, pa.array([0, buffer.size], pa.int64()).buffers()[1], buffer])
-    return pa.RecordBatch.from_arrays([
+    columns = [
         pa.array([name], pa.string()), data_array, _float_list(scales), _float_list(zero_points),
         pa.array([list(shape)], pa.list_(pa.int64())), pa.array([bit_width], pa.uint8()),
         pa.array([group_size], pa.int32()), pa.array([symmetric], pa.bool_()), pa.array([source_dtype], pa.string()),
-    ], schema=AQ_SCHEMA)
+    ]
+    if scheme is None:
+        return pa.RecordBatch.from_arrays(columns, schema=AQ_SCHEMA)
+    columns += [pa.array([scheme], pa.string()), pa.array([rotation], pa.string())]
+    return pa.RecordBatch.from_arrays(columns, schema=AQ_SCHEMA_V2)
 
 
 class AqWriter:
-    """Streams tensors into a .aq file; the file appears (atomically) only on a clean close."""
+    """Streams tensors into a .aq file; the file appears (atomically) only on a clean close.
 
-    def __init__(self, path: Any, metadata: dict[str, Any], *, overwrite: bool = False) -> None:
+    ``format_version`` 2 adds the scheme and rotation columns (needed for kquant tensors); 1 (the
+    default) writes files that every arrowquant reads."""
+
+    def __init__(self, path: Any, metadata: dict[str, Any], *, overwrite: bool = False, format_version: int = 1) -> None:
+        if format_version not in (1, 2):
+            raise ValueError(f"format_version must be 1 or 2; got {format_version!r}")
         self.path = Path(path)
+        self._v2 = format_version == 2
         self._atomic = atomic_file(self.path, overwrite)
         self._tmp = self._atomic.__enter__()
-        encoded = {"arrowquant.format": AQ_FORMAT, "arrowquant.format_version": AQ_FORMAT_VERSION}
+        encoded = {"arrowquant.format": AQ_FORMAT,
+                   "arrowquant.format_version": AQ_FORMAT_VERSION_2 if self._v2 else AQ_FORMAT_VERSION}
         encoded.update({f"arrowquant.{k}": json.dumps(v) for k, v in metadata.items()})
         try:
             self._sink = pa.OSFile(str(self._tmp), "wb")
-            self._writer = pa.ipc.new_file(self._sink, AQ_SCHEMA.with_metadata(encoded))
+            self._writer = pa.ipc.new_file(self._sink, (AQ_SCHEMA_V2 if self._v2 else AQ_SCHEMA).with_metadata(encoded))
         except BaseException as e:
             self._atomic.__exit__(type(e), e, None)
             raise
 
     def write_quantized(self, name: str, tensor: QuantizedTensor) -> None:
+        if tensor.scheme != "affine" and not self._v2:
+            raise ValueError(f"layer {name!r}: a {tensor.scheme} tensor needs a format_version=2 writer")
         self._writer.write_batch(_row(name, tensor.quantized_data, tensor.scales, tensor.zero_points, tensor.shape,
-                                      tensor.bit_width, tensor.group_size, tensor.symmetric, tensor.source_dtype))
+                                      tensor.bit_width, tensor.group_size, tensor.symmetric, tensor.source_dtype,
+                                      tensor.scheme if self._v2 else None, tensor.rotation))
 
     def write_raw(self, name: str, data: Any, dtype: str, shape) -> None:
         empty = np.zeros(0, np.float32)
         self._writer.write_batch(_row(name, data, empty, empty, shape, 8 * SAFETENSORS_DTYPES[dtype].itemsize, 0,
-                                      False, dtype))
+                                      False, dtype, "raw" if self._v2 else None))
 
     def close(self) -> None:
         self._writer.close()
@@ -119,17 +138,20 @@ class AqFile:
         if raw.get(b"arrowquant.format") != AQ_FORMAT.encode():
             raise FileFormatError(f"{self.path}: not an arrowquant .aq file (schema metadata arrowquant.format is "
                                   f"{raw.get(b'arrowquant.format')!r})")
-        if raw.get(b"arrowquant.format_version") != AQ_FORMAT_VERSION.encode():
-            raise FileFormatError(f"{self.path}: .aq format version {raw.get(b'arrowquant.format_version')!r} is not "
-                                  f"supported (this arrowquant reads version {AQ_FORMAT_VERSION})")
+        version = raw.get(b"arrowquant.format_version")
+        if version not in (AQ_FORMAT_VERSION.encode(), AQ_FORMAT_VERSION_2.encode()):
+            raise FileFormatError(f"{self.path}: .aq format version {version!r} is not supported (this arrowquant "
+                                  f"reads versions {AQ_FORMAT_VERSION} and {AQ_FORMAT_VERSION_2})")
+        self.format_version = int(version)
+        expected_schema = AQ_SCHEMA_V2 if self.format_version == 2 else AQ_SCHEMA
         try:
             names = self._reader.schema.names
         except UnicodeDecodeError:  # a damaged schema: field names that are not UTF-8
             raise FileFormatError(f"{self.path}: the schema's column names are not valid UTF-8 (damaged file)") from None
-        missing = [f.name for f in AQ_SCHEMA if f.name not in names]
+        missing = [f.name for f in expected_schema if f.name not in names]
         if missing:
             raise FileFormatError(f"{self.path}: columns {missing} are missing")
-        for field in AQ_SCHEMA:  # the right names with other types would fail later, anywhere
+        for field in expected_schema:  # the right names with other types would fail later, anywhere
             found = self._reader.schema.field(field.name).type
             if found != field.type:
                 raise FileFormatError(f"{self.path}: column {field.name!r} has type {found}; expected {field.type}")
@@ -182,7 +204,15 @@ class AqFile:
         batch = self._batches[b]
         get = lambda c: batch.column(c)[row]  # noqa: E731
         fields = {c: get(c).as_py() for c in ("shape", "bit_width", "group_size", "symmetric", "source_dtype")}
+        fields["scheme"], fields["rotation"] = ((get("scheme").as_py(), get("rotation").as_py())
+                                                if self.format_version == 2 else ("affine", "none"))
         label = f"{self.path}: layer {name!r}"
+        quantized = fields["group_size"] != 0
+        if (fields["scheme"] not in ("affine", "kquant", "raw") or (fields["scheme"] == "raw") == quantized or
+                fields["rotation"] not in ("none", "hadamard256")):
+            raise FileFormatError(f"{label}: scheme {fields['scheme']!r} / rotation {fields['rotation']!r} with group_size "
+                                  f"{fields['group_size']} is not valid (expected 'affine' or 'kquant' for quantized "
+                                  "tensors, 'raw' for stored ones; rotation 'none' or 'hadamard256')")
         if fields["shape"] is None or any(d is None or d < 0 for d in fields["shape"]):
             raise FileFormatError(f"{label}: invalid shape {fields['shape']!r}")
         if fields["source_dtype"] not in SAFETENSORS_DTYPES:
@@ -219,7 +249,7 @@ class AqFile:
         if f["source_dtype"] not in QUANTIZABLE_DTYPES:
             raise FileFormatError(f"{self.path}: layer {name!r} is quantized but its source_dtype is {f['source_dtype']}")
         return QuantizedTensor(f["data"], f["scales"], f["zero_points"], f["shape"], f["bit_width"], f["group_size"],
-                               f["symmetric"], f["source_dtype"])
+                               f["symmetric"], f["source_dtype"], f["scheme"], f["rotation"])
 
     __getitem__ = tensor
 
@@ -236,7 +266,8 @@ class AqFile:
         for name in self._index:
             f = self._fields(name)
             out.append({"name": name, "shape": f["shape"], "bit_width": f["bit_width"], "group_size": f["group_size"],
-                        "source_dtype": f["source_dtype"], "quantized": f["group_size"] != 0,
+                        "source_dtype": f["source_dtype"], "quantized": f["group_size"] != 0, "scheme": f["scheme"],
+                        "rotation": f["rotation"],
                         "bytes": f["data"].nbytes + 4 * (f["scales"].size + f["zero_points"].size)})
         return out
 

@@ -41,18 +41,29 @@ def should_quantize(info: TensorInfo, include: Sequence[str], exclude: Sequence[
     return len(info.shape) >= 2 and info.numel >= MIN_QUANTIZED_ELEMENTS
 
 
-NEXT_BIT_WIDTH = {2: 4, 4: 8}
+# The min_accuracy fallback: the next bit width up, per scheme.
+NEXT_BIT_WIDTH = {"affine": {2: 4, 4: 8}, "kquant": {2: 3, 3: 4, 4: 5, 5: 6, 6: 8}}
 
 
 class TensorJob:
     """One tensor to quantize: where it is and how (what an executor needs)."""
 
-    __slots__ = ("file", "name", "info", "bits", "group_size", "symmetric", "method", "markov_threshold")
+    __slots__ = ("file", "name", "info", "bits", "group_size", "symmetric", "method", "markov_threshold", "scheme",
+                 "rotate")
 
     def __init__(self, file: SafetensorsFile, name: str, info: TensorInfo, bits: int, group_size: int, symmetric: bool,
-                 method: str, markov_threshold: float) -> None:
+                 method: str, markov_threshold: float, scheme: str = "affine", rotate: bool = True) -> None:
         self.file, self.name, self.info, self.bits = file, name, info, bits
         self.group_size, self.symmetric, self.method, self.markov_threshold = group_size, symmetric, method, markov_threshold
+        self.scheme, self.rotate = scheme, rotate
+
+    def quantize(self, array: Any, num_threads: int | None, bits: int | None = None) -> tuple:
+        """(QuantizedTensor, ErrorStats, Markov metrics) of this tensor (at ``bits`` if given)."""
+        [result] = quantize_arrays([array], [self.info.dtype], [self.label], bit_width=bits or self.bits,
+                                   group_size=self.group_size, symmetric=self.symmetric, method=self.method,
+                                   num_threads=num_threads, with_stats=True, markov_threshold=self.markov_threshold,
+                                   scheme=self.scheme, rotate=self.rotate)
+        return result
 
     @property
     def label(self) -> str:
@@ -65,10 +76,7 @@ def local_executor(num_threads: int | None) -> Callable[[list[TensorJob]], Itera
     def run(jobs: list[TensorJob]) -> Iterator[tuple]:
         for job in jobs:
             job.file.prefetch(job.name)
-            [result] = quantize_arrays([job.file.array(job.name)], [job.info.dtype], [job.label], bit_width=job.bits,
-                                       group_size=job.group_size, symmetric=job.symmetric, method=job.method,
-                                       num_threads=num_threads, with_stats=True, markov_threshold=job.markov_threshold)
-            yield result
+            yield job.quantize(job.file.array(job.name), num_threads)
             job.file.release(job.name)
     return run
 
@@ -79,17 +87,19 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
                         bit_width_for: Callable[[str, TensorInfo], tuple[int | None, str]] | None = None,
                         min_accuracy: float | None = None, fallback: bool = True,
                         extra_metadata: dict | None = None, overwrite: bool = False, variant: str | None = None,
-                        markov_threshold: float = DEFAULT_MARKOV_THRESHOLD, executor: Any = None) -> dict:
+                        markov_threshold: float = DEFAULT_MARKOV_THRESHOLD, executor: Any = None,
+                        scheme: str = "affine", rotate: bool = True) -> dict:
     """Quantize every eligible tensor of a checkpoint into ``output_path`` (.aq) and report.
 
     ``bit_width_for(name, info)`` may choose the bit width per eligible tensor and say why:
     (bits, reason), bits None meaning carry it through. With ``min_accuracy`` each quantized
     layer's cosine similarity is checked right after quantizing it; a layer below it moves to the
-    next bit width (2 -> 4 -> 8) if ``fallback``, else (or if 8 bits do not reach it either) an
+    next bit width (affine 2 -> 4 -> 8, kquant 2 -> 3 -> 4 -> 5 -> 6 -> 8) if ``fallback``, else (or if 8 bits do not reach it either) an
     AccuracyError names it. An existing output is replaced only with ``overwrite``; ``variant``
     picks the weights of a folder holding several (``model.fp16.safetensors``). ``executor(jobs)``
     (default: this process, one tensor at a time) yields each TensorJob's (QuantizedTensor,
-    ErrorStats, Markov metrics) in order; arrowquant.ray passes one that runs them on a cluster."""
+    ErrorStats, Markov metrics) in order; arrowquant.ray passes one that runs them on a cluster.
+    ``scheme`` "kquant" (with ``rotate``) writes format version 2 (docs/format.md)."""
     started = time.perf_counter()
     include_patterns, exclude_patterns = _patterns(include, "include"), _patterns(exclude, "exclude")
     if progress_callback is not None and not callable(progress_callback):
@@ -104,7 +114,8 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
     try:
         settings = {"bit_width": bit_width, "group_size": group_size, "symmetric": symmetric, "mode": mode,
                     "include": include_patterns, "exclude": exclude_patterns, "method": method,
-                    "min_accuracy": min_accuracy, "fallback": fallback, **(extra_metadata or {})}
+                    "min_accuracy": min_accuracy, "fallback": fallback, "scheme": scheme, "rotate": rotate,
+                    **(extra_metadata or {})}
         metadata = {"version": __version__, "source_files": [f.name for f in files], "settings": settings,
                     "source_metadata": {sf.path.name: sf.metadata for sf in opened}}
         total_bytes = sum(t.nbytes for sf in opened for t in sf.tensors.values()) or 1
@@ -113,7 +124,7 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
         markov_raw: dict[str, tuple] = {}
         carried: dict[str, str] = {}
         fallbacks: list[dict[str, Any]] = []
-        input_bytes = quantized_source_bytes = quantized_bytes = 0
+        input_bytes = quantized_source_bytes = quantized_bytes = quantized_elements = 0
         # The plan first (names and bit widths, no data), then the data in checkpoint order.
         plan = []
         for sf in opened:
@@ -125,10 +136,13 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
                         fnmatch.fnmatchcase(name, p) for p in include_patterns):
                     bits, reason = bit_width_for(name, info)
                 plan.append((sf, name, info, bits, reason))
-        jobs = [TensorJob(sf, name, info, bits, group_size, symmetric, method, markov_threshold)
+        jobs = [TensorJob(sf, name, info, bits, group_size, symmetric, method, markov_threshold, scheme, rotate)
                 for sf, name, info, bits, _ in plan if bits is not None]
+        job_of = {job.name: job for job in jobs}
+        next_bits = NEXT_BIT_WIDTH[scheme]
         results = (executor or local_executor(num_threads))(jobs)
-        with terminate_as_interrupt(), AqWriter(output_path, metadata, overwrite=overwrite) as writer:
+        with terminate_as_interrupt(), AqWriter(output_path, metadata, overwrite=overwrite,
+                                                format_version=2 if scheme != "affine" else 1) as writer:
             for sf, name, info, bits, reason in plan:
                 if bits is None:
                     writer.write_raw(name, sf.raw_bytes(name), info.dtype, info.shape)
@@ -138,27 +152,26 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
                     requested = bits
                     tensor, stats, layer_markov = next(results)
                     while min_accuracy is not None and stats.cosine < min_accuracy:
-                        if not fallback or bits not in NEXT_BIT_WIDTH:
+                        if not fallback or bits not in next_bits:
                             why = "fallback is off" if not fallback else "even at 8 bits"
                             raise AccuracyError(f"{label}: cosine similarity {stats.cosine:.4f} at {bits} bits is "
                                                 f"below min_accuracy {min_accuracy} ({why})")
-                        fallbacks.append({"layer": name, "from_bits": bits, "to_bits": NEXT_BIT_WIDTH[bits],
+                        fallbacks.append({"layer": name, "from_bits": bits, "to_bits": next_bits[bits],
                                           "cosine": stats.cosine, "min_accuracy": min_accuracy,
                                           "reason": f"cosine {stats.cosine:.4f} < min_accuracy {min_accuracy}"})
-                        bits = NEXT_BIT_WIDTH[bits]
-                        [(tensor, stats, layer_markov)] = quantize_arrays(
-                            [sf.array(name)], [info.dtype], [label], bit_width=bits, group_size=group_size,
-                            symmetric=symmetric, method=method, num_threads=num_threads, with_stats=True,
-                            markov_threshold=markov_threshold)
+                        bits = next_bits[bits]
+                        tensor, stats, layer_markov = job_of[name].quantize(sf.array(name), num_threads, bits)
                     writer.write_quantized(name, tensor)
                     markov_raw[name] = layer_markov
                     layers[name] = {"shape": list(info.shape), "source_dtype": info.dtype, "bit_width": bits,
-                                    "requested_bit_width": requested, "reason": reason,
+                                    "requested_bit_width": requested, "reason": reason, "scheme": tensor.scheme,
+                                    "bits_per_weight": tensor.bits_per_weight,
                                     "bytes_before": info.nbytes, "bytes_after": tensor.nbytes,
                                     "cosine": stats.cosine, "relative_rmse": stats.relative_rmse,
                                     "max_abs_error": stats.max_abs_error}
                     quantized_source_bytes += info.nbytes
                     quantized_bytes += tensor.nbytes
+                    quantized_elements += info.numel
                 input_bytes += info.nbytes
                 sf.release(name)
                 done_bytes += info.nbytes
@@ -190,7 +203,9 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
         "seconds": seconds,
         "throughput_mb_s": input_bytes / seconds / 1e6 if seconds > 0 else 0.0,
         "settings": {"bit_width": bit_width, "group_size": group_size, "symmetric": symmetric, "mode": mode,
-                     "method": method, "min_accuracy": min_accuracy, "fallback": fallback},
+                     "method": method, "min_accuracy": min_accuracy, "fallback": fallback, "scheme": scheme,
+                     "rotate": rotate},
+        "bits_per_weight": 8 * quantized_bytes / quantized_elements if quantized_elements else 0.0,
         "layers": layers,
         "warnings": warnings_out,
         "_markov": markov_raw,  # raw Markov metrics, taken out by ArrowQuantV2

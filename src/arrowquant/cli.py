@@ -146,11 +146,21 @@ def format_validation(report: dict, layers: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _stored_as(layer: dict) -> str:
+    if not layer["quantized"]:
+        return "carried"
+    if layer.get("scheme") == "kquant":
+        return "kquant" + (" + rotation" if layer.get("rotation") == "hadamard256" else "")
+    return "quantized"
+
+
 def _config_from_args(args) -> Any:
     from .diffusion import DiffusionQuantConfig
     overrides = {k: v for k, v in {
         "bit_width": args.bits, "group_size": args.group_size, "min_accuracy": args.min_accuracy,
-        "num_threads": args.threads, "method": args.method}.items() if v is not None}
+        "num_threads": args.threads, "method": args.method, "scheme": args.scheme}.items() if v is not None}
+    if args.no_rotate:
+        overrides["rotate"] = False
     if args.symmetric:
         overrides["symmetric"] = True
     if args.no_fallback:
@@ -345,7 +355,7 @@ def cmd_inspect(args) -> int:
     print(f"settings: {json.dumps(meta.get('settings', {}))}")
     rows = [[layer["name"], "x".join(map(str, layer["shape"])), str(layer["bit_width"]),
              str(layer["group_size"] or "-"), layer["source_dtype"], f"{layer['bytes']:,}",
-             "quantized" if layer["quantized"] else "carried"] for layer in report["layers"]]
+             _stored_as(layer)] for layer in report["layers"]]
     print(_table(rows, ["layer", "shape", "bits", "group", "dtype", "bytes", "stored"]))
     print(f"{report['layers_quantized']} quantized, {report['layers_carried']} carried through")
     return EXIT_OK
@@ -441,7 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
                                   "lie outside the input")
     q.add_argument("--profile", choices=list(PROFILES), help=f"preset settings ({_PROFILES_HELP}); the options "
                                                               "below override it (default: local without min cosine)")
-    q.add_argument("--bits", type=int, choices=[2, 4, 8], help="bits per weight (default: 4, or the profile's)")
+    q.add_argument("--bits", type=int, choices=[2, 3, 4, 5, 6, 8], help="code bits per weight: 2, 4, 8 (affine); 2, 3, "
+                   "4, 5, 6, 8 (kquant) (default: 4, or the profile's)")
+    q.add_argument("--scheme", choices=["affine", "kquant"], help="affine: groups of --group-size with a float scale "
+                   "and zero point (format v1); kquant: k-quant super-blocks with 2-level parameters and a Hadamard "
+                   "rotation, lower error at the same size (format v2; 2.625 / 3.44 / 4.5 / 5.5 / 6.56 / 8.5 bits per "
+                   "weight) (default: affine, or the profile's)")
+    q.add_argument("--no-rotate", action="store_true", help="kquant without the Hadamard rotation")
     q.add_argument("--group-size", type=int, help="weights per group sharing a scale and zero point, a power of two "
                                                   "16..4096 (default: 128, or the profile's)")
     q.add_argument("--symmetric", action="store_true", help="symmetric groups (zero point fixed at the middle code)")
@@ -453,10 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--variant", help="take the weights of this variant, e.g. fp16 for *.fp16.safetensors (default: "
                                      "the files without a variant, as diffusers does)")
     q.add_argument("--min-accuracy", type=float, help="minimum weight cosine per layer; a layer below it moves to "
-                                                      "more bits (2 -> 4 -> 8) (default: none, or the profile's)")
+                                                      "more bits (2 -> 4 -> 8; kquant one width at a time) (default: none, or the profile's)")
     q.add_argument("--no-fallback", action="store_true", help="fail instead of raising a layer's bit width")
     q.add_argument("--no-keep-sensitive", action="store_true", help="quantize sensitive layers like the rest")
-    q.add_argument("--sensitive-bits", choices=["2", "4", "8", "none"], help="bits for sensitive layers; none keeps "
+    q.add_argument("--sensitive-bits", choices=["2", "3", "4", "5", "6", "8", "none"], help="bits for sensitive layers; none keeps "
                                                                              "them unquantized (default: 8)")
     q.add_argument("--include", action="append", metavar="GLOB", help="also quantize tensors matching (repeatable)")
     q.add_argument("--exclude", action="append", metavar="GLOB", help="never quantize tensors matching (repeatable)")

@@ -15,7 +15,8 @@ import numpy as np
 from .aq_file import AqFile
 from .checkpoint import _patterns, quantize_checkpoint
 from .errors import FileFormatError, MissingFileError, ParameterError
-from .validation import check_bit_width, check_group_size, check_method, check_num_threads
+from .schemes import DEFAULT_SCHEME, check_bits_for_scheme, check_rotate, check_scheme
+from .validation import check_group_size, check_method, check_num_threads
 from .markov import DEFAULT_THRESHOLD as DEFAULT_MARKOV_THRESHOLD
 from .paths import check_output_apart, copy_model_files, output_folder, path_inside, terminate_as_interrupt
 from .safetensors_io import (Checkpoint, TensorInfo, is_weight_file, load_json, resolve_checkpoint,
@@ -37,13 +38,16 @@ class DiffusionQuantConfig:
     """Settings of quantize_diffusion_model; validated at construction (errors name the parameter)."""
 
     FIELDS = ("bit_width", "group_size", "symmetric", "min_accuracy", "fallback", "keep_sensitive",
-              "sensitive_bit_width", "include", "exclude", "num_threads", "method")
+              "sensitive_bit_width", "include", "exclude", "num_threads", "method", "scheme", "rotate")
 
     def __init__(self, bit_width: int = 4, group_size: int = 128, symmetric: bool = False,
                  min_accuracy: float | None = None, fallback: bool = True, keep_sensitive: bool = True,
                  sensitive_bit_width: int | None = 8, include: Any = None, exclude: Any = None,
-                 num_threads: int | None = None, method: str = "search") -> None:
-        self.bit_width = check_bit_width(bit_width)
+                 num_threads: int | None = None, method: str = "search", scheme: str = DEFAULT_SCHEME,
+                 rotate: bool = True) -> None:
+        self.scheme = check_scheme(scheme)
+        self.rotate = check_rotate(rotate)
+        self.bit_width = check_bits_for_scheme(bit_width, self.scheme)
         self.group_size = check_group_size(group_size)
         for name, value in (("symmetric", symmetric), ("fallback", fallback), ("keep_sensitive", keep_sensitive)):
             if not isinstance(value, bool):
@@ -54,7 +58,7 @@ class DiffusionQuantConfig:
             raise ParameterError(f"min_accuracy must be a cosine similarity in (0, 1] or None; got {min_accuracy!r}")
         self.min_accuracy = None if min_accuracy is None else float(min_accuracy)
         if sensitive_bit_width is not None:
-            check_bit_width(sensitive_bit_width)
+            check_bits_for_scheme(sensitive_bit_width, self.scheme)
             if sensitive_bit_width < self.bit_width:
                 raise ParameterError(f"sensitive_bit_width ({sensitive_bit_width}) must not be below bit_width "
                                      f"({self.bit_width}): sensitive layers keep more precision, not less")
@@ -307,7 +311,7 @@ def quantize_diffusion_model(model_path: Any, output_path: Any, config: Diffusio
             bit_width_for=bit_width_rule(config, mode, names_of[name]), min_accuracy=config.min_accuracy,
             fallback=config.fallback, overwrite=overwrite_file, variant=variant,
             extra_metadata={"diffusion_config": config.to_dict(), "component": name},
-            markov_threshold=markov_threshold, executor=executor)
+            markov_threshold=markov_threshold, executor=executor, scheme=config.scheme, rotate=config.rotate)
 
     per_component = write_model_outputs(model_path, output_path, kind, components, checkpoints, ".aq", overwrite, run)
     prefixed = kind == "diffusers"

@@ -13,13 +13,15 @@ except ImportError as error:  # pragma: no cover - exercised only without ray
 
 import pyarrow as pa
 
-from .validation import check_bit_width, check_group_size, check_method, check_num_threads, check_symmetric
+from .schemes import check_bits_for_scheme, check_rotate, check_scheme
+from .validation import check_group_size, check_method, check_num_threads, check_symmetric
 
 
 def _quantize_batch(batch: pa.Table, bit_width: int, group_size: int, method: str, symmetric: bool,
-                    num_threads: int) -> pa.Table:
+                    num_threads: int, scheme: str = "affine", rotate: bool = True) -> pa.Table:
     from .quantizer import ArrowQuantV2
-    quantizer = ArrowQuantV2(group_size=group_size, symmetric=symmetric, num_threads=num_threads, method=method)
+    quantizer = ArrowQuantV2(group_size=group_size, symmetric=symmetric, num_threads=num_threads, method=method,
+                             scheme=scheme, rotate=rotate)
     return quantizer.quantize_arrow(batch, bit_width)
 
 
@@ -29,15 +31,17 @@ def _dequantize_batch(batch: pa.Table, num_threads: int) -> pa.Table:
 
 
 def quantize_dataset(ds: "ray.data.Dataset", *, bit_width: int = 4, group_size: int = 128, method: str = "rtn",
-                     symmetric: bool = False, num_cpus: int = 1, batch_size: int | None = None) -> "ray.data.Dataset":
+                     symmetric: bool = False, num_cpus: int = 1, batch_size: int | None = None,
+                     scheme: str = "affine", rotate: bool = True) -> "ray.data.Dataset":
     """A dataset of quantized rows (docs/format.md's output columns) from a dataset with
     ``quantize_arrow``'s input columns (layer_name, weights, optional shape), e.g. from
     ``ray.data.read_parquet``. Each task quantizes one batch with ``num_cpus`` threads, the CPUs
     Ray reserves for it (never every core of the node). Lazy, as Ray datasets are; the bytes equal
     ``quantize_arrow``'s for the same rows and settings."""
-    options = {"bit_width": check_bit_width(bit_width), "group_size": check_group_size(group_size),
+    scheme = check_scheme(scheme)
+    options = {"bit_width": check_bits_for_scheme(bit_width, scheme), "group_size": check_group_size(group_size),
                "method": check_method(method), "symmetric": check_symmetric(symmetric),
-               "num_threads": check_num_threads(num_cpus)}
+               "num_threads": check_num_threads(num_cpus), "scheme": scheme, "rotate": check_rotate(rotate)}
     return ds.map_batches(_quantize_batch, fn_kwargs=options, batch_format="pyarrow", num_cpus=num_cpus,
                           batch_size=batch_size, zero_copy_batch=True)
 
@@ -59,7 +63,7 @@ FAULT_INJECTION_ENV = "_ARROWQUANT_KILL_FIRST_WORKER"
 
 
 def _quantize_tensor(path: str, name: str, dtype: str, bits: int, group_size: int, symmetric: bool, method: str,
-                     markov_threshold: float, num_threads: int) -> tuple:
+                     markov_threshold: float, num_threads: int, scheme: str = "affine", rotate: bool = True) -> tuple:
     import os
     from pathlib import Path
 
@@ -73,10 +77,10 @@ def _quantize_tensor(path: str, name: str, dtype: str, bits: int, group_size: in
         [(tensor, stats, markov)] = quantize_arrays(
             [sf.array(name)], [dtype], [f"{Path(path).name}: layer {name!r}"], bit_width=bits, group_size=group_size,
             symmetric=symmetric, method=method, num_threads=num_threads, with_stats=True,
-            markov_threshold=markov_threshold)
+            markov_threshold=markov_threshold, scheme=scheme, rotate=rotate)
     stats_values = (stats.sum_xx, stats.sum_yy, stats.sum_xy, stats.sum_dd, stats.max_abs_error, stats.count)
     return (tensor.quantized_data, tensor.scales, tensor.zero_points, tuple(tensor.shape), tensor.bit_width,
-            tensor.group_size, tensor.symmetric, tensor.source_dtype, stats_values, markov)
+            tensor.group_size, tensor.symmetric, tensor.source_dtype, tensor.scheme, tensor.rotation), stats_values, markov
 
 
 def ray_executor(num_cpus: int = 1, max_in_flight: int | None = None):
@@ -101,14 +105,15 @@ def ray_executor(num_cpus: int = 1, max_in_flight: int | None = None):
             job = next(upcoming, None)
             if job is not None:
                 pending.append(task.remote(str(job.file.path), job.name, job.info.dtype, job.bits, job.group_size,
-                                           job.symmetric, job.method, job.markov_threshold, num_cpus))
+                                           job.symmetric, job.method, job.markov_threshold, num_cpus, job.scheme,
+                                           job.rotate))
 
         for _ in range(window):
             submit()
         while pending:
-            packed, scales, zeros, shape, bits, group, symmetric, dtype, stats, markov = ray.get(pending.popleft())
+            fields, stats, markov = ray.get(pending.popleft())
             submit()
-            yield QuantizedTensor(packed, scales, zeros, shape, bits, group, symmetric, dtype), ErrorStats(*stats), markov
+            yield QuantizedTensor(*fields), ErrorStats(*stats), markov
 
     return run
 
@@ -116,17 +121,18 @@ def ray_executor(num_cpus: int = 1, max_in_flight: int | None = None):
 def quantize_checkpoint(src, out, *, bit_width: int = 4, group_size: int = 128, method: str = "search",
                         symmetric: bool = False, include=None, exclude=None, num_cpus: int = 1,
                         max_in_flight: int | None = None, overwrite: bool = False, variant: str | None = None,
-                        progress_callback=None) -> dict:
+                        progress_callback=None, scheme: str = "affine", rotate: bool = True) -> dict:
     """quantize_from_safetensors with every tensor quantized by a Ray task: the tasks memory-map the
     checkpoint (it must be on storage every node sees), the driver writes the `.aq` in the
     checkpoint's order, atomically. The file is byte-identical to the single-machine pipeline's for
     the same settings. A task whose worker dies is retried by Ray; a failure that does not recover
     leaves no output and names the tensor."""
     from .checkpoint import quantize_checkpoint as local_quantize_checkpoint
+    scheme = check_scheme(scheme)
     report = local_quantize_checkpoint(
-        src, out, bit_width=check_bit_width(bit_width), group_size=check_group_size(group_size),
+        src, out, bit_width=check_bits_for_scheme(bit_width, scheme), group_size=check_group_size(group_size),
         symmetric=check_symmetric(symmetric), num_threads=check_num_threads(num_cpus), method=check_method(method),
         include=include, exclude=exclude, progress_callback=progress_callback, mode="base", overwrite=overwrite,
-        variant=variant, executor=ray_executor(num_cpus, max_in_flight))
+        variant=variant, executor=ray_executor(num_cpus, max_in_flight), scheme=scheme, rotate=check_rotate(rotate))
     report.pop("_markov", None)
     return report

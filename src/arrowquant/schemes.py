@@ -4,8 +4,8 @@ Two schemes:
 
 - ``affine`` (format version 1): groups of G values along a row, each with a float32 scale and
   zero point, codes of 2, 4 or 8 bits packed LSB-first.
-- ``kquant`` (format version 2): each row padded with zeros to a multiple of 256 values,
-  optionally rotated block by block (``hadamard256``: random signs, then a Walsh-Hadamard
+- ``kquant`` (format version 2): the flattened tensor cut into super-blocks of 256 values (the
+  last one padded with zeros), optionally rotated block by block (``hadamard256``: random signs, then a Walsh-Hadamard
   transform scaled by 1/16), then coded in k-quant super-blocks of 256 values whose sub-block
   scales (and minimums) are small integers against per-super-block float16 scales: the block
   layouts of ggml's Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (2..6 bits) and Q8_0 (8 bits), byte for byte.
@@ -55,17 +55,6 @@ def rotation_name(rotate: bool) -> str:
     return "hadamard256" if rotate else "none"
 
 
-def matrix_of(shape: Sequence[int]) -> tuple[int, int]:
-    """(rows, cols) of a tensor as the format views it: shape[0] x the rest, or one row for ndim <= 1."""
-    if len(shape) >= 2:
-        return int(shape[0]), math.prod(int(d) for d in shape[1:])
-    return 1, math.prod(int(d) for d in shape)
-
-
-def kquant_padded_cols(cols: int) -> int:
-    return -(-cols // KQUANT_BLOCK) * KQUANT_BLOCK
-
-
 def kquant_block_type(bit_width: int):
     """The GgufType whose block layout holds this kquant bit width."""
     from .gguf.types import gguf_type
@@ -73,10 +62,14 @@ def kquant_block_type(bit_width: int):
     return gguf_type(KQUANT_BLOCK_TYPES[bit_width])
 
 
+def kquant_blocks(numel: int) -> int:
+    """Super-blocks of a kquant tensor: its flattened values, the last block padded with zeros."""
+    return -(-numel // KQUANT_BLOCK)
+
+
 def kquant_bytes(bit_width: int, shape: Sequence[int]) -> int:
-    """Bytes of quantized_data of a kquant tensor: rows x padded cols in the type's blocks."""
-    rows, cols = matrix_of(shape)
-    return kquant_block_type(bit_width).encoded_bytes(rows * kquant_padded_cols(cols))
+    """Bytes of quantized_data of a kquant tensor of this shape."""
+    return kquant_block_type(bit_width).encoded_bytes(kquant_blocks(math.prod(int(d) for d in shape)) * KQUANT_BLOCK)
 
 
 def kquant_block_bits_per_weight(bit_width: int) -> float:

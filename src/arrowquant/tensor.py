@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _core
 from .errors import DataError, ParameterError
-from .schemes import DEFAULT_SCHEME, KQUANT_BLOCK, bits_per_weight, kquant_bytes, matrix_of
+from .schemes import DEFAULT_SCHEME, KQUANT_BLOCK, bits_per_weight, kquant_bytes
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -179,9 +179,9 @@ _EMPTY_PARAMS.flags.writeable = False
 
 
 def _quantize_kquant(arrays, views, source_dtypes, labels, *, bit_width, method, num_threads, with_stats, rotate):
-    shapes = [matrix_of(a.shape) for a in arrays]
+    # The format's kquant geometry: the flattened tensor as one row.
     results = _core.kquant_encode_arrays([v.reshape(-1) for v in views], [_ELEMENT_TYPE[d] for d in source_dtypes],
-                                         [r for r, _ in shapes], [c for _, c in shapes], list(labels), bit_width,
+                                         [1] * len(views), [v.size for v in views], list(labels), bit_width,
                                          rotate, method, num_threads or 0, with_stats)
     rotation = "hadamard256" if rotate else "none"
     return [(QuantizedTensor(encoded, _EMPTY_PARAMS, _EMPTY_PARAMS, array.shape, bit_width, KQUANT_BLOCK, False, dtype,
@@ -254,7 +254,6 @@ def _dequantize_kquant(tensors: list[QuantizedTensor], labels: list[str], num_th
         if t.quantized_data.nbytes != expected:
             raise DataError(f"{label}: holds {t.quantized_data.nbytes} bytes but shape {list(t.shape)} at "
                             f"{t.bit_width} bits (kquant) needs {expected}")
-    shapes = [matrix_of(t.shape) for t in tensors]
     return _core.kquant_decode_arrays([np.ascontiguousarray(t.quantized_data, np.uint8).reshape(-1) for t in tensors],
-                                      [r for r, _ in shapes], [c for _, c in shapes], [t.bit_width for t in tensors],
+                                      [1] * len(tensors), [t.numel for t in tensors], [t.bit_width for t in tensors],
                                       [t.rotation == "hadamard256" for t in tensors], labels, num_threads or 0)
