@@ -80,7 +80,7 @@ def test_dequantize_folder_back_to_safetensors(quantized, tmp_path):
     assert tensors["decoder.conv_out.weight"]["dtype"] == "F16"  # 864 elements, carried: converted too
 
 
-@pytest.mark.parametrize("args", [["quantize"], ["frobnicate"], ["quantize", "a", "b", "--bits", "3"], []])
+@pytest.mark.parametrize("args", [["quantize"], ["frobnicate"], ["quantize", "a", "b", "--bits", "7"], []])
 def test_usage_errors_exit_2(args):
     assert run(*args).returncode == 2
 

@@ -205,7 +205,8 @@ class AqFile:
         get = lambda c: batch.column(c)[row]  # noqa: E731
         fields = {c: get(c).as_py() for c in ("shape", "bit_width", "group_size", "symmetric", "source_dtype")}
         fields["scheme"], fields["rotation"] = ((get("scheme").as_py(), get("rotation").as_py())
-                                                if self.format_version == 2 else ("affine", "none"))
+                                                if self.format_version == 2 else
+                                                ("affine" if fields["group_size"] != 0 else "raw", "none"))
         label = f"{self.path}: layer {name!r}"
         quantized = fields["group_size"] != 0
         if (fields["scheme"] not in ("affine", "kquant", "raw") or (fields["scheme"] == "raw") == quantized or

@@ -262,7 +262,10 @@ def _summary(reports: list[dict]) -> dict[str, Any]:
     rmse = [v["relative_rmse"] for v in layers.values()]
     before = sum(r["input_bytes"] for r in reports)
     after = sum(r["output_bytes"] for r in reports)
+    elements = sum(math.prod(v["shape"]) for v in layers.values())
     return {"bytes_before": before, "bytes_after": after, "compression_ratio": before / after if after else 0.0,
+            # stored bits per quantized weight, every parameter included
+            "bits_per_weight": 8 * sum(v["bytes_after"] for v in layers.values()) / elements if elements else 0.0,
             "layers_quantized": len(layers), "layers_carried": sum(r["layers_carried"] for r in reports),
             "mean_cosine": float(np.mean(cos)) if cos else 1.0, "min_cosine": min(cos) if cos else 1.0,
             "mean_relative_rmse": float(np.mean(rmse)) if rmse else 0.0, "max_relative_rmse": max(rmse) if rmse else 0.0}

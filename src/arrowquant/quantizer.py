@@ -264,23 +264,27 @@ class ArrowQuantV2:
                                   progress_callback: Callable[[str, float], Any] | None = None, *,
                                   symmetric: bool | None = None, include: Any = None, exclude: Any = None,
                                   method: str | None = None, overwrite: bool = False,
-                                  variant: str | None = None) -> dict:
+                                  variant: str | None = None, scheme: str | None = None,
+                                  rotate: bool | None = None) -> dict:
         """Quantize a safetensors checkpoint (file, sharded index, or folder) into one .aq file.
 
         Floating tensors (F32/F16/BF16) with at least 2 dimensions and 1,024 elements are
         quantized; everything else is carried through byte for byte. ``include`` / ``exclude``
         are glob patterns (or lists of them) on tensor names that override that choice. Returns a
         report: layer counts, bytes, compression ratio, cosine / relative RMSE per layer and
-        overall, seconds and throughput. An existing output is replaced only with ``overwrite``;
+        overall, seconds and throughput. ``scheme="kquant"`` writes a version-2 file (bit widths 2,
+        3, 4, 5, 6, 8; docs/format.md). An existing output is replaced only with ``overwrite``;
         ``variant`` picks the weight files of a folder holding several (``*.fp16.safetensors``)."""
         from .checkpoint import quantize_checkpoint
 
+        scheme, rotate = self._scheme(scheme, rotate)
         bits, group, sym, meth, threads = self._options(bit_width, group_size, symmetric, method,
-                                                        default_method=DEFAULT_PIPELINE_METHOD)
+                                                        default_method=DEFAULT_PIPELINE_METHOD, scheme=scheme)
         report = quantize_checkpoint(safetensors_path, output_path, bit_width=bits, group_size=group, symmetric=sym,
                                      method=meth, num_threads=threads, include=include, exclude=exclude,
                                      progress_callback=progress_callback, mode=self.mode, overwrite=overwrite,
-                                     variant=variant, markov_threshold=self.markov_threshold)
+                                     variant=variant, markov_threshold=self.markov_threshold, scheme=scheme,
+                                     rotate=rotate)
         raw = report.pop("_markov")
         self._record_markov(list(raw), list(raw.values()))
         return report
@@ -294,7 +298,8 @@ class ArrowQuantV2:
 
         if config is None:
             config = DiffusionQuantConfig(group_size=self.group_size, symmetric=self.symmetric,
-                                          num_threads=self.num_threads, method=self.method or DEFAULT_PIPELINE_METHOD)
+                                          num_threads=self.num_threads, method=self.method or DEFAULT_PIPELINE_METHOD,
+                                          scheme=self.scheme, rotate=self.rotate)
         report = quantize_diffusion_model(model_path, output_path, config, progress_callback, mode=self.mode,
                                           overwrite=overwrite, variant=variant, markov_threshold=self.markov_threshold,
                                           ray=ray)
