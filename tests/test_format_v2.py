@@ -281,3 +281,15 @@ def test_diffusion_config_carries_the_scheme(tmp_path):
         bits = {layer["name"]: (layer["scheme"], layer["rotation"], layer["bit_width"]) for layer in f.layers()}
     assert bits["blocks.0.attn.to_q.weight"] == ("kquant", "none", 6)  # first block: sensitive
     assert report["overall"]["layers_quantized"] == 3
+
+
+def test_engine_rows_are_padded_one_by_one():
+    """The engine also codes matrices row by row (each row padded to whole super-blocks): the same
+    bytes as coding each row as its own tensor."""
+    from arrowquant import _core
+    x = heavy_tailed(np.random.default_rng(12), (7, 300))
+    [(by_rows, _)] = _core.kquant_encode_arrays([x.reshape(-1)], [0], [7], [300], ["x"], 4, True, "rtn", 2, False)
+    per_row = b"".join(aq.ArrowQuantV2(scheme="kquant").quantize(row, 4).quantized_data.tobytes() for row in x)
+    assert by_rows.tobytes() == per_row
+    [decoded] = _core.kquant_decode_arrays([by_rows], [7], [300], [4], [True], ["x"], 2)
+    assert same_bits(decoded, np.concatenate([aq.ArrowQuantV2(scheme="kquant").quantize(row, 4).dequantize() for row in x]))

@@ -177,17 +177,30 @@ void kquant_decode(std::span<const KquantDecodeJob> jobs, int num_threads) {
     thread_local std::vector<float> values;
     const Chunk& c = chunks[static_cast<size_t>(t)];
     const KquantDecodeJob& job = jobs[static_cast<size_t>(c.job)];
-    const int64_t n = c.blocks * kKquantBlock;
-    const uint8_t* in = job.encoded + gguf::encoded_bytes(*job.type, c.first_block * kKquantBlock);
-    // Whole unpadded rows of an unrotated tensor decode straight into the output.
-    if (!job.rotate && job.cols % kKquantBlock == 0) {
-      gguf::decoder(*job.type, isa)(in, n, job.out + c.first_block * kKquantBlock);
-      return;
+    const gguf::DecodeFn decode = gguf::decoder(*job.type, isa);
+    // Blocks that lie whole inside their row decode straight into the output, a few at a time so
+    // that the rotation reads them back from L1; the rest (a row's padded last block) go through
+    // a buffer that drops the padding.
+    constexpr int64_t kStep = 8;
+    int64_t b = 0;
+    while (b < c.blocks) {
+      const BlockPlace at = place_of(c.first_block + b, job.cols);
+      int64_t whole = std::min(kStep, c.blocks - b);
+      whole = std::min(whole, job.cols / kKquantBlock - at.col / kKquantBlock);  // whole blocks left in this row
+      const uint8_t* in = job.encoded + gguf::encoded_bytes(*job.type, (c.first_block + b) * kKquantBlock);
+      if (whole > 0) {
+        float* out = job.out + at.row * job.cols + at.col;
+        decode(in, whole * kKquantBlock, out);
+        if (job.rotate) rotation.inverse(out, whole);
+        b += whole;
+        continue;
+      }
+      values.resize(kKquantBlock);
+      decode(in, kKquantBlock, values.data());
+      if (job.rotate) rotation.inverse(values.data(), 1);
+      scatter(values.data(), Chunk{c.job, c.first_block + b, 1}, job.cols, job.out);
+      b += 1;
     }
-    values.resize(static_cast<size_t>(n));
-    gguf::decoder(*job.type, isa)(in, n, values.data());
-    if (job.rotate) rotation.inverse(values.data(), c.blocks);
-    scatter(values.data(), c, job.cols, job.out);
   });
 }
 
