@@ -267,3 +267,56 @@ def test_embeddings_stay_packed(tmp_path):
     ids = torch.tensor([[0, 5, 999, 42]])
     with torch.no_grad():
         assert torch.equal(reference(ids), quantized(ids))
+
+
+@pytest.mark.parametrize("bits,rotate", [(3, True), (5, False), (8, True)])
+def test_format_v2_kquant_loads_and_runs_packed(tmp_path, bits, rotate):
+    """Version-2 kquant layers load as quantized modules; the torch decoder (any device) and the
+    kernels give the same floats as aq.open(...).dequantize; quantize_model and save agree with
+    the checkpoint pipeline."""
+    torch.manual_seed(6)
+    model = Small().eval()
+    save_file(model.state_dict(), str(tmp_path / "m.safetensors"))
+    aq.ArrowQuantV2(mode="base", scheme="kquant", rotate=rotate).quantize_from_safetensors(
+        tmp_path / "m.safetensors", tmp_path / "m.aq", bit_width=bits)
+    with torch.device("meta"):
+        quantized = Small()
+    at.load_quantized(quantized, tmp_path / "m.aq")
+    quantized.eval()
+    reference = Small().eval()
+    reference.load_state_dict(at.load_state_dict(tmp_path / "m.aq"))
+    with aq.open(tmp_path / "m.aq") as f:
+        for layer in ("fc", "conv", "seq"):
+            w = getattr(quantized, layer).qweight
+            assert (w.scheme, w.bit_width) == ("kquant", bits) and w.scales.numel() == 0
+            expected = torch.from_numpy(np.asarray(f.dequantize(f"{layer}.weight")))
+            assert torch.equal(w.dequantize(), expected)
+            by_torch = at.decode_weight(w.packed, w.scales, w.zero_points, w.shape, w.bit_width, w.group_size,
+                                        use_kernels=False, scheme=w.scheme, rotation=w.rotation)
+            assert torch.equal(by_torch, expected)
+    assert f"scheme=kquant, rotation={'hadamard256' if rotate else 'none'}, bits={bits}" in repr(quantized.fc)
+    with torch.no_grad():
+        for a, b in zip(reference(*inputs()), quantized(*inputs())):
+            assert torch.equal(a, b)
+    live = Small().eval()
+    live.load_state_dict(model.state_dict())
+    at.quantize_model(live, bit_width=bits, mode="base", scheme="kquant", rotate=rotate)
+    with aq.open(tmp_path / "m.aq") as f:
+        assert live.fc.qweight.packed.numpy().tobytes() == f.tensor("fc.weight").quantized_data.tobytes()
+    at.save(live, tmp_path / "live.aq")
+    with aq.open(tmp_path / "live.aq") as f:
+        assert f.format_version == 2 and f.tensor("conv.weight").scheme == "kquant"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_kquant_decodes_on_cuda_like_the_kernels(tmp_path):
+    torch.manual_seed(7)
+    model = Small().eval()
+    save_file(model.state_dict(), str(tmp_path / "m.safetensors"))
+    aq.ArrowQuantV2(mode="base", scheme="kquant").quantize_from_safetensors(tmp_path / "m.safetensors",
+                                                                            tmp_path / "m.aq", bit_width=4)
+    with torch.device("meta"):
+        quantized = Small()
+    at.load_quantized(quantized, tmp_path / "m.aq", device="cuda")
+    with aq.open(tmp_path / "m.aq") as f:
+        assert torch.equal(quantized.fc.dequantize().cpu(), torch.from_numpy(np.asarray(f.dequantize("fc.weight"))))

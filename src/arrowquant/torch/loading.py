@@ -49,7 +49,7 @@ def _quantized_weight(f: AqFile, name: str, device: Any) -> QuantizedWeight:
     fields = f._fields(name)
     return QuantizedWeight(numpy_to_torch(fields["data"], device), numpy_to_torch(fields["scales"], device),
                            numpy_to_torch(fields["zero_points"], device), tuple(fields["shape"]), fields["bit_width"],
-                           fields["group_size"], fields["source_dtype"])
+                           fields["group_size"], fields["source_dtype"], fields["scheme"], fields["rotation"])
 
 
 def load_quantized(model: nn.Module, path: Any, *, device: Any = None, dtype: torch.dtype | None = None,

@@ -18,23 +18,26 @@ class QuantizedWeight(nn.Module):
     """The packed weight of one layer (arrowquant format, docs/format.md)."""
 
     def __init__(self, packed: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor, shape: tuple[int, ...],
-                 bit_width: int, group_size: int, source_dtype: str = "F32") -> None:
+                 bit_width: int, group_size: int, source_dtype: str = "F32", scheme: str = "affine",
+                 rotation: str = "none") -> None:
         super().__init__()
         self.register_buffer("packed", packed)
         self.register_buffer("scales", scales)
         self.register_buffer("zero_points", zero_points)
         self.shape, self.bit_width, self.group_size, self.source_dtype = tuple(shape), bit_width, group_size, source_dtype
+        self.scheme, self.rotation = scheme, rotation  # format v2's kquant: scales and zero_points are empty
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         return decode_weight(self.packed, self.scales, self.zero_points, self.shape, self.bit_width, self.group_size,
-                             dtype)
+                             dtype, scheme=self.scheme, rotation=self.rotation)
 
     @property
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in (self.packed, self.scales, self.zero_points))
 
     def extra_repr(self) -> str:
-        return (f"shape={list(self.shape)}, bits={self.bit_width}, group_size={self.group_size}, "
+        scheme = f"scheme={self.scheme}, rotation={self.rotation}, " if self.scheme != "affine" else ""
+        return (f"shape={list(self.shape)}, {scheme}bits={self.bit_width}, group_size={self.group_size}, "
                 f"bytes={self.nbytes:,} (float32: {4 * math.prod(self.shape):,})")
 
 

@@ -16,7 +16,8 @@ from ..checkpoint import _patterns, should_quantize
 from ..diffusion import DiffusionQuantConfig, bit_width_rule
 from ..safetensors_io import TensorInfo
 from ..tensor import QuantizedTensor, quantize_arrays
-from ..validation import check_bit_width, check_group_size, check_method, check_mode
+from ..schemes import check_bits_for_scheme, check_rotate, check_scheme
+from ..validation import check_group_size, check_method, check_mode
 from .decode import numpy_to_torch
 from .modules import REPLACEMENTS, QuantizedWeight, _QuantizedLayer
 
@@ -37,17 +38,20 @@ def _as_numpy(weight: torch.Tensor) -> tuple[np.ndarray, str]:
 
 def quantize_model(model: nn.Module, *, bit_width: int = 4, group_size: int = 128, method: str = "search",
                    include: Any = None, exclude: Any = None, mode: str = "diffusion",
-                   num_threads: int | None = None) -> nn.Module:
+                   num_threads: int | None = None, scheme: str = "affine", rotate: bool = True) -> nn.Module:
     """Quantize ``model``'s Linear / Conv1d / Conv2d weights in place with the kernels and rules of
     the checkpoint pipelines: a weight is quantized when a checkpoint's would be (≥ 2 dimensions and
     1,024 elements, ``include`` / ``exclude`` globs), and ``mode="diffusion"`` keeps sensitive layers
     at 8 bits as quantize_diffusion_model does. Weights may be float32, float16 or bfloat16, on any
-    device (the packed buffers stay on it). Returns the model."""
-    bits, group, method, mode = check_bit_width(bit_width), check_group_size(group_size), check_method(method), \
-        check_mode(mode)
+    device (the packed buffers stay on it). ``scheme="kquant"`` (bit widths 2-8, ``rotate``) uses
+    format version 2 (docs/format.md). Returns the model."""
+    scheme, rotate = check_scheme(scheme), check_rotate(rotate)
+    bits, group, method, mode = check_bits_for_scheme(bit_width, scheme), check_group_size(group_size), \
+        check_method(method), check_mode(mode)
     include_patterns, exclude_patterns = _patterns(include, "include"), _patterns(exclude, "exclude")
     names = [name for name, _ in model.named_parameters()]
-    choose = bit_width_rule(DiffusionQuantConfig(bit_width=bits, group_size=group, method=method), mode, names)
+    choose = bit_width_rule(DiffusionQuantConfig(bit_width=bits, group_size=group, method=method, scheme=scheme,
+                                                 rotate=rotate), mode, names)
     for module_name, module in list(model.named_modules()):
         replacement = REPLACEMENTS.get(type(module))
         if replacement is None or not module_name:
@@ -62,11 +66,12 @@ def quantize_model(model: nn.Module, *, bit_width: int = 4, group_size: int = 12
         if layer_bits is None:
             continue
         [(tensor, _, _)] = quantize_arrays([array], [dtype], [f"layer {weight_name!r}"], bit_width=layer_bits,
-                                           group_size=group, symmetric=False, method=method, num_threads=num_threads)
+                                           group_size=group, symmetric=False, method=method, num_threads=num_threads,
+                                           scheme=scheme, rotate=rotate)
         device = module.weight.device
         qweight = QuantizedWeight(numpy_to_torch(tensor.quantized_data, device), numpy_to_torch(tensor.scales, device),
-                                  numpy_to_torch(tensor.zero_points, device), tuple(tensor.shape), layer_bits, group,
-                                  dtype)
+                                  numpy_to_torch(tensor.zero_points, device), tuple(tensor.shape), layer_bits,
+                                  tensor.group_size, dtype, tensor.scheme, tensor.rotation)
         bias = module.bias.detach() if getattr(module, "bias", None) is not None else None
         new = replacement(qweight, bias, module)
         parent_name, _, child = module_name.rpartition(".")
@@ -83,7 +88,8 @@ def save(model: nn.Module, path: Any, *, overwrite: bool = False) -> None:
     skip = {f"{name}.qweight.{buffer}" for name in quantized for buffer in ("packed", "scales", "zero_points")}
     metadata = {"version": __version__, "source_files": [], "settings": {"written_by": "arrowquant.torch.save"},
                 "source_metadata": {}}
-    with AqWriter(Path(path), metadata, overwrite=overwrite) as writer:
+    version = 2 if any(q.scheme != "affine" for q in quantized.values()) else 1
+    with AqWriter(Path(path), metadata, overwrite=overwrite, format_version=version) as writer:
         for name, tensor in state.items():
             if name in skip:
                 layer = name.rsplit(".qweight.", 1)[0]
@@ -91,7 +97,7 @@ def save(model: nn.Module, path: Any, *, overwrite: bool = False) -> None:
                     q = quantized[layer]
                     writer.write_quantized(f"{layer}.weight", QuantizedTensor(
                         q.packed.cpu().numpy(), q.scales.cpu().numpy(), q.zero_points.cpu().numpy(), q.shape,
-                        q.bit_width, q.group_size, False, q.source_dtype))
+                        q.bit_width, q.group_size, False, q.source_dtype, q.scheme, q.rotation))
                 continue
             if tensor.dtype not in _SAFETENSORS_NAME:
                 raise TypeError(f"tensor {name!r}: dtype {tensor.dtype} has no safetensors name")
