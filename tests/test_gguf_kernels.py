@@ -111,6 +111,36 @@ def test_bad_inputs_name_the_tensor():
         _core.gguf_encode_arrays([y], [0], [99], ["w"], 0)
 
 
+@pytest.mark.parametrize("name", ["Q2_K", "Q3_K", "Q6_K"])
+def test_search_is_ggmls_importance_quantizer_with_ones_where_it_is_better(ggml, name):
+    """Q2_K / Q3_K / Q6_K search: each block is ggml's importance-weighted quantizer's with an
+    all-ones matrix (ggml's own quantize_q*_K given ones) or the reference's, whichever has the
+    lower squared error."""
+    rng = np.random.default_rng(13)
+    x = np.concatenate([rng.standard_normal(64 * 256), 0.02 * rng.standard_t(4, 64 * 256), rng.random(8 * 256),
+                        np.zeros(256)]).astype(np.float32)
+    _, _, block, nbytes, _ = TYPES[name]
+    weighted = np.zeros(x.size // block * nbytes, np.uint8)
+    quantize = getattr(ggml, f"quantize_{ggml_symbol(name)}")
+    quantize.restype = ctypes.c_size_t
+    ones = np.ones(256, np.float32)
+    quantize(x.ctypes.data_as(ctypes.c_void_p), weighted.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(x.size // 256),
+             ctypes.c_int64(256), ones.ctypes.data_as(ctypes.c_void_p))
+    reference = ggml_encode(ggml, name, x)
+    [ours] = _core.gguf_encode_arrays([x], [0], [TYPES[name][0]], ["x"], 0, "search")
+
+    def block_errors(encoded):
+        decoded = ggml_decode(ggml, name, encoded, x.size).astype(np.float64)
+        return ((decoded - x) ** 2).reshape(-1, 256).sum(axis=1)
+
+    ours_b, weighted_b, reference_b = (a.reshape(-1, nbytes) for a in (ours, weighted, reference))
+    pick_weighted = block_errors(weighted) < block_errors(reference)
+    expected = np.where(pick_weighted[:, None], weighted_b, reference_b)
+    assert np.array_equal(ours_b, expected)
+    assert block_errors(ours).sum() < 0.97 * block_errors(reference).sum() or name == "Q6_K"
+    assert block_errors(ours).sum() <= block_errors(reference).sum()
+
+
 @pytest.mark.parametrize("name", ["Q4_K", "Q5_K"])
 def test_search_is_never_worse_than_ggml_on_any_block_and_better_overall(name):
     gguf = pytest.importorskip("gguf")

@@ -261,7 +261,7 @@ void decode_q8_0(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
 // ------------------------------------------------------------------------------------------------
 // k-quant helpers (make_qx_quants, make_q3_quants, make_qkx2_quants, get_scale_min_k4)
 
-float make_qx_quants(int n, int nmax, const float* x, int8_t* L, int rmse_type) {
+float make_qx_quants(int n, int nmax, const float* x, int8_t* L, int rmse_type, const float* qw = nullptr) {
   float max = 0, amax = 0;
   for (int i = 0; i < n; ++i) {
     const float ax = std::fabs(x[i]);
@@ -275,8 +275,9 @@ float make_qx_quants(int n, int nmax, const float* x, int8_t* L, int rmse_type) 
     return 0.f;
   }
   float iscale = static_cast<float>(-nmax) / max;
-  // Only rmse_type 1 (weights x^2) is used by the reference quantizers ported here (Q6_K).
-  auto weight = [&](int i) { return rmse_type == 1 ? x[i] * x[i] : 1.0f; };
+  // rmse_type 1 (weights x^2) is what the reference quantizers use; qw (an importance matrix's
+  // weights) replaces it in ggml's importance-weighted quantizers.
+  auto weight = [&](int i) { return qw ? qw[i] : rmse_type == 1 ? x[i] * x[i] : 1.0f; };
   float sumlx = 0, suml2 = 0;
   for (int i = 0; i < n; ++i) {
     int l = nearest_int(iscale * x[i]);
@@ -962,17 +963,19 @@ void encode_q5_K_search(const float* x, int64_t n, uint8_t* out) {
 // ------------------------------------------------------------------------------------------------
 // Q6_K: 16 sub-blocks of 16 with int8 scales against one fp16 super-block scale
 
-void encode_q6_K(const float* x, int64_t n, uint8_t* out) {
+// One block of Q6_K; qw (16 weights per sub-block, or null for the reference's x^2) is the
+// importance-weighted quantizer's only change.
+void encode_q6_K_block(const float* x, uint8_t* out, const float* qw) {
   int8_t L[QK_K];
   float scales[QK_K / 16];
-  for (int64_t b = 0; b < n / QK_K; ++b, x += QK_K, out += 210) {
+  {
     uint8_t* ql = out;
     uint8_t* qh = out + 128;
     int8_t* y_scales = reinterpret_cast<int8_t*>(out + 192);
     uint8_t* y_d = out + 208;
     float max_scale = 0, max_abs_scale = 0;
     for (int ib = 0; ib < QK_K / 16; ++ib) {
-      const float scale = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, 1);
+      const float scale = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, 1, qw);
       scales[ib] = scale;
       const float abs_scale = std::fabs(scale);
       if (abs_scale > max_abs_scale) {
@@ -983,7 +986,7 @@ void encode_q6_K(const float* x, int64_t n, uint8_t* out) {
     if (max_abs_scale < GROUP_MAX_EPS) {
       std::memset(out, 0, 210);
       store_half(y_d, 0.f);
-      continue;
+      return;
     }
     const float iscale = -128.f / max_scale;
     store_half(y_d, 1 / iscale);
@@ -1012,6 +1015,15 @@ void encode_q6_K(const float* x, int64_t n, uint8_t* out) {
       qh += 32;
     }
   }
+}
+
+void encode_q6_K(const float* x, int64_t n, uint8_t* out) {
+  for (int64_t b = 0; b < n / QK_K; ++b) encode_q6_K_block(x + b * QK_K, out + b * 210, nullptr);
+}
+
+void encode_q6_K_weighted_block(const float* x, uint8_t* out) {
+  static constexpr float kOnes[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+  encode_q6_K_block(x, out, kOnes);
 }
 
 void decode_q6_K(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
@@ -1193,6 +1205,256 @@ void decode_iq4_xs(const uint8_t* __restrict in, int64_t n, float* __restrict y)
   }
 }
 
+// ------------------------------------------------------------------------------------------------
+// Search encoders of Q2_K, Q3_K and Q6_K: ggml's importance-weighted quantizers
+// (quantize_row_q{2,3,6}_K_impl) with an all-ones importance matrix — no calibration data, and
+// lower error than the reference quantizers on most blocks — ported operation for operation (the
+// tests compare with ggml's quantize_q*_K given ones). Per block, the result with the lower
+// squared error of the two (weighted, reference) is kept, so search is never worse than ggml mode.
+
+float make_qkx3_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L, float* the_min, uint8_t* Laux,
+                       float rmin, float rdelta, int nstep) {  // use_mad = false
+  float min = x[0], max = x[0];
+  float sum_w = weights[0];
+  float sum_x = sum_w * x[0];
+  for (int i = 1; i < n; ++i) {
+    if (x[i] < min) min = x[i];
+    if (x[i] > max) max = x[i];
+    const float w = weights[i];
+    sum_w += w;
+    sum_x += w * x[i];
+  }
+  if (min > 0) min = 0;
+  if (max <= min) {
+    std::memset(L, 0, static_cast<size_t>(n));
+    *the_min = -min;
+    return 0.f;
+  }
+  float iscale = static_cast<float>(nmax) / (max - min);
+  float scale = 1 / iscale;
+  float best_mad = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = nearest_int(iscale * (x[i] - min));
+    L[i] = static_cast<uint8_t>(std::max(0, std::min(nmax, l)));
+    float diff = scale * static_cast<float>(L[i]) + min - x[i];
+    diff = diff * diff;
+    best_mad += weights[i] * diff;
+  }
+  for (int is = 0; is <= nstep; ++is) {
+    iscale = (rmin + rdelta * static_cast<float>(is) + static_cast<float>(nmax)) / (max - min);
+    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+    for (int i = 0; i < n; ++i) {
+      int l = nearest_int(iscale * (x[i] - min));
+      l = std::max(0, std::min(nmax, l));
+      Laux[i] = static_cast<uint8_t>(l);
+      const float w = weights[i];
+      sum_l += w * static_cast<float>(l);
+      sum_l2 += w * static_cast<float>(l) * static_cast<float>(l);
+      sum_xl += w * static_cast<float>(l) * x[i];
+    }
+    const float D = sum_w * sum_l2 - sum_l * sum_l;
+    if (D > 0) {
+      float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+      float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+      if (this_min > 0) {
+        this_min = 0;
+        this_scale = sum_xl / sum_l2;
+      }
+      float mad = 0;
+      for (int i = 0; i < n; ++i) {
+        float diff = this_scale * static_cast<float>(Laux[i]) + this_min - x[i];
+        diff = diff * diff;
+        mad += weights[i] * diff;
+      }
+      if (mad < best_mad) {
+        for (int i = 0; i < n; ++i) L[i] = Laux[i];
+        best_mad = mad;
+        scale = this_scale;
+        min = this_min;
+      }
+    }
+  }
+  *the_min = -min;
+  return scale;
+}
+
+float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* quant_weights) {
+  float max = 0;
+  for (int i = 0; i < n; ++i) max = std::max(max, x[i]);
+  if (max < GROUP_MAX_EPS) {
+    for (int i = 0; i < n; ++i) L[i] = 0;
+    return 0.f;
+  }
+  float iscale = static_cast<float>(nmax) / max;
+  for (int i = 0; i < n; ++i) L[i] = static_cast<uint8_t>(nearest_int(iscale * x[i]));
+  const float scale = 1 / iscale;
+  float best_mse = 0;
+  for (int i = 0; i < n; ++i) {
+    const float diff = x[i] - scale * static_cast<float>(L[i]);
+    best_mse += quant_weights[i] * diff * diff;
+  }
+  for (int is = -4; is <= 4; ++is) {
+    if (is == 0) continue;
+    const float iscale_is = (0.1f * static_cast<float>(is) + static_cast<float>(nmax)) / max;
+    const float scale_is = 1 / iscale_is;
+    float mse = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = std::min(nmax, nearest_int(iscale_is * x[i]));
+      const float diff = x[i] - scale_is * static_cast<float>(l);
+      mse += quant_weights[i] * diff * diff;
+    }
+    if (mse < best_mse) {
+      best_mse = mse;
+      iscale = iscale_is;
+    }
+  }
+  float sumlx = 0, suml2 = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = std::min(nmax, nearest_int(iscale * x[i]));
+    L[i] = static_cast<uint8_t>(l);
+    const float w = quant_weights[i];
+    sumlx += w * x[i] * static_cast<float>(l);
+    suml2 += w * static_cast<float>(l) * static_cast<float>(l);
+  }
+  for (int itry = 0; itry < 5; ++itry) {
+    int n_changed = 0;
+    for (int i = 0; i < n; ++i) {
+      const float w = quant_weights[i];
+      float slx = sumlx - w * x[i] * static_cast<float>(L[i]);
+      float sl2 = suml2 - w * static_cast<float>(L[i]) * static_cast<float>(L[i]);
+      if (slx > 0 && sl2 > 0) {
+        const int new_l = std::min(nmax, nearest_int(x[i] * sl2 / slx));
+        if (new_l != L[i]) {
+          slx += w * x[i] * static_cast<float>(new_l);
+          sl2 += w * static_cast<float>(new_l) * static_cast<float>(new_l);
+          if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+            L[i] = static_cast<uint8_t>(new_l);
+            sumlx = slx;
+            suml2 = sl2;
+            ++n_changed;
+          }
+        }
+      }
+    }
+    if (!n_changed) break;
+  }
+  return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+// quantize_row_q2_K_impl with quant_weights = 1: one block of 256.
+void encode_q2_K_weighted_block(const float* x, uint8_t* out) {
+  uint8_t L[QK_K], Laux[16], Ls[QK_K / 16], Lm[QK_K / 16];
+  float mins[QK_K / 16], scales[QK_K / 16], sw[QK_K / 16] = {}, weight[16];
+  uint8_t* y_scales = out;
+  uint8_t* y_qs = out + 16;
+  float sumx2 = 0;
+  for (int j = 0; j < QK_K; ++j) sumx2 += x[j] * x[j];
+  const float sigma2 = sumx2 / QK_K;
+  for (int j = 0; j < QK_K / 16; ++j) {
+    for (int l = 0; l < 16; ++l) weight[l] = 1.0f * std::sqrt(sigma2 + x[16 * j + l] * x[16 * j + l]);
+    for (int l = 0; l < QK_K / 16; ++l) sw[j] += weight[l];
+    scales[j] = make_qkx3_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36);
+  }
+  float dm = make_qp_quants(QK_K / 16, 15, scales, Ls, sw);
+  float mm = make_qp_quants(QK_K / 16, 15, mins, Lm, sw);
+  store_half(out + 80, dm);
+  store_half(out + 82, mm);
+  dm = load_half(out + 80);
+  mm = load_half(out + 82);
+  for (int j = 0; j < QK_K / 16; ++j) y_scales[j] = static_cast<uint8_t>(Ls[j] | (Lm[j] << 4));
+  for (int j = 0; j < QK_K / 16; ++j) {
+    const float d = dm * static_cast<float>(y_scales[j] & 0xF);
+    if (!d) continue;
+    const float m = mm * static_cast<float>(y_scales[j] >> 4);
+    for (int ii = 0; ii < 16; ++ii) {
+      const int l = nearest_int((x[16 * j + ii] + m) / d);
+      L[16 * j + ii] = static_cast<uint8_t>(std::max(0, std::min(3, l)));
+    }
+  }
+  for (int j = 0; j < QK_K; j += 128) {
+    for (int l = 0; l < 32; ++l) {
+      y_qs[j / 4 + l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
+    }
+  }
+}
+
+// quantize_row_q3_K_impl with quant_weights = 1: one block of 256.
+void encode_q3_K_weighted_block(const float* x, uint8_t* out) {
+  int8_t L[QK_K], Ls[QK_K / 16];
+  float scales[QK_K / 16], weight[16], sw[QK_K / 16];
+  uint8_t* hmask = out;
+  uint8_t* qs = out + 32;
+  uint8_t* y_scales = out + 96;
+  float sumx2 = 0;
+  for (int j = 0; j < QK_K; ++j) sumx2 += x[j] * x[j];
+  const float sigma2 = 2 * sumx2 / QK_K;
+  for (int j = 0; j < QK_K / 16; ++j) {
+    for (int l = 0; l < 16; ++l) weight[l] = 1.0f * std::sqrt(sigma2 + x[16 * j + l] * x[16 * j + l]);
+    float sumw = 0;
+    for (int l = 0; l < 16; ++l) sumw += weight[l];
+    sw[j] = sumw;
+    scales[j] = make_qx_quants(16, 4, x + 16 * j, L + 16 * j, 1, weight);
+  }
+  std::memset(y_scales, 0, 12);
+  const float d_block = make_qx_quants(QK_K / 16, 32, scales, Ls, 1, sw);
+  for (int j = 0; j < QK_K / 16; ++j) {
+    int l = Ls[j];
+    if (j < 8) {
+      y_scales[j] = static_cast<uint8_t>(l & 0xF);
+    } else {
+      y_scales[j - 8] |= static_cast<uint8_t>((l & 0xF) << 4);
+    }
+    l >>= 4;
+    y_scales[j % 4 + 8] |= static_cast<uint8_t>(l << (2 * (j / 4)));
+  }
+  store_half(out + 108, d_block);
+  for (int j = 0; j < QK_K / 16; ++j) {
+    int sc = j < 8 ? y_scales[j] & 0xF : y_scales[j - 8] >> 4;
+    sc = (sc | (((y_scales[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
+    const float d = load_half(out + 108) * static_cast<float>(static_cast<int8_t>(sc));
+    if (!d) continue;
+    for (int ii = 0; ii < 16; ++ii) {
+      const int l = std::max(-4, std::min(3, nearest_int(x[16 * j + ii] / d)));
+      L[16 * j + ii] = static_cast<int8_t>(l + 4);
+    }
+  }
+  std::memset(hmask, 0, QK_K / 8);
+  int m = 0;
+  uint8_t hm = 1;
+  for (int j = 0; j < QK_K; ++j) {
+    if (L[j] > 3) {
+      hmask[m] |= hm;
+      L[j] = static_cast<int8_t>(L[j] - 4);
+    }
+    if (++m == QK_K / 8) {
+      m = 0;
+      hm = static_cast<uint8_t>(hm << 1);
+    }
+  }
+  for (int j = 0; j < QK_K; j += 128) {
+    for (int l = 0; l < 32; ++l) {
+      qs[j / 4 + l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
+    }
+  }
+}
+
+// (quantize_row_q6_K_impl with quant_weights = 1 is encode_q6_K_weighted_block, next to Q6_K's
+// reference quantizer: uniform weights in make_qx_quants instead of x^2.)
+
+template <void (*Weighted)(const float*, uint8_t*), EncodeFn Reference, DecodeFn Decode, int kBytes>
+void encode_best_of_two(const float* x, int64_t n, uint8_t* out) {
+  uint8_t candidate[kBytes];
+  for (int64_t b = 0; b < n / QK_K; ++b, x += QK_K, out += kBytes) {
+    Reference(x, QK_K, out);
+    Weighted(x, candidate);
+    if (block_error(Decode, candidate, x) < block_error(Decode, out, x)) std::memcpy(out, candidate, kBytes);
+  }
+}
+
+constexpr EncodeFn encode_q2_K_search = encode_best_of_two<encode_q2_K_weighted_block, encode_q2_K, decode_q2_K, 84>;
+constexpr EncodeFn encode_q3_K_search = encode_best_of_two<encode_q3_K_weighted_block, encode_q3_K, decode_q3_K, 110>;
+constexpr EncodeFn encode_q6_K_search = encode_best_of_two<encode_q6_K_weighted_block, encode_q6_K, decode_q6_K, 210>;
+
 constexpr TypeTraits kTypes[] = {
     {GgmlType::kF32, "F32", 1, 4, encode_f32, decode_f32, encode_f32, false},
     {GgmlType::kF16, "F16", 1, 2, encode_f16, decode_f16, encode_f16, false},
@@ -1201,11 +1463,11 @@ constexpr TypeTraits kTypes[] = {
     {GgmlType::kQ5_0, "Q5_0", 32, 22, encode_q5_0, decode_q5_0, encode_q5_0, false},
     {GgmlType::kQ5_1, "Q5_1", 32, 24, encode_q5_1, decode_q5_1, encode_q5_1, false},
     {GgmlType::kQ8_0, "Q8_0", 32, 34, encode_q8_0, decode_q8_0, encode_q8_0, false},
-    {GgmlType::kQ2_K, "Q2_K", QK_K, 84, encode_q2_K, decode_q2_K, encode_q2_K, false},
-    {GgmlType::kQ3_K, "Q3_K", QK_K, 110, encode_q3_K, decode_q3_K, encode_q3_K, false},
+    {GgmlType::kQ2_K, "Q2_K", QK_K, 84, encode_q2_K, decode_q2_K, encode_q2_K_search, true},
+    {GgmlType::kQ3_K, "Q3_K", QK_K, 110, encode_q3_K, decode_q3_K, encode_q3_K_search, true},
     {GgmlType::kQ4_K, "Q4_K", QK_K, 144, encode_q4_K, decode_q4_K, encode_q4_K_search, true},
     {GgmlType::kQ5_K, "Q5_K", QK_K, 176, encode_q5_K, decode_q5_K, encode_q5_K_search, true},
-    {GgmlType::kQ6_K, "Q6_K", QK_K, 210, encode_q6_K, decode_q6_K, encode_q6_K, false},
+    {GgmlType::kQ6_K, "Q6_K", QK_K, 210, encode_q6_K, decode_q6_K, encode_q6_K_search, true},
     {GgmlType::kIQ4_NL, "IQ4_NL", 32, 18, encode_iq4_nl, decode_iq4_nl, encode_iq4_nl, false},
     {GgmlType::kIQ4_XS, "IQ4_XS", QK_K, 136, encode_iq4_xs, decode_iq4_xs, encode_iq4_xs, false},
     {GgmlType::kBF16, "BF16", 1, 2, encode_bf16, decode_bf16, encode_bf16, false},
