@@ -265,7 +265,7 @@ def test_cli_quantize_inspect_validate_dequantize(tmp_path):
     assert "v2" in shown.stdout and "kquant + rotation" in shown.stdout
     assert cli("validate", str(tmp_path / "m.safetensors"), str(tmp_path / "m.aq")).returncode == 0
     assert cli("dequantize", str(tmp_path / "m.aq"), str(tmp_path / "back.safetensors")).returncode == 0
-    wrong = cli("quantize", str(tmp_path / "m.safetensors"), str(tmp_path / "x.aq"), "--bits", "3")
+    wrong = cli("quantize", str(tmp_path / "m.safetensors"), str(tmp_path / "x.aq"), "--scheme", "affine", "--bits", "3")
     assert wrong.returncode != 0 and "3, 5 and 6 bits need scheme='kquant'" in wrong.stderr
     assert not (tmp_path / "x.aq").exists()
 

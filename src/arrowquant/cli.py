@@ -175,7 +175,7 @@ def _config_from_args(args) -> Any:
         overrides["exclude"] = args.exclude
     if args.profile:
         return DiffusionQuantConfig.from_profile(args.profile, **overrides)
-    return DiffusionQuantConfig(**overrides)
+    return DiffusionQuantConfig.from_profile("local", **{"min_accuracy": None, **overrides})
 
 
 def _warn(command: str, messages: list[str]) -> None:
@@ -377,8 +377,8 @@ def cmd_demo(args) -> int:
         show = not args.quiet and not args.json
         if show:
             print(f"arrowquant {__version__} demo: quantize a generated diffusers-style model (UNet + VAE, heavy-tailed "
-                  f"weights) with profile 'local' ({config.bit_width}-bit, group {config.group_size}, method "
-                  f"{config.method}, diffusion mode), then validate it against the original.\n")
+                  f"weights) with profile 'local' ({config.bit_width}-bit {config.scheme}, method {config.method}, "
+                  "diffusion mode), then validate it against the original.\n")
         bar = ProgressBar(_source_bytes(model), show, "quantize")
         try:
             report = ArrowQuantV2(mode="diffusion").quantize_diffusion_model(model, workdir / "quantized", config, bar,
@@ -419,8 +419,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {action.default})"
 
 
-_PROFILES_HELP = "; ".join(f"{name}: {v['bit_width']}-bit, group {v['group_size']}, min cosine {v['min_accuracy']}"
-                           for name, v in PROFILES.items())
+_PROFILES_HELP = "; ".join(
+    f"{name}: {v['bit_width']}-bit, " + ("kquant" if v.get("scheme") == "kquant" else f"group {v['group_size']}")
+    + f", min cosine {v['min_accuracy']}" for name, v in PROFILES.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -456,10 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--scheme", choices=["affine", "kquant"], help="affine: groups of --group-size with a float scale "
                    "and zero point (format v1); kquant: k-quant super-blocks with 2-level parameters and a Hadamard "
                    "rotation, lower error at the same size (format v2; 2.625 / 3.44 / 4.5 / 5.5 / 6.56 / 8.5 bits per "
-                   "weight) (default: affine, or the profile's)")
+                   "weight) (default: the profile's; local's is kquant)")
     q.add_argument("--no-rotate", action="store_true", help="kquant without the Hadamard rotation")
-    q.add_argument("--group-size", type=int, help="weights per group sharing a scale and zero point, a power of two "
-                                                  "16..4096 (default: 128, or the profile's)")
+    q.add_argument("--group-size", type=int, help="affine: weights per group sharing a scale and zero point, a power "
+                                                  "of two 16..4096 (default: 128, or the profile's)")
     q.add_argument("--symmetric", action="store_true", help="symmetric groups (zero point fixed at the middle code)")
     q.add_argument("--method", choices=["rtn", "search"], help="rtn: min/max rounding; search: least-squares search, "
                                                                "lower error, ~7x slower (default: search)")
