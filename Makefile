@@ -75,6 +75,7 @@ bench-smoke: $(BENCH_BUILD)/kernels_bench ggml-ref
 	$(PY) bench/quality.py --quick --json build/bench-smoke/quality.json
 	$(PY) bench/bench_gguf.py --quick --json build/bench-smoke/gguf.json
 	$(PY) bench/bench_gguf_checkpoint.py --quick --json build/bench-smoke/gguf_checkpoint.json
+	$(PY) bench/bench_format_v2.py --quick --json build/bench-smoke/format_v2.json
 	if $(PY) -c "import torch, diffusers" 2>/dev/null; then \
 	  $(PY) bench/bench_torch.py --quick --json build/bench-smoke/torch.json; fi
 	$(PY) bench/report.py --results build/bench-smoke --out build/bench-smoke
