@@ -90,16 +90,19 @@ def minilm():
     return model, weights
 
 
-def embedding_cosine(model, weights: dict, codec) -> float:
-    """Mean cosine of the sentence embeddings with every 2-D weight through codec, to the original's."""
+def embedding_cosine(model, weights: dict, codec, mixed=None) -> float:
+    """Mean cosine of the sentence embeddings with every 2-D weight through codec (or, with
+    mixed=(table codec, other codec), the token-embedding table through the first), to the original's."""
     import torch
     sys.path.insert(0, str(Path(__file__).parent))
     from functional_quality import SENTENCES
     params = dict(model.named_parameters())
     reference = model.encode(SENTENCES, normalize_embeddings=True, convert_to_numpy=True)
     with torch.no_grad():
+        from arrowquant.diffusion import TOKEN_EMBEDDING
         for name, w in weights.items():
-            params[name].copy_(torch.from_numpy(codec(w).reshape(w.shape)))
+            use = codec if mixed is None else mixed[0] if TOKEN_EMBEDDING.search(name) else mixed[1]
+            params[name].copy_(torch.from_numpy(use(w).reshape(w.shape)))
         quantized = model.encode(SENTENCES, normalize_embeddings=True, convert_to_numpy=True)
         for name, w in weights.items():
             params[name].copy_(torch.from_numpy(w))
@@ -202,8 +205,15 @@ def main() -> None:
                       kquant_codec(bits, False, "search")) for bits in (3, 4)]
         settings += [("affine 4-bit g128 search", 4.5, affine_codec(4, 128)), ("affine 8-bit g64 search", 9.0,
                                                                                affine_codec(8, 64))]
-        for label, bpw, codec in settings:
-            cos = embedding_cosine(model, weights, codec)
+        # Allocation: the token-embedding table (half of MiniLM's weights) at 3 bits, the rest at 5.
+        from arrowquant.diffusion import TOKEN_EMBEDDING
+        table = sum(w.size for n, w in weights.items() if TOKEN_EMBEDDING.search(n))
+        mixed_bpw = (table * 3.4375 + (numel - table) * 5.5) / numel
+        for label, bpw, codec in settings + [("kquant 5-bit, token table 3-bit (rtn)", mixed_bpw, None)]:
+            if codec is None:
+                cos = embedding_cosine(model, weights, None, mixed=(kquant_codec(3, True, "rtn"), kquant_codec(5, True, "rtn")))
+            else:
+                cos = embedding_cosine(model, weights, codec)
             embeddings.append({"setting": label, "bits_per_weight": bpw, "embedding_cosine_mean": cos})
             print(f"MiniLM embeddings: {label:38s} {bpw:6.4f} bpw  mean cosine {cos:.5f}", flush=True)
         print(f"({len(weights)} 2-D weights, {numel:,} values)")

@@ -283,6 +283,21 @@ def test_diffusion_config_carries_the_scheme(tmp_path):
     assert report["overall"]["layers_quantized"] == 3
 
 
+def test_token_embedding_tables_take_embedding_bit_width():
+    from arrowquant.diffusion import bit_width_rule
+    from arrowquant.safetensors_io import TensorInfo
+    config = aq.DiffusionQuantConfig(scheme="kquant", bit_width=5, embedding_bit_width=3)
+    assert aq.DiffusionQuantConfig.from_dict(config.to_dict()) == config
+    names = ["embeddings.word_embeddings.weight", "model.embed_tokens.weight", "token_embd.weight", "transformer.wte.weight",
+             "shared.weight", "text_model.embeddings.token_embedding.weight", "embeddings.position_embeddings.weight",
+             "encoder.layer.0.attention.self.query.weight", "time_embedding.linear_1.weight"]
+    choose = bit_width_rule(config, "base", names)
+    got = {n: choose(n, TensorInfo(n, "F32", (1000, 64), 0, 256000))[0] for n in names}
+    assert [got[n] for n in names] == [3, 3, 3, 3, 3, 3, 5, 5, 5]
+    with pytest.raises(ParameterError, match="bit_width must be"):
+        aq.DiffusionQuantConfig(embedding_bit_width=3)  # affine has no 3 bits
+
+
 def test_engine_rows_are_padded_one_by_one():
     """The engine also codes matrices row by row (each row padded to whole super-blocks): the same
     bytes as coding each row as its own tensor."""

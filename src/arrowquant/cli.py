@@ -167,6 +167,8 @@ def _config_from_args(args) -> Any:
         overrides["fallback"] = False
     if args.no_keep_sensitive:
         overrides["keep_sensitive"] = False
+    if args.embedding_bits is not None:
+        overrides["embedding_bit_width"] = args.embedding_bits
     if args.sensitive_bits is not None:
         overrides["sensitive_bit_width"] = None if args.sensitive_bits == "none" else int(args.sensitive_bits)
     if args.include:
@@ -475,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-keep-sensitive", action="store_true", help="quantize sensitive layers like the rest")
     q.add_argument("--sensitive-bits", choices=["2", "3", "4", "5", "6", "8", "none"], help="bits for sensitive layers; none keeps "
                                                                              "them unquantized (default: 8)")
+    q.add_argument("--embedding-bits", type=int, choices=[2, 3, 4, 5, 6, 8], help="bits for token-embedding tables "
+                   "(word_embeddings, embed_tokens, token_embd, wte, ...), which cost the model less error per bit "
+                   "than the matrices (e.g. --scheme kquant --bits 5 --embedding-bits 3) (default: --bits)")
     q.add_argument("--include", action="append", metavar="GLOB", help="also quantize tensors matching (repeatable)")
     q.add_argument("--exclude", action="append", metavar="GLOB", help="never quantize tensors matching (repeatable)")
     q.add_argument("--threads", type=int, help="worker threads (default: the CPUs this process may use)")

@@ -43,13 +43,14 @@ class DiffusionQuantConfig:
     """Settings of quantize_diffusion_model; validated at construction (errors name the parameter)."""
 
     FIELDS = ("bit_width", "group_size", "symmetric", "min_accuracy", "fallback", "keep_sensitive",
-              "sensitive_bit_width", "include", "exclude", "num_threads", "method", "scheme", "rotate")
+              "sensitive_bit_width", "include", "exclude", "num_threads", "method", "scheme", "rotate",
+              "embedding_bit_width")
 
     def __init__(self, bit_width: int = 4, group_size: int = 128, symmetric: bool = False,
                  min_accuracy: float | None = None, fallback: bool = True, keep_sensitive: bool = True,
                  sensitive_bit_width: int | None = 8, include: Any = None, exclude: Any = None,
                  num_threads: int | None = None, method: str = "search", scheme: str = DEFAULT_SCHEME,
-                 rotate: bool = True) -> None:
+                 rotate: bool = True, embedding_bit_width: int | None = None) -> None:
         self.scheme = check_scheme(scheme)
         self.rotate = check_rotate(rotate)
         self.bit_width = check_bits_for_scheme(bit_width, self.scheme)
@@ -68,6 +69,10 @@ class DiffusionQuantConfig:
                 raise ParameterError(f"sensitive_bit_width ({sensitive_bit_width}) must not be below bit_width "
                                      f"({self.bit_width}): sensitive layers keep more precision, not less")
         self.sensitive_bit_width = sensitive_bit_width
+        # Token-embedding tables (a row looked up per token, never multiplied whole) take fewer bits
+        # for the same model-level error than the matrices that multiply every activation.
+        self.embedding_bit_width = (None if embedding_bit_width is None
+                                    else check_bits_for_scheme(embedding_bit_width, self.scheme))
         self.include = _patterns(include, "include")
         self.exclude = _patterns(exclude, "exclude")
         self.num_threads = check_num_threads(num_threads)
@@ -145,11 +150,19 @@ def sensitivity(name: str, edges: dict[tuple[str, int], str]) -> str | None:
     return edges.get((m.group(1), int(m.group(2)))) if m else None
 
 
+# Token-embedding tables by their usual names: BERT/CLIP (word_embeddings, token_embedding),
+# LLaMA-style (embed_tokens, tok_embeddings, token_embd), GPT-2 (wte), T5 (shared).
+TOKEN_EMBEDDING = re.compile(r"(^|\.)(word_embeddings|token_embedding|embed_tokens|tok_embeddings|token_embd|wte|"
+                             r"shared)\.weight$")
+
+
 def bit_width_rule(config: DiffusionQuantConfig, mode: str, names: list[str]
                    ) -> Callable[[str, TensorInfo], tuple[int | None, str]]:
     edges = edge_blocks(names)
 
     def choose(name: str, info: TensorInfo) -> tuple[int | None, str]:
+        if config.embedding_bit_width is not None and TOKEN_EMBEDDING.search(name):
+            return config.embedding_bit_width, "token embedding table (embedding_bit_width)"
         if mode == "diffusion" and config.keep_sensitive:
             why = sensitivity(name, edges)
             if why is not None:
