@@ -32,8 +32,18 @@ def main() -> None:
     packed, scales, zeros = (torch.from_numpy(np.array(a)) for a in (q.quantized_data, q.scales, q.zero_points))
     n = w.size
     t_kernel = median_seconds(lambda: at.decode_weight(packed, scales, zeros, w.shape, 4, 128), 5)
+    # what a no-grad forward pass does: decode into the thread's reused scratch buffer
+    from arrowquant.torch.decode import scratch_float32
+    t_reused = median_seconds(lambda: at.decode_weight(packed, scales, zeros, w.shape, 4, 128,
+                                                       out=scratch_float32(w.size)), 5)
+    kq = aq.ArrowQuantV2(num_threads=1, scheme="kquant").quantize(w, 4)
+    kq_packed, empty = torch.from_numpy(np.array(kq.quantized_data)), torch.zeros(0)
+    t_kquant = median_seconds(lambda: at.decode_weight(kq_packed, empty, empty, w.shape, 4, 256, scheme="kquant",
+                                                       rotation=kq.rotation, out=scratch_float32(w.size)), 5)
     t_torch = median_seconds(lambda: decode_with_torch(packed, scales, zeros, w.shape, 4, 128), 3)
     result = {"layer": [rows, cols], "decode_kernels_mweights_s": n / t_kernel / 1e6,
+              "decode_kernels_reused_buffer_mweights_s": n / t_reused / 1e6,
+              "decode_kquant_rotated_reused_buffer_mweights_s": n / t_kquant / 1e6,
               "decode_torch_ops_mweights_s": n / t_torch / 1e6}
     try:
         import diffusers

@@ -320,3 +320,41 @@ def test_kquant_decodes_on_cuda_like_the_kernels(tmp_path):
     at.load_quantized(quantized, tmp_path / "m.aq", device="cuda")
     with aq.open(tmp_path / "m.aq") as f:
         assert torch.equal(quantized.fc.dequantize().cpu(), torch.from_numpy(np.asarray(f.dequantize("fc.weight"))))
+
+
+def test_forward_without_grad_reuses_one_buffer_and_backward_still_sees_its_own_weights(small):
+    """No-grad forward passes decode every layer into one per-thread scratch buffer (no allocation
+    per layer); with autograd each layer gets its own weight, so gradients stay right."""
+    from arrowquant.torch.decode import scratch_float32
+    _, path = small
+    with torch.device("meta"):
+        quantized = Small()
+    at.load_quantized(quantized, path)
+    quantized.eval()
+    reference = Small().eval()
+    reference.load_state_dict(at.load_state_dict(path))
+    with torch.no_grad():
+        quantized(*inputs())
+        buffer = scratch_float32(1).data_ptr()
+        quantized(*inputs())
+        assert scratch_float32(1).data_ptr() == buffer  # the same buffer served every layer, twice
+    x, image, series = (t.clone().requires_grad_(True) for t in inputs())
+    xr, imager, seriesr = (t.clone().requires_grad_(True) for t in inputs())
+    sum(o.square().sum() for o in quantized(x, image, series)).backward()
+    sum(o.square().sum() for o in reference(xr, imager, seriesr)).backward()
+    for a, b in ((x, xr), (image, imager), (series, seriesr)):
+        assert torch.equal(a.grad, b.grad)
+
+
+def test_decoding_into_a_given_array(small):
+    _, path = small
+    with aq.open(path) as f:
+        t = f.tensor("fc.weight")
+        out = np.empty(t.numel, np.float32)
+        from arrowquant.tensor import dequantize_tensors
+        dequantize_tensors([t], ["fc.weight"], outputs=[out])
+        assert np.array_equal(out.reshape(t.shape), f.dequantize("fc.weight"))
+        with pytest.raises(aq.ParameterError, match="holds 3 floats; the tensor has"):
+            dequantize_tensors([t], ["fc.weight"], outputs=[np.empty(3, np.float32)])
+        with pytest.raises(aq.ParameterError, match="writable, C-contiguous float32"):
+            dequantize_tensors([t], ["fc.weight"], outputs=[np.empty(t.numel, np.float64)])

@@ -121,6 +121,21 @@ nb::tuple markov_tuple(const arrowquant::engine::MarkovSummary& m) {
 using InputArray = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu>;
 template <typename T>
 using OutputArray = nb::ndarray<nb::numpy, T, nb::ndim<1>>;
+// Caller-owned float32 outputs to decode into (a reused buffer): writable, C-contiguous, on the CPU.
+using IntoArray = nb::ndarray<float, nb::c_contig, nb::device::cpu>;
+
+// Checks caller-given outputs (none, or one per tensor holding exactly its element count).
+void check_outputs(const std::vector<IntoArray>& into, size_t n, const std::vector<int64_t>& numels,
+                   const std::vector<std::string>& labels) {
+  if (into.empty()) return;
+  if (into.size() != n) raise_error("ParameterError", "outputs: give one array per tensor, or none");
+  for (size_t i = 0; i < n; ++i) {
+    if (static_cast<int64_t>(into[i].size()) != numels[i]) {
+      raise_error("ParameterError", labels[i] + ": the output array holds " + std::to_string(into[i].size()) +
+                                        " floats; the tensor has " + std::to_string(numels[i]));
+    }
+  }
+}
 
 // A buffer that becomes a NumPy array without a copy: NumPy frees it through the capsule.
 template <typename T>
@@ -208,7 +223,7 @@ nb::list quantize_arrays(const std::vector<InputArray>& arrays, const std::vecto
 nb::list dequantize_arrays(const std::vector<InputArray>& packed, const std::vector<InputArray>& scales,
                            const std::vector<InputArray>& zero_points, const std::vector<std::vector<int64_t>>& shapes,
                            const std::vector<int>& bit_widths, const std::vector<int>& group_sizes,
-                           const std::vector<std::string>& labels, int num_threads) {
+                           const std::vector<std::string>& labels, int num_threads, const std::vector<IntoArray>& into) {
   using namespace arrowquant;
   const size_t n = packed.size();
   if (scales.size() != n || zero_points.size() != n || shapes.size() != n || bit_widths.size() != n ||
@@ -231,15 +246,23 @@ nb::list dequantize_arrays(const std::vector<InputArray>& packed, const std::vec
     job.packed = static_cast<const uint8_t*>(packed[i].data());
     job.scales = static_cast<const float*>(scales[i].data());
     job.zero_points = static_cast<const float*>(zero_points[i].data());
-    outputs[i] = OwnedBuffer<float>::uninitialized(job.geometry.numel());
-    job.weights = outputs[i].data.get();
+  }
+  std::vector<int64_t> numels(n);
+  for (size_t i = 0; i < n; ++i) numels[i] = jobs[i].geometry.numel();
+  check_outputs(into, n, numels, labels);
+  for (size_t i = 0; i < n; ++i) {
+    if (into.empty()) outputs[i] = OwnedBuffer<float>::uninitialized(numels[i]);
+    jobs[i].weights = into.empty() ? outputs[i].data.get() : into[i].data();
   }
   {
     ReleasedGil released;
     engine::dequantize_tensors(jobs, num_threads);
   }
   nb::list results;
-  for (auto& out : outputs) results.append(out.release_to_numpy());
+  // Decoded into caller-given outputs: the caller holds them already; nothing to return.
+  if (into.empty()) {
+    for (auto& out : outputs) results.append(out.release_to_numpy());
+  }
   return results;
 }
 
@@ -397,7 +420,7 @@ nb::list kquant_encode_arrays(const std::vector<InputArray>& arrays, const std::
 // Decodes kquant tensors (uint8 arrays, rows x cols each) into float32.
 nb::list kquant_decode_arrays(const std::vector<InputArray>& encoded, const std::vector<int64_t>& rows,
                               const std::vector<int64_t>& cols, const std::vector<int>& bits, const std::vector<bool>& rotate,
-                              const std::vector<std::string>& labels, int num_threads) {
+                              const std::vector<std::string>& labels, int num_threads, const std::vector<IntoArray>& into) {
   using namespace arrowquant;
   const size_t n = encoded.size();
   if (rows.size() != n || cols.size() != n || bits.size() != n || rotate.size() != n || labels.size() != n) {
@@ -417,15 +440,24 @@ nb::list kquant_decode_arrays(const std::vector<InputArray>& encoded, const std:
                                    std::to_string(bits[i]) + " bits (" + type.name + " blocks, rows padded to 256) needs " +
                                    std::to_string(expected));
     }
-    outputs[i] = OwnedBuffer<float>::uninitialized(rows[i] * cols[i]);
-    jobs[i] = {static_cast<const uint8_t*>(encoded[i].data()), rows[i], cols[i], &type, rotate[i], outputs[i].data.get()};
+    jobs[i] = {static_cast<const uint8_t*>(encoded[i].data()), rows[i], cols[i], &type, rotate[i], nullptr};
+  }
+  std::vector<int64_t> numels(n);
+  for (size_t i = 0; i < n; ++i) numels[i] = rows[i] * cols[i];
+  check_outputs(into, n, numels, labels);
+  for (size_t i = 0; i < n; ++i) {
+    if (into.empty()) outputs[i] = OwnedBuffer<float>::uninitialized(numels[i]);
+    jobs[i].out = into.empty() ? outputs[i].data.get() : into[i].data();
   }
   {
     ReleasedGil released;
     engine::kquant_decode(jobs, num_threads);
   }
   nb::list results;
-  for (auto& out : outputs) results.append(out.release_to_numpy());
+  // Decoded into caller-given outputs: the caller holds them already; nothing to return.
+  if (into.empty()) {
+    for (auto& out : outputs) results.append(out.release_to_numpy());
+  }
   return results;
 }
 
@@ -446,7 +478,8 @@ NB_MODULE(_core, m) {
         nb::arg("cols"), nb::arg("labels"), nb::arg("bits"), nb::arg("rotate"), nb::arg("method"), nb::arg("num_threads"),
         nb::arg("with_stats"), "Format v2 kquant encoder: (encoded, stats-or-None) per array.");
   m.def("kquant_decode_arrays", &kquant_decode_arrays, nb::arg("encoded"), nb::arg("rows"), nb::arg("cols"), nb::arg("bits"),
-        nb::arg("rotate"), nb::arg("labels"), nb::arg("num_threads"), "Format v2 kquant decoder: float32 arrays.");
+        nb::arg("rotate"), nb::arg("labels"), nb::arg("num_threads"), nb::arg("outputs") = std::vector<IntoArray>(),
+        "Format v2 kquant decoder: float32 arrays (or into the given outputs; then an empty list).");
   m.def("gguf_types", &gguf_types, "GGUF tensor types: [(ggml id, name, block size, bytes per block, has search)]");
   m.def("gguf_encode_arrays", &gguf_encode_arrays, nb::arg("arrays"), nb::arg("element_types"), nb::arg("type_ids"),
         nb::arg("labels"), nb::arg("num_threads"), nb::arg("method") = "ggml");
@@ -490,8 +523,9 @@ NB_MODULE(_core, m) {
         "Quantizes C-contiguous arrays (element type 0 float32, 1 float16, 2 bfloat16); returns "
         "(packed, scales, zero_points, stats-or-None, markov) per array, arrays owning their buffers.");
   m.def("dequantize_arrays", &dequantize_arrays, nb::arg("packed"), nb::arg("scales"), nb::arg("zero_points"),
-        nb::arg("shapes"), nb::arg("bit_widths"), nb::arg("group_sizes"), nb::arg("labels"), nb::arg("num_threads"),
-        "Decodes packed tensors to flat float32 arrays after checking every length.");
+        nb::arg("shapes"), nb::arg("bit_widths"), nb::arg("group_sizes"), nb::arg("labels"), nb::arg("num_threads"), nb::arg("outputs") = std::vector<IntoArray>(),
+        "Decodes packed tensors to flat float32 arrays after checking every length (or into the given "
+        "outputs; then an empty list).");
 
   m.def("last_kernel_seconds", &arrowquant::engine::last_kernel_seconds,
         "Seconds the most recent quantize/dequantize spent in the kernels (for benchmarks).");

@@ -211,12 +211,31 @@ def check_text(value: str, what: str) -> str:
 
 
 def dequantize_tensors(tensors: Iterable[QuantizedTensor], labels: Sequence[str],
-                       num_threads: int | None = None) -> list[np.ndarray]:
-    """Flat float32 arrays, one per tensor (every length checked against shape and bits first)."""
+                       num_threads: int | None = None, outputs: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Flat float32 arrays, one per tensor (every length checked against shape and bits first).
+
+    ``outputs``: writable, C-contiguous float32 arrays of exactly each tensor's element count to
+    decode into (a buffer reused across calls saves allocating and first-touching a new one);
+    they are returned."""
     tensors = list(tensors)
     labels = list(labels)
     for t, label in zip(tensors, labels):
         check_shape(t.shape, label)
+    if outputs is not None:
+        outputs = list(outputs)
+        if len(outputs) != len(tensors) or not all(isinstance(o, np.ndarray) and o.dtype == np.float32 and
+                                                   o.flags.c_contiguous and o.flags.writeable for o in outputs):
+            raise ParameterError("outputs must be one writable, C-contiguous float32 array per tensor")
+        flat = [o.reshape(-1) for o in outputs]
+        for i, t in enumerate(tensors):
+            if t.scheme == "kquant":
+                _dequantize_kquant([t], [labels[i]], num_threads, [flat[i]])
+            else:
+                _core.dequantize_arrays([np.ascontiguousarray(t.quantized_data, np.uint8)],
+                                        [np.ascontiguousarray(t.scales, np.float32)],
+                                        [np.ascontiguousarray(t.zero_points, np.float32)], [list(t.shape)],
+                                        [t.bit_width], [t.group_size], [labels[i]], num_threads or 0, [flat[i]])
+        return flat
     if any(t.scheme != DEFAULT_SCHEME for t in tensors):
         kquant = [i for i, t in enumerate(tensors) if t.scheme == "kquant"]
         affine = [i for i, t in enumerate(tensors) if t.scheme == DEFAULT_SCHEME]
@@ -240,7 +259,8 @@ def dequantize_tensors(tensors: Iterable[QuantizedTensor], labels: Sequence[str]
         list(labels), num_threads or 0)
 
 
-def _dequantize_kquant(tensors: list[QuantizedTensor], labels: list[str], num_threads: int | None) -> list[np.ndarray]:
+def _dequantize_kquant(tensors: list[QuantizedTensor], labels: list[str], num_threads: int | None,
+                       outputs: list[np.ndarray] | None = None) -> list[np.ndarray]:
     for t, label in zip(tensors, labels):
         if t.rotation not in ("none", "hadamard256"):
             raise DataError(f"{label}: unknown rotation {t.rotation!r} (expected 'none' or 'hadamard256')")
@@ -256,4 +276,5 @@ def _dequantize_kquant(tensors: list[QuantizedTensor], labels: list[str], num_th
                             f"{t.bit_width} bits (kquant) needs {expected}")
     return _core.kquant_decode_arrays([np.ascontiguousarray(t.quantized_data, np.uint8).reshape(-1) for t in tensors],
                                       [1] * len(tensors), [t.numel for t in tensors], [t.bit_width for t in tensors],
-                                      [t.rotation == "hadamard256" for t in tensors], labels, num_threads or 0)
+                                      [t.rotation == "hadamard256" for t in tensors], labels, num_threads or 0,
+                                      outputs or [])

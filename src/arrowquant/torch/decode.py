@@ -12,6 +12,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+import threading
+
 from ..tensor import dequantize_tensors, QuantizedTensor
 
 
@@ -44,14 +46,20 @@ def decode_with_torch(packed: torch.Tensor, scales: torch.Tensor, zero_points: t
 
 def decode_weight(packed: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor, shape: Sequence[int],
                   bits: int, group_size: int, dtype: torch.dtype | None = None,
-                  use_kernels: bool = True, scheme: str = "affine", rotation: str = "none") -> torch.Tensor:
+                  use_kernels: bool = True, scheme: str = "affine", rotation: str = "none",
+                  out: torch.Tensor | None = None) -> torch.Tensor:
     """A packed weight decoded on its own device, in float32 (or ``dtype``). CPU tensors go through
-    the compiled kernels unless ``use_kernels`` is False."""
+    the compiled kernels unless ``use_kernels`` is False; ``out`` (a contiguous float32 CPU tensor
+    of the weight's element count) receives them instead of a new tensor."""
     if packed.device.type == "cpu" and use_kernels:
         tensor = QuantizedTensor(packed.numpy(), scales.numpy(), zero_points.numpy(), tuple(shape), bits, group_size,
                                  False, "F32", scheme, rotation)
-        [flat] = dequantize_tensors([tensor], ["weight"])
-        weight = torch.from_numpy(flat).reshape(tuple(shape))
+        if out is not None:
+            dequantize_tensors([tensor], ["weight"], outputs=[out.numpy()])
+            weight = out.reshape(tuple(shape))
+        else:
+            [flat] = dequantize_tensors([tensor], ["weight"])
+            weight = torch.from_numpy(flat).reshape(tuple(shape))
     elif scheme == "kquant":
         weight = decode_kquant_with_torch(packed, shape, bits, rotation)
     else:
@@ -170,3 +178,26 @@ def decode_kquant_with_torch(packed: torch.Tensor, shape: Sequence[int], bits: i
     if rotation == "hadamard256":
         values = _inverse_rotation(values).reshape(-1)
     return values[:numel].reshape(tuple(shape))
+
+
+# ------------------------------------------------------------------------------------------------
+# One scratch buffer per thread for forward passes that need no gradient: each layer's weight is
+# decoded into it and used at once, so a forward pass allocates (and the OS zero-fills) nothing
+# per layer. It grows to the largest layer's element count and is kept for the thread's life.
+
+_scratch = threading.local()
+
+
+def scratch_float32(numel: int) -> torch.Tensor:
+    """A contiguous float32 CPU tensor of ``numel`` elements over this thread's scratch buffer:
+    valid until the next call on this thread."""
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.numel() < numel:
+        buffer = torch.empty(max(numel, 1), dtype=torch.float32)
+        _scratch.buffer = buffer
+    return buffer[:numel]
+
+
+def release_scratch() -> None:
+    """Frees this thread's decode buffer (the next forward pass allocates a new one)."""
+    _scratch.buffer = None

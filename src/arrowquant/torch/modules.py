@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .decode import decode_weight
+from .decode import decode_weight, scratch_float32
 
 
 class QuantizedWeight(nn.Module):
@@ -30,6 +30,16 @@ class QuantizedWeight(nn.Module):
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         return decode_weight(self.packed, self.scales, self.zero_points, self.shape, self.bit_width, self.group_size,
                              dtype, scheme=self.scheme, rotation=self.rotation)
+
+    def dequantize_for_forward(self, dtype: torch.dtype, needs_grad: bool) -> torch.Tensor:
+        """The weight for one forward call: on the CPU, without autograd needing it, decoded into
+        the thread's scratch buffer (valid until the next layer decodes; never returned to users)."""
+        if needs_grad or self.packed.device.type != "cpu":
+            return self.dequantize(dtype)
+        out = scratch_float32(math.prod(self.shape))
+        weight = decode_weight(self.packed, self.scales, self.zero_points, self.shape, self.bit_width, self.group_size,
+                               scheme=self.scheme, rotation=self.rotation, out=out)
+        return weight if dtype == torch.float32 else weight.to(dtype)
 
     @property
     def nbytes(self) -> int:
@@ -54,7 +64,9 @@ class _QuantizedLayer(nn.Module):
     def _weight_and_bias(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         dtype = x.dtype if x.is_floating_point() else torch.float32
         bias = self.bias.to(dtype) if self.bias is not None and self.bias.dtype != dtype else self.bias
-        return self.qweight.dequantize(dtype), bias
+        # Autograd may keep the weight for the backward pass: then it must be a tensor of its own.
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.training)
+        return self.qweight.dequantize_for_forward(dtype, needs_grad), bias
 
 
 class QuantizedLinear(_QuantizedLayer):
