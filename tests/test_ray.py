@@ -134,3 +134,33 @@ def test_cli_quantize_with_ray(tmp_path):
                              "--mode", "base", "--ray", "--json"], capture_output=True, text=True, timeout=300)
     assert remote.returncode == 0, remote.stderr
     assert (tmp_path / "ray.aq").read_bytes() == (tmp_path / "local.aq").read_bytes()
+
+
+@pytest.mark.parametrize("method", ["ggml", "search"])
+def test_gguf_through_ray_is_byte_identical(tmp_path, method):
+    from arrowquant.demo import make_demo_model
+    from arrowquant.gguf import convert
+    model = make_demo_model(tmp_path / "model")
+    local = convert(model / "unet", tmp_path / "local.gguf", type="Q4_K_M", method=method)
+    remote = convert(model / "unet", tmp_path / "ray.gguf", type="Q4_K_M", method=method, ray=True)
+    assert (tmp_path / "ray.gguf").read_bytes() == (tmp_path / "local.gguf").read_bytes()
+    assert remote["components"]["model"]["tensors"] == local["components"]["model"]["tensors"]
+
+
+def test_gguf_through_ray_survives_a_killed_worker_and_the_cli_takes_ray(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    from arrowquant.demo import make_demo_model
+    from arrowquant.gguf import convert
+    model = make_demo_model(tmp_path / "model")
+    convert(model / "unet", tmp_path / "local.gguf", type="Q8_0")
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(ar.FAULT_INJECTION_ENV, str(marker))
+    convert(model / "unet", tmp_path / "ray.gguf", type="Q8_0", ray=True)
+    assert marker.read_text() == "killed once"
+    assert (tmp_path / "ray.gguf").read_bytes() == (tmp_path / "local.gguf").read_bytes()
+    monkeypatch.delenv(ar.FAULT_INJECTION_ENV)
+    cli = subprocess.run([sys.executable, "-m", "arrowquant", "gguf", model / "unet", tmp_path / "cli.gguf", "--type",
+                          "Q8_0", "--ray", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    assert (tmp_path / "cli.gguf").read_bytes() == (tmp_path / "local.gguf").read_bytes()

@@ -186,14 +186,19 @@ def _warn(command: str, messages: list[str]) -> None:
         print(f"arrowquant {command}: warning: {message}", file=sys.stderr)
 
 
+def _start_ray(address: str | None) -> None:
+    """--ray [ADDRESS]: join the cluster at ADDRESS (or RAY_ADDRESS's, or start a local one)."""
+    if address is not None:
+        import ray
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
 def cmd_quantize(args) -> int:
     from .quantizer import ArrowQuantV2
     config = _config_from_args(args)
     bar = ProgressBar(_source_bytes(Path(args.model), args.variant), not args.quiet and not args.json, "quantize")
     try:
-        if args.ray is not None:
-            import ray
-            ray.init(address=args.ray or None, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        _start_ray(args.ray)
         report = ArrowQuantV2(mode=args.mode).quantize_diffusion_model(args.model, args.output, config, bar,
                                                                       overwrite=args.overwrite, variant=args.variant,
                                                                       ray=args.ray is not None)
@@ -281,9 +286,11 @@ def cmd_gguf(args) -> int:
     from .gguf import convert
     bar = ProgressBar(_source_bytes(Path(args.model), args.variant), not args.quiet and not args.json, "gguf")
     try:
+        _start_ray(args.ray)
         report = convert(args.model, args.output, type=args.type, type_for=args.type_for, arch=args.arch,
                          variant=args.variant, overwrite=args.overwrite, num_threads=args.threads,
-                         rearrange_rows=args.comfyui_rows, method=args.method, progress_callback=bar)
+                         rearrange_rows=args.comfyui_rows, method=args.method, progress_callback=bar,
+                         ray=args.ray is not None)
     finally:
         bar.close()
     if args.json:
@@ -541,8 +548,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "8x slower), ggml's bytes for the other types")
     g.add_argument("--comfyui-rows", action="store_true", help="sd1/sdxl: store 3x3 convolutions as rows of 256 so they "
                    "are k-quantized too (ComfyUI-GGUF's own layout; diffusers and stable-diffusion.cpp cannot read it)")
-    g.add_argument("--threads", type=int, help="worker threads (default: the CPUs this process may use)")
+    g.add_argument("--threads", type=int, help="worker threads (default: the CPUs this process may use; with --ray, "
+                   "the CPUs of each task)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    g.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="encode every tensor in a Ray task (pip "
+                   "install 'arrowquant[ray]'): on the cluster at ADDRESS, or without one on RAY_ADDRESS's or a new "
+                   "local cluster; the model must lie on storage every node sees; the output is byte-identical")
     common(g)
     g.set_defaults(run=cmd_gguf)
 

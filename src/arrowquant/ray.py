@@ -11,6 +11,7 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without ray
     raise ImportError("arrowquant.ray needs Ray Data: pip install 'arrowquant[ray]'") from error
 
+import numpy as np
 import pyarrow as pa
 
 from .schemes import check_bits_for_scheme, check_rotate, check_scheme
@@ -83,37 +84,79 @@ def _quantize_tensor(path: str, name: str, dtype: str, bits: int, group_size: in
             tensor.group_size, tensor.symmetric, tensor.source_dtype, tensor.scheme, tensor.rotation), stats_values, markov
 
 
-def ray_executor(num_cpus: int = 1, max_in_flight: int | None = None):
-    """An executor for quantize_checkpoint: each tensor a Ray task on ``num_cpus`` CPUs, results
-    taken in checkpoint order, at most ``max_in_flight`` submitted and not yet taken (default:
-    twice the cluster's CPUs / num_cpus), so the driver holds a bounded number of results."""
+def _ordered_tasks(function, num_cpus: int, max_in_flight: int | None):
+    """A map over Ray tasks: ``run(argument_tuples)`` yields each task's result in submission
+    order, with at most ``max_in_flight`` submitted and not yet taken (default: twice the
+    cluster's CPUs / num_cpus), so the driver holds a bounded number of results. Failed tasks
+    are retried by Ray (a dead worker included)."""
     import collections
     import os
 
-    from .tensor import ErrorStats, QuantizedTensor
     options: dict = {"num_cpus": num_cpus, "max_retries": 3}
     if os.environ.get(FAULT_INJECTION_ENV):
         options["runtime_env"] = {"env_vars": {FAULT_INJECTION_ENV: os.environ[FAULT_INJECTION_ENV]}}
-    task = ray.remote(_quantize_tensor).options(**options)
+    task = ray.remote(function).options(**options)
 
-    def run(jobs):
+    def run(arguments):
         window = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)) // num_cpus)
         pending = collections.deque()
-        upcoming = iter(jobs)
+        upcoming = iter(arguments)
 
         def submit() -> None:
-            job = next(upcoming, None)
-            if job is not None:
-                pending.append(task.remote(str(job.file.path), job.name, job.info.dtype, job.bits, job.group_size,
-                                           job.symmetric, job.method, job.markov_threshold, num_cpus, job.scheme,
-                                           job.rotate))
+            args = next(upcoming, None)
+            if args is not None:
+                pending.append(task.remote(*args))
 
         for _ in range(window):
             submit()
         while pending:
-            fields, stats, markov = ray.get(pending.popleft())
+            result = ray.get(pending.popleft())
             submit()
+            yield result
+
+    return run
+
+
+def ray_executor(num_cpus: int = 1, max_in_flight: int | None = None):
+    """An executor for quantize_checkpoint: each tensor a Ray task on ``num_cpus`` CPUs, results
+    taken in checkpoint order (see _ordered_tasks)."""
+    from .tensor import ErrorStats, QuantizedTensor
+    tasks = _ordered_tasks(_quantize_tensor, num_cpus, max_in_flight)
+
+    def run(jobs):
+        arguments = ((str(job.file.path), job.name, job.info.dtype, job.bits, job.group_size, job.symmetric, job.method,
+                      job.markov_threshold, num_cpus, job.scheme, job.rotate) for job in jobs)
+        for fields, stats, markov in tasks(arguments):
             yield QuantizedTensor(*fields), ErrorStats(*stats), markov
+
+    return run
+
+
+def _encode_gguf_tensor(path: str, name: str, type_name: str, method: str, with_stats: bool, num_threads: int) -> tuple:
+    import os
+    from pathlib import Path
+
+    from .gguf.convert import encode_tensor
+    from .gguf.types import gguf_type
+    from .safetensors_io import SafetensorsFile
+    marker = os.environ.get(FAULT_INJECTION_ENV)
+    if marker and not os.path.exists(marker):
+        Path(marker).write_text("killed once")
+        os._exit(1)
+    with SafetensorsFile(path) as sf:  # memory-mapped from storage every node sees
+        encoded, stats = encode_tensor(sf, sf.tensors[name], gguf_type(type_name), num_threads, with_stats, method)
+        return np.array(encoded), stats  # its own copy: the mapping closes with the file
+
+
+def gguf_executor(num_cpus: int = 1, max_in_flight: int | None = None):
+    """An executor for arrowquant.gguf.convert: each tensor's GGUF bytes encoded by a Ray task,
+    taken in the file's order. ``run(jobs)`` takes (safetensors path, tensor name, GgufType,
+    method, with_stats) tuples and yields (bytes, stats)."""
+    tasks = _ordered_tasks(_encode_gguf_tensor, num_cpus, max_in_flight)
+
+    def run(jobs):
+        return tasks((str(path), name, gguf.name, method, with_stats, num_cpus)
+                     for path, name, gguf, method, with_stats in jobs)
 
     return run
 

@@ -34,7 +34,7 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
             arch: str | None = None, variant: str | None = None, overwrite: bool = False,
             rearrange_rows: bool = False, method: str = "ggml",
             num_threads: int | None = None, with_stats: bool = True,
-            progress_callback: Callable[[str, float], Any] | None = None) -> dict[str, Any]:
+            progress_callback: Callable[[str, float], Any] | None = None, ray: bool = False) -> dict[str, Any]:
     """Convert a safetensors checkpoint to GGUF with the mix ``type`` (Q4_K_M, Q8_0, Q6_K, ...).
 
     ``src`` is a ``.safetensors`` file, a ``*.safetensors.index.json`` or a component folder
@@ -48,7 +48,9 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
     of 256, k-quantized; only ComfyUI-GGUF reads it). Every rule is in
     docs/gguf.md. Returns a report: per component the output, the architecture, bytes, the type
     of every tensor and why, every fallback, and (``with_stats``) the relative RMSE and cosine of
-    every quantized tensor."""
+    every quantized tensor. With ``ray=True`` each tensor is encoded by a Ray task (arrowquant.ray;
+    a cluster must be initialised and the model must lie on storage every node sees): the same
+    bytes, the file written here in order."""
     started = time.perf_counter()
     mix = check_mix(type)
     if method not in ("ggml", "search"):
@@ -83,9 +85,15 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
         warn_extension(out, ".gguf", "a GGUF file")
     progress_of = component_progress({name: c.nbytes for name, c in checkpoints.items()}, progress_callback)
 
+    executor = None
+    if ray:
+        from ..ray import gguf_executor
+        executor = gguf_executor(num_threads or 1)
+
     def write(name: str, path: Path, overwrite_file: bool) -> dict:
         return convert_checkpoint(checkpoints[name], path, TypePolicyFactory(mix, overrides, rearrange_rows, method),
-                                  forced_arch, overwrite_file, num_threads, with_stats, progress_of(name), component=name)
+                                  forced_arch, overwrite_file, num_threads, with_stats, progress_of(name), component=name,
+                                  executor=executor)
 
     reports = write_model_outputs(src, out, kind, components, checkpoints, ".gguf", overwrite, write)
     for report in reports.values():
@@ -111,8 +119,9 @@ class TypePolicyFactory:
 
 def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFactory, forced_arch, overwrite: bool,
                        num_threads: int | None, with_stats: bool, progress: Callable[[str, float], None],
-                       component: str = "") -> dict[str, Any]:
-    """One checkpoint -> one GGUF file (see convert)."""
+                       component: str = "", executor: Any = None) -> dict[str, Any]:
+    """One checkpoint -> one GGUF file (see convert). ``executor(jobs)`` (default: here, one tensor
+    at a time) yields (bytes, stats) for each (path, name, GgufType, method, with_stats) in order."""
     started = time.perf_counter()
     opened = checkpoint.open()
     try:
@@ -147,13 +156,22 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
         total = sum(sf.tensors[n].nbytes for sf, n in entries) or 1
         tensors: dict[str, dict[str, Any]] = {}
 
+        methods = [policies.method if d.type.has_search else "ggml" for d in decisions]
+        files = {str(sf.path): sf for sf, _ in entries}
+
+        def local(jobs):
+            for path, name, gguf, method, stats_wanted in jobs:
+                files[path].prefetch(name)
+                yield encode_tensor(files[path], files[path].tensors[name], gguf, num_threads, stats_wanted, method)
+
+        results = (executor or local)((str(sf.path), name, d.type, method, with_stats)
+                                      for (sf, name), d, method in zip(entries, decisions, methods))
+
         def chunks():
             done = 0
-            for (sf, name), stored, d in zip(entries, stored_names, decisions):
+            for (sf, name), stored, d, method in zip(entries, stored_names, decisions, methods):
                 info = sf.tensors[name]
-                sf.prefetch(name)
-                method = policies.method if d.type.has_search else "ggml"
-                encoded, stats = encode_tensor(sf, info, d.type, num_threads, with_stats, method)
+                encoded, stats = next(results)
                 tensors[stored] = {"type": d.type.name, "reason": d.reason, "encoder": method, "shape": list(info.shape),
                                    "stored_shape": list(d.shape), "source_dtype": info.dtype,
                                    "bytes_before": info.nbytes, "bytes_after": int(encoded.nbytes), **stats}
