@@ -358,3 +358,83 @@ def test_decoding_into_a_given_array(small):
             dequantize_tensors([t], ["fc.weight"], outputs=[np.empty(3, np.float32)])
         with pytest.raises(aq.ParameterError, match="writable, C-contiguous float32"):
             dequantize_tensors([t], ["fc.weight"], outputs=[np.empty(t.numel, np.float64)])
+
+
+def tiny_clip_tokenizer(folder):
+    """A CLIP tokenizer of our own (no download): every letter, with and without the end-of-word mark."""
+    import json
+    import transformers
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for c in "abcdefghijklmnopqrstuvwxyz":
+            vocab[c + suffix] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+
+
+def test_a_stable_diffusion_pipeline_with_text_encoder_and_vae_runs_quantized(tmp_path):
+    """UNet, VAE and CLIP text encoder quantized at the local profile (format v2), loaded packed by
+    load_pipeline: the prompt-to-image run equals the pipeline restored by dequantize, and stays
+    near the float pipeline."""
+    diffusers = pytest.importorskip("diffusers")
+    transformers = pytest.importorskip("transformers")
+    import arrowquant.diffusers as ad
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tokenizer = tiny_clip_tokenizer(tmp_path / "tok")
+    torch.manual_seed(0)
+    text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, layers_per_block=1, block_out_channels=(32, 64), cross_attention_dim=64, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        norm_num_groups=8)
+    vae = diffusers.AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, sample_size=16)
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=diffusers.DDIMScheduler(num_train_timesteps=100, clip_sample=False), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(tmp_path / "sd")
+    report = aq.quantize_diffusion_model(tmp_path / "sd", tmp_path / "q", aq.DiffusionQuantConfig.from_profile("local"))
+    assert set(report["components"]) == {"text_encoder", "unet", "vae"}
+    quantized = ad.load_pipeline(tmp_path / "q")
+    assert type(quantized).__name__ == "StableDiffusionPipeline"
+    for component in (quantized.unet, quantized.vae, quantized.text_encoder):
+        assert any(isinstance(m, (at.QuantizedLinear, at.QuantizedConv2d)) for m in component.modules())
+        assert not any(t.is_meta for t in list(component.parameters()) + list(component.buffers()))
+    from arrowquant.cli import main
+    assert main(["dequantize", str(tmp_path / "q"), str(tmp_path / "restored"), "--quiet"]) == 0
+    restored = diffusers.StableDiffusionPipeline.from_pretrained(str(tmp_path / "restored"))
+
+    def image(p):
+        return p("a red cat", num_inference_steps=3, height=16, width=16, generator=torch.Generator().manual_seed(0),
+                 output_type="np").images
+
+    float_image, packed_image, restored_image = image(pipe), image(quantized), image(restored)
+    assert packed_image.shape == (1, 16, 16, 3) and np.isfinite(packed_image).all()
+    assert np.abs(packed_image - restored_image).max() < 1e-5
+    assert np.abs(packed_image - float_image).max() < 0.25  # random tiny models; 0.11 measured
+
+
+def test_load_quantized_refuses_to_leave_a_buffer_without_a_value(tmp_path):
+    class WithPositions(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(256, 64)
+            self.register_buffer("positions", torch.arange(16), persistent=False)
+
+    torch.manual_seed(8)
+    save_file(WithPositions().state_dict(), str(tmp_path / "p.safetensors"))
+    aq.ArrowQuantV2(mode="base").quantize_from_safetensors(tmp_path / "p.safetensors", tmp_path / "p.aq", bit_width=4)
+    with torch.device("meta"):
+        model = WithPositions()
+    with pytest.raises(aq.DataError, match=r"buffers \['positions'\].*meta device.*init_empty_weights"):
+        at.load_quantized(model, tmp_path / "p.aq")
+    from accelerate import init_empty_weights
+    with init_empty_weights(include_buffers=False):
+        model = WithPositions()
+    at.load_quantized(model, tmp_path / "p.aq")
+    assert torch.equal(model.positions, torch.arange(16))

@@ -55,7 +55,11 @@ def load_model(component_folder: Any, model_class: Any = None, *, device: Any = 
         raise MissingFileError(f"{folder}: no .aq file (a component folder written by quantize_diffusion_model)")
     config = load_json(folder / "config.json", "model config")
     cls = _model_class(folder, config, model_class, _library_class)
-    with torch.device("meta"):
+    # Parameters on the meta device (never materialised: load_quantized fills them), buffers real:
+    # a non-persistent buffer (CLIP's position_ids) is in no file and must keep the value the
+    # model's constructor gives it.
+    from accelerate import init_empty_weights
+    with init_empty_weights(include_buffers=False):
         if hasattr(cls, "from_config"):
             model = cls.from_config(cls.load_config(str(folder)))
         else:  # transformers

@@ -98,6 +98,13 @@ def load_quantized(model: nn.Module, path: Any, *, device: Any = None, dtype: to
             rest[name] = tensor
         model.load_state_dict(rest, strict=False, assign=True)
     missing = sorted(k for k in expected if k not in consumed and k not in rest)
+    # A non-persistent buffer (in no state_dict, so in no file) of a model built entirely on the
+    # meta device has no value at all; used, it would read uninitialised memory.
+    empty = [n for n, b in model.named_buffers() if b.is_meta]
+    if empty:
+        raise DataError(f"{path}: buffers {empty[:10]} ({len(empty)}) are still on the meta device: they are not "
+                        "saved in checkpoints (non-persistent), so build the model with its parameters on the meta "
+                        "device but its buffers real, e.g. accelerate.init_empty_weights(include_buffers=False)")
     unexpected = sorted(stored - set(expected) - consumed)
     if missing or unexpected:
         message = (f"{path}: missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''} ({len(missing)}), "

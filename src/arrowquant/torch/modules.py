@@ -51,7 +51,18 @@ class QuantizedWeight(nn.Module):
                 f"bytes={self.nbytes:,} (float32: {4 * math.prod(self.shape):,})")
 
 
-class _QuantizedLayer(nn.Module):
+class _DecodedWeightAttribute:
+    """``.weight`` for code outside the module that reads it (transformers' CLIP takes
+    ``position_embedding.weight.shape``; others read ``.weight.dtype`` or ``.device``): the float
+    weight decoded on every access, in the dtype the module's float buffers have (``.to(dtype)``
+    moves them). forward never uses it, and it is not in ``state_dict``."""
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.qweight.dequantize(self.qweight.scales.dtype)
+
+
+class _QuantizedLayer(_DecodedWeightAttribute, nn.Module):
     def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.qweight = weight
@@ -110,7 +121,7 @@ class QuantizedConv2d(_QuantizedConv):
     _functional = staticmethod(F.conv2d)
 
 
-class QuantizedEmbedding(nn.Module):
+class QuantizedEmbedding(_DecodedWeightAttribute, nn.Module):
     """nn.Embedding with a packed table, decoded when looked up (whole table: rows of the packed
     format need not start on a byte)."""
 
