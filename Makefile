@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 # (faster, and incremental through build/{wheel_tag}).
 BUILD_DEPS := "scikit-build-core>=0.10" "nanobind>=2.0" "pyarrow==26.0.1" cmake ninja
 
-.PHONY: demo test install install-test ggml-ref bench bench-cpp bench-python bench-smoke sanitize fuzz clean
+.PHONY: demo test install install-test ggml-ref llama-cpp bench bench-cpp bench-python bench-smoke sanitize fuzz clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,16 @@ demo: install
 ggml-ref: $(VENV)/.created
 	bash tests/ggml/build.sh $(PY)
 
-test: install-test ggml-ref
+# llama.cpp itself (llama-cpp-python built from the same sdist, CPU only, no native tuning): the
+# referee that loads and runs the language-model GGUF files in tests/test_gguf_llm.py. About 8
+# minutes on 2 cores; built once per venv.
+LLAMA_CPP_ARGS := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+	-DLLAMA_BUILD_SERVER=OFF
+llama-cpp: install-test ggml-ref
+	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CPP_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+	  $(PIP) install --quiet --no-build-isolation build/ggml-ref/llama_cpp_python-*.tar.gz
+
+test: install-test ggml-ref llama-cpp
 	$(PY) -m pytest -q tests
 
 # Kernel microbenchmarks (Google Benchmark from Debian's libbenchmark-dev, no Python needed).

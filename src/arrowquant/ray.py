@@ -132,7 +132,8 @@ def ray_executor(num_cpus: int = 1, max_in_flight: int | None = None):
     return run
 
 
-def _encode_gguf_tensor(path: str, name: str, type_name: str, method: str, with_stats: bool, num_threads: int) -> tuple:
+def _encode_gguf_tensor(path: str, name: str, type_name: str, method: str, with_stats: bool, num_threads: int,
+                        rope_heads: int | None = None) -> tuple:
     import os
     from pathlib import Path
 
@@ -144,19 +145,20 @@ def _encode_gguf_tensor(path: str, name: str, type_name: str, method: str, with_
         Path(marker).write_text("killed once")
         os._exit(1)
     with SafetensorsFile(path) as sf:  # memory-mapped from storage every node sees
-        encoded, stats = encode_tensor(sf, sf.tensors[name], gguf_type(type_name), num_threads, with_stats, method)
+        encoded, stats = encode_tensor(sf, sf.tensors[name], gguf_type(type_name), num_threads, with_stats, method,
+                                       rope_heads)
         return np.array(encoded), stats  # its own copy: the mapping closes with the file
 
 
 def gguf_executor(num_cpus: int = 1, max_in_flight: int | None = None):
     """An executor for arrowquant.gguf.convert: each tensor's GGUF bytes encoded by a Ray task,
     taken in the file's order. ``run(jobs)`` takes (safetensors path, tensor name, GgufType,
-    method, with_stats) tuples and yields (bytes, stats)."""
+    method, with_stats, rope heads or None) tuples and yields (bytes, stats)."""
     tasks = _ordered_tasks(_encode_gguf_tensor, num_cpus, max_in_flight)
 
     def run(jobs):
-        return tasks((str(path), name, gguf.name, method, with_stats, num_cpus)
-                     for path, name, gguf, method, with_stats in jobs)
+        return tasks((str(path), name, gguf.name, method, with_stats, num_cpus, heads)
+                     for path, name, gguf, method, with_stats, heads in jobs)
 
     return run
 

@@ -16,12 +16,13 @@ import numpy as np
 
 from .. import __version__, _core
 from ..diffusion import component_progress, describe_model, published_path, write_model_outputs
-from ..errors import ParameterError
+from ..errors import FileFormatError, ParameterError
 from ..paths import check_file_output, check_output_apart, warn_extension
 from ..validation import check_num_threads
 from ..safetensors_io import Checkpoint, SafetensorsFile, TensorInfo, resolve_checkpoint
 from ..tensor import QUANTIZABLE_DTYPES
 from .container import ARRAY, INT32, UINT32, TensorSpec, Value, write_gguf
+from .llm import LlmModel, LlmTypePolicy, llm_config, model_name, permute_for_rope, tokenizer_metadata
 from .policy import TypePolicy, architecture, check_mix, detect_architecture, parse_type_overrides, strip_prefix
 from .types import MIXES
 
@@ -38,7 +39,8 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
     """Convert a safetensors checkpoint to GGUF with the mix ``type`` (Q4_K_M, Q8_0, Q6_K, ...).
 
     ``src`` is a ``.safetensors`` file, a ``*.safetensors.index.json`` or a component folder
-    (``out`` is then one ``.gguf`` file), or a diffusers folder (``out`` is then a folder with
+    (``out`` is then one ``.gguf`` file; a llama-family language model folder with config.json
+    and tokenizer.json becomes a file llama.cpp runs, see llm.py), or a diffusers folder (``out`` is then a folder with
     one ``.gguf`` per weight component next to the copied configs). ``type_for`` ({glob: type} or ["GLOB=TYPE"]) overrides the type per
     tensor; ``arch`` overrides the architecture detected from the tensor names;
     ``method="ggml"`` writes exactly the bytes of ggml's reference quantizer; ``method="search"``
@@ -64,6 +66,24 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
     kind, components = describe_model(src)
     if kind == "component":  # one checkpoint, one GGUF file (its configs stay with the source)
         kind = "file"
+        config = llm_config(src)
+        if config is not None:  # a language model for llama.cpp: names, hyper-parameters, tokenizer
+            checkpoint = resolve_checkpoint(src, variant)
+            check_output_apart(out, [src] + checkpoint.inputs)
+            check_file_output(out, overwrite)
+            warnings_out = [w for w in [warn_extension(out, ".gguf", "a GGUF file")] if w]
+            executor = None
+            if ray:
+                from ..ray import gguf_executor
+                executor = gguf_executor(num_threads or 1)
+            report = convert_llm(checkpoint, out, LlmModel(src, config), mix, overrides, method, overwrite, num_threads,
+                                 with_stats, component_progress({"": checkpoint.nbytes}, progress_callback)(""),
+                                 executor)
+            return {"input": str(src), "output": str(out), "kind": "llm", "type": mix, "method": method,
+                    "kept_as_safetensors": [], "components": {"model": report}, "bytes_before": report["input_bytes"],
+                    "bytes_after": report["output_bytes"], "compression_ratio": report["compression_ratio"],
+                    "tensors": len(report["tensors"]), "fallbacks": report["fallbacks"], "warnings": warnings_out,
+                    "seconds": time.perf_counter() - started}
     checkpoints = {name: resolve_checkpoint(path, variant) for name, path in components}
     check_output_apart(out, [src] + [p for c in checkpoints.values() for p in c.inputs])
     kept_as_is: list[str] = []
@@ -153,34 +173,10 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
             if d.orig_shape is not None:
                 metadata[f"comfy.gguf.orig_shape.{stored}"] = Value(ARRAY, [int(x) for x in d.orig_shape], INT32)
         specs = [TensorSpec(stored, d.shape, d.type) for stored, d in zip(stored_names, decisions)]
-        total = sum(sf.tensors[n].nbytes for sf, n in entries) or 1
-        tensors: dict[str, dict[str, Any]] = {}
 
         methods = [policies.method if d.type.has_search else "ggml" for d in decisions]
-        files = {str(sf.path): sf for sf, _ in entries}
-
-        def local(jobs):
-            for path, name, gguf, method, stats_wanted in jobs:
-                files[path].prefetch(name)
-                yield encode_tensor(files[path], files[path].tensors[name], gguf, num_threads, stats_wanted, method)
-
-        results = (executor or local)((str(sf.path), name, d.type, method, with_stats)
-                                      for (sf, name), d, method in zip(entries, decisions, methods))
-
-        def chunks():
-            done = 0
-            for (sf, name), stored, d, method in zip(entries, stored_names, decisions, methods):
-                info = sf.tensors[name]
-                encoded, stats = next(results)
-                tensors[stored] = {"type": d.type.name, "reason": d.reason, "encoder": method, "shape": list(info.shape),
-                                   "stored_shape": list(d.shape), "source_dtype": info.dtype,
-                                   "bytes_before": info.nbytes, "bytes_after": int(encoded.nbytes), **stats}
-                yield encoded
-                sf.release(name)
-                done += info.nbytes
-                progress(stored, done / total)
-
-        size = write_gguf(out, metadata, specs, chunks(), overwrite=overwrite)
+        size, tensors = write_tensors(out, metadata, specs, entries, stored_names, decisions, methods,
+                                      [None] * len(entries), executor, num_threads, with_stats, overwrite, progress)
     finally:
         for sf in opened:
             sf.close()
@@ -193,10 +189,95 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
             "component": component, "seconds": time.perf_counter() - started}
 
 
+def write_tensors(out: Path, metadata: dict[str, Any], specs: list[TensorSpec], entries, stored_names, decisions,
+                  methods, heads, executor, num_threads, with_stats: bool, overwrite: bool, progress
+                  ) -> tuple[int, dict[str, dict[str, Any]]]:
+    """Encodes every tensor (here, or by ``executor``), streams them into ``out`` in order, and
+    returns the file's size and the per-tensor report."""
+    files = {str(sf.path): sf for sf, _ in entries}
+    total = sum(sf.tensors[n].nbytes for sf, n in entries) or 1
+    tensors: dict[str, dict[str, Any]] = {}
+
+    def local(jobs):
+        for path, name, gguf, method, stats_wanted, n_heads in jobs:
+            files[path].prefetch(name)
+            yield encode_tensor(files[path], files[path].tensors[name], gguf, num_threads, stats_wanted, method, n_heads)
+
+    results = (executor or local)((str(sf.path), name, d.type, method, with_stats, h)
+                                  for (sf, name), d, method, h in zip(entries, decisions, methods, heads))
+
+    def chunks():
+        done = 0
+        for (sf, name), stored, d, method in zip(entries, stored_names, decisions, methods):
+            info = sf.tensors[name]
+            encoded, stats = next(results)
+            tensors[stored] = {"type": d.type.name, "reason": d.reason, "encoder": method, "shape": list(info.shape),
+                               "stored_shape": list(d.shape), "source_dtype": info.dtype,
+                               "bytes_before": info.nbytes, "bytes_after": int(encoded.nbytes), **stats}
+            if stored != name:
+                tensors[stored]["source_name"] = name
+            yield encoded
+            sf.release(name)
+            done += info.nbytes
+            progress(stored, done / total)
+
+    return write_gguf(out, metadata, specs, chunks(), overwrite=overwrite), tensors
+
+
+def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, overrides, method: str, overwrite: bool,
+                num_threads: int | None, with_stats: bool, progress: Callable[[str, float], None],
+                executor: Any = None) -> dict[str, Any]:
+    """A llama-family language model -> one GGUF file llama.cpp loads (see llm.py)."""
+    started = time.perf_counter()
+    tokenizer = tokenizer_metadata(model.folder, model)  # checked before any tensor is read
+    opened = checkpoint.open()
+    try:
+        entries, stored_names, heads, skipped = [], [], [], []
+        for sf in opened:
+            for name in sf.names():
+                mapped = model.gguf_name(name)
+                if mapped is None:
+                    skipped.append(name)
+                    continue
+                entries.append((sf, name))
+                stored_names.append(mapped[0])
+                heads.append(model.heads_of(mapped[1]))
+        if len(set(stored_names)) != len(stored_names):
+            raise FileFormatError(f"{model.folder}: two tensors map to the same GGUF name")
+        policy = LlmTypePolicy(mix, overrides, model, has_output="output.weight" in stored_names)
+        decisions = [policy.decide(stored, sf.tensors[name].shape, sf.tensors[name].dtype)
+                     for (sf, name), stored in zip(entries, stored_names)]
+        metadata: dict[str, Any] = {
+            "general.architecture": model.arch,
+            "general.name": model_name(model.folder, model.config),
+            "general.quantization_version": Value(UINT32, QUANTIZATION_VERSION),
+            "general.file_type": Value(UINT32, MIXES[mix][0]),
+            "general.quantized_by": f"arrowquant {__version__}",
+            **model.metadata(), **tokenizer,
+        }
+        specs = [TensorSpec(stored, d.shape, d.type) for stored, d in zip(stored_names, decisions)]
+        methods = [method if d.type.has_search else "ggml" for d in decisions]
+        size, tensors = write_tensors(out, metadata, specs, entries, stored_names, decisions, methods, heads, executor,
+                                      num_threads, with_stats, overwrite, progress)
+    finally:
+        for sf in opened:
+            sf.close()
+    fallbacks = [{"tensor": s, "from_type": d.fallback_from.name, "to_type": d.type.name, "reason": d.reason}
+                 for s, d in zip(stored_names, decisions) if d.fallback_from is not None]
+    input_bytes = sum(t["bytes_before"] for t in tensors.values())
+    return {"output": str(out), "architecture": model.arch, "prefix_stripped": "", "tensors_dropped": skipped,
+            "input_bytes": input_bytes, "output_bytes": size, "compression_ratio": input_bytes / size if size else 0.0,
+            "tensors": tensors, "fallbacks": fallbacks, "component": "", "seconds": time.perf_counter() - started,
+            "tokenizer": {"model": tokenizer["tokenizer.ggml.model"], "tokens": len(tokenizer["tokenizer.ggml.tokens"].value)}}
+
+
 def encode_tensor(sf: SafetensorsFile, info: TensorInfo, gguf, num_threads: int | None,
-                  with_stats: bool, method: str = "ggml") -> tuple[np.ndarray, dict[str, float]]:
-    """One tensor's GGUF bytes (and, if asked, how far the decoded values are from the source)."""
+                  with_stats: bool, method: str = "ggml", rope_heads: int | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """One tensor's GGUF bytes (and, if asked, how far the decoded values are from the source).
+    ``rope_heads``: permute a query / key projection for llama.cpp's rotary layout first."""
     array = sf.array(info.name)
+    if rope_heads is not None:
+        array = permute_for_rope(array, rope_heads)
     dtype = info.dtype
     if dtype == "F64":
         array, dtype = array.astype(np.float32), "F32"

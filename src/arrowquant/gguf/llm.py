@@ -1,0 +1,228 @@
+"""Hugging Face causal language models of the llama family -> GGUF files that llama.cpp runs.
+
+What llama.cpp needs beyond the tensors, written here from its own converter's conventions
+(convert_hf_to_gguf.py, gguf-py's constants): GGUF tensor names (``blk.N.attn_q.weight``, ...),
+the query and key projections permuted for its rotary embedding layout, the hyper-parameters
+under ``llama.*``, and the tokenizer (vocabulary, token types, merges, special token ids) under
+``tokenizer.ggml.*``. Per-tensor types follow llama-quantize's rules for the LLM tensors
+(output, attn_v, ffn_down). Rules and limits: docs/gguf.md, "Language models".
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import FileFormatError, ParameterError
+from ..paths import path_inside
+from ..safetensors_io import load_json
+from .container import ARRAY, FLOAT32, INT32, STRING, UINT32, Value
+from .policy import TypePolicy
+from .types import gguf_type
+
+# config.json "architectures" -> the GGUF architecture that holds them (same tensors, same rope).
+LLM_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama"}
+
+# HF tensor name -> (GGUF name, which projection to permute for llama.cpp's rope, or None).
+_LAYER = r"^model\.layers\.(\d+)\."
+TENSOR_NAMES: list[tuple[re.Pattern, str, str | None]] = [
+    (re.compile(r"^model\.embed_tokens\.weight$"), "token_embd.weight", None),
+    (re.compile(r"^model\.norm\.weight$"), "output_norm.weight", None),
+    (re.compile(r"^lm_head\.weight$"), "output.weight", None),
+    (re.compile(_LAYER + r"input_layernorm\.weight$"), "blk.{}.attn_norm.weight", None),
+    (re.compile(_LAYER + r"self_attn\.q_proj\.weight$"), "blk.{}.attn_q.weight", "q"),
+    (re.compile(_LAYER + r"self_attn\.k_proj\.weight$"), "blk.{}.attn_k.weight", "k"),
+    (re.compile(_LAYER + r"self_attn\.v_proj\.weight$"), "blk.{}.attn_v.weight", None),
+    (re.compile(_LAYER + r"self_attn\.o_proj\.weight$"), "blk.{}.attn_output.weight", None),
+    (re.compile(_LAYER + r"post_attention_layernorm\.weight$"), "blk.{}.ffn_norm.weight", None),
+    (re.compile(_LAYER + r"mlp\.gate_proj\.weight$"), "blk.{}.ffn_gate.weight", None),
+    (re.compile(_LAYER + r"mlp\.up_proj\.weight$"), "blk.{}.ffn_up.weight", None),
+    (re.compile(_LAYER + r"mlp\.down_proj\.weight$"), "blk.{}.ffn_down.weight", None),
+]
+# Tensors llama.cpp recomputes itself.
+SKIPPED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
+
+# gguf-py's TokenType
+NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+
+
+def llm_config(folder: Path) -> dict | None:
+    """The model's config.json if ``folder`` holds a llama-family causal LM, else None."""
+    config_path = folder / "config.json"
+    if not folder.is_dir() or not config_path.is_file():
+        return None
+    config = load_json(config_path, "model config")
+    if not isinstance(config, dict):
+        return None
+    architectures = config.get("architectures") or []
+    if isinstance(architectures, list) and architectures and architectures[0] in LLM_ARCHITECTURES:
+        return config
+    return None
+
+
+class LlmModel:
+    """One llama-family model: its hyper-parameters and how its tensors map to GGUF."""
+
+    def __init__(self, folder: Path, config: dict) -> None:
+        self.folder, self.config = folder, config
+        self.arch = LLM_ARCHITECTURES[config["architectures"][0]]
+
+        def need(key: str) -> int:
+            value = config.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise FileFormatError(f"{folder / 'config.json'}: {key!r} must be a positive integer; found {value!r}")
+            return value
+
+        self.n_embd, self.n_layer, self.n_head = need("hidden_size"), need("num_hidden_layers"), need("num_attention_heads")
+        self.n_ff, self.n_ctx = need("intermediate_size"), need("max_position_embeddings")
+        self.n_head_kv = config.get("num_key_value_heads") or self.n_head
+        self.head_dim = config.get("head_dim") or self.n_embd // self.n_head
+        self.vocab_size = need("vocab_size")
+
+    def gguf_name(self, name: str) -> tuple[str, str | None] | None:
+        """(GGUF name, projection to permute) of a checkpoint tensor; None for tensors llama.cpp
+        does not load. An unknown name is an error naming it."""
+        if SKIPPED.search(name):
+            return None
+        for pattern, target, permute in TENSOR_NAMES:
+            m = pattern.match(name)
+            if m:
+                return target.format(*m.groups()), permute
+        raise ParameterError(f"{self.folder}: tensor {name!r} has no GGUF name in the {self.arch} architecture "
+                             "(arrowquant converts llama-family models: LlamaForCausalLM, MistralForCausalLM)")
+
+    def heads_of(self, permute: str | None) -> int | None:
+        return None if permute is None else self.n_head if permute == "q" else self.n_head_kv
+
+    def metadata(self) -> dict[str, Any]:
+        a, c = self.arch, self.config
+        out: dict[str, Any] = {
+            f"{a}.context_length": Value(UINT32, self.n_ctx),
+            f"{a}.embedding_length": Value(UINT32, self.n_embd),
+            f"{a}.block_count": Value(UINT32, self.n_layer),
+            f"{a}.feed_forward_length": Value(UINT32, self.n_ff),
+            f"{a}.rope.dimension_count": Value(UINT32, self.head_dim),
+            f"{a}.attention.head_count": Value(UINT32, self.n_head),
+            f"{a}.attention.head_count_kv": Value(UINT32, self.n_head_kv),
+            f"{a}.attention.layer_norm_rms_epsilon": Value(FLOAT32, float(c.get("rms_norm_eps", 1e-6))),
+            f"{a}.rope.freq_base": Value(FLOAT32, float(c.get("rope_theta", 10000.0))),
+            f"{a}.vocab_size": Value(UINT32, self.vocab_size),
+        }
+        if c.get("head_dim"):
+            out[f"{a}.attention.key_length"] = Value(UINT32, self.head_dim)
+            out[f"{a}.attention.value_length"] = Value(UINT32, self.head_dim)
+        return out
+
+
+def permute_for_rope(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """HF's rotary layout (halves) -> llama.cpp's (interleaved pairs), as convert_hf_to_gguf.py:
+    rows regrouped per head from (2, head_dim / 2) to (head_dim / 2, 2)."""
+    rows = weight.shape[0]
+    if rows % (2 * n_heads):
+        raise FileFormatError(f"a projection of {rows} rows cannot be split into {n_heads} heads of even size")
+    return np.ascontiguousarray(weight.reshape(n_heads, 2, rows // n_heads // 2, *weight.shape[1:])
+                                .swapaxes(1, 2).reshape(weight.shape))
+
+
+def tokenizer_metadata(folder: Path, model: LlmModel) -> dict[str, Any]:
+    """tokenizer.ggml.* from tokenizer.json (a byte-level BPE tokenizer, llama.cpp's "gpt2" model)."""
+    path = path_inside(folder, "tokenizer.json", f"{folder}: tokenizer")
+    if not path.is_file():
+        raise ParameterError(f"{folder}: no tokenizer.json; llama.cpp needs the tokenizer inside the GGUF file (save "
+                             "it with tokenizer.save_pretrained(folder))")
+    tok = load_json(path, "tokenizer.json")
+    spec = tok.get("model") if isinstance(tok, dict) else None
+    if not isinstance(spec, dict) or spec.get("type") != "BPE" or not isinstance(spec.get("vocab"), dict):
+        raise ParameterError(f"{path}: tokenizer model {spec.get('type') if isinstance(spec, dict) else None!r} is not "
+                             "supported (arrowquant writes byte-level BPE tokenizers, llama.cpp's 'gpt2' model)")
+    if spec.get("byte_fallback"):
+        raise ParameterError(f"{path}: a BPE tokenizer with byte fallback (sentencepiece-style, llama.cpp's 'llama' "
+                             "model) is not supported yet")
+    vocab: dict[str, int] = dict(spec["vocab"])
+    types: dict[int, int] = {}
+    for added in tok.get("added_tokens") or []:
+        vocab[added["content"]] = added["id"]
+        types[added["id"]] = CONTROL if added.get("special") else USER_DEFINED
+    size = max(model.vocab_size, max(vocab.values()) + 1)
+    tokens = [f"[PAD{i}]" for i in range(size)]
+    token_types = [UNUSED] * size
+    for text, i in vocab.items():
+        tokens[i], token_types[i] = text, types.get(i, NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec.get("merges") or []]
+    out: dict[str, Any] = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "default",
+        "tokenizer.ggml.tokens": Value(ARRAY, tokens, STRING),
+        "tokenizer.ggml.token_type": Value(ARRAY, token_types, INT32),
+        "tokenizer.ggml.merges": Value(ARRAY, merges, STRING),
+    }
+    config = model.config
+    settings_path = folder / "tokenizer_config.json"
+    settings = load_json(settings_path, "tokenizer_config.json") if settings_path.is_file() else {}
+    for key, gguf_key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
+                          ("pad_token_id", "padding_token_id")):
+        value = config.get(key)
+        if isinstance(value, list):  # several end-of-sequence ids: llama.cpp takes one
+            value = value[0] if value else None
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < size:
+            out[f"tokenizer.ggml.{gguf_key}"] = Value(UINT32, value)
+    for key in ("add_bos_token", "add_eos_token"):
+        if isinstance(settings, dict) and isinstance(settings.get(key), bool):
+            out[f"tokenizer.ggml.{key}"] = settings[key]
+    return out
+
+
+def use_more_bits(i_layer: int, n_layer: int) -> bool:
+    """llama-quantize's choice of the layers whose attn_v / ffn_down get more bits."""
+    return i_layer < n_layer // 8 or i_layer >= 7 * n_layer // 8 or (i_layer - n_layer // 8) % 3 == 2
+
+
+class LlmTypePolicy(TypePolicy):
+    """TypePolicy with llama-quantize's rules for the LLM tensors: output.weight (or token_embd
+    when the output is tied to it) in Q6_K (Q8_0 when its rows are not whole 256-blocks), and
+    attn_v / ffn_down raised per mix and layer as llama_tensor_get_type does."""
+
+    def __init__(self, mix: str, overrides, model: LlmModel, has_output: bool) -> None:
+        super().__init__(mix, None, overrides)
+        self.model, self.has_output = model, has_output
+        self.i_ffn_down = 0
+
+    def _mix_rule(self, name: str):
+        mix, base, n = self.mix, self.base, self.model.n_layer
+        if name == "output.weight" or (not self.has_output and name == "token_embd.weight"):
+            if base.name in ("Q8_0", "Q6_K"):
+                return base, "output matrix"
+            return gguf_type("Q6_K" if self.model.n_embd % 256 == 0 else "Q8_0"), "output matrix (llama.cpp: Q6_K)"
+        if "attn_v.weight" in name:
+            i = self.i_attention_wv
+            self.i_attention_wv += 1
+            gqa = self.model.n_head // self.model.n_head_kv
+            new = {"Q2_K": "Q4_K" if gqa >= 4 else "Q3_K", "Q3_K_L": "Q5_K"}.get(mix)
+            if mix == "Q3_K_M":
+                new = "Q5_K" if i < 2 else "Q4_K"
+            elif mix in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
+                new = "Q6_K"
+            elif mix == "Q4_K_S" and i < 4:
+                new = "Q5_K"
+            return (gguf_type(new), "value projection (llama.cpp rule)") if new else (base, "default")
+        if "ffn_down" in name:
+            i = self.i_ffn_down
+            self.i_ffn_down += 1
+            new = {"Q2_K": "Q3_K", "Q3_K_L": "Q5_K"}.get(mix)
+            if mix == "Q3_K_M":
+                new = "Q5_K" if i < n // 16 else "Q4_K"
+            elif mix in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
+                new = "Q6_K"
+            elif mix in ("Q4_K_S", "IQ4_NL", "IQ4_XS") and i < n // 8:
+                new = "Q5_K"
+            return (gguf_type(new), "second FFN matrix (llama.cpp rule)") if new else (base, "default")
+        return base, "default"
+
+
+def model_name(folder: Path, config: dict) -> str:
+    name = config.get("_name_or_path")
+    return name if isinstance(name, str) and name else folder.name
+

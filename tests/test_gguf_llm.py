@@ -1,0 +1,150 @@
+"""Language models to GGUF, judged by llama.cpp itself (llama-cpp-python built from its sdist):
+a llama-architecture model that transformers builds (random weights, fixed seed) with a byte-level
+BPE tokenizer trained in the test, converted by arrowquant.gguf.convert, loaded by llama.cpp, its
+logits compared with transformers' on the same tokens; gguf-py reads the metadata."""
+
+import os
+
+import numpy as np
+import pytest
+
+import arrowquant.gguf as ag
+from arrowquant.errors import ParameterError
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+gguf = pytest.importorskip("gguf")
+
+try:
+    import llama_cpp
+except ImportError:
+    if os.environ.get("ARROWQUANT_REQUIRE_REFEREES"):
+        raise
+    llama_cpp = None
+needs_llama_cpp = pytest.mark.skipif(llama_cpp is None, reason="llama-cpp-python is not installed (make test builds it)")
+
+TEXT = ["the quick brown fox jumps over the lazy dog", "a red cat sleeps on a sunny windowsill",
+        "diffusion models generate images", "quantization makes models smaller and faster"]
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    folder = tmp_path_factory.mktemp("llm") / "tiny-llama"
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(TEXT * 20, trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
+                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=128, bos_token_id=tokenizer.bos_token_id,
+                                      eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder, model, tokenizer
+
+
+def llama_logits(path, tokens):
+    model = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
+    model.eval(tokens)
+    return np.array(model.scores[:len(tokens)]), model
+
+
+def test_metadata_and_names_as_llama_cpp_expects(llm, tmp_path):
+    folder, model, tokenizer = llm
+    report = ag.convert(folder, tmp_path / "m.gguf", type="Q4_K_M")
+    assert report["kind"] == "llm" and report["components"]["model"]["architecture"] == "llama"
+    reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    fields = {name: f.contents() for name, f in reader.fields.items()}
+    assert fields["general.architecture"] == "llama" and fields["llama.block_count"] == 2
+    assert fields["llama.attention.head_count"] == 4 and fields["llama.attention.head_count_kv"] == 2
+    assert fields["llama.embedding_length"] == 256 and fields["llama.feed_forward_length"] == 512
+    assert fields["tokenizer.ggml.model"] == "gpt2" and len(fields["tokenizer.ggml.tokens"]) == len(tokenizer)
+    assert fields["tokenizer.ggml.tokens"][tokenizer.bos_token_id] == "<s>"
+    assert fields["tokenizer.ggml.bos_token_id"] == tokenizer.bos_token_id
+    names = {t.name: t for t in reader.tensors}
+    assert {"token_embd.weight", "output.weight", "output_norm.weight", "blk.1.attn_q.weight",
+            "blk.1.ffn_down.weight"} <= set(names)
+    types = {n: t["type"] for n, t in report["components"]["model"]["tensors"].items()}
+    assert types["output.weight"] == "Q6_K" and types["blk.0.attn_norm.weight"] == "F32"
+    # llama-quantize's Q4_K_M: attn_v and ffn_down in Q6_K in the layers use_more_bits picks (of 2: the last)
+    assert types["blk.1.attn_v.weight"] == types["blk.1.ffn_down.weight"] == "Q6_K"
+    assert types["blk.0.attn_v.weight"] == types["blk.0.ffn_down.weight"] == "Q4_K"
+    assert types["blk.0.attn_q.weight"] == "Q4_K"
+    # the query projection is stored permuted for llama.cpp's rope: rows regrouped within each head
+    q = model.model.layers[0].self_attn.q_proj.weight.detach().numpy()
+    stored = gguf.quants.dequantize(names["blk.0.attn_q.weight"].data, names["blk.0.attn_q.weight"].tensor_type)
+    permuted = q.reshape(4, 2, 32, 256).swapaxes(1, 2).reshape(256, 256)
+    assert np.corrcoef(stored.reshape(-1), permuted.reshape(-1))[0, 1] > 0.99
+
+
+def transformers_from_gguf(path, model):
+    """The model with the weights gguf-py decodes from our file (query / key projections permuted
+    back): what llama.cpp should compute if it reads the file as written."""
+    import copy
+    from arrowquant.gguf.llm import TENSOR_NAMES
+    reader = gguf.GGUFReader(str(path))
+    stored = {t.name: gguf.quants.dequantize(t.data, t.tensor_type) for t in reader.tensors}
+    clone = copy.deepcopy(model)
+    state = {}
+    for name, tensor in clone.state_dict().items():
+        for pattern, target, permute in TENSOR_NAMES:
+            m = pattern.match(name)
+            if m:
+                w = np.asarray(stored[target.format(*m.groups())], np.float32).reshape(tensor.shape)
+                if permute:
+                    heads = 4 if permute == "q" else 2
+                    w = w.reshape(heads, w.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(tensor.shape)
+                state[name] = torch.from_numpy(np.ascontiguousarray(w))
+    clone.load_state_dict(state, strict=False)
+    return clone
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("mix,floor", [("F32", 0.99999), ("Q8_0", 0.999), ("Q4_K_M", 0.95)])
+def test_llama_cpp_runs_the_file_like_transformers(llm, tmp_path, mix, floor):
+    """llama.cpp's logits equal transformers' on the weights the file holds (so llama.cpp reads
+    names, layout, permutation, hyper-parameters and blocks as written), and stay near the float
+    model's (random tiny weights are sensitive: measured cosines 0.99976 at Q8_0, 0.977 at Q4_K_M)."""
+    folder, model, tokenizer = llm
+    ag.convert(folder, tmp_path / "m.gguf", type=mix)
+    tokens = tokenizer("the quick brown fox jumps over a sunny windowsill").input_ids
+    ours, runner = llama_logits(tmp_path / "m.gguf", tokens)
+    with torch.no_grad():
+        float_logits = model(torch.tensor([tokens])).logits[0].numpy()
+        as_stored = transformers_from_gguf(tmp_path / "m.gguf", model)(torch.tensor([tokens])).logits[0].numpy()
+    def cosines(reference):
+        return [float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(ours, reference)]
+
+    # llama.cpp quantizes activations for its quantized dot products (Q8_0 / Q8_K): not bit for bit
+    if mix == "F32":
+        assert np.abs(ours - as_stored).max() < 1e-3 * np.abs(as_stored).max()
+    assert min(cosines(as_stored)) >= 0.999
+    assert min(cosines(float_logits)) >= floor
+    assert runner.tokenize("the quick brown fox".encode(), add_bos=False) == tokenizer("the quick brown fox").input_ids
+
+
+def test_unsupported_models_and_tokenizers_are_named(llm, tmp_path):
+    import json
+    import shutil
+    folder, _, _ = llm
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(ParameterError, match="no tokenizer.json"):
+        ag.convert(copy, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+    shutil.copy(folder / "tokenizer.json", copy / "tokenizer.json")
+    from safetensors.numpy import load_file, save_file
+    tensors = load_file(str(copy / "model.safetensors"))
+    tensors["model.layers.0.mlp.extra_proj.weight"] = np.zeros((4, 4), np.float32)
+    save_file(tensors, str(copy / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ParameterError, match="'model.layers.0.mlp.extra_proj.weight' has no GGUF name"):
+        ag.convert(copy, tmp_path / "x.gguf")
+    config = json.loads((copy / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
