@@ -61,6 +61,7 @@ def main() -> None:
             with torch.device("meta"):
                 quantized = diffusers.UNet2DConditionModel.from_config(unet.config)
             at.load_quantized(quantized, Path(tmp) / "q" / "diffusion_pytorch_model.aq")
+            result.update(load_memory(Path(tmp) / "q", unet))
         quantized.eval()
         g = torch.Generator().manual_seed(1)
         x, t, text = torch.randn(1, 4, 32, 32, generator=g), torch.tensor([10]), torch.randn(1, 7, 64, generator=g)
@@ -71,6 +72,37 @@ def main() -> None:
         result.update({"unet_float_ms": t_float * 1e3, "unet_quantized_ms": t_quant * 1e3,
                        "unet_forward_ratio": t_quant / t_float, "unet_bytes_ratio": size(quantized) / size(unet)})
     emit(result, args.json)
+
+
+def load_memory(folder: Path, unet) -> dict:
+    """Peak RSS that arrowquant.diffusers.load_model adds (a fresh process, libraries warmed up on
+    the same folder first, then the peak mark reset), against the issue's bound: the quantized
+    file + the largest layer's float32 weight."""
+    import subprocess
+    import sys
+    import textwrap
+    script = textwrap.dedent(f"""
+        import torch
+        import arrowquant.diffusers as ad
+
+        def status(key):
+            for line in open("/proc/self/status"):
+                if line.startswith(key):
+                    return int(line.split()[1]) / 2**20
+
+        ad.load_model({str(folder)!r})  # warm-up: imports and first-use initialisation
+        open("/proc/self/clear_refs", "w").write("5")
+        before = status("VmRSS")
+        model = ad.load_model({str(folder)!r})
+        print(status("VmHWM") - before)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    aq_bytes = sum(p.stat().st_size for p in folder.glob("*.aq"))
+    largest = max(p.numel() * 4 for p in unet.parameters())
+    peak = float(done.stdout.split()[-1])
+    return {"load_model_peak_gb": peak, "load_bound_gb": (aq_bytes + largest) / 2**30,
+            "aq_file_gb": aq_bytes / 2**30, "largest_layer_float_gb": largest / 2**30,
+            "float_model_gb": sum(p.numel() * 4 for p in unet.parameters()) / 2**30}
 
 
 if __name__ == "__main__":

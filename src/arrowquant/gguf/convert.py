@@ -180,10 +180,16 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
     finally:
         for sf in opened:
             sf.close()
+    return file_report(out, arch.name, prefix, dropped, size, tensors, stored_names, decisions, component, started)
+
+
+def file_report(out: Path, arch: str, prefix: str, dropped: list[str], size: int, tensors: dict, stored_names,
+                decisions, component: str, started: float) -> dict[str, Any]:
+    """What convert reports of one written GGUF file."""
     fallbacks = [{"tensor": s, "from_type": d.fallback_from.name, "to_type": d.type.name, "reason": d.reason}
                  for s, d in zip(stored_names, decisions) if d.fallback_from is not None]
     input_bytes = sum(t["bytes_before"] for t in tensors.values())
-    return {"output": str(out), "architecture": arch.name, "prefix_stripped": prefix, "tensors_dropped": dropped,
+    return {"output": str(out), "architecture": arch, "prefix_stripped": prefix, "tensors_dropped": dropped,
             "input_bytes": input_bytes, "output_bytes": size,
             "compression_ratio": input_bytes / size if size else 0.0, "tensors": tensors, "fallbacks": fallbacks,
             "component": component, "seconds": time.perf_counter() - started}
@@ -262,13 +268,9 @@ def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, ov
     finally:
         for sf in opened:
             sf.close()
-    fallbacks = [{"tensor": s, "from_type": d.fallback_from.name, "to_type": d.type.name, "reason": d.reason}
-                 for s, d in zip(stored_names, decisions) if d.fallback_from is not None]
-    input_bytes = sum(t["bytes_before"] for t in tensors.values())
-    return {"output": str(out), "architecture": model.arch, "prefix_stripped": "", "tensors_dropped": skipped,
-            "input_bytes": input_bytes, "output_bytes": size, "compression_ratio": input_bytes / size if size else 0.0,
-            "tensors": tensors, "fallbacks": fallbacks, "component": "", "seconds": time.perf_counter() - started,
-            "tokenizer": {"model": tokenizer["tokenizer.ggml.model"], "tokens": len(tokenizer["tokenizer.ggml.tokens"].value)}}
+    report = file_report(out, model.arch, "", skipped, size, tensors, stored_names, decisions, "", started)
+    report["tokenizer"] = {"model": tokenizer["tokenizer.ggml.model"], "tokens": len(tokenizer["tokenizer.ggml.tokens"].value)}
+    return report
 
 
 def encode_tensor(sf: SafetensorsFile, info: TensorInfo, gguf, num_threads: int | None,
