@@ -514,12 +514,48 @@ void decode_q2_K(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
 // ------------------------------------------------------------------------------------------------
 // Q3_K
 
+// Q3_K's last steps, the same in the reference and the importance-weighted quantizer: codes
+// re-rounded against the stored 6-bit scales, the high bit of each into hmask, the low two packed.
+void q3_K_codes(const float* x, int8_t* L, uint8_t* out) {
+  uint8_t* hmask = out;
+  uint8_t* qs = out + 32;
+  const uint8_t* y_scales = out + 96;
+  const uint8_t* y_d = out + 108;
+  for (int j = 0; j < QK_K / 16; ++j) {
+    int8_t sc = static_cast<int8_t>(j < 8 ? y_scales[j] & 0xF : y_scales[j - 8] >> 4);
+    sc = static_cast<int8_t>((sc | (((y_scales[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32);
+    const float d = load_half(y_d) * static_cast<float>(sc);
+    if (!d) continue;
+    for (int ii = 0; ii < 16; ++ii) {
+      int l = nearest_int(x[16 * j + ii] / d);
+      l = std::max(-4, std::min(3, l));
+      L[16 * j + ii] = static_cast<int8_t>(l + 4);
+    }
+  }
+  std::memset(hmask, 0, QK_K / 8);
+  int m = 0;
+  uint8_t hm = 1;
+  for (int j = 0; j < QK_K; ++j) {
+    if (L[j] > 3) {
+      hmask[m] |= hm;
+      L[j] = static_cast<int8_t>(L[j] - 4);
+    }
+    if (++m == QK_K / 8) {
+      m = 0;
+      hm = static_cast<uint8_t>(hm << 1);
+    }
+  }
+  for (int j = 0; j < QK_K; j += 128) {
+    for (int l = 0; l < 32; ++l) {
+      qs[j / 4 + l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
+    }
+  }
+}
+
 void encode_q3_K(const float* x, int64_t n, uint8_t* out) {
   int8_t L[QK_K];
   float scales[QK_K / 16];
   for (int64_t b = 0; b < n / QK_K; ++b, x += QK_K, out += 110) {
-    uint8_t* hmask = out;
-    uint8_t* qs = out + 32;
     uint8_t* y_scales = out + 96;
     uint8_t* y_d = out + 108;
     float max_scale = 0, amax = 0;
@@ -549,35 +585,7 @@ void encode_q3_K(const float* x, int64_t n, uint8_t* out) {
     } else {
       store_half(y_d, 0.f);
     }
-    for (int j = 0; j < QK_K / 16; ++j) {
-      int8_t sc = static_cast<int8_t>(j < 8 ? y_scales[j] & 0xF : y_scales[j - 8] >> 4);
-      sc = static_cast<int8_t>((sc | (((y_scales[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32);
-      const float d = load_half(y_d) * static_cast<float>(sc);
-      if (!d) continue;
-      for (int ii = 0; ii < 16; ++ii) {
-        int l = nearest_int(x[16 * j + ii] / d);
-        l = std::max(-4, std::min(3, l));
-        L[16 * j + ii] = static_cast<int8_t>(l + 4);
-      }
-    }
-    std::memset(hmask, 0, QK_K / 8);
-    int m = 0;
-    uint8_t hm = 1;
-    for (int j = 0; j < QK_K; ++j) {
-      if (L[j] > 3) {
-        hmask[m] |= hm;
-        L[j] = static_cast<int8_t>(L[j] - 4);
-      }
-      if (++m == QK_K / 8) {
-        m = 0;
-        hm = static_cast<uint8_t>(hm << 1);
-      }
-    }
-    for (int j = 0; j < QK_K; j += 128) {
-      for (int l = 0; l < 32; ++l) {
-        qs[j / 4 + l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
-      }
-    }
+    q3_K_codes(x, L, out);
   }
 }
 
@@ -1331,8 +1339,6 @@ void encode_q2_K_weighted_block(const float* x, uint8_t* out) {
 void encode_q3_K_weighted_block(const float* x, uint8_t* out) {
   int8_t L[QK_K], Ls[QK_K / 16];
   float scales[QK_K / 16], weight[16], sw[QK_K / 16];
-  uint8_t* hmask = out;
-  uint8_t* qs = out + 32;
   uint8_t* y_scales = out + 96;
   float sumx2 = 0;
   for (int j = 0; j < QK_K; ++j) sumx2 += x[j] * x[j];
@@ -1357,34 +1363,7 @@ void encode_q3_K_weighted_block(const float* x, uint8_t* out) {
     y_scales[j % 4 + 8] |= static_cast<uint8_t>(l << (2 * (j / 4)));
   }
   store_half(out + 108, d_block);
-  for (int j = 0; j < QK_K / 16; ++j) {
-    int sc = j < 8 ? y_scales[j] & 0xF : y_scales[j - 8] >> 4;
-    sc = (sc | (((y_scales[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
-    const float d = load_half(out + 108) * static_cast<float>(static_cast<int8_t>(sc));
-    if (!d) continue;
-    for (int ii = 0; ii < 16; ++ii) {
-      const int l = std::max(-4, std::min(3, nearest_int(x[16 * j + ii] / d)));
-      L[16 * j + ii] = static_cast<int8_t>(l + 4);
-    }
-  }
-  std::memset(hmask, 0, QK_K / 8);
-  int m = 0;
-  uint8_t hm = 1;
-  for (int j = 0; j < QK_K; ++j) {
-    if (L[j] > 3) {
-      hmask[m] |= hm;
-      L[j] = static_cast<int8_t>(L[j] - 4);
-    }
-    if (++m == QK_K / 8) {
-      m = 0;
-      hm = static_cast<uint8_t>(hm << 1);
-    }
-  }
-  for (int j = 0; j < QK_K; j += 128) {
-    for (int l = 0; l < 32; ++l) {
-      qs[j / 4 + l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
-    }
-  }
+  q3_K_codes(x, L, out);
 }
 
 // (quantize_row_q6_K_impl with quant_weights = 1 is encode_q6_K_weighted_block, next to Q6_K's
