@@ -37,3 +37,15 @@ def emit(result: dict, json_path: str | None) -> None:
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(result, indent=2))
+
+
+def load_ggml():
+    """ggml-quants.c from the llama-cpp-python sdist (tests/ggml/build.sh, `make ggml-ref`) through
+    ctypes; exits with what to run if it is not built."""
+    import ctypes
+    import sys
+    from pathlib import Path
+    lib = Path(__file__).resolve().parent.parent / "build" / "ggml-ref" / "libggml-quants.so"
+    if not lib.is_file():
+        sys.exit(f"{lib} is missing: run `make ggml-ref` (tests/ggml/build.sh) first")
+    return ctypes.CDLL(str(lib))

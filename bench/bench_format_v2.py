@@ -23,10 +23,8 @@ from pathlib import Path
 import numpy as np
 
 import arrowquant as aq
-from bench_common import cpu_model, emit, median_seconds
+from bench_common import cpu_model, emit, load_ggml, median_seconds
 
-ROOT = Path(__file__).resolve().parent.parent
-LIB = ROOT / "build" / "ggml-ref" / "libggml-quants.so"
 # Each ggml size and the kquant bit width of the same (or fewer) bits per weight.
 SIZES = [("Q2_K", 2.625, 2), ("Q3_K", 3.4375, 3), ("IQ4_XS", 4.25, 4), ("Q4_K", 4.5, 4), ("Q5_K", 5.5, 5),
          ("Q6_K", 6.5625, 6), ("Q8_0", 8.5, 8)]
@@ -114,9 +112,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small matrix, no MiniLM (CI smoke run)")
     parser.add_argument("--json", help="write the result here")
     args = parser.parse_args()
-    if not LIB.is_file():
-        sys.exit(f"{LIB} is missing: run `make ggml-ref` (tests/ggml/build.sh) first")
-    ggml = Ggml(ctypes.CDLL(str(LIB)))
+    ggml = Ggml(load_ggml())
     shape = (64, 1024) if args.quick else (1024, 4096)
     rng = np.random.default_rng(0)
     data = {"gaussian": (0.02 * rng.standard_normal(shape)).astype(np.float32),

@@ -15,16 +15,13 @@ import argparse
 import ctypes
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from arrowquant import _core
-from bench_common import median_seconds
+from bench_common import load_ggml, median_seconds
 
-ROOT = Path(__file__).resolve().parent.parent
-LIB = ROOT / "build" / "ggml-ref" / "libggml-quants.so"
 TYPES = {t[1]: t for t in _core.gguf_types()}
 QUANTIZED = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
 
@@ -34,9 +31,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small matrix, one repeat (CI smoke run)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
-    if not LIB.is_file():
-        sys.exit(f"{LIB} is missing: run `make ggml-ref` (tests/ggml/build.sh) first")
-    lib = ctypes.CDLL(str(LIB))
+    lib = load_ggml()
     rows_n, cols = (64, 1024) if args.quick else (1024, 4096)
     repeats = 1 if args.quick else 5
     rng = np.random.default_rng(0)

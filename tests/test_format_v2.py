@@ -18,7 +18,7 @@ import arrowquant as aq
 from arrowquant.errors import DataError, FileFormatError, ParameterError
 import reference as ref
 from conftest import heavy_tailed, make_table
-from test_gguf_kernels import LIB, ggml, ggml_encode  # noqa: F401  (the ggml fixture)
+from test_gguf_kernels import ggml, ggml_encode  # noqa: F401  (the ggml fixture)
 
 BITS = (2, 3, 4, 5, 6, 8)
 BYTES_PER_256 = {2: 84, 3: 110, 4: 144, 5: 176, 6: 210, 8: 272}  # docs/format.md's table

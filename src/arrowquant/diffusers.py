@@ -46,8 +46,6 @@ def load_model(component_folder: Any, model_class: Any = None, *, device: Any = 
     """One quantized component (a folder with config.json and a .aq file): the model built on the
     meta device from its config (class from ``_class_name``, ``architectures`` or ``model_class``)
     and filled by load_quantized; its quantized layers stay packed."""
-    import torch
-
     from .torch import load_quantized
     folder = Path(component_folder)
     aq_path = _aq_file(folder) if folder.is_dir() else None
