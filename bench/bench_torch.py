@@ -36,6 +36,9 @@ def main() -> None:
     from arrowquant.torch.decode import scratch_float32
     t_reused = median_seconds(lambda: at.decode_weight(packed, scales, zeros, w.shape, 4, 128,
                                                        out=scratch_float32(w.size)), 5)
+    from arrowquant.tensor import dequantize_tensors
+    scratch = scratch_float32(w.size).numpy()
+    t_one_thread = median_seconds(lambda: dequantize_tensors([q], ["w"], 1, outputs=[scratch]), 5)
     kq = aq.ArrowQuantV2(num_threads=1, scheme="kquant").quantize(w, 4)
     kq_packed, empty = torch.from_numpy(np.array(kq.quantized_data)), torch.zeros(0)
     t_kquant = median_seconds(lambda: at.decode_weight(kq_packed, empty, empty, w.shape, 4, 256, scheme="kquant",
@@ -43,6 +46,7 @@ def main() -> None:
     t_torch = median_seconds(lambda: decode_with_torch(packed, scales, zeros, w.shape, 4, 128), 3)
     result = {"layer": [rows, cols], "decode_kernels_mweights_s": n / t_kernel / 1e6,
               "decode_kernels_reused_buffer_mweights_s": n / t_reused / 1e6,
+              "decode_kernels_reused_buffer_one_thread_mweights_s": n / t_one_thread / 1e6,
               "decode_kquant_rotated_reused_buffer_mweights_s": n / t_kquant / 1e6,
               "decode_torch_ops_mweights_s": n / t_torch / 1e6}
     try:
