@@ -328,7 +328,8 @@ nb::list gguf_encode_arrays(const std::vector<InputArray>& arrays, const std::ve
 
 // Decodes ggml blocks (uint8 arrays) of the given types and element counts into float32.
 nb::list gguf_decode_arrays(const std::vector<InputArray>& encoded, const std::vector<int>& type_ids,
-                            const std::vector<int64_t>& numels, const std::vector<std::string>& labels, int num_threads) {
+                            const std::vector<int64_t>& numels, const std::vector<std::string>& labels, int num_threads,
+                            const std::vector<IntoArray>& into) {
   using namespace arrowquant;
   const size_t n = encoded.size();
   if (type_ids.size() != n || numels.size() != n || labels.size() != n) {
@@ -345,15 +346,21 @@ nb::list gguf_decode_arrays(const std::vector<InputArray>& encoded, const std::v
                                    type.name + " cannot hold " + std::to_string(numel) + " elements (blocks of " +
                                    std::to_string(type.block_size) + " in " + std::to_string(type.block_bytes) + " bytes)");
     }
-    outputs[i] = OwnedBuffer<float>::uninitialized(numel);
-    jobs[i] = {static_cast<const uint8_t*>(encoded[i].data()), numel, &type, outputs[i].data.get()};
+    jobs[i] = {static_cast<const uint8_t*>(encoded[i].data()), numel, &type, nullptr};
+  }
+  check_outputs(into, n, numels, labels);
+  for (size_t i = 0; i < n; ++i) {
+    if (into.empty()) outputs[i] = OwnedBuffer<float>::uninitialized(numels[i]);
+    jobs[i].out = into.empty() ? outputs[i].data.get() : into[i].data();
   }
   {
     ReleasedGil released;
     engine::gguf_decode(jobs, num_threads);
   }
-  nb::list results;
-  for (auto& out : outputs) results.append(out.release_to_numpy());
+  nb::list results;  // decoded into caller-given outputs: nothing to return
+  if (into.empty()) {
+    for (auto& out : outputs) results.append(out.release_to_numpy());
+  }
   return results;
 }
 
@@ -484,7 +491,7 @@ NB_MODULE(_core, m) {
   m.def("gguf_encode_arrays", &gguf_encode_arrays, nb::arg("arrays"), nb::arg("element_types"), nb::arg("type_ids"),
         nb::arg("labels"), nb::arg("num_threads"), nb::arg("method") = "ggml");
   m.def("gguf_decode_arrays", &gguf_decode_arrays, nb::arg("encoded"), nb::arg("type_ids"), nb::arg("numels"),
-        nb::arg("labels"), nb::arg("num_threads"));
+        nb::arg("labels"), nb::arg("num_threads"), nb::arg("outputs") = std::vector<IntoArray>());
 
   m.def(
       "quantize_batches",

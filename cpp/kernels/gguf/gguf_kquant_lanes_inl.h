@@ -900,17 +900,19 @@ inline void decode_iq4_xs_all(const uint8_t* __restrict in, int64_t n, float* __
 inline void encode_q4_K_lanes_all(const float* x, int64_t n, uint8_t* out) { encode_kquant<15, 144>(x, n, out); }
 inline void encode_q5_K_lanes_all(const float* x, int64_t n, uint8_t* out) { encode_kquant<31, 176>(x, n, out); }
 
+#include "kernels/gguf/gguf_decoders_inl.h"
+
 inline constexpr SimdKernel kSimdKernels[] = {
     {GgmlType::kQ4_0, encode_legacy<Legacy::kQ4_0, 18>, nullptr},
     {GgmlType::kQ4_1, encode_legacy<Legacy::kQ4_1, 20>, nullptr},
-    {GgmlType::kQ5_0, encode_legacy<Legacy::kQ5_0, 22>, nullptr},
-    {GgmlType::kQ5_1, encode_legacy<Legacy::kQ5_1, 24>, nullptr},
+    {GgmlType::kQ5_0, encode_legacy<Legacy::kQ5_0, 22>, decode_q5_0_vectorised},
+    {GgmlType::kQ5_1, encode_legacy<Legacy::kQ5_1, 24>, decode_q5_1_vectorised},
     {GgmlType::kQ8_0, encode_legacy<Legacy::kQ8_0, 34>, nullptr},
     {GgmlType::kQ2_K, encode_q2_K_all, decode_q2_K_all},
     {GgmlType::kQ3_K, encode_q3_K_all, decode_q3_K_all},
     {GgmlType::kQ4_K, encode_q4_K_lanes_all, nullptr},
     {GgmlType::kQ5_K, encode_q5_K_lanes_all, nullptr},
-    {GgmlType::kQ6_K, encode_q6_K_all, nullptr},
+    {GgmlType::kQ6_K, encode_q6_K_all, decode_q6_K_vectorised},
     {GgmlType::kIQ4_NL, encode_iq4_nl_all, decode_iq4_nl_all},
     {GgmlType::kIQ4_XS, encode_iq4_xs_all, decode_iq4_xs_all},
 };
