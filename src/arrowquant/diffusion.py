@@ -15,7 +15,7 @@ import numpy as np
 from .aq_file import AqFile
 from .checkpoint import _patterns, quantize_checkpoint
 from .errors import FileFormatError, MissingFileError, ParameterError
-from .schemes import DEFAULT_SCHEME, check_bits_for_scheme, check_rotate, check_scheme
+from .schemes import DEFAULT_PIPELINE_METHODS, DEFAULT_SCHEME, check_bits_for_scheme, check_rotate, check_scheme
 from .validation import check_group_size, check_method, check_num_threads
 from .markov import DEFAULT_THRESHOLD as DEFAULT_MARKOV_THRESHOLD
 from .paths import check_output_apart, copy_model_files, output_folder, path_inside, terminate_as_interrupt
@@ -49,7 +49,7 @@ class DiffusionQuantConfig:
     def __init__(self, bit_width: int = 4, group_size: int = 128, symmetric: bool = False,
                  min_accuracy: float | None = None, fallback: bool = True, keep_sensitive: bool = True,
                  sensitive_bit_width: int | None = 8, include: Any = None, exclude: Any = None,
-                 num_threads: int | None = None, method: str = "search", scheme: str = DEFAULT_SCHEME,
+                 num_threads: int | None = None, method: str | None = None, scheme: str = DEFAULT_SCHEME,
                  rotate: bool = True, embedding_bit_width: int | None = None) -> None:
         self.scheme = check_scheme(scheme)
         self.rotate = check_rotate(rotate)
@@ -76,7 +76,8 @@ class DiffusionQuantConfig:
         self.include = _patterns(include, "include")
         self.exclude = _patterns(exclude, "exclude")
         self.num_threads = check_num_threads(num_threads)
-        self.method = check_method(method)
+        # None: search for affine, the reference rounding for kquant (schemes.DEFAULT_PIPELINE_METHODS)
+        self.method = DEFAULT_PIPELINE_METHODS[self.scheme] if method is None else check_method(method)
 
     @classmethod
     def from_profile(cls, name: str, **overrides: Any) -> "DiffusionQuantConfig":

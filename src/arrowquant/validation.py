@@ -10,11 +10,11 @@ from .errors import ParameterError
 
 MODES = ("diffusion", "base")
 METHODS = ("rtn", "search")
-# Defaults when neither the call nor the instance names a method: the per-tensor and Arrow APIs
-# keep RTN (search is about 7x slower, docs/search.md); whole-model pipelines use search.
+# The default when neither the call nor the instance names a method: the per-tensor and Arrow
+# APIs keep RTN (search is about 7x slower, docs/search.md); the whole-model pipelines' defaults
+# depend on the scheme (schemes.DEFAULT_PIPELINE_METHODS).
 DEFAULT_METHOD = "rtn"
-DEFAULT_PIPELINE_METHOD = "search"
-BIT_WIDTHS = (2, 4, 8)
+BIT_WIDTHS = (2, 4, 8)  # the affine scheme's (schemes.BIT_WIDTHS_BY_SCHEME has every scheme's)
 
 
 def check_bit_width(bit_width: Any) -> int:

@@ -16,7 +16,7 @@ from ..checkpoint import _patterns, should_quantize
 from ..diffusion import DiffusionQuantConfig, bit_width_rule
 from ..safetensors_io import TensorInfo
 from ..tensor import QuantizedTensor, quantize_arrays
-from ..schemes import check_bits_for_scheme, check_rotate, check_scheme
+from ..schemes import DEFAULT_PIPELINE_METHODS, check_bits_for_scheme, check_rotate, check_scheme
 from ..validation import check_group_size, check_method, check_mode
 from .decode import numpy_to_torch
 from .modules import REPLACEMENTS, QuantizedWeight, _QuantizedLayer
@@ -36,7 +36,7 @@ def _as_numpy(weight: torch.Tensor) -> tuple[np.ndarray, str]:
     return w.to(torch.float32).numpy(), "F32"
 
 
-def quantize_model(model: nn.Module, *, bit_width: int = 4, group_size: int = 128, method: str = "search",
+def quantize_model(model: nn.Module, *, bit_width: int = 4, group_size: int = 128, method: str | None = None,
                    include: Any = None, exclude: Any = None, mode: str = "diffusion",
                    num_threads: int | None = None, scheme: str = "affine", rotate: bool = True) -> nn.Module:
     """Quantize ``model``'s Linear / Conv1d / Conv2d weights in place with the kernels and rules of
@@ -46,6 +46,7 @@ def quantize_model(model: nn.Module, *, bit_width: int = 4, group_size: int = 12
     device (the packed buffers stay on it). ``scheme="kquant"`` (bit widths 2-8, ``rotate``) uses
     format version 2 (docs/format.md). Returns the model."""
     scheme, rotate = check_scheme(scheme), check_rotate(rotate)
+    method = DEFAULT_PIPELINE_METHODS[scheme] if method is None else method  # as the checkpoint pipelines
     bits, group, method, mode = check_bits_for_scheme(bit_width, scheme), check_group_size(group_size), \
         check_method(method), check_mode(mode)
     include_patterns, exclude_patterns = _patterns(include, "include"), _patterns(exclude, "exclude")
