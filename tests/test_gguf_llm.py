@@ -148,3 +148,52 @@ def test_unsupported_models_and_tokenizers_are_named(llm, tmp_path):
         ag.convert(copy, tmp_path / "x.gguf")
     config = json.loads((copy / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
+
+
+TRICKY = "Hello, World! It's 2026: 12345 tokens...\nNew line\tand  spaces; don't stop."
+
+
+def tiny_llama_with(tmp_path, pre_tokenizer):
+    from tokenizers import Tokenizer, decoders, models, trainers
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizer
+    tk.decoder = decoders.ByteLevel()
+    from tokenizers import pre_tokenizers
+    tk.train_from_iterator((TEXT + [TRICKY]) * 20, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(1)
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=128,
+                                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    folder = tmp_path / "model"
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder, tokenizer
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("style", ["gpt-2", "llama-bpe"])
+def test_llama_cpp_splits_text_as_the_tokenizer_does(tmp_path, style):
+    """The pre-tokenizer is named for llama.cpp from tokenizer.json (GPT-2's byte-level regex, or
+    Llama 3's split): llama.cpp then tokenizes punctuation, digits, apostrophes and newlines as the
+    Hugging Face tokenizer does."""
+    from arrowquant.gguf.llm import LLAMA3_SPLIT
+    from tokenizers import Regex, pre_tokenizers
+    pre = (pre_tokenizers.ByteLevel(add_prefix_space=False) if style == "gpt-2" else pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(LLAMA3_SPLIT), "isolated"),
+         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]))
+    folder, tokenizer = tiny_llama_with(tmp_path, pre)
+    ag.convert(folder, tmp_path / "m.gguf", type="F32")
+    reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    assert reader.fields["tokenizer.ggml.pre"].contents() == style
+    runner = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=64, verbose=False, n_threads=1)
+    assert runner.tokenize(TRICKY.encode(), add_bos=False) == tokenizer(TRICKY).input_ids
+
+
+def test_an_unknown_pre_tokenizer_is_refused(tmp_path):
+    from tokenizers import pre_tokenizers
+    folder, _ = tiny_llama_with(tmp_path, pre_tokenizers.Whitespace())
+    with pytest.raises(ParameterError, match="pre-tokenizer .*Whitespace.* llama.cpp would tokenize text differently"):
+        ag.convert(folder, tmp_path / "m.gguf", type="F32")
+    assert not (tmp_path / "m.gguf").exists()

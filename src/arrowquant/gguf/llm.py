@@ -10,6 +10,7 @@ under ``llama.*``, and the tokenizer (vocabulary, token types, merges, special t
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,29 @@ def permute_for_rope(weight: np.ndarray, n_heads: int) -> np.ndarray:
                                 .swapaxes(1, 2).reshape(weight.shape))
 
 
+# The pre-tokenizers llama.cpp knows, by the splitting tokenizer.json describes: GPT-2's own regex
+# (ByteLevel with use_regex) and Llama 3's (a Split with this regex, then ByteLevel without one).
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def pre_tokenizer_name(tok: dict, path: Path) -> str:
+    """llama.cpp's name for the text splitting tokenizer.json does before BPE; anything else is
+    refused, since llama.cpp would split text differently and silently tokenize otherwise."""
+    pre, normalizer = tok.get("pre_tokenizer"), tok.get("normalizer")
+    steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre]
+    steps = [s for s in steps or [] if isinstance(s, dict)]
+    kinds = [s.get("type") for s in steps]
+    if normalizer is None and kinds == ["ByteLevel"] and steps[0].get("use_regex", True) \
+            and not steps[0].get("add_prefix_space"):
+        return "gpt-2"
+    if normalizer is None and kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True) \
+            and (steps[0].get("pattern") or {}).get("Regex") == LLAMA3_SPLIT:
+        return "llama-bpe"
+    raise ParameterError(f"{path}: its pre-tokenizer ({json.dumps(pre)[:200]}) is not one arrowquant maps to llama.cpp "
+                         "(GPT-2's byte-level regex, Llama 3's split); llama.cpp would tokenize text differently")
+
+
 def tokenizer_metadata(folder: Path, model: LlmModel) -> dict[str, Any]:
     """tokenizer.ggml.* from tokenizer.json (a byte-level BPE tokenizer, llama.cpp's "gpt2" model)."""
     path = path_inside(folder, "tokenizer.json", f"{folder}: tokenizer")
@@ -154,7 +178,7 @@ def tokenizer_metadata(folder: Path, model: LlmModel) -> dict[str, Any]:
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec.get("merges") or []]
     out: dict[str, Any] = {
         "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": "default",
+        "tokenizer.ggml.pre": pre_tokenizer_name(tok, path),
         "tokenizer.ggml.tokens": Value(ARRAY, tokens, STRING),
         "tokenizer.ggml.token_type": Value(ARRAY, token_types, INT32),
         "tokenizer.ggml.merges": Value(ARRAY, merges, STRING),
