@@ -164,3 +164,12 @@ def test_gguf_through_ray_survives_a_killed_worker_and_the_cli_takes_ray(tmp_pat
                           "Q8_0", "--ray", "--quiet"], capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr
     assert (tmp_path / "cli.gguf").read_bytes() == (tmp_path / "local.gguf").read_bytes()
+
+
+def test_tasks_take_consecutive_tensors_of_one_file_up_to_a_size(monkeypatch):
+    monkeypatch.setattr(ar, "TASK_BYTES", 100)
+    monkeypatch.setattr(ar, "TASK_TENSORS", 3)
+    jobs = [("a", 40), ("a", 40), ("a", 40), ("b", 10), ("b", 10), ("b", 10), ("b", 10), ("a", 200), ("a", 1)]
+    batches = list(ar._task_batches(jobs, lambda j: j[0], lambda j: j[1]))
+    assert batches == [[("a", 40), ("a", 40)], [("a", 40)], [("b", 10)] * 3, [("b", 10)], [("a", 200)], [("a", 1)]]
+    assert [j for b in batches for j in b] == jobs  # order kept, nothing lost

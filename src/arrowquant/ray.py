@@ -63,25 +63,58 @@ def dequantize_dataset(ds: "ray.data.Dataset", *, num_cpus: int = 1, batch_size:
 FAULT_INJECTION_ENV = "_ARROWQUANT_KILL_FIRST_WORKER"
 
 
-def _quantize_tensor(path: str, name: str, dtype: str, bits: int, group_size: int, symmetric: bool, method: str,
-                     markov_threshold: float, num_threads: int, scheme: str = "affine", rotate: bool = True) -> tuple:
+# Consecutive tensors of one file go to one task until it holds this many source bytes (or this
+# many tensors): each task maps the file and parses its header once, which costs as much as
+# quantizing a small tensor.
+TASK_BYTES = 64 << 20
+TASK_TENSORS = 64
+
+
+def _fault_injection() -> None:
     import os
     from pathlib import Path
-
-    from .safetensors_io import SafetensorsFile
-    from .tensor import quantize_arrays
     marker = os.environ.get(FAULT_INJECTION_ENV)
     if marker and not os.path.exists(marker):
         Path(marker).write_text("killed once")
         os._exit(1)
+
+
+def _quantize_tensors(path: str, tensors: list, bits_and_settings: list, num_threads: int) -> list:
+    """One task: several tensors of one file, each (name, dtype) with its (bits, group_size,
+    symmetric, method, markov_threshold, scheme, rotate)."""
+    from pathlib import Path
+
+    from .safetensors_io import SafetensorsFile
+    from .tensor import quantize_arrays
+    _fault_injection()
+    results = []
     with SafetensorsFile(path) as sf:  # memory-mapped from storage every node sees
-        [(tensor, stats, markov)] = quantize_arrays(
-            [sf.array(name)], [dtype], [f"{Path(path).name}: layer {name!r}"], bit_width=bits, group_size=group_size,
-            symmetric=symmetric, method=method, num_threads=num_threads, with_stats=True,
-            markov_threshold=markov_threshold, scheme=scheme, rotate=rotate)
-    stats_values = (stats.sum_xx, stats.sum_yy, stats.sum_xy, stats.sum_dd, stats.max_abs_error, stats.count)
-    return (tensor.quantized_data, tensor.scales, tensor.zero_points, tuple(tensor.shape), tensor.bit_width,
-            tensor.group_size, tensor.symmetric, tensor.source_dtype, tensor.scheme, tensor.rotation), stats_values, markov
+        for (name, dtype), (bits, group_size, symmetric, method, markov_threshold, scheme, rotate) in zip(
+                tensors, bits_and_settings):
+            [(tensor, stats, markov)] = quantize_arrays(
+                [sf.array(name)], [dtype], [f"{Path(path).name}: layer {name!r}"], bit_width=bits, group_size=group_size,
+                symmetric=symmetric, method=method, num_threads=num_threads, with_stats=True,
+                markov_threshold=markov_threshold, scheme=scheme, rotate=rotate)
+            stats_values = (stats.sum_xx, stats.sum_yy, stats.sum_xy, stats.sum_dd, stats.max_abs_error, stats.count)
+            results.append(((tensor.quantized_data, tensor.scales, tensor.zero_points, tuple(tensor.shape),
+                             tensor.bit_width, tensor.group_size, tensor.symmetric, tensor.source_dtype, tensor.scheme,
+                             tensor.rotation), stats_values, markov))
+            sf.release(name)
+    return results
+
+
+def _task_batches(jobs, path_of, bytes_of):
+    """Consecutive jobs of one file, in order, up to TASK_BYTES / TASK_TENSORS per batch."""
+    batch, size = [], 0
+    for job in jobs:
+        if batch and (path_of(job) != path_of(batch[0]) or size + bytes_of(job) > TASK_BYTES
+                      or len(batch) >= TASK_TENSORS):
+            yield batch
+            batch, size = [], 0
+        batch.append(job)
+        size += bytes_of(job)
+    if batch:
+        yield batch
 
 
 def _ordered_tasks(function, num_cpus: int, max_in_flight: int | None):
@@ -118,47 +151,53 @@ def _ordered_tasks(function, num_cpus: int, max_in_flight: int | None):
 
 
 def ray_executor(num_cpus: int = 1, max_in_flight: int | None = None):
-    """An executor for quantize_checkpoint: each tensor a Ray task on ``num_cpus`` CPUs, results
-    taken in checkpoint order (see _ordered_tasks)."""
+    """An executor for quantize_checkpoint: consecutive tensors of a file, up to TASK_BYTES, in
+    one Ray task on ``num_cpus`` CPUs; results taken in checkpoint order (see _ordered_tasks)."""
     from .tensor import ErrorStats, QuantizedTensor
-    tasks = _ordered_tasks(_quantize_tensor, num_cpus, max_in_flight)
+    tasks = _ordered_tasks(_quantize_tensors, num_cpus, max_in_flight)
 
     def run(jobs):
-        arguments = ((str(job.file.path), job.name, job.info.dtype, job.bits, job.group_size, job.symmetric, job.method,
-                      job.markov_threshold, num_cpus, job.scheme, job.rotate) for job in jobs)
-        for fields, stats, markov in tasks(arguments):
-            yield QuantizedTensor(*fields), ErrorStats(*stats), markov
+        batches = _task_batches(jobs, lambda job: job.file.path, lambda job: job.info.nbytes)
+        arguments = ((str(batch[0].file.path), [(job.name, job.info.dtype) for job in batch],
+                      [(job.bits, job.group_size, job.symmetric, job.method, job.markov_threshold, job.scheme, job.rotate)
+                       for job in batch], num_cpus) for batch in batches)
+        for results in tasks(arguments):
+            for fields, stats, markov in results:
+                yield QuantizedTensor(*fields), ErrorStats(*stats), markov
 
     return run
 
 
-def _encode_gguf_tensor(path: str, name: str, type_name: str, method: str, with_stats: bool, num_threads: int,
-                        rope_heads: int | None = None) -> tuple:
-    import os
-    from pathlib import Path
-
+def _encode_gguf_tensors(path: str, jobs: list, num_threads: int) -> list:
+    """One task: several tensors of one file, each (name, type name, method, with_stats, rope heads)."""
     from .gguf.convert import encode_tensor
     from .gguf.types import gguf_type
     from .safetensors_io import SafetensorsFile
-    marker = os.environ.get(FAULT_INJECTION_ENV)
-    if marker and not os.path.exists(marker):
-        Path(marker).write_text("killed once")
-        os._exit(1)
+    _fault_injection()
+    results = []
     with SafetensorsFile(path) as sf:  # memory-mapped from storage every node sees
-        encoded, stats = encode_tensor(sf, sf.tensors[name], gguf_type(type_name), num_threads, with_stats, method,
-                                       rope_heads)
-        return np.array(encoded), stats  # its own copy: the mapping closes with the file
+        for name, type_name, method, with_stats, rope_heads in jobs:
+            encoded, stats = encode_tensor(sf, sf.tensors[name], gguf_type(type_name), num_threads, with_stats, method,
+                                           rope_heads)
+            results.append((np.array(encoded), stats))  # its own copy: the mapping closes with the file
+            sf.release(name)
+    return results
 
 
 def gguf_executor(num_cpus: int = 1, max_in_flight: int | None = None):
     """An executor for arrowquant.gguf.convert: each tensor's GGUF bytes encoded by a Ray task,
-    taken in the file's order. ``run(jobs)`` takes (safetensors path, tensor name, GgufType,
-    method, with_stats, rope heads or None) tuples and yields (bytes, stats)."""
-    tasks = _ordered_tasks(_encode_gguf_tensor, num_cpus, max_in_flight)
+    taken in the file's order (consecutive tensors of a file, up to TASK_BYTES, share a task).
+    ``run(jobs)`` takes (safetensors path, tensor name, GgufType, method, with_stats, rope heads or
+    None, source bytes) tuples and yields (bytes, stats)."""
+    tasks = _ordered_tasks(_encode_gguf_tensors, num_cpus, max_in_flight)
 
     def run(jobs):
-        return tasks((str(path), name, gguf.name, method, with_stats, num_cpus, heads)
-                     for path, name, gguf, method, with_stats, heads in jobs)
+        batches = _task_batches(jobs, lambda job: job[0], lambda job: job[6])
+        arguments = ((str(batch[0][0]), [(name, gguf.name, method, with_stats, heads)
+                                         for _, name, gguf, method, with_stats, heads, _ in batch], num_cpus)
+                     for batch in batches)
+        for results in tasks(arguments):
+            yield from results
 
     return run
 

@@ -141,7 +141,8 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
                        num_threads: int | None, with_stats: bool, progress: Callable[[str, float], None],
                        component: str = "", executor: Any = None) -> dict[str, Any]:
     """One checkpoint -> one GGUF file (see convert). ``executor(jobs)`` (default: here, one tensor
-    at a time) yields (bytes, stats) for each (path, name, GgufType, method, with_stats) in order."""
+    at a time) yields (bytes, stats) for each (path, name, GgufType, method, with_stats, rope heads,
+    source bytes) in order."""
     started = time.perf_counter()
     opened = checkpoint.open()
     try:
@@ -205,11 +206,11 @@ def write_tensors(out: Path, metadata: dict[str, Any], specs: list[TensorSpec], 
     tensors: dict[str, dict[str, Any]] = {}
 
     def local(jobs):
-        for path, name, gguf, method, stats_wanted, n_heads in jobs:
+        for path, name, gguf, method, stats_wanted, n_heads, _ in jobs:
             files[path].prefetch(name)
             yield encode_tensor(files[path], files[path].tensors[name], gguf, num_threads, stats_wanted, method, n_heads)
 
-    results = (executor or local)((str(sf.path), name, d.type, method, with_stats, h)
+    results = (executor or local)((str(sf.path), name, d.type, method, with_stats, h, sf.tensors[name].nbytes)
                                   for (sf, name), d, method, h in zip(entries, decisions, methods, heads))
 
     def chunks():
