@@ -30,7 +30,8 @@ def test_readme_commands_and_python_blocks_run_in_order(tmp_path):
         import torch  # noqa: F401
         import diffusers  # noqa: F401
     except ImportError:
-        python_blocks = [b for b in python_blocks if "arrowquant.torch" not in b]
+        python_blocks = [b for b in python_blocks if not any(
+            needs in b for needs in ("import torch", "arrowquant.torch", "arrowquant.diffusers"))]
     script = "\n\n".join(python_blocks)
     r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=600)
