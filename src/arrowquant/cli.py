@@ -433,6 +433,12 @@ _PROFILES_HELP = "; ".join(
     + f", min cosine {v['min_accuracy']}" for name, v in PROFILES.items())
 
 
+def add_ray_argument(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help=f"{verb} every tensor in a Ray task (pip "
+                        "install 'arrowquant[ray]'): on the cluster at ADDRESS, or without one on RAY_ADDRESS's or a "
+                        "new local cluster; the model must lie on storage every node sees; the output is byte-identical")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arrowquant", formatter_class=_HelpFormatter,
@@ -493,9 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--overwrite", action="store_true", help="replace an existing output (a folder only if an earlier "
                                                             "arrowquant run wrote it)")
     q.add_argument("--layers", action="store_true", help="also print per-component and per-bit-width tables")
-    q.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="quantize every tensor in a Ray task (pip "
-                   "install 'arrowquant[ray]'): on the cluster at ADDRESS, or without one on RAY_ADDRESS's or a new "
-                   "local cluster; the model must lie on storage every node sees; the output is byte-identical")
+    add_ray_argument(q, "quantize")
     common(q)
     q.set_defaults(run=cmd_quantize)
 
@@ -551,9 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, help="worker threads (default: the CPUs this process may use; with --ray, "
                    "the CPUs of each task)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    g.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="encode every tensor in a Ray task (pip "
-                   "install 'arrowquant[ray]'): on the cluster at ADDRESS, or without one on RAY_ADDRESS's or a new "
-                   "local cluster; the model must lie on storage every node sees; the output is byte-identical")
+    add_ray_argument(g, "encode")
     common(g)
     g.set_defaults(run=cmd_gguf)
 

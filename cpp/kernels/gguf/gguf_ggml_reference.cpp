@@ -625,6 +625,20 @@ void decode_q3_K(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
 // ------------------------------------------------------------------------------------------------
 // Q4_K and Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins against two fp16 super-block values
 
+// The 12-byte packing of 8 six-bit scales and mins (as ggml's quantize_row_q4_K_ref).
+void pack_scales_mins(const uint8_t* ls, const uint8_t* lm, uint8_t* scales12) {
+  for (int j = 0; j < 8; ++j) {
+    if (j < 4) {
+      scales12[j] = ls[j];
+      scales12[j + 4] = lm[j];
+    } else {
+      scales12[j + 4] = static_cast<uint8_t>((ls[j] & 0xF) | ((lm[j] & 0xF) << 4));
+      scales12[j - 4] |= static_cast<uint8_t>((ls[j] >> 4) << 6);
+      scales12[j - 0] |= static_cast<uint8_t>((lm[j] >> 4) << 6);
+    }
+  }
+}
+
 // The first stage both share: per sub-block scale and min by make_qkx2_quants, then the 12-byte
 // packed 6-bit scales/mins and the fp16 d and dmin. Returns nothing; fills `scales12`, d, dmin.
 template <int kMaxCode>
@@ -644,20 +658,12 @@ void kquant_scales(const float* x, uint8_t* L, uint8_t* scales12, uint8_t* y_d, 
   }
   const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
   const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+  uint8_t ls[QK_K / 32], lm[QK_K / 32];
   for (int j = 0; j < QK_K / 32; ++j) {
-    uint8_t ls = static_cast<uint8_t>(nearest_int(inv_scale * scales[j]));
-    uint8_t lm = static_cast<uint8_t>(nearest_int(inv_min * mins[j]));
-    ls = std::min<uint8_t>(63, ls);
-    lm = std::min<uint8_t>(63, lm);
-    if (j < 4) {
-      scales12[j] = ls;
-      scales12[j + 4] = lm;
-    } else {
-      scales12[j + 4] = static_cast<uint8_t>((ls & 0xF) | ((lm & 0xF) << 4));
-      scales12[j - 4] |= static_cast<uint8_t>((ls >> 4) << 6);
-      scales12[j - 0] |= static_cast<uint8_t>((lm >> 4) << 6);
-    }
+    ls[j] = std::min<uint8_t>(63, static_cast<uint8_t>(nearest_int(inv_scale * scales[j])));
+    lm[j] = std::min<uint8_t>(63, static_cast<uint8_t>(nearest_int(inv_min * mins[j])));
   }
+  pack_scales_mins(ls, lm, scales12);
   store_half(y_d, max_scale / 63.f);
   store_half(y_dmin, max_min / 63.f);
   // Second stage: codes re-rounded against the scales and mins actually stored.
@@ -902,19 +908,6 @@ double search_kquant_block(const float* x, KQuantBlock<kMaxCode>& b) {
   return err;
 }
 
-// The 12-byte packing of 8 six-bit scales and mins (as ggml's quantize_row_q4_K_ref).
-void pack_scales_mins(const uint8_t* ls, const uint8_t* lm, uint8_t* scales12) {
-  for (int j = 0; j < 8; ++j) {
-    if (j < 4) {
-      scales12[j] = ls[j];
-      scales12[j + 4] = lm[j];
-    } else {
-      scales12[j + 4] = static_cast<uint8_t>((ls[j] & 0xF) | ((lm[j] & 0xF) << 4));
-      scales12[j - 4] |= static_cast<uint8_t>((ls[j] >> 4) << 6);
-      scales12[j - 0] |= static_cast<uint8_t>((lm[j] >> 4) << 6);
-    }
-  }
-}
 
 // Squared error of an encoded block against x, through the type's own decoder.
 double block_error(DecodeFn decode, const uint8_t* block, const float* x) {
@@ -928,16 +921,21 @@ double block_error(DecodeFn decode, const uint8_t* block, const float* x) {
   return err;
 }
 
+// A searched block's d, dmin and 12 bytes of packed 6-bit scales and mins (Q4_K and Q5_K alike).
+template <int kMaxCode>
+void store_kquant_header(const KQuantBlock<kMaxCode>& blk, uint8_t* block) {
+  store_half(block, blk.d);
+  store_half(block + 2, blk.dmin);
+  pack_scales_mins(blk.ls, blk.lm, block + 4);
+}
+
 void encode_q4_K_search(const float* x, int64_t n, uint8_t* out) {
   uint8_t candidate[144];
   for (int64_t b = 0; b < n / QK_K; ++b, x += QK_K, out += 144) {
     encode_q4_K(x, QK_K, out);
     KQuantBlock<15> blk;
     search_kquant_block<15>(x, blk);
-    store_half(candidate, blk.d);
-    store_half(candidate + 2, blk.dmin);
-    std::memset(candidate + 4, 0, 12);
-    pack_scales_mins(blk.ls, blk.lm, candidate + 4);
+    store_kquant_header(blk, candidate);
     uint8_t* q = candidate + 16;
     for (int j = 0; j < QK_K; j += 64) {
       for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>(blk.L[j + l] | (blk.L[j + l + 32] << 4));
@@ -953,10 +951,7 @@ void encode_q5_K_search(const float* x, int64_t n, uint8_t* out) {
     encode_q5_K(x, QK_K, out);
     KQuantBlock<31> blk;
     search_kquant_block<31>(x, blk);
-    store_half(candidate, blk.d);
-    store_half(candidate + 2, blk.dmin);
-    std::memset(candidate + 4, 0, 12);
-    pack_scales_mins(blk.ls, blk.lm, candidate + 4);
+    store_kquant_header(blk, candidate);
     uint8_t* qh = candidate + 16;
     uint8_t* ql = candidate + 48;
     std::memset(qh, 0, QK_K / 8);
