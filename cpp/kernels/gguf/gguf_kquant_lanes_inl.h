@@ -33,8 +33,20 @@ inline VF abs_lanes(VF v) {
   return reinterpret_cast<const VF&>(magnitude);
 }
 
+// nearest_int(f) clamped to [0, nmax], as a float: f + 1.5 * 2^23 rounds f to an integer (ties to
+// even, as nearest_int's bit trick does) and subtracting it back is exact, so the clamp can stay
+// in floats and the codes need no conversion to be summed. Valid for |f| < 2^22, which every
+// lane that is not thrown away satisfies (nearest_int asserts the same).
+inline VF round_clamp_lanes(VF f, float lo, float hi) {
+  VF r = (f + 12582912.f) - 12582912.f;
+  r = r < lo ? VF{} + lo : r;
+  return r > hi ? VF{} + hi : r;
+}
+
 // make_qkx2_quants(N, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, kMad), one
-// sub-block of N weights per lane.
+// sub-block of N weights per lane. Instead of copying the codes of every better candidate, a lane
+// remembers the scale and minimum its best codes were rounded with and rounds them once at the
+// end: the same float operations on the same inputs, so the same codes.
 template <int N = 32, bool kMad = false>
 inline void make_qkx2_quants_lanes(const VF* x, const VF* weights, int nmax, float rmin, float rdelta, int nstep,
                                    VI* L, VF* scale_out, VF* the_min_out) {
@@ -51,23 +63,24 @@ inline void make_qkx2_quants_lanes(const VF* x, const VF* weights, int nmax, flo
   min = min > 0 ? VF{} : min;
   const VF min0 = min;
   const VI flat = max == min;  // the reference returns early: L = 0, scale 0, the_min -min
-  VF iscale = static_cast<float>(nmax) / (max - min);
+  const float fmax = static_cast<float>(nmax);
+  VF iscale = fmax / (max - min);
   VF scale = 1 / iscale;
   VF best_error = VF{};
   for (int i = 0; i < N; ++i) {
-    L[i] = clamp_lanes(nearest_int_lanes(iscale * (x[i] - min)), 0, nmax);
-    VF diff = scale * to_float(L[i]) + min - x[i];
+    VF diff = scale * round_clamp_lanes(iscale * (x[i] - min), 0, fmax) + min - x[i];
     diff = kMad ? abs_lanes(diff) : diff * diff;
     best_error += weights[i] * diff;
   }
-  VI Laux[N];
+  VF best_iscale = iscale, best_rounding_min = min;  // what the best codes were rounded with
+  VF Laux[N];
   for (int is = 0; is <= nstep; ++is) {
-    iscale = (rmin + rdelta * static_cast<float>(is) + static_cast<float>(nmax)) / (max - min);
+    iscale = (rmin + rdelta * static_cast<float>(is) + fmax) / (max - min);
     VF sum_l = VF{}, sum_l2 = VF{}, sum_xl = VF{};
     for (int i = 0; i < N; ++i) {
-      const VI l = clamp_lanes(nearest_int_lanes(iscale * (x[i] - min)), 0, nmax);
-      Laux[i] = l;
-      const VF w = weights[i], lf = to_float(l);
+      const VF lf = round_clamp_lanes(iscale * (x[i] - min), 0, fmax);
+      Laux[i] = lf;
+      const VF w = weights[i];
       sum_l += w * lf;
       sum_l2 += w * lf * lf;
       sum_xl += w * lf * x[i];
@@ -80,17 +93,21 @@ inline void make_qkx2_quants_lanes(const VF* x, const VF* weights, int nmax, flo
     this_scale = positive_min ? sum_xl / sum_l2 : this_scale;
     VF cur_error = VF{};
     for (int i = 0; i < N; ++i) {
-      VF diff = this_scale * to_float(Laux[i]) + this_min - x[i];
+      VF diff = this_scale * Laux[i] + this_min - x[i];
       diff = kMad ? abs_lanes(diff) : diff * diff;
       cur_error += weights[i] * diff;
     }
     const VI better = (D > 0) & (cur_error < best_error);
-    for (int i = 0; i < N; ++i) L[i] = better ? Laux[i] : L[i];
+    best_iscale = better ? iscale : best_iscale;
+    best_rounding_min = better ? min : best_rounding_min;
     best_error = better ? cur_error : best_error;
     scale = better ? this_scale : scale;
     min = better ? this_min : min;
   }
-  for (int i = 0; i < N; ++i) L[i] = flat ? VI{} : L[i];
+  for (int i = 0; i < N; ++i) {
+    const VI l = __builtin_convertvector(round_clamp_lanes(best_iscale * (x[i] - best_rounding_min), 0, fmax), VI);
+    L[i] = flat ? VI{} : l;
+  }
   *scale_out = flat ? VF{} : scale;
   *the_min_out = -(flat ? min0 : min);
 }
@@ -208,26 +225,18 @@ void encode_kquant_lanes(const float* x, uint8_t* out, int valid_superblocks) {
         q += 32;
       }
     } else {
+      // Element l of sub-blocks 2p and 2p + 1 share ql[32p + l]; their fifth bits are bits 2p and
+      // 2p + 1 of qh[l]. Branch-free: the fifth bit is a coin flip the predictor cannot learn.
       uint8_t* qh = block + 16;
       uint8_t* ql = block + 48;
-      std::memset(qh, 0, 32);
-      uint8_t m1 = 1, m2 = 2;
-      for (int n = 0; n < 256; n += 64) {
-        for (int j = 0; j < 32; ++j) {
-          int l1 = code(n + j), l2 = code(n + j + 32);
-          if (l1 > 15) {
-            l1 -= 16;
-            qh[j] |= m1;
-          }
-          if (l2 > 15) {
-            l2 -= 16;
-            qh[j] |= m2;
-          }
-          ql[j] = static_cast<uint8_t>(l1 | (l2 << 4));
+      for (int l = 0; l < 32; ++l) {
+        unsigned high = 0;
+        for (int p = 0; p < 4; ++p) {
+          const unsigned a = code(64 * p + l), b = code(64 * p + l + 32);
+          ql[32 * p + l] = static_cast<uint8_t>((a & 15) | ((b & 15) << 4));
+          high |= ((a >> 4) << (2 * p)) | ((b >> 4) << (2 * p + 1));
         }
-        m1 = static_cast<uint8_t>(m1 << 2);
-        m2 = static_cast<uint8_t>(m2 << 2);
-        ql += 32;
+        qh[l] = static_cast<uint8_t>(high);
       }
     }
   }
@@ -252,36 +261,39 @@ inline VF make_qx_quants_lanes(const VF* x, VI* L) {
     max = bigger ? x[i] : max;
   }
   const VI zero = amax < kGroupMaxEps;  // the reference returns L = 0, scale 0
+  // As in make_qkx2_quants_lanes, a lane keeps the iscale its best codes were rounded with and
+  // rounds them once at the end.
   VF iscale = static_cast<float>(-nmax) / max;
   VF sumlx = VF{}, suml2 = VF{};
   for (int i = 0; i < 16; ++i) {
-    const VI l = clamp_lanes(nearest_int_lanes(iscale * x[i]), -nmax, nmax - 1);
-    L[i] = l + nmax;
-    const VF w = x[i] * x[i], lf = to_float(l);
+    const VF lf = round_clamp_lanes(iscale * x[i], -nmax, nmax - 1);
+    const VF w = x[i] * x[i];
     sumlx += w * x[i] * lf;
     suml2 += w * lf * lf;
   }
+  VF best_iscale = iscale;
   VF scale = suml2 != 0 ? sumlx / suml2 : VF{};
   VF best = scale * sumlx;
   for (int is = -9; is <= 9; ++is) {
     if (is == 0) continue;
     iscale = -(static_cast<float>(nmax) + 0.1f * static_cast<float>(is)) / max;
     sumlx = suml2 = VF{};
-    VI trial[16];
     for (int i = 0; i < 16; ++i) {
-      const VI l = clamp_lanes(nearest_int_lanes(iscale * x[i]), -nmax, nmax - 1);
-      trial[i] = l + nmax;
-      const VF w = x[i] * x[i], lf = to_float(l);
+      const VF lf = round_clamp_lanes(iscale * x[i], -nmax, nmax - 1);
+      const VF w = x[i] * x[i];
       sumlx += w * x[i] * lf;
       suml2 += w * lf * lf;
     }
     const VI better = (suml2 > 0) & (sumlx * sumlx > best * suml2);
-    for (int i = 0; i < 16; ++i) L[i] = better ? trial[i] : L[i];
+    best_iscale = better ? iscale : best_iscale;
     const VF new_scale = sumlx / suml2;
     scale = better ? new_scale : scale;
     best = better ? new_scale * sumlx : best;
   }
-  for (int i = 0; i < 16; ++i) L[i] = zero ? VI{} : L[i];
+  for (int i = 0; i < 16; ++i) {
+    const VI l = __builtin_convertvector(round_clamp_lanes(best_iscale * x[i], -nmax, nmax - 1), VI) + nmax;
+    L[i] = zero ? VI{} : l;
+  }
   return zero ? VF{} : scale;
 }
 
@@ -539,23 +551,17 @@ inline void encode_q3_K_superblock(const float* x, uint8_t* out) {
       for (int k = 0; k < kLanes; ++k) codes[16 * (kLanes * p + k) + i] = static_cast<uint8_t>(code[k]);
     }
   }
-  std::memset(hmask, 0, 32);
-  int m = 0;
-  uint8_t hm = 1;
-  for (int j = 0; j < 256; ++j) {
-    if (codes[j] > 3) {
-      hmask[m] |= hm;
-      codes[j] = static_cast<uint8_t>(codes[j] - 4);
-    }
-    if (++m == 32) {
-      m = 0;
-      hm = static_cast<uint8_t>(hm << 1);
-    }
+  // Bit k of hmask[m] is the third bit of code 32k + m; qs keeps the low two bits. Branch-free,
+  // as in Q5_K.
+  for (int m = 0; m < 32; ++m) {
+    unsigned high = 0;
+    for (int k = 0; k < 8; ++k) high |= static_cast<unsigned>(codes[32 * k + m] >> 2) << k;
+    hmask[m] = static_cast<uint8_t>(high);
   }
   for (int j = 0; j < 256; j += 128) {
     for (int l = 0; l < 32; ++l) {
       const uint8_t* c = codes + j + l;
-      qs[j / 4 + l] = static_cast<uint8_t>(c[0] | (c[32] << 2) | (c[64] << 4) | (c[96] << 6));
+      qs[j / 4 + l] = static_cast<uint8_t>((c[0] & 3) | ((c[32] & 3) << 2) | ((c[64] & 3) << 4) | ((c[96] & 3) << 6));
     }
   }
 }
