@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import arrowquant.gguf as ag
-from arrowquant.errors import ParameterError
+from arrowquant.errors import FileFormatError, ParameterError
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -197,3 +197,130 @@ def test_an_unknown_pre_tokenizer_is_refused(tmp_path):
     with pytest.raises(ParameterError, match="pre-tokenizer .*Whitespace.* llama.cpp would tokenize text differently"):
         ag.convert(folder, tmp_path / "m.gguf", type="F32")
     assert not (tmp_path / "m.gguf").exists()
+
+
+# Text SentencePiece's byte fallback, digits, runs of spaces and newlines all touch.
+SPM_TRICKY = "Hello, World! It's 2026: 12345 tokens...\nNew line\tand  spaces; don't stop. Ünïcödé ✓ 東京"
+
+
+def train_sentencepiece(path, **options):
+    spm = pytest.importorskip("sentencepiece")
+    import io
+    settings = dict(model_type="bpe", vocab_size=400, byte_fallback=True, normalization_rule_name="identity",
+                    remove_extra_whitespaces=False, add_dummy_prefix=True, split_digits=True, unk_id=0, bos_id=1,
+                    eos_id=2, pad_id=-1, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
+    settings.update(options)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter((TEXT + [TRICKY]) * 30), model_writer=model, **settings)
+    path.write_bytes(model.getvalue())
+    return spm.SentencePieceProcessor(model_file=str(path))
+
+
+@pytest.fixture(scope="module")
+def spm_llama(tmp_path_factory):
+    """A Llama-2-style model: a SentencePiece BPE tokenizer.model (byte fallback, identity
+    normalizer, dummy prefix), loaded and saved by transformers' LlamaTokenizer."""
+    folder = tmp_path_factory.mktemp("spm") / "tiny-llama-spm"
+    folder.mkdir()
+    sp = train_sentencepiece(folder / "tokenizer.model")
+    tokenizer = transformers.LlamaTokenizer.from_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(2)
+    config = transformers.LlamaConfig(vocab_size=sp.vocab_size() + 8, hidden_size=128, intermediate_size=256,
+                                      num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=128,
+                                      bos_token_id=1, eos_token_id=2)
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.save_pretrained(folder)
+    return folder, sp, tokenizer, model
+
+
+@needs_llama_cpp
+def test_sentencepiece_tokenizers_tokenize_in_llama_cpp_as_in_sentencepiece(spm_llama, tmp_path):
+    """tokenizer.model becomes llama.cpp's 'llama' tokenizer (pieces, scores, types, space prefix):
+    llama.cpp then splits text, spaces, digits and unknown characters (byte tokens) exactly as
+    SentencePiece itself does, and runs the model like transformers. (SentencePiece is the referee:
+    transformers 5's LlamaTokenizer places the leading space differently on some texts.)"""
+    folder, sp, tokenizer, model = spm_llama
+    ag.convert(folder, tmp_path / "m.gguf", type="Q8_0")
+    reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    fields = {name: f.contents() for name, f in reader.fields.items()}
+    assert fields["tokenizer.ggml.model"] == "llama" and fields["tokenizer.ggml.add_space_prefix"] is True
+    n = sp.vocab_size()
+    assert len(fields["tokenizer.ggml.tokens"]) == n + 8  # padded to the model's vocab_size
+    assert fields["tokenizer.ggml.tokens"][:n] == [sp.id_to_piece(i) for i in range(n)]
+    assert fields["tokenizer.ggml.tokens"][n:] == [f"[PAD{i}]" for i in range(n, n + 8)]
+    assert np.allclose(fields["tokenizer.ggml.scores"][:n], [sp.get_score(i) for i in range(n)])
+    types = fields["tokenizer.ggml.token_type"]
+    assert types[0] == 2 and types[1] == types[2] == 3  # <unk>, then <s> </s> (control pieces)
+    assert types[3] == 6 and types[3 + 255] == 6 and set(types[n:]) == {5}  # byte tokens, padding unused
+    assert fields["tokenizer.ggml.unknown_token_id"] == 0 and fields["tokenizer.ggml.bos_token_id"] == 1
+    runner = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=128, logits_all=True, verbose=False,
+                             n_threads=1)
+    assert min(sp.encode(SPM_TRICKY)) < 3 + 256  # the text needs byte tokens
+    for text in (SPM_TRICKY, " leading space", "trailing  ", "x"):
+        expected = sp.encode(text)
+        assert runner.tokenize(text.encode(), add_bos=False) == expected, text
+    tokens = [1] + sp.encode("the quick brown fox jumps over a sunny windowsill")
+    runner.eval(tokens)
+    ours = np.array(runner.scores[:len(tokens)])
+    with torch.no_grad():
+        reference = model(torch.tensor([tokens])).logits[0].numpy()
+    assert min(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(ours, reference)) >= 0.999
+
+
+def test_sentencepiece_models_llama_cpp_would_tokenize_otherwise_are_refused(spm_llama, tmp_path):
+    import shutil
+    folder, _, _, _ = spm_llama
+    for options, message in [(dict(model_type="unigram"), "a SentencePiece unigram model"),
+                             (dict(byte_fallback=False), "without byte fallback"),
+                             (dict(normalization_rule_name="nmt_nfkc"), "normalizer \\(nmt_nfkc"),
+                             (dict(remove_extra_whitespaces=True), "removes extra whitespace")]:
+        copy = tmp_path / f"copy-{options}"
+        shutil.copytree(folder, copy)
+        train_sentencepiece(copy / "tokenizer.model", **options)
+        with pytest.raises(ParameterError, match=message):
+            ag.convert(copy, tmp_path / "m.gguf", type="F32")
+        assert not (tmp_path / "m.gguf").exists()
+
+
+@needs_llama_cpp
+def test_tokens_added_in_tokenizer_config_are_written(spm_llama, tmp_path):
+    """added_tokens_decoder (tokenizer_config.json) places tokens past the pieces: special ones
+    become control tokens llama.cpp matches whole when told to parse specials."""
+    import json
+    import shutil
+    folder, sp, _, _ = spm_llama
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    n = sp.vocab_size()
+    settings = json.loads((copy / "tokenizer_config.json").read_text())
+    settings["added_tokens_decoder"] = {str(n): {"content": "<|tool|>", "special": True},
+                                        str(n + 1): {"content": "arrow▁quant", "special": False}}
+    (copy / "tokenizer_config.json").write_text(json.dumps(settings))
+    ag.convert(copy, tmp_path / "m.gguf", type="F32")
+    fields = {name: f.contents() for name, f in gguf.GGUFReader(str(tmp_path / "m.gguf")).fields.items()}
+    assert fields["tokenizer.ggml.tokens"][n:n + 2] == ["<|tool|>", "arrow quant"]
+    assert fields["tokenizer.ggml.token_type"][n:n + 2] == [3, 4]
+    runner = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=64, verbose=False, n_threads=1)
+    assert runner.tokenize(b"<|tool|>", add_bos=False, special=True) == [n]
+    settings["added_tokens_decoder"] = {str(n + 8): {"content": "<|beyond|>", "special": True}}
+    (copy / "tokenizer_config.json").write_text(json.dumps(settings))
+    with pytest.raises(FileFormatError, match=f"tokenizer_config.json: {n + 9} tokens, but the model's vocab_size "
+                                              f"is {n + 8}"):
+        ag.convert(copy, tmp_path / "m2.gguf", type="F32")
+
+
+def test_damaged_sentencepiece_models_are_one_clear_error(spm_llama, tmp_path):
+    import shutil
+    folder, _, _, _ = spm_llama
+    good = (folder / "tokenizer.model").read_bytes()
+    rng = np.random.default_rng(0)
+    damaged = [good[:len(good) // 2], b"", rng.bytes(4000), b"\x0a\xff\xff\xff\xff\x0f" + good,
+               b"\x0b" + good, bytes([0x0a, 0x05, 0x0a, 0x03, 0xff, 0xfe, 0xfd])]
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    for data in damaged:
+        (copy / "tokenizer.model").write_bytes(data)
+        with pytest.raises((FileFormatError, ParameterError), match="tokenizer.model"):
+            ag.convert(copy, tmp_path / "m.gguf", type="F32")
+        assert not (tmp_path / "m.gguf").exists()

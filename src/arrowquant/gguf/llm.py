@@ -21,7 +21,10 @@ from ..errors import FileFormatError, ParameterError
 from ..paths import path_inside
 from ..safetensors_io import load_json
 from .container import ARRAY, FLOAT32, INT32, STRING, UINT32, Value
+from . import sentencepiece as spm
 from .policy import TypePolicy
+# GGUF's token types are SentencePiece's piece types, same numbers.
+from .sentencepiece import CONTROL, NORMAL, UNUSED, USER_DEFINED, read_sentencepiece_model
 from .types import gguf_type
 
 # config.json "architectures" -> the GGUF architecture that holds them (same tensors, same rope).
@@ -46,8 +49,6 @@ TENSOR_NAMES: list[tuple[re.Pattern, str, str | None]] = [
 # Tensors llama.cpp recomputes itself.
 SKIPPED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 
-# gguf-py's TokenType
-NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 
 
 def llm_config(folder: Path) -> dict | None:
@@ -152,49 +153,131 @@ def pre_tokenizer_name(tok: dict, path: Path) -> str:
 
 
 def tokenizer_metadata(folder: Path, model: LlmModel) -> dict[str, Any]:
-    """tokenizer.ggml.* from tokenizer.json (a byte-level BPE tokenizer, llama.cpp's "gpt2" model)."""
+    """tokenizer.ggml.*: from tokenizer.model when the folder has one (a SentencePiece BPE model,
+    llama.cpp's "llama" tokenizer: Llama 2, Mistral, TinyLlama), as llama.cpp's converter prefers
+    it; otherwise from tokenizer.json (a byte-level BPE tokenizer, llama.cpp's "gpt2" model)."""
+    spm_path = path_inside(folder, "tokenizer.model", f"{folder}: tokenizer")
+    if spm_path.is_file():
+        out, size = sentencepiece_metadata(folder, spm_path, model)
+    else:
+        out, size = byte_level_bpe_metadata(folder, model)
+    return out | special_token_metadata(folder, model, size)
+
+
+def check_vocab_fits(path: Path, count: int, model: LlmModel) -> None:
+    if count > model.vocab_size:
+        raise FileFormatError(f"{path}: {count} tokens, but the model's vocab_size is {model.vocab_size} (its "
+                              "embedding has a row per token): not the tokenizer of this model")
+
+
+def byte_level_bpe_metadata(folder: Path, model: LlmModel) -> tuple[dict[str, Any], int]:
     path = path_inside(folder, "tokenizer.json", f"{folder}: tokenizer")
     if not path.is_file():
-        raise ParameterError(f"{folder}: no tokenizer.json; llama.cpp needs the tokenizer inside the GGUF file (save "
-                             "it with tokenizer.save_pretrained(folder))")
+        raise ParameterError(f"{folder}: no tokenizer.json or tokenizer.model; llama.cpp needs the tokenizer inside "
+                             "the GGUF file (save it with tokenizer.save_pretrained(folder))")
     tok = load_json(path, "tokenizer.json")
     spec = tok.get("model") if isinstance(tok, dict) else None
     if not isinstance(spec, dict) or spec.get("type") != "BPE" or not isinstance(spec.get("vocab"), dict):
         raise ParameterError(f"{path}: tokenizer model {spec.get('type') if isinstance(spec, dict) else None!r} is not "
-                             "supported (arrowquant writes byte-level BPE tokenizers, llama.cpp's 'gpt2' model)")
+                             "supported (arrowquant writes byte-level BPE tokenizers, llama.cpp's 'gpt2' model, and "
+                             "SentencePiece BPE models from tokenizer.model)")
     if spec.get("byte_fallback"):
-        raise ParameterError(f"{path}: a BPE tokenizer with byte fallback (sentencepiece-style, llama.cpp's 'llama' "
-                             "model) is not supported yet")
+        raise ParameterError(f"{path}: a BPE tokenizer with byte fallback is SentencePiece-style (llama.cpp's 'llama' "
+                             "model), whose scores only tokenizer.model holds: put the model's tokenizer.model in the "
+                             "folder")
     vocab: dict[str, int] = dict(spec["vocab"])
     types: dict[int, int] = {}
     for added in tok.get("added_tokens") or []:
         vocab[added["content"]] = added["id"]
         types[added["id"]] = CONTROL if added.get("special") else USER_DEFINED
-    size = max(model.vocab_size, max(vocab.values()) + 1)
+    check_vocab_fits(path, max(vocab.values()) + 1, model)
+    size = model.vocab_size
     tokens = [f"[PAD{i}]" for i in range(size)]
     token_types = [UNUSED] * size
     for text, i in vocab.items():
         tokens[i], token_types[i] = text, types.get(i, NORMAL)
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec.get("merges") or []]
-    out: dict[str, Any] = {
+    return {
         "tokenizer.ggml.model": "gpt2",
         "tokenizer.ggml.pre": pre_tokenizer_name(tok, path),
         "tokenizer.ggml.tokens": Value(ARRAY, tokens, STRING),
         "tokenizer.ggml.token_type": Value(ARRAY, token_types, INT32),
         "tokenizer.ggml.merges": Value(ARRAY, merges, STRING),
+    }, size
+
+
+def sentencepiece_metadata(folder: Path, path: Path, model: LlmModel) -> tuple[dict[str, Any], int]:
+    """The pieces, scores and types of tokenizer.model, as llama.cpp's converter writes them
+    (_create_vocab_sentencepiece): ids past the pieces padded as unused, tokens added in
+    tokenizer_config.json marked control (special) or user-defined. Only models llama.cpp
+    tokenizes exactly as SentencePiece does are accepted: BPE with byte fallback and no
+    normalization beyond writing spaces as U+2581."""
+    sp = read_sentencepiece_model(path)
+    if sp.model_type != spm.BPE:
+        raise ParameterError(f"{path}: a SentencePiece {spm.MODEL_TYPE_NAMES.get(sp.model_type, sp.model_type)} "
+                             "model; llama.cpp's 'llama' tokenizer reproduces SentencePiece BPE models only")
+    if not sp.byte_fallback:
+        raise ParameterError(f"{path}: a SentencePiece model without byte fallback; llama.cpp's 'llama' tokenizer "
+                             "spells unknown characters as byte tokens, which this model lacks")
+    if sp.normalizer_name != "identity" or sp.has_precompiled_charsmap or sp.remove_extra_whitespaces \
+            or not sp.escape_whitespaces:
+        raise ParameterError(f"{path}: its normalizer ({sp.normalizer_name or 'unnamed'}"
+                             f"{', removes extra whitespace' if sp.remove_extra_whitespaces else ''}) changes text "
+                             "before tokenizing, which llama.cpp does not: it would tokenize differently")
+    check_vocab_fits(path, len(sp.pieces), model)
+    size = model.vocab_size
+    tokens = [f"[PAD{i}]" for i in range(size)]
+    scores = [-10000.0] * size
+    token_types = [UNUSED] * size
+    for i, (piece, score, kind) in enumerate(sp.pieces):
+        tokens[i], scores[i], token_types[i] = piece, score, kind
+    settings = tokenizer_settings(folder)
+    decoder = settings.get("added_tokens_decoder") if isinstance(settings, dict) else None
+    for key, added in (decoder.items() if isinstance(decoder, dict) else ()):
+        if not (isinstance(key, str) and key.isdigit() and isinstance(added, dict)
+                and isinstance(added.get("content"), str)):
+            raise FileFormatError(f"{folder / 'tokenizer_config.json'}: added_tokens_decoder entry {key!r} is not "
+                                  "an id with a content string")
+        i = int(key)
+        check_vocab_fits(folder / "tokenizer_config.json", i + 1, model)
+        if added.get("special"):
+            tokens[i], token_types[i] = added["content"], CONTROL
+        else:  # llama.cpp's converter writes user-defined pieces with plain spaces
+            tokens[i], token_types[i] = added["content"].replace("\u2581", " "), USER_DEFINED
+        scores[i] = -1000.0
+    out: dict[str, Any] = {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.pre": "default",
+        "tokenizer.ggml.tokens": Value(ARRAY, tokens, STRING),
+        "tokenizer.ggml.scores": Value(ARRAY, scores, FLOAT32),
+        "tokenizer.ggml.token_type": Value(ARRAY, token_types, INT32),
+        "tokenizer.ggml.add_space_prefix": sp.add_dummy_prefix,
     }
-    config = model.config
-    settings_path = folder / "tokenizer_config.json"
-    settings = load_json(settings_path, "tokenizer_config.json") if settings_path.is_file() else {}
+    unknown = [i for i, (_, _, kind) in enumerate(sp.pieces) if kind == spm.UNKNOWN]
+    if unknown:
+        out["tokenizer.ggml.unknown_token_id"] = Value(UINT32, unknown[0])
+    return out, size
+
+
+def tokenizer_settings(folder: Path) -> dict:
+    path = path_inside(folder, "tokenizer_config.json", f"{folder}: tokenizer settings")
+    settings = load_json(path, "tokenizer_config.json") if path.is_file() else {}
+    return settings if isinstance(settings, dict) else {}
+
+
+def special_token_metadata(folder: Path, model: LlmModel, size: int) -> dict[str, Any]:
+    """Special token ids from config.json and whether to add BOS / EOS from tokenizer_config.json."""
+    out: dict[str, Any] = {}
     for key, gguf_key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
                           ("pad_token_id", "padding_token_id")):
-        value = config.get(key)
+        value = model.config.get(key)
         if isinstance(value, list):  # several end-of-sequence ids: llama.cpp takes one
             value = value[0] if value else None
         if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < size:
             out[f"tokenizer.ggml.{gguf_key}"] = Value(UINT32, value)
+    settings = tokenizer_settings(folder)
     for key in ("add_bos_token", "add_eos_token"):
-        if isinstance(settings, dict) and isinstance(settings.get(key), bool):
+        if isinstance(settings.get(key), bool):
             out[f"tokenizer.ggml.{key}"] = settings[key]
     return out
 
