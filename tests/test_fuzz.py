@@ -254,3 +254,51 @@ def test_regression_safetensors_holes_are_refused(tmp_path):
     (tmp_path / "m.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
     with pytest.raises(aq.FileFormatError, match=r"bytes \[0, 8\) of the data area belong to no tensor"):
         aq.ArrowQuantV2().quantize_from_safetensors(tmp_path / "m.safetensors", tmp_path / "m.aq")
+
+
+# -- SentencePiece model files (tokenizer.model, a protocol buffer) ---------------------------------
+
+
+def _pb_varint(v):
+    out = bytearray()
+    while True:
+        out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
+        v >>= 7
+        if not v:
+            return bytes(out)
+
+
+def _pb_field(number, wire, payload):
+    key = _pb_varint(number << 3 | wire)
+    return key + (_pb_varint(len(payload)) + payload if wire == 2 else payload)
+
+
+def _sentencepiece_bytes(pieces):
+    body = b"".join(_pb_field(1, 2, _pb_field(1, 2, p.encode()) + _pb_field(2, 5, struct.pack("<f", -i))
+                              + _pb_field(3, 0, _pb_varint(1))) for i, p in enumerate(pieces))
+    return body + _pb_field(2, 2, _pb_field(3, 0, _pb_varint(2)) + _pb_field(35, 0, _pb_varint(1)))
+
+
+@FUZZ
+@given(flips=st.lists(st.tuples(st.integers(0, 10**4), st.integers(0, 255)), max_size=6),
+       cut=st.integers(0, 10**4), pieces=st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=8))
+def test_fuzzed_sentencepiece_models_read_or_fail_cleanly(tmp_path_factory, flips, cut, pieces):
+    """Our reader of tokenizer.model (written from sentencepiece_model.proto): a well-formed file
+    reads back its pieces; any damage is a FileFormatError naming the file, never another error."""
+    from arrowquant.errors import FileFormatError
+    from arrowquant.gguf.sentencepiece import BPE, read_sentencepiece_model
+    path = tmp_path_factory.mktemp("spm") / "tokenizer.model"
+    good = _sentencepiece_bytes(pieces)
+    path.write_bytes(good)
+    model = read_sentencepiece_model(path)
+    assert [p for p, _, _ in model.pieces] == pieces and model.model_type == BPE and model.byte_fallback
+    assert [s for _, s, _ in model.pieces] == [-float(i) for i in range(len(pieces))]
+    data = bytearray(good[:cut] if cut < len(good) else good)
+    for at, value in flips:
+        if data:
+            data[at % len(data)] = value
+    path.write_bytes(bytes(data))
+    try:
+        read_sentencepiece_model(path)
+    except FileFormatError as e:
+        assert str(path) in str(e)
