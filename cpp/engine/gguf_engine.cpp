@@ -81,7 +81,7 @@ std::optional<NonFiniteValue> gguf_encode(std::span<const GgufEncodeJob> jobs, i
         return;
       }
     }
-    const kernels::gguf::EncodeFn encode = job.search ? job.type->encode_search : kernels::gguf::ggml_encoder(*job.type, isa);
+    const kernels::gguf::EncodeFn encode = job.search ? kernels::gguf::search_encoder(*job.type, isa) : kernels::gguf::ggml_encoder(*job.type, isa);
     encode(x, c.count, job.out + kernels::gguf::encoded_bytes(*job.type, c.begin));
   });
   const int64_t bad = first_bad_chunk.load();

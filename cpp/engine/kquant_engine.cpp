@@ -135,7 +135,7 @@ std::optional<NonFiniteValue> kquant_encode(std::span<const KquantEncodeJob> job
     if (error_stats) original.assign(values.begin(), values.end());
     if (job.rotate) rotation.forward(values.data(), c.blocks);
     uint8_t* out = job.out + gguf::encoded_bytes(*job.type, c.first_block * kKquantBlock);
-    const gguf::EncodeFn encode = job.search ? job.type->encode_search : gguf::ggml_encoder(*job.type, isa);
+    const gguf::EncodeFn encode = job.search ? gguf::search_encoder(*job.type, isa) : gguf::ggml_encoder(*job.type, isa);
     encode(values.data(), n, out);
     if (!error_stats) return;
     decoded.resize(static_cast<size_t>(n));

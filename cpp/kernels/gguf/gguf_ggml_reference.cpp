@@ -1432,6 +1432,16 @@ const SimdKernel* simd_kernel(GgmlType type, Isa isa) {
 
 }  // namespace
 
+EncodeFn search_encoder(const TypeTraits& type, Isa isa) {
+  const SimdKernel* k = simd_kernel(type.type, isa);
+  if (k == nullptr) {
+    for (const SimdKernel& row : baseline_lanes::simd_kernels()) {
+      if (row.type == type.type) k = &row;
+    }
+  }
+  return k != nullptr && k->encode_search != nullptr ? k->encode_search : type.encode_search;
+}
+
 EncodeFn ggml_encoder(const TypeTraits& type, Isa isa) {
   const SimdKernel* k = simd_kernel(type.type, isa);
   return k != nullptr && k->encode_ggml != nullptr ? k->encode_ggml : type.encode_ggml;

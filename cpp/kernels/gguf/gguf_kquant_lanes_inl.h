@@ -147,26 +147,78 @@ void encode_in_calls(const float* x, int64_t n, uint8_t* out, EncodeCall encode_
   }
 }
 
+// The 32 weights of every lane's sub-block: lane k holds sub-block k % 8 of super-block k / 8.
+inline void load_subblock_lanes(const float* x, VF* X) {
+  for (int l = 0; l < 32; ++l) {
+    for (int k = 0; k < kLanes; ++k) X[l][k] = x[32 * k + l];
+  }
+}
+
+// The 12 bytes of 6-bit scales and mins of Q4_K / Q5_K (ggml's get_scale_min_k4 layout).
+inline void pack_scales_mins_k4(const uint8_t* ls, const uint8_t* lm, uint8_t* scales12) {
+  for (int j = 0; j < 8; ++j) {
+    if (j < 4) {
+      scales12[j] = ls[j];
+      scales12[j + 4] = lm[j];
+    } else {
+      scales12[j + 4] = static_cast<uint8_t>((ls[j] & 0xF) | ((lm[j] & 0xF) << 4));
+      scales12[j - 4] |= static_cast<uint8_t>((ls[j] >> 4) << 6);
+      scales12[j - 0] |= static_cast<uint8_t>((lm[j] >> 4) << 6);
+    }
+  }
+}
+
+// The codes of super-block sb of the call (lanes 8 sb .. 8 sb + 7) into its block.
+template <int kMaxCode, int kBlockBytes>
+void pack_kquant_codes(const VI* L, int sb, uint8_t* block) {
+  auto code = [&](int i) { return static_cast<uint8_t>(L[i % 32][8 * sb + i / 32]); };  // element i of the super-block
+  if constexpr (kMaxCode == 15) {
+    uint8_t* q = block + 16;
+    for (int j = 0; j < 256; j += 64) {
+      for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>(code(j + l) | (code(j + l + 32) << 4));
+      q += 32;
+    }
+  } else {
+    // Element l of sub-blocks 2p and 2p + 1 share ql[32p + l]; their fifth bits are bits 2p and
+    // 2p + 1 of qh[l]. Branch-free: the fifth bit is a coin flip the predictor cannot learn.
+    uint8_t* qh = block + 16;
+    uint8_t* ql = block + 48;
+    for (int l = 0; l < 32; ++l) {
+      unsigned high = 0;
+      for (int p = 0; p < 4; ++p) {
+        const unsigned a = code(64 * p + l), b = code(64 * p + l + 32);
+        ql[32 * p + l] = static_cast<uint8_t>((a & 15) | ((b & 15) << 4));
+        high |= ((a >> 4) << (2 * p)) | ((b >> 4) << (2 * p + 1));
+      }
+      qh[l] = static_cast<uint8_t>(high);
+    }
+  }
+}
+
+// What encode_kquant_lanes decided, for a caller that compares it with other candidates: the
+// codes and each lane's decoded scale and min (the decoder's d * sc and dmin * m).
+struct KquantLanes {
+  VI L[32];
+  VF d1, m1;
+};
+
 // ggml's quantize_row_q4_K_ref / q5_K_ref for kSuperBlocksPerCall super-blocks: x holds that
 // many (the caller pads a short last call by repeating a super-block), out receives as many
 // blocks of kBlockBytes; kMaxCode 15 (Q4_K) or 31 (Q5_K).
 template <int kMaxCode, int kBlockBytes>
-void encode_kquant_lanes(const float* x, uint8_t* out, int valid_superblocks) {
+void encode_kquant_lanes(const float* x, uint8_t* out, int valid_superblocks, KquantLanes* result = nullptr) {
   const float rmin = kMaxCode == 15 ? -1.f : -0.5f;
   const int nstep = kMaxCode == 15 ? 20 : 15;
   VF X[32], W[32];
-  for (int l = 0; l < 32; ++l) {
-    for (int k = 0; k < kLanes; ++k) X[l][k] = x[32 * k + l];  // lane k: sub-block k % 8 of super-block k / 8
-  }
+  load_subblock_lanes(x, X);
   VF sum_x2 = VF{};
   for (int l = 0; l < 32; ++l) sum_x2 += X[l] * X[l];
   VF av_x;
   for (int k = 0; k < kLanes; ++k) av_x[k] = std::sqrt(sum_x2[k] / 32);
-  for (int l = 0; l < 32; ++l) {
-    const VI magnitude = reinterpret_cast<const VI&>(X[l]) & 0x7fffffff;  // fabsf
-    W[l] = av_x + reinterpret_cast<const VF&>(magnitude);
-  }
-  VI L[32];
+  for (int l = 0; l < 32; ++l) W[l] = av_x + abs_lanes(X[l]);
+  KquantLanes local;
+  KquantLanes& r = result != nullptr ? *result : local;
+  VI* L = r.L;
   VF scales, mins;
   make_qkx2_quants_lanes(X, W, kMaxCode, rmin, 0.1f, nstep, L, &scales, &mins);
 
@@ -174,7 +226,6 @@ void encode_kquant_lanes(const float* x, uint8_t* out, int valid_superblocks) {
   VF d_lane, dm_lane;
   for (int sb = 0; sb < kSuperBlocksPerCall; ++sb) {
     uint8_t* block = out + sb * kBlockBytes;
-    uint8_t* scales12 = block + 4;
     float max_scale = 0, max_min = 0;
     for (int j = 0; j < 8; ++j) {
       const float scale = lane(scales, 8 * sb + j), min = lane(mins, 8 * sb + j);
@@ -191,16 +242,9 @@ void encode_kquant_lanes(const float* x, uint8_t* out, int valid_superblocks) {
       const VI rounded = nearest_int_lanes(pair);
       ls_all[j] = std::min<uint8_t>(63, static_cast<uint8_t>(rounded[0]));
       lm_all[j] = std::min<uint8_t>(63, static_cast<uint8_t>(rounded[1]));
-      const uint8_t ls = ls_all[j], lm = lm_all[j];
-      if (j < 4) {
-        scales12[j] = ls;
-        scales12[j + 4] = lm;
-      } else {
-        scales12[j + 4] = static_cast<uint8_t>((ls & 0xF) | ((lm & 0xF) << 4));
-        scales12[j - 4] |= static_cast<uint8_t>((ls >> 4) << 6);
-        scales12[j - 0] |= static_cast<uint8_t>((lm >> 4) << 6);
-      }
     }
+    std::memset(block + 4, 0, 12);
+    pack_scales_mins_k4(ls_all, lm_all, block + 4);
     store_half_bytes(block, max_scale / 63.f);
     store_half_bytes(block + 2, max_min / 63.f);
     const float d = load_half_bytes(block), dmin = load_half_bytes(block + 2);
@@ -215,36 +259,16 @@ void encode_kquant_lanes(const float* x, uint8_t* out, int valid_superblocks) {
     const VI rounded = clamp_lanes(nearest_int_lanes((X[l] + dm_lane) / d_lane), 0, kMaxCode);
     L[l] = keep ? L[l] : rounded;
   }
-  for (int sb = 0; sb < valid_superblocks; ++sb) {
-    uint8_t* block = out + sb * kBlockBytes;
-    auto code = [&](int i) { return static_cast<uint8_t>(L[i % 32][8 * sb + i / 32]); };  // element i of the super-block
-    if constexpr (kMaxCode == 15) {
-      uint8_t* q = block + 16;
-      for (int j = 0; j < 256; j += 64) {
-        for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>(code(j + l) | (code(j + l + 32) << 4));
-        q += 32;
-      }
-    } else {
-      // Element l of sub-blocks 2p and 2p + 1 share ql[32p + l]; their fifth bits are bits 2p and
-      // 2p + 1 of qh[l]. Branch-free: the fifth bit is a coin flip the predictor cannot learn.
-      uint8_t* qh = block + 16;
-      uint8_t* ql = block + 48;
-      for (int l = 0; l < 32; ++l) {
-        unsigned high = 0;
-        for (int p = 0; p < 4; ++p) {
-          const unsigned a = code(64 * p + l), b = code(64 * p + l + 32);
-          ql[32 * p + l] = static_cast<uint8_t>((a & 15) | ((b & 15) << 4));
-          high |= ((a >> 4) << (2 * p)) | ((b >> 4) << (2 * p + 1));
-        }
-        qh[l] = static_cast<uint8_t>(high);
-      }
-    }
-  }
+  for (int sb = 0; sb < valid_superblocks; ++sb) pack_kquant_codes<kMaxCode, kBlockBytes>(L, sb, out + sb * kBlockBytes);
+  r.d1 = d_lane;
+  r.m1 = dm_lane;
 }
 
 template <int kMaxCode, int kBlockBytes>
 void encode_kquant(const float* x, int64_t n, uint8_t* out) {
-  encode_in_calls<256, kBlockBytes, kSuperBlocksPerCall>(x, n, out, encode_kquant_lanes<kMaxCode, kBlockBytes>);
+  encode_in_calls<256, kBlockBytes, kSuperBlocksPerCall>(x, n, out, [](const float* xs, uint8_t* o, int valid) {
+    encode_kquant_lanes<kMaxCode, kBlockBytes>(xs, o, valid);
+  });
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -906,21 +930,23 @@ inline void decode_iq4_xs_all(const uint8_t* __restrict in, int64_t n, float* __
 inline void encode_q4_K_lanes_all(const float* x, int64_t n, uint8_t* out) { encode_kquant<15, 144>(x, n, out); }
 inline void encode_q5_K_lanes_all(const float* x, int64_t n, uint8_t* out) { encode_kquant<31, 176>(x, n, out); }
 
+#include "kernels/gguf/gguf_kquant_search_inl.h"
+
 #include "kernels/gguf/gguf_decoders_inl.h"
 
 inline constexpr SimdKernel kSimdKernels[] = {
-    {GgmlType::kQ4_0, encode_legacy<Legacy::kQ4_0, 18>, nullptr},
-    {GgmlType::kQ4_1, encode_legacy<Legacy::kQ4_1, 20>, nullptr},
-    {GgmlType::kQ5_0, encode_legacy<Legacy::kQ5_0, 22>, decode_q5_0_vectorised},
-    {GgmlType::kQ5_1, encode_legacy<Legacy::kQ5_1, 24>, decode_q5_1_vectorised},
-    {GgmlType::kQ8_0, encode_legacy<Legacy::kQ8_0, 34>, nullptr},
-    {GgmlType::kQ2_K, encode_q2_K_all, decode_q2_K_all},
-    {GgmlType::kQ3_K, encode_q3_K_all, decode_q3_K_all},
-    {GgmlType::kQ4_K, encode_q4_K_lanes_all, nullptr},
-    {GgmlType::kQ5_K, encode_q5_K_lanes_all, nullptr},
-    {GgmlType::kQ6_K, encode_q6_K_all, decode_q6_K_vectorised},
-    {GgmlType::kIQ4_NL, encode_iq4_nl_all, decode_iq4_nl_all},
-    {GgmlType::kIQ4_XS, encode_iq4_xs_all, decode_iq4_xs_all},
+    {GgmlType::kQ4_0, encode_legacy<Legacy::kQ4_0, 18>, nullptr, nullptr},
+    {GgmlType::kQ4_1, encode_legacy<Legacy::kQ4_1, 20>, nullptr, nullptr},
+    {GgmlType::kQ5_0, encode_legacy<Legacy::kQ5_0, 22>, decode_q5_0_vectorised, nullptr},
+    {GgmlType::kQ5_1, encode_legacy<Legacy::kQ5_1, 24>, decode_q5_1_vectorised, nullptr},
+    {GgmlType::kQ8_0, encode_legacy<Legacy::kQ8_0, 34>, nullptr, nullptr},
+    {GgmlType::kQ2_K, encode_q2_K_all, decode_q2_K_all, nullptr},
+    {GgmlType::kQ3_K, encode_q3_K_all, decode_q3_K_all, nullptr},
+    {GgmlType::kQ4_K, encode_q4_K_lanes_all, nullptr, search_kquant<15, 144>},
+    {GgmlType::kQ5_K, encode_q5_K_lanes_all, nullptr, search_kquant<31, 176>},
+    {GgmlType::kQ6_K, encode_q6_K_all, decode_q6_K_vectorised, nullptr},
+    {GgmlType::kIQ4_NL, encode_iq4_nl_all, decode_iq4_nl_all, nullptr},
+    {GgmlType::kIQ4_XS, encode_iq4_xs_all, decode_iq4_xs_all, nullptr},
 };
 
 std::span<const SimdKernel> simd_kernels() { return kSimdKernels; }

@@ -16,6 +16,7 @@ struct SimdKernel {
   GgmlType type;
   EncodeFn encode_ggml;
   DecodeFn decode;
+  EncodeFn encode_search;  // a lane search (same bytes on every path), or null: the type's own
 };
 
 namespace avx2 {
@@ -26,8 +27,16 @@ namespace avx512 {
 std::span<const SimdKernel> simd_kernels();
 }  // namespace avx512
 
+// The lane kernels compiled for baseline x86-64: the scalar path's search encoders.
+namespace baseline_lanes {
+std::span<const SimdKernel> simd_kernels();
+}  // namespace baseline_lanes
+
 // The fastest encoder of `type` in ggml mode that the ISA has (its scalar reference otherwise).
 EncodeFn ggml_encoder(const TypeTraits& type, Isa isa);
+// The search encoder of `type` for the ISA: the lane search where the type has one (the same bytes
+// on every ISA), the type's own encode_search otherwise.
+EncodeFn search_encoder(const TypeTraits& type, Isa isa);
 // The fastest decoder of `type` the ISA has; every one gives the scalar decoder's floats.
 DecodeFn decoder(const TypeTraits& type, Isa isa);
 
