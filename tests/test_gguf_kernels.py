@@ -181,3 +181,18 @@ def test_decoders_give_ggml_floats_on_every_path(ggml, simd_path, name):
     encoded = ggml_encode(ggml, name, x)
     [decoded] = _core.gguf_decode_arrays([encoded], [TYPES[name][0]], [x.size], ["x"], 1)
     assert decoded.view(np.uint32).tolist() == ggml_decode(ggml, name, encoded, x.size).view(np.uint32).tolist()
+
+
+SEARCH_BYTES = {}
+
+
+@pytest.mark.parametrize("name", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+def test_search_writes_the_same_bytes_on_every_path(simd_path, name):
+    """The search encoders run one lane code on every path (8 or 16 lanes, or baseline x86-64 for
+    the scalar path): the file does not depend on the machine that wrote it."""
+    rng = np.random.default_rng(11)
+    x = np.concatenate([0.02 * rng.standard_normal(256 * 5), 0.02 * rng.standard_t(3, 256 * 4), np.zeros(256),
+                        np.full(256, -0.3), np.where(rng.random(512) < 0.05, 40.0, 0.0)]).astype(np.float32)
+    [ours] = _core.gguf_encode_arrays([x], [0], [TYPES[name][0]], ["x"], 1, "search")
+    first = SEARCH_BYTES.setdefault(name, ours.tobytes())
+    assert ours.tobytes() == first, simd_path

@@ -1,7 +1,6 @@
-// The baseline x86-64 path of the GGUF lane kernels (8 lanes in SSE registers). Its table is used
-// only for the search encoders of the scalar path: ggml mode there is the scalar reference itself,
-// while the searches must write the bytes of the AVX2 / AVX-512 paths, so every path runs the same
-// lane code (gguf_kquant_search_inl.h).
+// The lane searches of Q4_K and Q5_K for baseline x86-64 (8 lanes in SSE registers): the types'
+// encode_search, which the scalar path runs. The searches must write the same bytes on every
+// path, so every path runs the same lane code (gguf_kquant_search_inl.h).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -15,5 +14,8 @@ namespace arrowquant::kernels::gguf::baseline_lanes {
 #define AQ_LANES 8
 #include "kernels/gguf/gguf_kquant_lanes_inl.h"
 #undef AQ_LANES
+
+void encode_q4_K_search(const float* x, int64_t n, uint8_t* out) { search_kquant<15, 144>(x, n, out); }
+void encode_q5_K_search(const float* x, int64_t n, uint8_t* out) { search_kquant<31, 176>(x, n, out); }
 
 }  // namespace arrowquant::kernels::gguf::baseline_lanes

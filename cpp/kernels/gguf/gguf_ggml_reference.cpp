@@ -21,6 +21,7 @@
 
 #include "kernels/common/float16.h"
 #include "kernels/gguf/gguf_kernels.h"
+#include "kernels/gguf/gguf_simd.h"
 
 namespace arrowquant::kernels::gguf {
 
@@ -763,152 +764,6 @@ void decode_q5_K(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
   }
 }
 
-// ------------------------------------------------------------------------------------------------
-// Search encoders for Q4_K and Q5_K: the same block format, lower squared error.
-//
-// ggml fits each 32-weight sub-block's scale and min with weights av_x + |x| (favouring large
-// values), rounds both to 6 bits against max/63, then re-rounds the codes. The search instead
-// (1) fits each sub-block by unweighted least squares (the error the decoder actually makes),
-// (2) picks each stored 6-bit scale and min from the two neighbours of the fitted value by the
-// exact decoded error, codes re-rounded for each candidate, (3) refits scale and min to the codes
-// chosen and repeats (2) once, and (4) keeps ggml's own block wherever that is better, so no
-// super-block is ever worse than ggml mode. Errors are measured on the values the decoder
-// computes (d * sc * q - dmin * m, in float), summed in double.
-
-template <int kMaxCode>
-struct KQuantBlock {
-  float d = 0, dmin = 0;   // as stored (fp16-rounded)
-  uint8_t ls[8]{}, lm[8]{};
-  uint8_t L[QK_K]{};
-};
-
-// Codes and squared error of one sub-block for stored d * ls, dmin * lm (the decoder's float ops).
-// (A candidate's codes are rounded with a reciprocal and its error summed in float: the search
-// only ranks candidates, and the block it keeps is compared with ggml's by the exact decoded
-// error in block_error. Written so that the compiler vectorises the 32 values.)
-template <int kMaxCode>
-double subblock_error(const float* __restrict x, float d, float dmin, int ls, int lm, uint8_t* __restrict L) {
-  // Four lanes (the baseline ISA's width) in GCC vector extensions, the sums in a fixed order.
-  typedef float F4 __attribute__((vector_size(16)));
-  typedef int32_t I4 __attribute__((vector_size(16)));
-  const float d1 = d * static_cast<float>(ls), m1 = dmin * static_cast<float>(lm);
-  const float inv = d1 != 0 ? 1.0f / d1 : 0.0f;
-  const F4 zero = {0, 0, 0, 0};
-  const F4 top = zero + static_cast<float>(kMaxCode), magic = zero + 12582912.f;
-  F4 acc = zero;
-  for (int i = 0; i < 32; i += 4) {
-    F4 xv;
-    std::memcpy(&xv, x + i, sizeof xv);
-    F4 v = (xv + m1) * inv;
-    v = v < zero ? zero : v;
-    v = v > top ? top : v;
-    const F4 q = (v + magic) - magic;  // round half to even, as nearest_int
-    const I4 codes = __builtin_convertvector(q, I4);
-    for (int k = 0; k < 4; ++k) L[i + k] = static_cast<uint8_t>(codes[k]);
-    const F4 diff = (d1 * q - m1) - xv;
-    acc += diff * diff;
-  }
-  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
-}
-
-// Least-squares scale and min (x ~ scale * l - min, min >= 0 clamp as ggml) for given codes.
-void fit_scale_min(const float* x, const uint8_t* L, float* scale, float* min) {
-  double sl = 0, sll = 0, sx = 0, sxl = 0;
-  for (int i = 0; i < 32; ++i) {
-    sl += L[i];
-    sll += static_cast<double>(L[i]) * L[i];
-    sx += x[i];
-    sxl += static_cast<double>(x[i]) * L[i];
-  }
-  const double det = 32 * sll - sl * sl;
-  if (det <= 0) return;
-  double a = (32 * sxl - sx * sl) / det, b = (sll * sx - sl * sxl) / det;  // x ~ a l + b
-  if (b > 0) {
-    b = 0;
-    a = sll > 0 ? sxl / sll : 0;
-  }
-  if (a > 0) {
-    *scale = static_cast<float>(a);
-    *min = static_cast<float>(-b);
-  }
-}
-
-// Chooses ls, lm for every sub-block from the 6-bit neighbours of each of its fitted targets
-// (scale, min), by the exact decoded error, codes re-rounded for each candidate.
-template <int kMaxCode>
-double choose_params(const float* x, const float (*targets)[2][8], int n_targets, KQuantBlock<kMaxCode>& b) {
-  double total = 0;
-  uint8_t trial[32];
-  for (int j = 0; j < 8; ++j) {
-    const float* xs = x + 32 * j;
-    double best = -1;
-    for (int t = 0; t < n_targets; ++t) {
-      const float ts = b.d > 0 ? targets[t][0][j] / b.d : 0, tm = b.dmin > 0 ? targets[t][1][j] / b.dmin : 0;
-      const int s0 = std::clamp(static_cast<int>(std::floor(ts)), 0, 63);
-      const int m0 = std::clamp(static_cast<int>(std::floor(tm)), 0, 63);
-      for (int ls = std::max(0, s0 - 1); ls <= std::min(63, s0 + 2); ++ls) {
-        for (int lm = std::max(0, m0 - 1); lm <= std::min(63, m0 + 2); ++lm) {
-          const double e = subblock_error<kMaxCode>(xs, b.d, b.dmin, ls, lm, trial);
-          if (best < 0 || e < best) {
-            best = e;
-            b.ls[j] = static_cast<uint8_t>(ls);
-            b.lm[j] = static_cast<uint8_t>(lm);
-            std::memcpy(b.L + 32 * j, trial, 32);
-          }
-        }
-      }
-    }
-    total += best;
-  }
-  return total;
-}
-
-template <int kMaxCode>
-double search_kquant_block(const float* x, KQuantBlock<kMaxCode>& b) {
-  // Each sub-block's continuous fit by unweighted least squares: the error the decoder makes.
-  // (Adding ggml's own weighting, av_x + |x|, as a second target gained 0.1% for twice the time.)
-  float targets[1][2][8];
-  float ones[32];
-  uint8_t L[32], Laux[32];
-  for (float& w : ones) w = 1.0f;
-  float max_scale = 0, max_min = 0;
-  for (int j = 0; j < 8; ++j) {
-    targets[0][0][j] = make_qkx2_quants(32, kMaxCode, x + 32 * j, ones, L, &targets[0][1][j], Laux, -1.f, 0.1f, 20, false);
-    max_scale = std::max(max_scale, targets[0][0][j]);
-    max_min = std::max(max_min, targets[0][1][j]);
-  }
-  // The super-block scales too: the sub-block values are rounded to 6 bits against d and dmin,
-  // and a slightly smaller or larger d often rounds them better.
-  double err = -1;
-  static constexpr float kFactors[] = {1.0f, 0.985f, 0.97f, 0.955f, 1.015f};
-  for (float fd : kFactors) {
-    for (float fm : {1.0f, 0.97f, 1.03f}) {
-      KQuantBlock<kMaxCode> trial;
-      trial.d = half_to_float(float_to_half(max_scale * fd / 63.f));
-      trial.dmin = half_to_float(float_to_half(max_min * fm / 63.f));
-      const double e = choose_params<kMaxCode>(x, targets, 1, trial);
-      if (err < 0 || e < err) {
-        err = e;
-        b = trial;
-      }
-    }
-  }
-  for (int round = 0; round < 3; ++round) {  // refit to the codes chosen, then choose again
-    KQuantBlock<kMaxCode> next = b;
-    for (int j = 0; j < 8; ++j) {
-      targets[0][0][j] = static_cast<float>(b.ls[j]) * b.d;
-      targets[0][1][j] = static_cast<float>(b.lm[j]) * b.dmin;
-      fit_scale_min(x + 32 * j, b.L + 32 * j, &targets[0][0][j], &targets[0][1][j]);
-    }
-    const double e = choose_params<kMaxCode>(x, targets, 1, next);
-    if (!(e < err)) break;
-    err = e;
-    b = next;
-  }
-  return err;
-}
-
-
 // Squared error of an encoded block against x, through the type's own decoder.
 double block_error(DecodeFn decode, const uint8_t* block, const float* x) {
   float y[QK_K];
@@ -921,61 +776,6 @@ double block_error(DecodeFn decode, const uint8_t* block, const float* x) {
   return err;
 }
 
-// A searched block's d, dmin and 12 bytes of packed 6-bit scales and mins (Q4_K and Q5_K alike).
-template <int kMaxCode>
-void store_kquant_header(const KQuantBlock<kMaxCode>& blk, uint8_t* block) {
-  store_half(block, blk.d);
-  store_half(block + 2, blk.dmin);
-  pack_scales_mins(blk.ls, blk.lm, block + 4);
-}
-
-void encode_q4_K_search(const float* x, int64_t n, uint8_t* out) {
-  uint8_t candidate[144];
-  for (int64_t b = 0; b < n / QK_K; ++b, x += QK_K, out += 144) {
-    encode_q4_K(x, QK_K, out);
-    KQuantBlock<15> blk;
-    search_kquant_block<15>(x, blk);
-    store_kquant_header(blk, candidate);
-    uint8_t* q = candidate + 16;
-    for (int j = 0; j < QK_K; j += 64) {
-      for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>(blk.L[j + l] | (blk.L[j + l + 32] << 4));
-      q += 32;
-    }
-    if (block_error(decode_q4_K, candidate, x) < block_error(decode_q4_K, out, x)) std::memcpy(out, candidate, 144);
-  }
-}
-
-void encode_q5_K_search(const float* x, int64_t n, uint8_t* out) {
-  uint8_t candidate[176];
-  for (int64_t b = 0; b < n / QK_K; ++b, x += QK_K, out += 176) {
-    encode_q5_K(x, QK_K, out);
-    KQuantBlock<31> blk;
-    search_kquant_block<31>(x, blk);
-    store_kquant_header(blk, candidate);
-    uint8_t* qh = candidate + 16;
-    uint8_t* ql = candidate + 48;
-    std::memset(qh, 0, QK_K / 8);
-    uint8_t m1 = 1, m2 = 2;
-    for (int k = 0; k < QK_K; k += 64) {
-      for (int j = 0; j < 32; ++j) {
-        int l1 = blk.L[k + j], l2 = blk.L[k + j + 32];
-        if (l1 > 15) {
-          l1 -= 16;
-          qh[j] |= m1;
-        }
-        if (l2 > 15) {
-          l2 -= 16;
-          qh[j] |= m2;
-        }
-        ql[j] = static_cast<uint8_t>(l1 | (l2 << 4));
-      }
-      m1 = static_cast<uint8_t>(m1 << 2);
-      m2 = static_cast<uint8_t>(m2 << 2);
-      ql += 32;
-    }
-    if (block_error(decode_q5_K, candidate, x) < block_error(decode_q5_K, out, x)) std::memcpy(out, candidate, 176);
-  }
-}
 
 // ------------------------------------------------------------------------------------------------
 // Q6_K: 16 sub-blocks of 16 with int8 scales against one fp16 super-block scale
@@ -1388,8 +1188,8 @@ constexpr TypeTraits kTypes[] = {
     {GgmlType::kQ8_0, "Q8_0", 32, 34, encode_q8_0, decode_q8_0, encode_q8_0, false},
     {GgmlType::kQ2_K, "Q2_K", QK_K, 84, encode_q2_K, decode_q2_K, encode_q2_K_search, true},
     {GgmlType::kQ3_K, "Q3_K", QK_K, 110, encode_q3_K, decode_q3_K, encode_q3_K_search, true},
-    {GgmlType::kQ4_K, "Q4_K", QK_K, 144, encode_q4_K, decode_q4_K, encode_q4_K_search, true},
-    {GgmlType::kQ5_K, "Q5_K", QK_K, 176, encode_q5_K, decode_q5_K, encode_q5_K_search, true},
+    {GgmlType::kQ4_K, "Q4_K", QK_K, 144, encode_q4_K, decode_q4_K, baseline_lanes::encode_q4_K_search, true},
+    {GgmlType::kQ5_K, "Q5_K", QK_K, 176, encode_q5_K, decode_q5_K, baseline_lanes::encode_q5_K_search, true},
     {GgmlType::kQ6_K, "Q6_K", QK_K, 210, encode_q6_K, decode_q6_K, encode_q6_K_search, true},
     {GgmlType::kIQ4_NL, "IQ4_NL", 32, 18, encode_iq4_nl, decode_iq4_nl, encode_iq4_nl, false},
     {GgmlType::kIQ4_XS, "IQ4_XS", QK_K, 136, encode_iq4_xs, decode_iq4_xs, encode_iq4_xs, false},
@@ -1416,7 +1216,6 @@ const TypeTraits* find_type(std::string_view name) {
 
 }  // namespace arrowquant::kernels::gguf
 
-#include "kernels/gguf/gguf_simd.h"
 
 namespace arrowquant::kernels::gguf {
 
@@ -1434,11 +1233,6 @@ const SimdKernel* simd_kernel(GgmlType type, Isa isa) {
 
 EncodeFn search_encoder(const TypeTraits& type, Isa isa) {
   const SimdKernel* k = simd_kernel(type.type, isa);
-  if (k == nullptr) {
-    for (const SimdKernel& row : baseline_lanes::simd_kernels()) {
-      if (row.type == type.type) k = &row;
-    }
-  }
   return k != nullptr && k->encode_search != nullptr ? k->encode_search : type.encode_search;
 }
 

@@ -17,7 +17,7 @@ constexpr int kSuperBlocksPerCall = AQ_LANES / 8;
 
 inline VI nearest_int_lanes(VF f) {
   const VF val = f + 12582912.f;
-  const VI i = reinterpret_cast<const VI&>(val);
+  const VI i = __builtin_bit_cast(VI, val);
   return (i & 0x007fffff) - 0x00400000;
 }
 
@@ -29,8 +29,7 @@ inline VI clamp_lanes(VI l, int lo, int hi) {
 inline VF to_float(VI i) { return __builtin_convertvector(i, VF); }
 
 inline VF abs_lanes(VF v) {
-  const VI magnitude = reinterpret_cast<const VI&>(v) & 0x7fffffff;
-  return reinterpret_cast<const VF&>(magnitude);
+  return __builtin_bit_cast(VF, __builtin_bit_cast(VI, v) & 0x7fffffff);
 }
 
 // nearest_int(f) clamped to [0, nmax], as a float: f + 1.5 * 2^23 rounds f to an integer (ties to

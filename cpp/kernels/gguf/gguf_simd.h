@@ -27,15 +27,17 @@ namespace avx512 {
 std::span<const SimdKernel> simd_kernels();
 }  // namespace avx512
 
-// The lane kernels compiled for baseline x86-64: the scalar path's search encoders.
+// The lane searches compiled for baseline x86-64: the scalar path's (and TypeTraits') search
+// encoders of Q4_K and Q5_K, writing the bytes the AVX2 / AVX-512 paths write.
 namespace baseline_lanes {
-std::span<const SimdKernel> simd_kernels();
+void encode_q4_K_search(const float* x, int64_t n, uint8_t* out);
+void encode_q5_K_search(const float* x, int64_t n, uint8_t* out);
 }  // namespace baseline_lanes
 
 // The fastest encoder of `type` in ggml mode that the ISA has (its scalar reference otherwise).
 EncodeFn ggml_encoder(const TypeTraits& type, Isa isa);
-// The search encoder of `type` for the ISA: the lane search where the type has one (the same bytes
-// on every ISA), the type's own encode_search otherwise.
+// The fastest search encoder of `type` the ISA has; every one writes the bytes of the type's
+// encode_search.
 EncodeFn search_encoder(const TypeTraits& type, Isa isa);
 // The fastest decoder of `type` the ISA has; every one gives the scalar decoder's floats.
 DecodeFn decoder(const TypeTraits& type, Isa isa);
