@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "kernels/common/float16.h"
+#include "kernels/gguf/gguf_reference_parts.h"
 #include "kernels/gguf/gguf_simd.h"
 
 namespace arrowquant::kernels::gguf::baseline_lanes {

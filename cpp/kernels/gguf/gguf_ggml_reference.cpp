@@ -21,6 +21,7 @@
 
 #include "kernels/common/float16.h"
 #include "kernels/gguf/gguf_kernels.h"
+#include "kernels/gguf/gguf_reference_parts.h"
 #include "kernels/gguf/gguf_simd.h"
 
 namespace arrowquant::kernels::gguf {
@@ -1197,6 +1198,17 @@ constexpr TypeTraits kTypes[] = {
 };
 
 }  // namespace
+
+namespace reference_parts {
+
+float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* quant_weights) {
+  return gguf::make_qp_quants(n, nmax, x, L, quant_weights);
+}
+double block_error(DecodeFn decode, const uint8_t* block, const float* x) { return gguf::block_error(decode, block, x); }
+void encode_q3_K_weighted_block(const float* x, uint8_t* out) { gguf::encode_q3_K_weighted_block(x, out); }
+void encode_q6_K_weighted_block(const float* x, uint8_t* out) { gguf::encode_q6_K_weighted_block(x, out); }
+
+}  // namespace reference_parts
 
 std::span<const TypeTraits> supported_types() { return kTypes; }
 

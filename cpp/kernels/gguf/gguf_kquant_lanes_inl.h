@@ -389,8 +389,39 @@ inline void encode_q6_K_all(const float* x, int64_t n, uint8_t* out) {
 // Q2_K: make_qkx2_quants(16, 3, x, |x|, ..., -0.5, 0.1, 15, use_mad) with one 16-weight
 // sub-block per lane; 4-bit scales and mins against fp16 d and dmin.
 
+constexpr int kQ2Passes = 16 / kLanes;
+
+// The last steps of both Q2_K quantizers once scales, mins, d and dmin are stored in `out`: codes
+// re-rounded against what was stored (sub-blocks whose scale is 0 keep theirs), then packed.
+inline void finish_q2_K_superblock(const VF (*X)[16], const VI (*L)[16], uint8_t* out) {
+  const uint8_t* y_scales = out;
+  uint8_t* y_qs = out + 16;
+  const float d_all = load_half_bytes(out + 80), dmin_all = load_half_bytes(out + 82);
+  uint8_t codes[256];
+  for (int p = 0; p < kQ2Passes; ++p) {
+    VF d, dm;
+    for (int k = 0; k < kLanes; ++k) {
+      const uint8_t sc = y_scales[kLanes * p + k];
+      d[k] = d_all * static_cast<float>(sc & 0xF);
+      dm[k] = dmin_all * static_cast<float>(sc >> 4);
+    }
+    const VI keep = d == 0;
+    for (int i = 0; i < 16; ++i) {
+      const VI l = clamp_lanes(nearest_int_lanes((X[p][i] + dm) / d), 0, 3);
+      const VI code = keep ? L[p][i] : l;
+      for (int k = 0; k < kLanes; ++k) codes[16 * (kLanes * p + k) + i] = static_cast<uint8_t>(code[k]);
+    }
+  }
+  for (int j = 0; j < 256; j += 128) {
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t* c = codes + j + l;
+      y_qs[j / 4 + l] = static_cast<uint8_t>(c[0] | (c[32] << 2) | (c[64] << 4) | (c[96] << 6));
+    }
+  }
+}
+
 inline void encode_q2_K_superblock(const float* x, uint8_t* out) {
-  constexpr int kPasses = 16 / kLanes;
+  constexpr int kPasses = kQ2Passes;
   VF X[kPasses][16];
   VI L[kPasses][16];
   float scales[16], mins[16];
@@ -409,7 +440,6 @@ inline void encode_q2_K_superblock(const float* x, uint8_t* out) {
   }
   constexpr float q4scale = 15.f;
   uint8_t* y_scales = out;
-  uint8_t* y_qs = out + 16;
   float max_scale = 0, max_min = 0;
   for (int j = 0; j < 16; ++j) {
     if (scales[j] > max_scale) max_scale = scales[j];
@@ -435,32 +465,66 @@ inline void encode_q2_K_superblock(const float* x, uint8_t* out) {
   } else {
     store_half_bytes(out + 82, 0.f);
   }
-  const float d_all = load_half_bytes(out + 80), dmin_all = load_half_bytes(out + 82);
-  uint8_t codes[256];
-  for (int p = 0; p < kPasses; ++p) {
-    VF d, dm;
-    for (int k = 0; k < kLanes; ++k) {
-      const uint8_t sc = y_scales[kLanes * p + k];
-      d[k] = d_all * static_cast<float>(sc & 0xF);
-      dm[k] = dmin_all * static_cast<float>(sc >> 4);
-    }
-    const VI keep = d == 0;
-    for (int i = 0; i < 16; ++i) {
-      const VI l = clamp_lanes(nearest_int_lanes((X[p][i] + dm) / d), 0, 3);
-      const VI code = keep ? L[p][i] : l;
-      for (int k = 0; k < kLanes; ++k) codes[16 * (kLanes * p + k) + i] = static_cast<uint8_t>(code[k]);
-    }
-  }
-  for (int j = 0; j < 256; j += 128) {
-    for (int l = 0; l < 32; ++l) {
-      const uint8_t* c = codes + j + l;
-      y_qs[j / 4 + l] = static_cast<uint8_t>(c[0] | (c[32] << 2) | (c[64] << 4) | (c[96] << 6));
-    }
-  }
+  finish_q2_K_superblock(X, L, out);
 }
 
 inline void encode_q2_K_all(const float* x, int64_t n, uint8_t* out) {
   for (int64_t b = 0; b < n / 256; ++b) encode_q2_K_superblock(x + 256 * b, out + 84 * b);
+}
+
+// quantize_row_q2_K_impl with an all-ones importance matrix (the scalar port is
+// encode_q2_K_weighted_block): weights sqrt(sigma2 + x^2), make_qkx3_quants (make_qkx2_quants when
+// weights are given) per sub-block in lanes, the 4-bit scales and mins by make_qp_quants.
+inline void encode_q2_K_weighted_superblock(const float* x, uint8_t* out) {
+  VF X[kQ2Passes][16];
+  VI L[kQ2Passes][16];
+  float scales[16], mins[16], sw[16];
+  float sumx2 = 0;
+  for (int j = 0; j < 256; ++j) sumx2 += x[j] * x[j];
+  const float sigma2 = sumx2 / 256;
+  for (int p = 0; p < kQ2Passes; ++p) {
+    VF W[16];
+    VF sum_w = VF{};
+    for (int i = 0; i < 16; ++i) {
+      for (int k = 0; k < kLanes; ++k) {
+        const float v = x[16 * (kLanes * p + k) + i];
+        X[p][i][k] = v;
+        W[i][k] = std::sqrt(sigma2 + v * v);
+      }
+      sum_w += W[i];
+    }
+    VF s, m;
+    make_qkx2_quants_lanes<16, false>(X[p], W, 3, -0.9f, 0.05f, 36, L[p], &s, &m);
+    for (int k = 0; k < kLanes; ++k) {
+      scales[kLanes * p + k] = s[k];
+      mins[kLanes * p + k] = m[k];
+      sw[kLanes * p + k] = sum_w[k];
+    }
+  }
+  uint8_t Ls[16], Lm[16];
+  const float dm = reference_parts::make_qp_quants(16, 15, scales, Ls, sw);
+  const float mm = reference_parts::make_qp_quants(16, 15, mins, Lm, sw);
+  store_half_bytes(out + 80, dm);
+  store_half_bytes(out + 82, mm);
+  for (int j = 0; j < 16; ++j) out[j] = static_cast<uint8_t>(Ls[j] | (Lm[j] << 4));
+  finish_q2_K_superblock(X, L, out);
+}
+
+// The search encoders of Q2_K, Q3_K and Q6_K: per super-block the better (by the decoded squared
+// error) of ggml's reference block and its importance-weighted quantizer with unit importance, as
+// the scalar encode_best_of_two, with this ISA's lanes for what they cover.
+template <void (*kReference)(const float*, uint8_t*), void (*kWeighted)(const float*, uint8_t*), GgmlType kType,
+          int kBytes>
+void search_best_of_two(const float* x, int64_t n, uint8_t* out) {
+  const DecodeFn decode = find_type(static_cast<int32_t>(kType))->decode;
+  uint8_t candidate[kBytes];
+  for (int64_t b = 0; b < n / 256; ++b, x += 256, out += kBytes) {
+    kReference(x, out);
+    kWeighted(x, candidate);
+    if (reference_parts::block_error(decode, candidate, x) < reference_parts::block_error(decode, out, x)) {
+      std::memcpy(out, candidate, kBytes);
+    }
+  }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -939,11 +1003,14 @@ inline constexpr SimdKernel kSimdKernels[] = {
     {GgmlType::kQ5_0, encode_legacy<Legacy::kQ5_0, 22>, decode_q5_0_vectorised, nullptr},
     {GgmlType::kQ5_1, encode_legacy<Legacy::kQ5_1, 24>, decode_q5_1_vectorised, nullptr},
     {GgmlType::kQ8_0, encode_legacy<Legacy::kQ8_0, 34>, nullptr, nullptr},
-    {GgmlType::kQ2_K, encode_q2_K_all, decode_q2_K_all, nullptr},
-    {GgmlType::kQ3_K, encode_q3_K_all, decode_q3_K_all, nullptr},
+    {GgmlType::kQ2_K, encode_q2_K_all, decode_q2_K_all,
+     search_best_of_two<encode_q2_K_superblock, encode_q2_K_weighted_superblock, GgmlType::kQ2_K, 84>},
+    {GgmlType::kQ3_K, encode_q3_K_all, decode_q3_K_all,
+     search_best_of_two<encode_q3_K_superblock, reference_parts::encode_q3_K_weighted_block, GgmlType::kQ3_K, 110>},
     {GgmlType::kQ4_K, encode_q4_K_lanes_all, nullptr, search_kquant<15, 144>},
     {GgmlType::kQ5_K, encode_q5_K_lanes_all, nullptr, search_kquant<31, 176>},
-    {GgmlType::kQ6_K, encode_q6_K_all, decode_q6_K_vectorised, nullptr},
+    {GgmlType::kQ6_K, encode_q6_K_all, decode_q6_K_vectorised,
+     search_best_of_two<encode_q6_K_superblock, reference_parts::encode_q6_K_weighted_block, GgmlType::kQ6_K, 210>},
     {GgmlType::kIQ4_NL, encode_iq4_nl_all, decode_iq4_nl_all, nullptr},
     {GgmlType::kIQ4_XS, encode_iq4_xs_all, decode_iq4_xs_all, nullptr},
 };
