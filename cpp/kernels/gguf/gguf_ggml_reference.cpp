@@ -1205,8 +1205,9 @@ float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* q
   return gguf::make_qp_quants(n, nmax, x, L, quant_weights);
 }
 double block_error(DecodeFn decode, const uint8_t* block, const float* x) { return gguf::block_error(decode, block, x); }
-void encode_q3_K_weighted_block(const float* x, uint8_t* out) { gguf::encode_q3_K_weighted_block(x, out); }
-void encode_q6_K_weighted_block(const float* x, uint8_t* out) { gguf::encode_q6_K_weighted_block(x, out); }
+float make_qx_quants(int n, int nmax, const float* x, int8_t* L, int rmse_type, const float* quant_weights) {
+  return gguf::make_qx_quants(n, nmax, x, L, rmse_type, quant_weights);
+}
 
 }  // namespace reference_parts
 

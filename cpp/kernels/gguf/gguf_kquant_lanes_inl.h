@@ -273,8 +273,10 @@ void encode_kquant(const float* x, int64_t n, uint8_t* out) {
 // ------------------------------------------------------------------------------------------------
 // Q6_K: make_qx_quants(16, 32, x, L, rmse_type 1) with one 16-weight sub-block per lane.
 
-inline VF make_qx_quants_lanes(const VF* x, VI* L) {
-  constexpr int nmax = 32;
+// make_qx_quants(16, nmax, x, L, rmse_type 1, weights) for one sub-block per lane; the reference
+// quantizers weight by x^2, the importance-weighted ones by their own weights.
+template <int nmax>
+inline VF make_qx_quants_lanes(const VF* x, const VF* weights, VI* L) {
   constexpr float kGroupMaxEps = 1e-15f;
   VF max = VF{}, amax = VF{};
   for (int i = 0; i < 16; ++i) {
@@ -290,7 +292,7 @@ inline VF make_qx_quants_lanes(const VF* x, VI* L) {
   VF sumlx = VF{}, suml2 = VF{};
   for (int i = 0; i < 16; ++i) {
     const VF lf = round_clamp_lanes(iscale * x[i], -nmax, nmax - 1);
-    const VF w = x[i] * x[i];
+    const VF w = weights[i];
     sumlx += w * x[i] * lf;
     suml2 += w * lf * lf;
   }
@@ -303,7 +305,7 @@ inline VF make_qx_quants_lanes(const VF* x, VI* L) {
     sumlx = suml2 = VF{};
     for (int i = 0; i < 16; ++i) {
       const VF lf = round_clamp_lanes(iscale * x[i], -nmax, nmax - 1);
-      const VF w = x[i] * x[i];
+      const VF w = weights[i];
       sumlx += w * x[i] * lf;
       suml2 += w * lf * lf;
     }
@@ -320,7 +322,10 @@ inline VF make_qx_quants_lanes(const VF* x, VI* L) {
   return zero ? VF{} : scale;
 }
 
-// ggml's quantize_row_q6_K_ref, one super-block per call (16 sub-blocks in 16 / kLanes passes).
+// ggml's quantize_row_q6_K_ref, one super-block per call (16 sub-blocks in 16 / kLanes passes);
+// with kUnitImportance, quantize_row_q6_K_impl given an all-ones importance matrix (the scalar
+// port is encode_q6_K_weighted_block): the same steps with unit weights instead of x^2.
+template <bool kUnitImportance = false>
 inline void encode_q6_K_superblock(const float* x, uint8_t* out) {
   constexpr float kGroupMaxEps = 1e-15f;
   constexpr int kPasses = 16 / kLanes;
@@ -328,10 +333,12 @@ inline void encode_q6_K_superblock(const float* x, uint8_t* out) {
   VI L[kPasses][16];
   float scales[16];
   for (int p = 0; p < kPasses; ++p) {
+    VF W[16];
     for (int i = 0; i < 16; ++i) {
       for (int k = 0; k < kLanes; ++k) X[p][i][k] = x[16 * (kLanes * p + k) + i];
+      W[i] = kUnitImportance ? VF{} + 1.0f : X[p][i] * X[p][i];
     }
-    const VF s = make_qx_quants_lanes(X[p], L[p]);
+    const VF s = make_qx_quants_lanes<32>(X[p], W, L[p]);
     for (int k = 0; k < kLanes; ++k) scales[kLanes * p + k] = s[k];
   }
   float max_scale = 0, max_abs_scale = 0;
@@ -578,52 +585,28 @@ inline VF make_q3_quants_lanes(const VF* x, VI* L) {
   return zero ? VF{} : (suml2 > 0 ? sumlx / suml2 : VF{});
 }
 
-inline void encode_q3_K_superblock(const float* x, uint8_t* out) {
-  constexpr int kPasses = 16 / kLanes;
-  VF X[kPasses][16];
-  VI L[kPasses][16];
-  float scales[16];
-  for (int p = 0; p < kPasses; ++p) {
-    for (int i = 0; i < 16; ++i) {
-      for (int k = 0; k < kLanes; ++k) X[p][i][k] = x[16 * (kLanes * p + k) + i];
-    }
-    const VF s = make_q3_quants_lanes(X[p], L[p]);
-    for (int k = 0; k < kLanes; ++k) scales[kLanes * p + k] = s[k];
+constexpr int kQ3Passes = 16 / kLanes;
+
+// Scale j of a Q3_K block (6 bits, offset by 32) into its 12 packed bytes, zeroed beforehand.
+inline void pack_q3_scale(uint8_t* y_scales, int j, int l) {
+  if (j < 8) {
+    y_scales[j] = static_cast<uint8_t>(l & 0xF);
+  } else {
+    y_scales[j - 8] |= static_cast<uint8_t>((l & 0xF) << 4);
   }
+  y_scales[j % 4 + 8] |= static_cast<uint8_t>((l >> 4) << (2 * (j / 4)));
+}
+
+// The last steps of both Q3_K quantizers once the scales and d are stored in `out` (q3_K_codes of
+// the reference): codes re-rounded against what was stored (sub-blocks whose scale is 0 keep
+// theirs), then packed.
+inline void finish_q3_K_superblock(const VF (*X)[16], const VI (*L)[16], uint8_t* out) {
   uint8_t* hmask = out;
   uint8_t* qs = out + 32;
-  uint8_t* y_scales = out + 96;
-  float max_scale = 0, amax = 0;
-  for (int j = 0; j < 16; ++j) {
-    const float scale = std::fabs(scales[j]);
-    if (scale > amax) {
-      amax = scale;
-      max_scale = scales[j];
-    }
-  }
-  std::memset(y_scales, 0, 12);
-  if (max_scale) {
-    const float iscale = -32.f / max_scale;
-    for (int j = 0; j < 16; ++j) {
-      VF v = VF{};
-      v[0] = iscale * scales[j];
-      int8_t l = static_cast<int8_t>(nearest_int_lanes(v)[0]);
-      l = static_cast<int8_t>(std::max<int>(-32, std::min<int>(31, l)) + 32);
-      if (j < 8) {
-        y_scales[j] = static_cast<uint8_t>(l & 0xF);
-      } else {
-        y_scales[j - 8] |= static_cast<uint8_t>((l & 0xF) << 4);
-      }
-      l = static_cast<int8_t>(l >> 4);
-      y_scales[j % 4 + 8] |= static_cast<uint8_t>(l << (2 * (j / 4)));
-    }
-    store_half_bytes(out + 108, 1 / iscale);
-  } else {
-    store_half_bytes(out + 108, 0.f);
-  }
+  const uint8_t* y_scales = out + 96;
   const float d_all = load_half_bytes(out + 108);
   uint8_t codes[256];
-  for (int p = 0; p < kPasses; ++p) {
+  for (int p = 0; p < kQ3Passes; ++p) {
     VF d;
     for (int k = 0; k < kLanes; ++k) {
       const int j = kLanes * p + k;
@@ -651,6 +634,78 @@ inline void encode_q3_K_superblock(const float* x, uint8_t* out) {
       qs[j / 4 + l] = static_cast<uint8_t>((c[0] & 3) | ((c[32] & 3) << 2) | ((c[64] & 3) << 4) | ((c[96] & 3) << 6));
     }
   }
+}
+
+inline void encode_q3_K_superblock(const float* x, uint8_t* out) {
+  VF X[kQ3Passes][16];
+  VI L[kQ3Passes][16];
+  float scales[16];
+  for (int p = 0; p < kQ3Passes; ++p) {
+    for (int i = 0; i < 16; ++i) {
+      for (int k = 0; k < kLanes; ++k) X[p][i][k] = x[16 * (kLanes * p + k) + i];
+    }
+    const VF s = make_q3_quants_lanes(X[p], L[p]);
+    for (int k = 0; k < kLanes; ++k) scales[kLanes * p + k] = s[k];
+  }
+  uint8_t* y_scales = out + 96;
+  float max_scale = 0, amax = 0;
+  for (int j = 0; j < 16; ++j) {
+    const float scale = std::fabs(scales[j]);
+    if (scale > amax) {
+      amax = scale;
+      max_scale = scales[j];
+    }
+  }
+  std::memset(y_scales, 0, 12);
+  if (max_scale) {
+    const float iscale = -32.f / max_scale;
+    for (int j = 0; j < 16; ++j) {
+      VF v = VF{};
+      v[0] = iscale * scales[j];
+      const int l = static_cast<int8_t>(nearest_int_lanes(v)[0]);
+      pack_q3_scale(y_scales, j, std::max<int>(-32, std::min<int>(31, l)) + 32);
+    }
+    store_half_bytes(out + 108, 1 / iscale);
+  } else {
+    store_half_bytes(out + 108, 0.f);
+  }
+  finish_q3_K_superblock(X, L, out);
+}
+
+// quantize_row_q3_K_impl with an all-ones importance matrix (the scalar port is
+// encode_q3_K_weighted_block): weights sqrt(2 sigma2 + x^2), make_qx_quants per sub-block in
+// lanes, the 6-bit scales by make_qx_quants over the sub-block scales.
+inline void encode_q3_K_weighted_superblock(const float* x, uint8_t* out) {
+  VF X[kQ3Passes][16];
+  VI L[kQ3Passes][16];
+  float scales[16], sw[16];
+  float sumx2 = 0;
+  for (int j = 0; j < 256; ++j) sumx2 += x[j] * x[j];
+  const float sigma2 = 2 * sumx2 / 256;
+  for (int p = 0; p < kQ3Passes; ++p) {
+    VF W[16];
+    VF sum_w = VF{};
+    for (int i = 0; i < 16; ++i) {
+      for (int k = 0; k < kLanes; ++k) {
+        const float v = x[16 * (kLanes * p + k) + i];
+        X[p][i][k] = v;
+        W[i][k] = std::sqrt(sigma2 + v * v);
+      }
+      sum_w += W[i];
+    }
+    const VF s = make_qx_quants_lanes<4>(X[p], W, L[p]);
+    for (int k = 0; k < kLanes; ++k) {
+      scales[kLanes * p + k] = s[k];
+      sw[kLanes * p + k] = sum_w[k];
+    }
+  }
+  uint8_t* y_scales = out + 96;
+  std::memset(y_scales, 0, 12);
+  int8_t Ls[16];
+  const float d_block = reference_parts::make_qx_quants(16, 32, scales, Ls, 1, sw);
+  for (int j = 0; j < 16; ++j) pack_q3_scale(y_scales, j, Ls[j]);
+  store_half_bytes(out + 108, d_block);
+  finish_q3_K_superblock(X, L, out);
 }
 
 inline void encode_q3_K_all(const float* x, int64_t n, uint8_t* out) {
@@ -1006,11 +1061,11 @@ inline constexpr SimdKernel kSimdKernels[] = {
     {GgmlType::kQ2_K, encode_q2_K_all, decode_q2_K_all,
      search_best_of_two<encode_q2_K_superblock, encode_q2_K_weighted_superblock, GgmlType::kQ2_K, 84>},
     {GgmlType::kQ3_K, encode_q3_K_all, decode_q3_K_all,
-     search_best_of_two<encode_q3_K_superblock, reference_parts::encode_q3_K_weighted_block, GgmlType::kQ3_K, 110>},
+     search_best_of_two<encode_q3_K_superblock, encode_q3_K_weighted_superblock, GgmlType::kQ3_K, 110>},
     {GgmlType::kQ4_K, encode_q4_K_lanes_all, nullptr, search_kquant<15, 144>},
     {GgmlType::kQ5_K, encode_q5_K_lanes_all, nullptr, search_kquant<31, 176>},
     {GgmlType::kQ6_K, encode_q6_K_all, decode_q6_K_vectorised,
-     search_best_of_two<encode_q6_K_superblock, reference_parts::encode_q6_K_weighted_block, GgmlType::kQ6_K, 210>},
+     search_best_of_two<encode_q6_K_superblock<false>, encode_q6_K_superblock<true>, GgmlType::kQ6_K, 210>},
     {GgmlType::kIQ4_NL, encode_iq4_nl_all, decode_iq4_nl_all, nullptr},
     {GgmlType::kIQ4_XS, encode_iq4_xs_all, decode_iq4_xs_all, nullptr},
 };

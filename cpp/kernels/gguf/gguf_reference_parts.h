@@ -11,10 +11,9 @@ namespace arrowquant::kernels::gguf::reference_parts {
 
 // ggml's make_qp_quants: n non-negative values to nmax-level codes with one scale, weighted.
 float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* quant_weights);
+// ggml's make_qx_quants: n values to codes in [-nmax, nmax) (stored + nmax) with one scale.
+float make_qx_quants(int n, int nmax, const float* x, int8_t* L, int rmse_type, const float* quant_weights);
 // Squared error (double) of one encoded super-block against x, through `decode`.
 double block_error(DecodeFn decode, const uint8_t* block, const float* x);
-// ggml's quantize_row_q{3,6}_K_impl with an all-ones importance matrix: one super-block.
-void encode_q3_K_weighted_block(const float* x, uint8_t* out);
-void encode_q6_K_weighted_block(const float* x, uint8_t* out);
 
 }  // namespace arrowquant::kernels::gguf::reference_parts
