@@ -100,7 +100,8 @@ def test_k_quants_in_files_are_ggml_reference_bytes(tmp_path, type_name):
     tensors = {"double_blocks.0.img_attn.proj.weight": (0.02 * rng.standard_t(4, (128, 512))).astype(np.float32),
                "double_blocks.0.img_mlp.0.weight": rng.standard_normal((64, 1024)).astype(ml_dtypes.bfloat16)}
     save_file(tensors, str(tmp_path / "flux.safetensors"))
-    ag.convert(tmp_path / "flux.safetensors", tmp_path / "flux.gguf", type="Q4_K_M", type_for=[f"*={type_name}"])
+    ag.convert(tmp_path / "flux.safetensors", tmp_path / "flux.gguf", type="Q4_K_M", type_for=[f"*={type_name}"],
+               method="ggml")
     stored = reader_tensors(tmp_path / "flux.gguf")
     for name, x in tensors.items():
         expected = ggml_encode(lib, type_name, np.ascontiguousarray(x.astype(np.float32).reshape(-1)))
@@ -255,8 +256,8 @@ def test_cli_converts_and_dequantizes(demo, tmp_path):
 
 
 def test_search_method_lowers_the_error_of_k_quant_tensors(demo, tmp_path):
-    ggml_mode = ag.convert(demo / "unet", tmp_path / "g.gguf", type="Q4_K_M")["components"]["model"]["tensors"]
-    search = ag.convert(demo / "unet", tmp_path / "s.gguf", type="Q4_K_M", method="search")
+    ggml_mode = ag.convert(demo / "unet", tmp_path / "g.gguf", type="Q4_K_M", method="ggml")["components"]["model"]["tensors"]
+    search = ag.convert(demo / "unet", tmp_path / "s.gguf", type="Q4_K_M")  # the default
     tensors = search["components"]["model"]["tensors"]
     assert search["method"] == "search"
     k4 = [n for n, t in tensors.items() if t["type"] == "Q4_K"]

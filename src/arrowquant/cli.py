@@ -546,10 +546,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--arch", help="the architecture written as general.architecture (default: detected from the "
                                   "tensor names)")
     g.add_argument("--variant", help="take the weights of this variant, e.g. fp16 for *.fp16.safetensors")
-    g.add_argument("--method", choices=["ggml", "search"], default="ggml",
-                   help="ggml: exactly the bytes of ggml's reference quantizer (llama-quantize without an imatrix); "
-                        "search: the same formats with lower error for Q4_K and Q5_K (never worse on any block, about "
-                        "8x slower), ggml's bytes for the other types")
+    g.add_argument("--method", choices=["ggml", "search"], default="search",
+                   help="search (default): the same formats with lower error for the k-quants (never worse on any "
+                        "block than ggml's quantizer, and faster than it); ggml: exactly the bytes of ggml's "
+                        "reference quantizer (llama-quantize without an imatrix)")
     g.add_argument("--comfyui-rows", action="store_true", help="sd1/sdxl: store 3x3 convolutions as rows of 256 so they "
                    "are k-quantized too (ComfyUI-GGUF's own layout; diffusers and stable-diffusion.cpp cannot read it)")
     g.add_argument("--threads", type=int, help="worker threads (default: the CPUs this process may use; with --ray, "

@@ -33,7 +33,7 @@ _STATS_CHUNK = 1 << 20  # elements: a multiple of every block size
 
 def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  # noqa: A002 - the CLI's --type
             arch: str | None = None, variant: str | None = None, overwrite: bool = False,
-            rearrange_rows: bool = False, method: str = "ggml",
+            rearrange_rows: bool = False, method: str = "search",
             num_threads: int | None = None, with_stats: bool = True,
             progress_callback: Callable[[str, float], Any] | None = None, ray: bool = False) -> dict[str, Any]:
     """Convert a safetensors checkpoint to GGUF with the mix ``type`` (Q4_K_M, Q8_0, Q6_K, ...).
@@ -43,9 +43,10 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
     and tokenizer.json becomes a file llama.cpp runs, see llm.py), or a diffusers folder (``out`` is then a folder with
     one ``.gguf`` per weight component next to the copied configs). ``type_for`` ({glob: type} or ["GLOB=TYPE"]) overrides the type per
     tensor; ``arch`` overrides the architecture detected from the tensor names;
-    ``method="ggml"`` writes exactly the bytes of ggml's reference quantizer; ``method="search"``
-    the same block formats with lower error where the type has a search encoder (Q4_K, Q5_K;
-    never worse than ggml on any block; about 8x slower today), ggml's bytes elsewhere.
+    ``method="search"`` (the default) writes the same block formats with lower error where the
+    type has a search encoder (the k-quants: never worse than ggml on any block, and faster than
+    ggml's own quantizers), ggml's bytes elsewhere; ``method="ggml"`` writes exactly the bytes of
+    ggml's reference quantizer (llama-quantize without an importance matrix).
     ``rearrange_rows`` writes ComfyUI-GGUF's own layout for sd1/sdxl (3x3 convolutions as rows
     of 256, k-quantized; only ComfyUI-GGUF reads it). Every rule is in
     docs/gguf.md. Returns a report: per component the output, the architecture, bytes, the type
