@@ -1,5 +1,6 @@
 """A whole BF16 checkpoint to GGUF Q4_K_M on every core, against the page-cache read speed of the same
-file and the peak memory of the process (measured in a fresh subprocess per run).
+file and the peak memory of the process (measured in a fresh subprocess per run), with the default
+method (search) with and without error statistics, and with method="ggml".
 
     python bench/bench_gguf_checkpoint.py [--quick] [--json out.json]
 """
@@ -35,7 +36,8 @@ with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the c
     f.write("5")
 before = status("VmHWM:")
 t0 = time.perf_counter()
-report = ag.convert(sys.argv[1], sys.argv[2], type="Q4_K_M", overwrite=True, with_stats=sys.argv[3] == "1")
+report = ag.convert(sys.argv[1], sys.argv[2], type="Q4_K_M", overwrite=True, with_stats=sys.argv[3] == "1",
+                    method=sys.argv[4])
 seconds = time.perf_counter() - t0
 print(json.dumps({"seconds": seconds, "peak_rss_kb": status("VmHWM:"), "baseline_rss_kb": before,
                   "output_bytes": report["bytes_after"]}))
@@ -82,14 +84,15 @@ def main() -> None:
         size, largest = make_checkpoint(src, 1 if args.quick else 4)
         bandwidth = read_speed(src)
         rows = {}
-        for stats in ("0", "1"):
+        for method, stats, key in (("search", "0", "no_stats"), ("search", "1", "with_stats"),
+                                   ("ggml", "0", "ggml_no_stats")):
             runs = []
             for _ in range(1 if args.quick else 3):
-                r = subprocess.run([sys.executable, "-c", RUN, str(src), str(out), stats], capture_output=True,
+                r = subprocess.run([sys.executable, "-c", RUN, str(src), str(out), stats, method], capture_output=True,
                                    text=True, check=True)
                 runs.append(json.loads(r.stdout))
             best = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
-            rows["with_stats" if stats == "1" else "no_stats"] = {
+            rows[key] = {
                 "seconds": best["seconds"], "mb_s": size / best["seconds"] / 1e6,
                 "ratio_to_read": size / best["seconds"] / bandwidth,
                 "peak_rss_above_baseline_mb": (best["peak_rss_kb"] - best["baseline_rss_kb"]) / 1024}
