@@ -69,6 +69,8 @@ bench-python: install ggml-ref
 	$(PY) bench/bench_checkpoint.py
 	$(PY) bench/bench_gguf.py --json bench/results/gguf.json
 	$(PY) bench/bench_gguf_checkpoint.py --json bench/results/gguf_checkpoint.json
+	$(PY) bench/bench_format_v2.py --json bench/results/format_v2.json
+	$(PY) bench/plot_format_v2.py bench/results/format_v2.json bench/results/error_vs_bits.png
 	$(PY) bench/bench_torch.py --json bench/results/torch.json
 	$(PY) bench/bench_ray.py --json bench/results/ray.json
 	$(PY) bench/report.py
