@@ -199,3 +199,16 @@ def test_error_leaves_no_output_and_engine_still_works():
         result = q.quantize_arrow(make_table({"ok": np.ones(64, np.float32), "bad": w}))
     assert result is None
     assert q.quantize_arrow(good_table()).num_rows == 2
+
+
+@pytest.mark.parametrize("group_size", [16, 32, 64, 128])
+@pytest.mark.parametrize("float16", [False, True])
+def test_non_finite_inside_runs_of_whole_groups_is_reported_exactly(simd_path, group_size, float16):
+    """Tensors whose rows are whole groups are quantized 16 groups at a time; a NaN or infinity
+    anywhere in such a run is still reported at its own index, on every SIMD path."""
+    rng = np.random.default_rng(group_size)
+    for index in (0, 5, 16 * group_size - 1, 16 * group_size + 3, 33 * group_size + 7):
+        w = rng.standard_normal((8, 8 * group_size)).astype(np.float16 if float16 else np.float32)
+        w.reshape(-1)[index] = np.inf if index % 2 else np.nan
+        with pytest.raises(DataError, match=rf"index {index}\b"):
+            aq.ArrowQuantV2(group_size=group_size).quantize_arrow(make_table({"w": w}, float16=float16))

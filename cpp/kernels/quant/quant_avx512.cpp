@@ -69,16 +69,61 @@ struct Ops {
     return true;
   }
 
+  // Minimum and maximum of each of 16 consecutive groups of group_size elements (a multiple of
+  // 16): one vector of partial results per group, then the 16 vectors reduced together, pairs of
+  // vectors at a time (the even and odd lanes of each pair, so that after four levels lane g holds
+  // group g), instead of 32 separate horizontal reductions. False if any element is NaN or
+  // infinite: the caller then looks group by group.
+  static bool min_max_16_groups(const float* x, int64_t group_size, float* lo_out, float* hi_out) {
+    __m512 lo[16], hi[16];
+    const __m512 inf = _mm512_set1_ps(__builtin_inff());
+    __mmask16 finite = 0xFFFF;
+    for (int g = 0; g < 16; ++g) {
+      const float* p = x + g * group_size;
+      __m512 a = _mm512_loadu_ps(p);
+      __m512 l = a, h = a;
+      finite &= _mm512_cmp_ps_mask(_mm512_abs_ps(a), inf, _CMP_LT_OQ);
+      for (int64_t i = 16; i < group_size; i += 16) {
+        a = _mm512_loadu_ps(p + i);
+        l = _mm512_min_ps(l, a);
+        h = _mm512_max_ps(h, a);
+        finite &= _mm512_cmp_ps_mask(_mm512_abs_ps(a), inf, _CMP_LT_OQ);
+      }
+      lo[g] = l;
+      hi[g] = h;
+    }
+    if (finite != 0xFFFF) return false;
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    for (int width = 16; width > 1; width /= 2) {
+      for (int k = 0; k < width / 2; ++k) {
+        lo[k] = _mm512_min_ps(_mm512_permutex2var_ps(lo[2 * k], even, lo[2 * k + 1]),
+                              _mm512_permutex2var_ps(lo[2 * k], odd, lo[2 * k + 1]));
+        hi[k] = _mm512_max_ps(_mm512_permutex2var_ps(hi[2 * k], even, hi[2 * k + 1]),
+                              _mm512_permutex2var_ps(hi[2 * k], odd, hi[2 * k + 1]));
+      }
+    }
+    _mm512_storeu_ps(lo_out, lo[0]);
+    _mm512_storeu_ps(hi_out, hi[0]);
+    return true;
+  }
+
   static void quantize_codes(const float* x, int64_t n, float offset, float scale, float bias,
                              float qmax, uint8_t* codes) {
     const __m512 voffset = _mm512_set1_ps(offset), vscale = _mm512_set1_ps(scale);
     const __m512 vbias = _mm512_set1_ps(bias), vqmax = _mm512_set1_ps(qmax), zero = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n; i += 16) {
-      const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : first_lanes16(n - i);
-      __m512 y = _mm512_add_ps(_mm512_div_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), voffset), vscale), vbias);
+    const auto code = [&](__m512 v) {
+      __m512 y = _mm512_add_ps(_mm512_div_ps(_mm512_sub_ps(v, voffset), vscale), vbias);
       y = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      y = _mm512_min_ps(_mm512_max_ps(y, zero), vqmax);
-      _mm512_mask_cvtepi32_storeu_epi8(codes + i, m, _mm512_cvttps_epi32(y));
+      return _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(y, zero), vqmax));
+    };
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {  // whole vectors unmasked: small groups are mostly these
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(code(_mm512_loadu_ps(x + i))));
+    }
+    if (i < n) {
+      const __mmask16 m = first_lanes16(n - i);
+      _mm512_mask_cvtepi32_storeu_epi8(codes + i, m, code(_mm512_maskz_loadu_ps(m, x + i)));
     }
   }
 
@@ -141,8 +186,13 @@ struct Ops {
 
   static void dequantize_codes(const uint8_t* codes, int64_t n, float scale, float zero_point, float* out) {
     const __m512 vscale = _mm512_set1_ps(scale), vzero_point = _mm512_set1_ps(zero_point);
-    for (int64_t i = 0; i < n; i += 16) {
-      const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : first_lanes16(n - i);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {  // whole vectors unmasked: small groups are mostly these
+      const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i))));
+      _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_sub_ps(q, vzero_point), vscale));
+    }
+    if (i < n) {
+      const __mmask16 m = first_lanes16(n - i);
       const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, codes + i)));
       _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_sub_ps(q, vzero_point), vscale));
     }

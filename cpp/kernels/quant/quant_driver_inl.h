@@ -25,18 +25,30 @@ struct GroupParams {
 // (x - min) / scale, which equals x / scale + zero_point exactly in real arithmetic but keeps
 // full precision when |min| >> scale (x / scale and zero_point would cancel catastrophically).
 // The range is taken in double so it cannot overflow; the quotient always fits a float.
-inline GroupParams asymmetric_group_params(float lo, float hi, int bits) {
+inline float asymmetric_scale(float lo, float hi, int bits) {
   const double qmax = static_cast<double>((1 << bits) - 1);
-  const float scale = static_cast<float>((static_cast<double>(hi) - static_cast<double>(lo)) / qmax);
+  return static_cast<float>((static_cast<double>(hi) - static_cast<double>(lo)) / qmax);
+}
+
+inline float asymmetric_zero_point(float lo, float scale) {
+  return static_cast<float>(-static_cast<double>(lo) / static_cast<double>(scale));
+}
+
+// The parameters once scale and (for a non-zero scale) zero_point are known.
+inline GroupParams asymmetric_group_params(float lo, float hi, float scale, float zero_point) {
   if (scale == 0.0f) {
     // Constant group (or a range below float resolution): scale = value, zero_point = -1 and
     // code 0 decode to (0 - (-1)) * value = value exactly, zero included.
     return {lo, -1.0f, 0.0f, 0.0f, GroupParams::kFill, 0};
   }
-  const float zero_point = static_cast<float>(-static_cast<double>(lo) / static_cast<double>(scale));
   const float range_f32 = hi - lo;
   const GroupParams::Kind kind = __builtin_isinf(range_f32) ? GroupParams::kWide : GroupParams::kFloat;
   return {scale, zero_point, lo, 0.0f, kind, 0};
+}
+
+inline GroupParams asymmetric_group_params(float lo, float hi, int bits) {
+  const float scale = asymmetric_scale(lo, hi, bits);
+  return asymmetric_group_params(lo, hi, scale, scale == 0.0f ? 0.0f : asymmetric_zero_point(lo, scale));
 }
 
 // Symmetric: zero_point = 2^(b-1); m = the element of largest magnitude, sign kept (a tie goes to
@@ -317,6 +329,34 @@ struct ErrorAccumulator {
     if (pending >= kFlushElements) flush();
   }
 
+  // add_group for `groups` consecutive groups of n elements each (x and decoded contiguous): the
+  // same additions in the same order, but the float32 groups between two flushes go through
+  // accumulate_error in one call (the lanes continue from group to group either way, since n is a
+  // multiple of 16).
+  void add_groups(const float* x, const float* decoded, int groups, int64_t n, const float* magnitude) {
+    int k = 0;
+    while (k < groups) {
+      if (magnitude[k] > kFloat32SafeMagnitude) {
+        add_group(x + k * n, decoded + k * n, n, magnitude[k]);
+        ++k;
+        continue;
+      }
+      int end = k;
+      int64_t after = pending;
+      do {
+        after += n;
+        ++end;
+      } while (end < groups && magnitude[end] <= kFloat32SafeMagnitude && after < kFlushElements);
+      const int64_t span = (end - k) * n;
+      count += span;
+      const double span_max = Ops::accumulate_error(x + k * n, decoded + k * n, span, lanes);
+      max_abs_error = span_max > max_abs_error ? span_max : max_abs_error;
+      pending = after;
+      if (pending >= kFlushElements) flush();
+      k = end;
+    }
+  }
+
   ErrorStats finish() {
     flush();
     ErrorStats s;
@@ -353,6 +393,31 @@ struct GroupCursor {
   int64_t first_element() const { return row * geo.cols + in_row * geo.group_size; }
 };
 
+// Groups are handled in runs of up to 16 consecutive groups when every group of the tensor is
+// whole (cols a multiple of group_size): the codes of a run are packed, and read back, in one
+// call instead of one per group, and where the ISA can, the run's minima, maxima and parameters
+// are computed together, so the fixed per-group cost shrinks. Each group's parameters, codes and
+// error statistics are exactly those of the one-group loop.
+inline constexpr int64_t kRunGroups = 16;
+// ISAs whose Ops reduce the minima and maxima of 16 groups at once (Ops::min_max_16_groups).
+template <typename O>
+concept HasMinMax16Groups = requires(const float* x, float* v) { O::min_max_16_groups(x, int64_t{}, v, v); };
+
+template <typename O>
+inline bool min_max_16_groups(const float* x, int64_t group_size, float* lo, float* hi) {
+  if constexpr (HasMinMax16Groups<O>) {
+    return O::min_max_16_groups(x, group_size, lo, hi);
+  } else {
+    return false;
+  }
+}
+
+inline int64_t run_length(const GroupGeometry& geo) {
+  if (geo.cols % geo.group_size != 0) return 1;
+  const int64_t fit = kMaxGroupSize / geo.group_size;  // the run's codes share one group-sized buffer
+  return fit < kRunGroups ? fit : kRunGroups;
+}
+
 inline KernelStatus quantize_groups(const QuantizeJob& job, int64_t group_begin, int64_t group_end,
                                     ErrorStats* error_stats) {
   alignas(64) float widened[kMaxGroupSize];
@@ -361,39 +426,105 @@ inline KernelStatus quantize_groups(const QuantizeJob& job, int64_t group_begin,
   ErrorAccumulator error;
   const GroupGeometry& geo = job.geometry;
   const float qmax = static_cast<float>((1 << job.bits) - 1);
-  for (GroupCursor group(geo, group_begin); group.index < group_end; group.next()) {
-    const int64_t g = group.index, n = group.size(), first = group.first_element();
+  const int64_t per_run = run_length(geo);
+  GroupCursor group(geo, group_begin);
+  while (group.index < group_end) {
+    // A run: groups [run_begin, run_end), contiguous in memory (one group unless run_length > 1).
+    const int64_t run_begin = group.index;
+    const int64_t run_end = run_begin + per_run < group_end ? run_begin + per_run : group_end;
+    const int64_t run_first = group.first_element();
+    // A run of 16 whole groups: the input widened at once, minima and maxima reduced together.
+    const float* run_x = job.element_type == ElementType::kFloat32 ? static_cast<const float*>(job.weights) + run_first
+                                                                   : nullptr;
+    float run_lo[16], run_hi[16];
+    bool have_min_max = false;
+    if (HasMinMax16Groups<Ops> && run_end - run_begin == kRunGroups) {
+      if (run_x == nullptr) {
+        Ops::widen_to_f32(static_cast<const uint16_t*>(job.weights) + run_first, job.element_type,
+                          16 * geo.group_size, widened);
+        run_x = widened;
+      }
+      have_min_max = min_max_16_groups<Ops>(run_x, geo.group_size, run_lo, run_hi);
+    }
+    // The 16 groups' asymmetric scales and zero points, as asymmetric_group_params computes them,
+    // in loops the compiler vectorises (the same IEEE operations on each lane, so the same values).
+    float run_scale[16], run_zero_point[16];
+    const bool have_params = have_min_max && !job.symmetric;
+    if (have_params) {
+      for (int k = 0; k < 16; ++k) {
+        run_lo[k] += 0.0f;  // canonical zeros, as below
+        run_hi[k] += 0.0f;
+      }
+      for (int k = 0; k < 16; ++k) run_scale[k] = asymmetric_scale(run_lo[k], run_hi[k], job.bits);
+      for (int k = 0; k < 16; ++k) run_zero_point[k] = asymmetric_zero_point(run_lo[k], run_scale[k]);
+      // RTN where every group is an ordinary one (no constant group, no range past float): the
+      // codes of the 16 groups straight after one another, without the general loop's per-group
+      // decisions; the same operations as that loop.
+      bool ordinary = job.method == Method::kRtn;
+      for (int k = 0; k < 16; ++k) {
+        ordinary &= run_scale[k] != 0.0f && !__builtin_isinf(run_hi[k] - run_lo[k]);
+      }
+      if (ordinary) {
+        const int64_t n = geo.group_size;
+        for (int k = 0; k < 16; ++k) Ops::quantize_codes(run_x + k * n, n, run_lo[k], run_scale[k], 0.0f, qmax, codes + k * n);
+        memcpy(job.scales + run_begin, run_scale, sizeof run_scale);
+        memcpy(job.zero_points + run_begin, run_zero_point, sizeof run_zero_point);
+        if (error_stats != nullptr) {
+          float magnitude[16];
+          for (int k = 0; k < 16; ++k) {
+            Ops::dequantize_codes(codes + k * n, n, run_scale[k], run_zero_point[k], decoded + k * n);
+            magnitude[k] = __builtin_fabsf(run_lo[k]) > __builtin_fabsf(run_hi[k]) ? __builtin_fabsf(run_lo[k])
+                                                                                   : __builtin_fabsf(run_hi[k]);
+          }
+          error.add_groups(run_x, decoded, 16, n, magnitude);
+        }
+        write_codes(codes, 16 * n, job.bits, run_first, job.packed);
+        for (int k = 0; k < 16; ++k) group.next();
+        continue;
+      }
+    }
+    int64_t run_n = 0;
+    for (; group.index < run_end; group.next()) {
+      const int64_t g = group.index, n = group.size(), first = group.first_element();
+      uint8_t* group_codes = codes + run_n;
+      const float* x;
+      if (run_x != nullptr) {
+        x = run_x + run_n;
+      } else {
+        Ops::widen_to_f32(static_cast<const uint16_t*>(job.weights) + first, job.element_type, n, widened + run_n);
+        x = widened + run_n;
+      }
+      float lo, hi;
+      if (have_min_max) {
+        lo = run_lo[g - run_begin];
+        hi = run_hi[g - run_begin];
+      } else if (!Ops::min_max(x, n, &lo, &hi)) {
+        return {false, first + first_non_finite(x, n)};
+      }
+      // Vector min/max may return either zero for {-0, +0}; adding +0 makes the result canonical.
+      lo += 0.0f;
+      hi += 0.0f;
 
-    const float* x;
-    if (job.element_type == ElementType::kFloat32) {
-      x = static_cast<const float*>(job.weights) + first;
-    } else {
-      Ops::widen_to_f32(static_cast<const uint16_t*>(job.weights) + first, job.element_type, n, widened);
-      x = widened;
+      GroupParams p = have_params ? asymmetric_group_params(lo, hi, run_scale[g - run_begin], run_zero_point[g - run_begin])
+                      : job.symmetric ? symmetric_group_params(lo, hi, job.bits)
+                                      : asymmetric_group_params(lo, hi, job.bits);
+      switch (p.kind) {
+        case GroupParams::kFill: memset(group_codes, p.fill_code, static_cast<size_t>(n)); break;
+        case GroupParams::kFloat: Ops::quantize_codes(x, n, p.offset, p.scale, p.bias, qmax, group_codes); break;
+        case GroupParams::kWide: quantize_codes_wide(x, n, p, qmax, group_codes); break;
+      }
+      if (job.method == Method::kSearch && p.kind == GroupParams::kFloat) {
+        search_group(x, n, lo, hi, job.bits, job.symmetric, &p, group_codes);
+      }
+      job.scales[g] = p.scale;
+      job.zero_points[g] = p.zero_point;
+      if (error_stats != nullptr) {
+        Ops::dequantize_codes(group_codes, n, p.scale, p.zero_point, decoded);
+        error.add_group(x, decoded, n, __builtin_fabsf(lo) > __builtin_fabsf(hi) ? __builtin_fabsf(lo) : __builtin_fabsf(hi));
+      }
+      run_n += n;
     }
-    float lo, hi;
-    if (!Ops::min_max(x, n, &lo, &hi)) return {false, first + first_non_finite(x, n)};
-    // Vector min/max may return either zero for {-0, +0}; adding +0 makes the result canonical.
-    lo += 0.0f;
-    hi += 0.0f;
-
-    GroupParams p = job.symmetric ? symmetric_group_params(lo, hi, job.bits)
-                                  : asymmetric_group_params(lo, hi, job.bits);
-    switch (p.kind) {
-      case GroupParams::kFill: memset(codes, p.fill_code, static_cast<size_t>(n)); break;
-      case GroupParams::kFloat: Ops::quantize_codes(x, n, p.offset, p.scale, p.bias, qmax, codes); break;
-      case GroupParams::kWide: quantize_codes_wide(x, n, p, qmax, codes); break;
-    }
-    if (job.method == Method::kSearch && p.kind == GroupParams::kFloat) {
-      search_group(x, n, lo, hi, job.bits, job.symmetric, &p, codes);
-    }
-    write_codes(codes, n, job.bits, first, job.packed);
-    job.scales[g] = p.scale;
-    job.zero_points[g] = p.zero_point;
-    if (error_stats != nullptr) {
-      Ops::dequantize_codes(codes, n, p.scale, p.zero_point, decoded);
-      error.add_group(x, decoded, n, __builtin_fabsf(lo) > __builtin_fabsf(hi) ? __builtin_fabsf(lo) : __builtin_fabsf(hi));
-    }
+    write_codes(codes, run_n, job.bits, run_first, job.packed);
   }
   if (error_stats != nullptr) *error_stats = error.finish();
   return {};
@@ -402,10 +533,18 @@ inline KernelStatus quantize_groups(const QuantizeJob& job, int64_t group_begin,
 inline void dequantize_groups(const DequantizeJob& job, int64_t group_begin, int64_t group_end) {
   alignas(64) uint8_t codes[kMaxGroupSize];
   const GroupGeometry& geo = job.geometry;
-  for (GroupCursor group(geo, group_begin); group.index < group_end; group.next()) {
-    const int64_t g = group.index, n = group.size(), first = group.first_element();
-    read_codes(job.packed, first, n, job.bits, codes);
-    Ops::dequantize_codes(codes, n, job.scales[g], job.zero_points[g], job.weights + first);
+  const int64_t per_run = run_length(geo);
+  GroupCursor group(geo, group_begin);
+  while (group.index < group_end) {
+    const int64_t run_end = group.index + per_run < group_end ? group.index + per_run : group_end;
+    read_codes(job.packed, group.first_element(),
+               per_run == 1 ? group.size() : (run_end - group.index) * geo.group_size, job.bits, codes);
+    int64_t run_n = 0;
+    for (; group.index < run_end; group.next()) {
+      const int64_t g = group.index, n = group.size(), first = group.first_element();
+      Ops::dequantize_codes(codes + run_n, n, job.scales[g], job.zero_points[g], job.weights + first);
+      run_n += n;
+    }
   }
 }
 
