@@ -51,6 +51,46 @@ struct Ops {
     }
   }
 
+  // As the AVX-512 path's: per group a vector of partial minima and maxima, then the 16 vectors
+  // reduced pairwise (even and odd lanes of each pair: within 128-bit halves by shuffles, the halves
+  // put in order by one permute after the min / max), so that after three levels lane j of the
+  // two results holds group j and j + 8. False if any element is NaN or infinite.
+  static bool min_max_16_groups(const float* x, int64_t group_size, float* lo_out, float* hi_out) {
+    __m256 lo[16], hi[16];
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 bad = zero;  // x * 0 is NaN exactly for NaN and Inf
+    for (int g = 0; g < 16; ++g) {
+      const float* p = x + g * group_size;
+      __m256 a = _mm256_loadu_ps(p);
+      __m256 l = a, h = a;
+      bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_mul_ps(a, zero), zero, _CMP_UNORD_Q));
+      for (int64_t i = 8; i < group_size; i += 8) {
+        a = _mm256_loadu_ps(p + i);
+        l = _mm256_min_ps(l, a);
+        h = _mm256_max_ps(h, a);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_mul_ps(a, zero), zero, _CMP_UNORD_Q));
+      }
+      lo[g] = l;
+      hi[g] = h;
+    }
+    if (_mm256_movemask_ps(bad) != 0) return false;
+    const auto in_order = [](__m256 v) {
+      return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xD8));
+    };
+    for (int width = 16; width > 2; width /= 2) {
+      for (int k = 0; k < width / 2; ++k) {
+        const __m256 a = lo[2 * k], b = lo[2 * k + 1], c = hi[2 * k], d = hi[2 * k + 1];
+        lo[k] = in_order(_mm256_min_ps(_mm256_shuffle_ps(a, b, 0x88), _mm256_shuffle_ps(a, b, 0xDD)));
+        hi[k] = in_order(_mm256_max_ps(_mm256_shuffle_ps(c, d, 0x88), _mm256_shuffle_ps(c, d, 0xDD)));
+      }
+    }
+    _mm256_storeu_ps(lo_out, lo[0]);
+    _mm256_storeu_ps(lo_out + 8, lo[1]);
+    _mm256_storeu_ps(hi_out, hi[0]);
+    _mm256_storeu_ps(hi_out + 8, hi[1]);
+    return true;
+  }
+
   static bool min_max(const float* x, int64_t n, float* min_out, float* max_out) {
     __m256 lo0 = _mm256_set1_ps(x[0]), hi0 = lo0, lo1 = lo0, hi1 = lo0;
     // x * 0 is +-0 for finite x and NaN for NaN or Inf; OR-ing the unordered compares keeps a flag.
