@@ -1205,6 +1205,7 @@ float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* q
   return gguf::make_qp_quants(n, nmax, x, L, quant_weights);
 }
 double block_error(DecodeFn decode, const uint8_t* block, const float* x) { return gguf::block_error(decode, block, x); }
+void pack_scales_mins(const uint8_t* ls, const uint8_t* lm, uint8_t* scales12) { gguf::pack_scales_mins(ls, lm, scales12); }
 float make_qx_quants(int n, int nmax, const float* x, int8_t* L, int rmse_type, const float* quant_weights) {
   return gguf::make_qx_quants(n, nmax, x, L, rmse_type, quant_weights);
 }

@@ -153,20 +153,6 @@ inline void load_subblock_lanes(const float* x, VF* X) {
   }
 }
 
-// The 12 bytes of 6-bit scales and mins of Q4_K / Q5_K (ggml's get_scale_min_k4 layout).
-inline void pack_scales_mins_k4(const uint8_t* ls, const uint8_t* lm, uint8_t* scales12) {
-  for (int j = 0; j < 8; ++j) {
-    if (j < 4) {
-      scales12[j] = ls[j];
-      scales12[j + 4] = lm[j];
-    } else {
-      scales12[j + 4] = static_cast<uint8_t>((ls[j] & 0xF) | ((lm[j] & 0xF) << 4));
-      scales12[j - 4] |= static_cast<uint8_t>((ls[j] >> 4) << 6);
-      scales12[j - 0] |= static_cast<uint8_t>((lm[j] >> 4) << 6);
-    }
-  }
-}
-
 // The codes of super-block sb of the call (lanes 8 sb .. 8 sb + 7) into its block.
 template <int kMaxCode, int kBlockBytes>
 void pack_kquant_codes(const VI* L, int sb, uint8_t* block) {
@@ -242,8 +228,7 @@ void encode_kquant_lanes(const float* x, uint8_t* out, int valid_superblocks, Kq
       ls_all[j] = std::min<uint8_t>(63, static_cast<uint8_t>(rounded[0]));
       lm_all[j] = std::min<uint8_t>(63, static_cast<uint8_t>(rounded[1]));
     }
-    std::memset(block + 4, 0, 12);
-    pack_scales_mins_k4(ls_all, lm_all, block + 4);
+    reference_parts::pack_scales_mins(ls_all, lm_all, block + 4);
     store_half_bytes(block, max_scale / 63.f);
     store_half_bytes(block + 2, max_min / 63.f);
     const float d = load_half_bytes(block), dmin = load_half_bytes(block + 2);

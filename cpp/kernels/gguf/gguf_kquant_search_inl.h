@@ -196,8 +196,7 @@ void search_kquant_lanes(const float* x, uint8_t* out, int valid_superblocks) {
     }
     store_half_bytes(block, d[8 * sb]);
     store_half_bytes(block + 2, dmin[8 * sb]);
-    std::memset(block + 4, 0, 12);
-    pack_scales_mins_k4(ls8, lm8, block + 4);
+    reference_parts::pack_scales_mins(ls8, lm8, block + 4);
     pack_kquant_codes<kMaxCode, kBlockBytes>(codes, sb, block);
   }
 }
