@@ -324,3 +324,64 @@ def test_damaged_sentencepiece_models_are_one_clear_error(spm_llama, tmp_path):
         with pytest.raises((FileFormatError, ParameterError), match="tokenizer.model"):
             ag.convert(copy, tmp_path / "m.gguf", type="F32")
         assert not (tmp_path / "m.gguf").exists()
+
+
+@pytest.fixture(scope="module")
+def qwen2(tmp_path_factory):
+    """A Qwen2 model (attention biases, tied embeddings, grouped-query attention) with a byte-level
+    BPE tokenizer using Qwen2's split (digits one at a time) and NFC normalizer."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    from arrowquant.gguf.llm import QWEN2_SPLIT
+    tk = Tokenizer(models.BPE())
+    tk.normalizer = normalizers.NFC()
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_SPLIT), "isolated"),
+                                                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator((TEXT + [TRICKY]) * 20, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>")
+    torch.manual_seed(3)
+    config = transformers.Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=128, tie_word_embeddings=True,
+                                      eos_token_id=tokenizer.eos_token_id)
+    model = transformers.Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():  # transformers starts biases at zero: make them count
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    folder = tmp_path_factory.mktemp("qwen2") / "tiny-qwen2"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder, model, tokenizer
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("mix,floor", [("F32", 0.99999), ("Q8_0", 0.999)])
+def test_qwen2_runs_in_llama_cpp_like_transformers(qwen2, tmp_path, mix, floor):
+    """Qwen2 becomes llama.cpp's qwen2 architecture: projection biases, no rope permutation, the
+    output tied to the token embedding, the qwen2 pre-tokenizer; llama.cpp's logits match
+    transformers' and it tokenizes digits, punctuation and newlines as the Hugging Face tokenizer."""
+    folder, model, tokenizer = qwen2
+    report = ag.convert(folder, tmp_path / "m.gguf", type=mix)
+    reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    fields = {name: f.contents() for name, f in reader.fields.items()}
+    assert fields["general.architecture"] == "qwen2" and fields["tokenizer.ggml.pre"] == "qwen2"
+    assert fields["qwen2.block_count"] == 2 and fields["qwen2.attention.head_count_kv"] == 2
+    names = {t.name for t in reader.tensors}
+    assert {"blk.0.attn_q.bias", "blk.1.attn_k.bias", "blk.1.attn_v.bias"} <= names and "output.weight" not in names
+    types = {n: t["type"] for n, t in report["components"]["model"]["tensors"].items()}
+    assert types["blk.0.attn_q.bias"] == "F32"
+    runner = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=128, logits_all=True, verbose=False,
+                             n_threads=1)
+    assert runner.tokenize(TRICKY.encode(), add_bos=False) == tokenizer(TRICKY).input_ids
+    tokens = tokenizer("the quick brown fox jumps over a sunny windowsill 2026").input_ids
+    runner.eval(tokens)
+    ours = np.array(runner.scores[:len(tokens)])
+    with torch.no_grad():
+        reference = model(torch.tensor([tokens])).logits[0].numpy()
+    cosines = [float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(ours, reference)]
+    assert min(cosines) >= floor
+    if mix == "F32":
+        assert np.abs(ours - reference).max() < 1e-3 * np.abs(reference).max()

@@ -1,10 +1,12 @@
-"""Hugging Face causal language models of the llama family -> GGUF files that llama.cpp runs.
+"""Hugging Face causal language models of the llama family (Llama, Mistral, Qwen2) -> GGUF files
+that llama.cpp runs.
 
 What llama.cpp needs beyond the tensors, written here from its own converter's conventions
 (convert_hf_to_gguf.py, gguf-py's constants): GGUF tensor names (``blk.N.attn_q.weight``, ...),
-the query and key projections permuted for its rotary embedding layout, the hyper-parameters
-under ``llama.*``, and the tokenizer (vocabulary, token types, merges, special token ids) under
-``tokenizer.ggml.*``. Per-tensor types follow llama-quantize's rules for the LLM tensors
+for the ``llama`` architecture the query and key projections permuted for its rotary embedding
+layout (``qwen2`` uses the Hugging Face layout as it is), the hyper-parameters under
+``<arch>.*``, and the tokenizer (vocabulary, token types, merges or scores, special token ids)
+under ``tokenizer.ggml.*``. Per-tensor types follow llama-quantize's rules for the LLM tensors
 (output, attn_v, ffn_down). Rules and limits: docs/gguf.md, "Language models".
 """
 
@@ -27,8 +29,12 @@ from .policy import TypePolicy
 from .sentencepiece import CONTROL, NORMAL, UNUSED, USER_DEFINED, read_sentencepiece_model
 from .types import gguf_type
 
-# config.json "architectures" -> the GGUF architecture that holds them (same tensors, same rope).
-LLM_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama"}
+# config.json "architectures" -> the GGUF architecture that holds them. Qwen2 is Llama's layout with
+# biases on the query, key and value projections and a rotary embedding (NEOX style) that llama.cpp
+# applies to the Hugging Face layout directly.
+LLM_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+# Architectures whose query and key rows llama.cpp wants regrouped for its (GPT-J style) rope.
+PERMUTED_ROPE = {"llama"}
 
 # HF tensor name -> (GGUF name, which projection to permute for llama.cpp's rope, or None).
 _LAYER = r"^model\.layers\.(\d+)\."
@@ -40,6 +46,9 @@ TENSOR_NAMES: list[tuple[re.Pattern, str, str | None]] = [
     (re.compile(_LAYER + r"self_attn\.q_proj\.weight$"), "blk.{}.attn_q.weight", "q"),
     (re.compile(_LAYER + r"self_attn\.k_proj\.weight$"), "blk.{}.attn_k.weight", "k"),
     (re.compile(_LAYER + r"self_attn\.v_proj\.weight$"), "blk.{}.attn_v.weight", None),
+    (re.compile(_LAYER + r"self_attn\.q_proj\.bias$"), "blk.{}.attn_q.bias", "q"),
+    (re.compile(_LAYER + r"self_attn\.k_proj\.bias$"), "blk.{}.attn_k.bias", "k"),
+    (re.compile(_LAYER + r"self_attn\.v_proj\.bias$"), "blk.{}.attn_v.bias", None),
     (re.compile(_LAYER + r"self_attn\.o_proj\.weight$"), "blk.{}.attn_output.weight", None),
     (re.compile(_LAYER + r"post_attention_layernorm\.weight$"), "blk.{}.ffn_norm.weight", None),
     (re.compile(_LAYER + r"mlp\.gate_proj\.weight$"), "blk.{}.ffn_gate.weight", None),
@@ -92,9 +101,9 @@ class LlmModel:
         for pattern, target, permute in TENSOR_NAMES:
             m = pattern.match(name)
             if m:
-                return target.format(*m.groups()), permute
+                return target.format(*m.groups()), permute if self.arch in PERMUTED_ROPE else None
         raise ParameterError(f"{self.folder}: tensor {name!r} has no GGUF name in the {self.arch} architecture "
-                             "(arrowquant converts llama-family models: LlamaForCausalLM, MistralForCausalLM)")
+                             f"(arrowquant converts llama-family models: {', '.join(LLM_ARCHITECTURES)})")
 
     def heads_of(self, permute: str | None) -> int | None:
         return None if permute is None else self.n_head if permute == "q" else self.n_head_kv
@@ -130,26 +139,35 @@ def permute_for_rope(weight: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 # The pre-tokenizers llama.cpp knows, by the splitting tokenizer.json describes: GPT-2's own regex
-# (ByteLevel with use_regex) and Llama 3's (a Split with this regex, then ByteLevel without one).
+# (ByteLevel with use_regex) and Llama 3's and Qwen2's (a Split with one of these regexes, then
+# ByteLevel without one; Qwen2's takes digits one at a time).
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+SPLIT_PRE_TOKENIZERS = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}
 
 
 def pre_tokenizer_name(tok: dict, path: Path) -> str:
     """llama.cpp's name for the text splitting tokenizer.json does before BPE; anything else is
-    refused, since llama.cpp would split text differently and silently tokenize otherwise."""
+    refused, since llama.cpp would split text differently and silently tokenize otherwise. An NFC
+    normalizer (Qwen2's) is accepted: llama.cpp does not normalize, which changes nothing for text
+    already in NFC, as nearly all text is (docs/gguf.md)."""
     pre, normalizer = tok.get("pre_tokenizer"), tok.get("normalizer")
     steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre]
     steps = [s for s in steps or [] if isinstance(s, dict)]
     kinds = [s.get("type") for s in steps]
-    if normalizer is None and kinds == ["ByteLevel"] and steps[0].get("use_regex", True) \
-            and not steps[0].get("add_prefix_space"):
-        return "gpt-2"
-    if normalizer is None and kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True) \
-            and (steps[0].get("pattern") or {}).get("Regex") == LLAMA3_SPLIT:
-        return "llama-bpe"
-    raise ParameterError(f"{path}: its pre-tokenizer ({json.dumps(pre)[:200]}) is not one arrowquant maps to llama.cpp "
-                         "(GPT-2's byte-level regex, Llama 3's split); llama.cpp would tokenize text differently")
+    if normalizer is None or (isinstance(normalizer, dict) and normalizer.get("type") == "NFC"):
+        if kinds == ["ByteLevel"] and steps[0].get("use_regex", True) and not steps[0].get("add_prefix_space"):
+            return "gpt-2"
+        if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
+            name = SPLIT_PRE_TOKENIZERS.get((steps[0].get("pattern") or {}).get("Regex"))
+            if name is not None:
+                return name
+    raise ParameterError(f"{path}: its pre-tokenizer ({json.dumps(pre)[:200]}) or normalizer "
+                         f"({json.dumps(normalizer)[:80]}) is not one arrowquant maps to llama.cpp (GPT-2's "
+                         "byte-level regex, Llama 3's or Qwen2's split; no normalizer or NFC); llama.cpp would "
+                         "tokenize text differently")
 
 
 def tokenizer_metadata(folder: Path, model: LlmModel) -> dict[str, Any]:
