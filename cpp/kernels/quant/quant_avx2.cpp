@@ -13,6 +13,10 @@ namespace arrowquant::kernels::avx2 {
 
 namespace {
 
+// How far ahead of the min / max pass (its first read of the weights) to prefetch, in floats: the
+// hardware prefetchers alone left a tensor streaming from memory at a third of the read bandwidth.
+constexpr int64_t kPrefetchAhead = 1024;
+
 // Lanes [0, n) of a float vector; n in [1, 8]. Missing lanes repeat x[0] so min/max ignore them.
 __m256 load_partial(const float* x, int64_t n) {
   alignas(32) float buf[8];
@@ -61,10 +65,12 @@ struct Ops {
     __m256 bad = zero;  // x * 0 is NaN exactly for NaN and Inf
     for (int g = 0; g < 16; ++g) {
       const float* p = x + g * group_size;
+      _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchAhead), _MM_HINT_T0);
       __m256 a = _mm256_loadu_ps(p);
       __m256 l = a, h = a;
       bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_mul_ps(a, zero), zero, _CMP_UNORD_Q));
       for (int64_t i = 8; i < group_size; i += 8) {
+        if (i % 16 == 0) _mm_prefetch(reinterpret_cast<const char*>(p + i + kPrefetchAhead), _MM_HINT_T0);
         a = _mm256_loadu_ps(p + i);
         l = _mm256_min_ps(l, a);
         h = _mm256_max_ps(h, a);
@@ -98,6 +104,7 @@ struct Ops {
     const __m256 zero = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
+      _mm_prefetch(reinterpret_cast<const char*>(x + i + kPrefetchAhead), _MM_HINT_T0);
       const __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + i + 8);
       lo0 = _mm256_min_ps(lo0, a);
       hi0 = _mm256_max_ps(hi0, a);

@@ -12,6 +12,10 @@ namespace arrowquant::kernels::avx512 {
 
 namespace {
 
+// How far ahead of the min / max pass (its first read of the weights) to prefetch, in floats: the
+// hardware prefetchers alone left a tensor streaming from memory at a third of the read bandwidth.
+constexpr int64_t kPrefetchAhead = 1024;
+
 __mmask16 first_lanes16(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
 
 }  // namespace
@@ -46,6 +50,8 @@ struct Ops {
     __mmask16 nan_lanes = 0;
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
+      _mm_prefetch(reinterpret_cast<const char*>(x + i + kPrefetchAhead), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(x + i + kPrefetchAhead + 16), _MM_HINT_T0);
       const __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
       lo0 = _mm512_min_ps(lo0, a);
       hi0 = _mm512_max_ps(hi0, a);
@@ -80,10 +86,12 @@ struct Ops {
     __mmask16 finite = 0xFFFF;
     for (int g = 0; g < 16; ++g) {
       const float* p = x + g * group_size;
+      _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchAhead), _MM_HINT_T0);
       __m512 a = _mm512_loadu_ps(p);
       __m512 l = a, h = a;
       finite &= _mm512_cmp_ps_mask(_mm512_abs_ps(a), inf, _CMP_LT_OQ);
       for (int64_t i = 16; i < group_size; i += 16) {
+        _mm_prefetch(reinterpret_cast<const char*>(p + i + kPrefetchAhead), _MM_HINT_T0);
         a = _mm512_loadu_ps(p + i);
         l = _mm512_min_ps(l, a);
         h = _mm512_max_ps(h, a);
