@@ -326,10 +326,8 @@ def test_damaged_sentencepiece_models_are_one_clear_error(spm_llama, tmp_path):
         assert not (tmp_path / "m.gguf").exists()
 
 
-@pytest.fixture(scope="module")
-def qwen2(tmp_path_factory):
-    """A Qwen2 model (attention biases, tied embeddings, grouped-query attention) with a byte-level
-    BPE tokenizer using Qwen2's split (digits one at a time) and NFC normalizer."""
+def qwen_tokenizer():
+    """A byte-level BPE tokenizer with Qwen2's split (digits one at a time) and NFC normalizer."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     from arrowquant.gguf.llm import QWEN2_SPLIT
@@ -340,39 +338,59 @@ def qwen2(tmp_path_factory):
     tk.decoder = decoders.ByteLevel()
     tk.train_from_iterator((TEXT + [TRICKY]) * 20, trainers.BpeTrainer(
         vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>")
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="module", params=["qwen2", "qwen3"])
+def qwen(request, tmp_path_factory):
+    """A Qwen2 model (attention biases) or a Qwen3 one (per-head query / key norms, head_dim not
+    hidden_size / heads), both with tied embeddings and grouped-query attention."""
+    tokenizer = qwen_tokenizer()
     torch.manual_seed(3)
-    config = transformers.Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=128, tie_word_embeddings=True,
-                                      eos_token_id=tokenizer.eos_token_id)
-    model = transformers.Qwen2ForCausalLM(config).eval()
-    with torch.no_grad():  # transformers starts biases at zero: make them count
+    common = dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id)
+    if request.param == "qwen2":
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common)).eval()
+    else:
+        model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(head_dim=64, **common)).eval()
+    with torch.no_grad():  # transformers starts biases at zero and norms at one: make them count
         for layer in model.model.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                proj.bias.normal_(0, 0.5)
-    folder = tmp_path_factory.mktemp("qwen2") / "tiny-qwen2"
+            attention = layer.self_attn
+            for proj in (attention.q_proj, attention.k_proj, attention.v_proj):
+                if proj.bias is not None:
+                    proj.bias.normal_(0, 0.5)
+            for norm in (getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)):
+                if norm is not None:
+                    norm.weight.uniform_(0.5, 1.5)
+    folder = tmp_path_factory.mktemp(request.param) / f"tiny-{request.param}"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return folder, model, tokenizer
+    return request.param, folder, model, tokenizer
 
 
 @needs_llama_cpp
 @pytest.mark.parametrize("mix,floor", [("F32", 0.99999), ("Q8_0", 0.999)])
-def test_qwen2_runs_in_llama_cpp_like_transformers(qwen2, tmp_path, mix, floor):
-    """Qwen2 becomes llama.cpp's qwen2 architecture: projection biases, no rope permutation, the
-    output tied to the token embedding, the qwen2 pre-tokenizer; llama.cpp's logits match
-    transformers' and it tokenizes digits, punctuation and newlines as the Hugging Face tokenizer."""
-    folder, model, tokenizer = qwen2
+def test_qwen_models_run_in_llama_cpp_like_transformers(qwen, tmp_path, mix, floor):
+    """Qwen2 and Qwen3 become llama.cpp's qwen2 / qwen3 architectures: projection biases or per-head
+    query / key norms, no rope permutation, the output tied to the token embedding, the qwen2
+    pre-tokenizer; llama.cpp's logits match transformers' and it tokenizes digits, punctuation and
+    newlines as the Hugging Face tokenizer."""
+    arch, folder, model, tokenizer = qwen
     report = ag.convert(folder, tmp_path / "m.gguf", type=mix)
     reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
     fields = {name: f.contents() for name, f in reader.fields.items()}
-    assert fields["general.architecture"] == "qwen2" and fields["tokenizer.ggml.pre"] == "qwen2"
-    assert fields["qwen2.block_count"] == 2 and fields["qwen2.attention.head_count_kv"] == 2
+    assert fields["general.architecture"] == arch and fields["tokenizer.ggml.pre"] == "qwen2"
+    assert fields[f"{arch}.block_count"] == 2 and fields[f"{arch}.attention.head_count_kv"] == 2
     names = {t.name for t in reader.tensors}
-    assert {"blk.0.attn_q.bias", "blk.1.attn_k.bias", "blk.1.attn_v.bias"} <= names and "output.weight" not in names
+    assert "output.weight" not in names
+    extra = ({"blk.0.attn_q.bias", "blk.1.attn_k.bias", "blk.1.attn_v.bias"} if arch == "qwen2"
+             else {"blk.0.attn_q_norm.weight", "blk.1.attn_k_norm.weight"})
+    assert extra <= names
     types = {n: t["type"] for n, t in report["components"]["model"]["tensors"].items()}
-    assert types["blk.0.attn_q.bias"] == "F32"
+    assert all(types[n] == "F32" for n in extra)
+    if arch == "qwen3":
+        assert fields["qwen3.attention.key_length"] == 64 and fields["qwen3.embedding_length"] == 128
     runner = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=128, logits_all=True, verbose=False,
                              n_threads=1)
     assert runner.tokenize(TRICKY.encode(), add_bos=False) == tokenizer(TRICKY).input_ids

@@ -1,10 +1,10 @@
-"""Hugging Face causal language models of the llama family (Llama, Mistral, Qwen2) -> GGUF files
-that llama.cpp runs.
+"""Hugging Face causal language models of the llama family (Llama, Mistral, Qwen2, Qwen3) -> GGUF
+files that llama.cpp runs.
 
 What llama.cpp needs beyond the tensors, written here from its own converter's conventions
 (convert_hf_to_gguf.py, gguf-py's constants): GGUF tensor names (``blk.N.attn_q.weight``, ...),
 for the ``llama`` architecture the query and key projections permuted for its rotary embedding
-layout (``qwen2`` uses the Hugging Face layout as it is), the hyper-parameters under
+layout (``qwen2`` and ``qwen3`` use the Hugging Face layout as it is), the hyper-parameters under
 ``<arch>.*``, and the tokenizer (vocabulary, token types, merges or scores, special token ids)
 under ``tokenizer.ggml.*``. Per-tensor types follow llama-quantize's rules for the LLM tensors
 (output, attn_v, ffn_down). Rules and limits: docs/gguf.md, "Language models".
@@ -31,8 +31,10 @@ from .types import gguf_type
 
 # config.json "architectures" -> the GGUF architecture that holds them. Qwen2 is Llama's layout with
 # biases on the query, key and value projections and a rotary embedding (NEOX style) that llama.cpp
-# applies to the Hugging Face layout directly.
-LLM_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+# applies to the Hugging Face layout directly; Qwen3 drops the biases and normalises each head's
+# query and key (RMS norms of head_dim weights).
+LLM_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
+                     "Qwen3ForCausalLM": "qwen3"}
 # Architectures whose query and key rows llama.cpp wants regrouped for its (GPT-J style) rope.
 PERMUTED_ROPE = {"llama"}
 
@@ -49,6 +51,8 @@ TENSOR_NAMES: list[tuple[re.Pattern, str, str | None]] = [
     (re.compile(_LAYER + r"self_attn\.q_proj\.bias$"), "blk.{}.attn_q.bias", "q"),
     (re.compile(_LAYER + r"self_attn\.k_proj\.bias$"), "blk.{}.attn_k.bias", "k"),
     (re.compile(_LAYER + r"self_attn\.v_proj\.bias$"), "blk.{}.attn_v.bias", None),
+    (re.compile(_LAYER + r"self_attn\.q_norm\.weight$"), "blk.{}.attn_q_norm.weight", None),
+    (re.compile(_LAYER + r"self_attn\.k_norm\.weight$"), "blk.{}.attn_k_norm.weight", None),
     (re.compile(_LAYER + r"self_attn\.o_proj\.weight$"), "blk.{}.attn_output.weight", None),
     (re.compile(_LAYER + r"post_attention_layernorm\.weight$"), "blk.{}.ffn_norm.weight", None),
     (re.compile(_LAYER + r"mlp\.gate_proj\.weight$"), "blk.{}.ffn_gate.weight", None),
