@@ -403,3 +403,22 @@ def test_qwen_models_run_in_llama_cpp_like_transformers(qwen, tmp_path, mix, flo
     assert min(cosines) >= floor
     if mix == "F32":
         assert np.abs(ours - reference).max() < 1e-3 * np.abs(reference).max()
+
+
+def test_tokenizer_json_with_bad_ids_is_one_clear_error(llm, tmp_path):
+    import json
+    import shutil
+    folder, _, _ = llm
+    for damage, message in [(lambda t: t["model"]["vocab"].update({"zz": -3}), "'zz' has id '-3'"),
+                            (lambda t: t["model"]["vocab"].update({"zz": "7"}), "'zz' has id '7'"),
+                            (lambda t: t.update({"added_tokens": [{"content": "<x>", "id": 10**9}]}),
+                             "1000000001 tokens, but the model's vocab_size"),
+                            (lambda t: t.update({"added_tokens": "nope"}), "'added_tokens' must be a list")]:
+        copy = tmp_path / f"copy-{len(list(tmp_path.glob('copy-*')))}"
+        shutil.copytree(folder, copy)
+        tok = json.loads((copy / "tokenizer.json").read_text())
+        damage(tok)
+        (copy / "tokenizer.json").write_text(json.dumps(tok))
+        with pytest.raises(FileFormatError, match=message):
+            ag.convert(copy, tmp_path / "m.gguf", type="F32")
+        assert not (tmp_path / "m.gguf").exists()

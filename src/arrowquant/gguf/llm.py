@@ -209,10 +209,17 @@ def byte_level_bpe_metadata(folder: Path, model: LlmModel) -> tuple[dict[str, An
                              "folder")
     vocab: dict[str, int] = dict(spec["vocab"])
     types: dict[int, int] = {}
-    for added in tok.get("added_tokens") or []:
-        vocab[added["content"]] = added["id"]
-        types[added["id"]] = CONTROL if added.get("special") else USER_DEFINED
-    check_vocab_fits(path, max(vocab.values()) + 1, model)
+    added_tokens = tok.get("added_tokens") or []
+    if not isinstance(added_tokens, list) or not all(isinstance(a, dict) for a in added_tokens):
+        raise FileFormatError(f"{path}: 'added_tokens' must be a list of objects")
+    for added in added_tokens:
+        vocab[added.get("content")] = added.get("id")
+        types[added.get("id")] = CONTROL if added.get("special") else USER_DEFINED
+    for text, i in vocab.items():
+        if not isinstance(text, str) or isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise FileFormatError(f"{path}: token {str(text)[:40]!r} has id {str(i)[:20]!r}; expected a text with a "
+                                  "non-negative integer id")
+    check_vocab_fits(path, max(vocab.values(), default=-1) + 1, model)
     size = model.vocab_size
     tokens = [f"[PAD{i}]" for i in range(size)]
     token_types = [UNUSED] * size
