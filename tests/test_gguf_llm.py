@@ -422,3 +422,17 @@ def test_tokenizer_json_with_bad_ids_is_one_clear_error(llm, tmp_path):
         with pytest.raises(FileFormatError, match=message):
             ag.convert(copy, tmp_path / "m.gguf", type="F32")
         assert not (tmp_path / "m.gguf").exists()
+
+
+@needs_llama_cpp
+def test_a_tiktoken_file_named_tokenizer_model_leaves_tokenizer_json_in_charge(llm, tmp_path):
+    """Some byte-level BPE models ship tiktoken's file as tokenizer.model: it is not a SentencePiece
+    model, so tokenizer.json decides, as llama.cpp's converter does."""
+    import shutil
+    folder, _, tokenizer = llm
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    (copy / "tokenizer.model").write_text("IQ== 0\nIg== 1\nIw== 2\n")
+    ag.convert(copy, tmp_path / "m.gguf", type="F32")
+    fields = {name: f.contents() for name, f in gguf.GGUFReader(str(tmp_path / "m.gguf")).fields.items()}
+    assert fields["tokenizer.ggml.model"] == "gpt2" and len(fields["tokenizer.ggml.tokens"]) == len(tokenizer)

@@ -179,10 +179,21 @@ def tokenizer_metadata(folder: Path, model: LlmModel) -> dict[str, Any]:
     llama.cpp's "llama" tokenizer: Llama 2, Mistral, TinyLlama), as llama.cpp's converter prefers
     it; otherwise from tokenizer.json (a byte-level BPE tokenizer, llama.cpp's "gpt2" model)."""
     spm_path = path_inside(folder, "tokenizer.model", f"{folder}: tokenizer")
+    json_path = path_inside(folder, "tokenizer.json", f"{folder}: tokenizer")
+    unreadable = None
     if spm_path.is_file():
-        out, size = sentencepiece_metadata(folder, spm_path, model)
-    else:
-        out, size = byte_level_bpe_metadata(folder, model)
+        try:
+            sp = read_sentencepiece_model(spm_path)
+        except FileFormatError as e:
+            # Not a SentencePiece model (some byte-level BPE models ship a tiktoken file under that
+            # name): tokenizer.json decides, and says why tokenizer.model was not used if it needs it.
+            if not json_path.is_file():
+                raise
+            unreadable = str(e)
+        else:
+            out, size = sentencepiece_metadata(folder, spm_path, sp, model)
+            return out | special_token_metadata(folder, model, size)
+    out, size = byte_level_bpe_metadata(folder, json_path, model, unreadable)
     return out | special_token_metadata(folder, model, size)
 
 
@@ -192,8 +203,8 @@ def check_vocab_fits(path: Path, count: int, model: LlmModel) -> None:
                               "embedding has a row per token): not the tokenizer of this model")
 
 
-def byte_level_bpe_metadata(folder: Path, model: LlmModel) -> tuple[dict[str, Any], int]:
-    path = path_inside(folder, "tokenizer.json", f"{folder}: tokenizer")
+def byte_level_bpe_metadata(folder: Path, path: Path, model: LlmModel,
+                            unreadable_model: str | None = None) -> tuple[dict[str, Any], int]:
     if not path.is_file():
         raise ParameterError(f"{folder}: no tokenizer.json or tokenizer.model; llama.cpp needs the tokenizer inside "
                              "the GGUF file (save it with tokenizer.save_pretrained(folder))")
@@ -206,7 +217,7 @@ def byte_level_bpe_metadata(folder: Path, model: LlmModel) -> tuple[dict[str, An
     if spec.get("byte_fallback"):
         raise ParameterError(f"{path}: a BPE tokenizer with byte fallback is SentencePiece-style (llama.cpp's 'llama' "
                              "model), whose scores only tokenizer.model holds: put the model's tokenizer.model in the "
-                             "folder")
+                             "folder" + (f" (the one there is unreadable: {unreadable_model})" if unreadable_model else ""))
     vocab: dict[str, int] = dict(spec["vocab"])
     types: dict[int, int] = {}
     added_tokens = tok.get("added_tokens") or []
@@ -235,13 +246,13 @@ def byte_level_bpe_metadata(folder: Path, model: LlmModel) -> tuple[dict[str, An
     }, size
 
 
-def sentencepiece_metadata(folder: Path, path: Path, model: LlmModel) -> tuple[dict[str, Any], int]:
+def sentencepiece_metadata(folder: Path, path: Path, sp: spm.SentencePieceModel,
+                           model: LlmModel) -> tuple[dict[str, Any], int]:
     """The pieces, scores and types of tokenizer.model, as llama.cpp's converter writes them
     (_create_vocab_sentencepiece): ids past the pieces padded as unused, tokens added in
     tokenizer_config.json marked control (special) or user-defined. Only models llama.cpp
     tokenizes exactly as SentencePiece does are accepted: BPE with byte fallback and no
     normalization beyond writing spaces as U+2581."""
-    sp = read_sentencepiece_model(path)
     if sp.model_type != spm.BPE:
         raise ParameterError(f"{path}: a SentencePiece {spm.MODEL_TYPE_NAMES.get(sp.model_type, sp.model_type)} "
                              "model; llama.cpp's 'llama' tokenizer reproduces SentencePiece BPE models only")

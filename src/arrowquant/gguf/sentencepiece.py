@@ -99,6 +99,7 @@ def read_sentencepiece_model(path: Path) -> SentencePieceModel:
         raise FileFormatError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MB; not a SentencePiece model")
     where = str(path)
     model = SentencePieceModel()
+    has_trainer_spec = False
     for number, wire, value in _fields(data, where):
         if number == 1 and wire == LENGTH:  # repeated SentencePiece pieces
             piece, score, kind = None, 0.0, NORMAL
@@ -115,6 +116,7 @@ def read_sentencepiece_model(path: Path) -> SentencePieceModel:
                 raise FileFormatError(f"{where}: piece {len(model.pieces)} has unknown type {kind}")
             model.pieces.append((piece, score, kind))
         elif number == 2 and wire == LENGTH:  # TrainerSpec
+            has_trainer_spec = True
             for n, w, v in _fields(value, where):
                 if n == 3 and w == VARINT:
                     model.model_type = _int32(v)
@@ -132,6 +134,7 @@ def read_sentencepiece_model(path: Path) -> SentencePieceModel:
                     model.remove_extra_whitespaces = bool(v)
                 elif n == 5 and w == VARINT:
                     model.escape_whitespaces = bool(v)
-    if not model.pieces:
-        raise FileFormatError(f"{where}: no pieces; not a SentencePiece model")
+    if not model.pieces or not has_trainer_spec:
+        raise FileFormatError(f"{where}: no {'pieces' if not model.pieces else 'trainer spec'}; not a SentencePiece "
+                              "model")
     return model
