@@ -153,3 +153,18 @@ def test_thread_count_does_not_change_numpy_results():
     two = aq.ArrowQuantV2(num_threads=2).quantize(w, bit_width=2)
     assert one.quantized_data.tobytes() == two.quantized_data.tobytes()
     assert np.array_equal(one.scales, two.scales)
+
+
+def test_outputs_of_32_mb_and_more_are_correct_and_writable():
+    """Outputs of 32 MB or more come from huge-page memory (module.cpp): the decoded array equals the
+    numpy reference decoder's, is writable and owns its memory, and freeing it is clean."""
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((2048, 4608)).astype(np.float32)  # 36 MB decoded
+    t = aq.ArrowQuantV2(group_size=128).quantize(w, 4)
+    packed, scales, zero_points = encode(w, 4, 128, False)
+    assert t.quantized_data.tobytes() == packed
+    back = t.dequantize()
+    assert back.nbytes >= 32 << 20 and back.flags.writeable
+    assert np.array_equal(back, decode(packed, scales, zero_points, w.shape, 4, 128))
+    back[:] = 0  # the memory is ours to write
+    del back, t
