@@ -249,9 +249,16 @@ def test_sentencepiece_tokenizers_tokenize_in_llama_cpp_as_in_sentencepiece(spm_
     assert len(fields["tokenizer.ggml.tokens"]) == n + 8  # padded to the model's vocab_size
     assert fields["tokenizer.ggml.tokens"][:n] == [sp.id_to_piece(i) for i in range(n)]
     assert fields["tokenizer.ggml.tokens"][n:] == [f"[PAD{i}]" for i in range(n, n + 8)]
-    assert np.allclose(fields["tokenizer.ggml.scores"][:n], [sp.get_score(i) for i in range(n)])
+    # The tokens transformers lists as added (<unk>, <s>, </s>) are control tokens of score -1000, as
+    # llama.cpp's converter writes them; every other piece keeps SentencePiece's score and type.
+    import json
+    added = {a["id"] for a in json.loads((folder / "tokenizer.json").read_text())["added_tokens"]}
+    assert added == {0, 1, 2}
+    scores = fields["tokenizer.ggml.scores"]
+    assert np.allclose([scores[i] for i in range(n) if i not in added], [sp.get_score(i) for i in range(n) if i not in added])
+    assert all(scores[i] == -1000.0 for i in added)
     types = fields["tokenizer.ggml.token_type"]
-    assert types[0] == 2 and types[1] == types[2] == 3  # <unk>, then <s> </s> (control pieces)
+    assert types[0] == types[1] == types[2] == 3
     assert types[3] == 6 and types[3 + 255] == 6 and set(types[n:]) == {5}  # byte tokens, padding unused
     assert fields["tokenizer.ggml.unknown_token_id"] == 0 and fields["tokenizer.ggml.bos_token_id"] == 1
     runner = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=128, logits_all=True, verbose=False,
@@ -436,3 +443,61 @@ def test_a_tiktoken_file_named_tokenizer_model_leaves_tokenizer_json_in_charge(l
     ag.convert(copy, tmp_path / "m.gguf", type="F32")
     fields = {name: f.contents() for name, f in gguf.GGUFReader(str(tmp_path / "m.gguf")).fields.items()}
     assert fields["tokenizer.ggml.model"] == "gpt2" and len(fields["tokenizer.ggml.tokens"]) == len(tokenizer)
+
+
+@needs_llama_cpp
+def test_phi3_runs_in_llama_cpp_like_transformers(tmp_path):
+    """Phi-3 becomes llama.cpp's phi3 architecture: the fused query-key-value and gate-up
+    projections as attn_qkv / ffn_up, its SentencePiece tokenizer with the chat tokens transformers
+    keeps in tokenizer.json; llama.cpp's logits match transformers' at F32 and Q8_0, and it finds a
+    chat token whole."""
+    folder = tmp_path / "tiny-phi3"
+    folder.mkdir()
+    sp = train_sentencepiece(folder / "tokenizer.model")
+    tokenizer = transformers.LlamaTokenizer.from_pretrained(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|endoftext|>", "<|user|>"]})
+    tokenizer.save_pretrained(folder)
+    n = sp.vocab_size()
+    torch.manual_seed(4)
+    config = transformers.Phi3Config(vocab_size=n + 8, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                     bos_token_id=1, eos_token_id=n, pad_token_id=n)
+    model = transformers.Phi3ForCausalLM(config).eval()
+    model.save_pretrained(folder)
+    report = ag.convert(folder, tmp_path / "f32.gguf", type="F32")
+    reader = gguf.GGUFReader(str(tmp_path / "f32.gguf"))
+    fields = {name: f.contents() for name, f in reader.fields.items()}
+    assert fields["general.architecture"] == "phi3" and fields["tokenizer.ggml.model"] == "llama"
+    assert fields["tokenizer.ggml.tokens"][n:n + 2] == ["<|endoftext|>", "<|user|>"]
+    assert fields["tokenizer.ggml.token_type"][n:n + 2] == [3, 3]
+    assert fields["phi3.rope.scaling.original_context_length"] == 4096
+    names = {t.name for t in reader.tensors}
+    assert {"blk.0.attn_qkv.weight", "blk.1.ffn_up.weight", "output.weight"} <= names
+    q4 = ag.convert(folder, tmp_path / "q4.gguf", type="Q4_K_M")["components"]["model"]["tensors"]
+    assert q4["blk.1.attn_qkv.weight"]["type"] == "Q6_K"  # llama-quantize treats attn_qkv as attn_v
+    tokens = [1] + sp.encode("the quick brown fox jumps over a sunny windowsill")
+    with torch.no_grad():
+        reference = model(torch.tensor([tokens])).logits[0].numpy()
+    for path, floor in ((tmp_path / "f32.gguf", 0.99999), (tmp_path / "q8.gguf", 0.999)):
+        if not path.exists():
+            ag.convert(folder, path, type="Q8_0")
+        runner = llama_cpp.Llama(model_path=str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=1)
+        assert runner.tokenize(b"<|user|>", add_bos=False, special=True) == [n + 1]
+        assert runner.tokenize(SPM_TRICKY.encode(), add_bos=False) == sp.encode(SPM_TRICKY)
+        runner.eval(tokens)
+        ours = np.array(runner.scores[:len(tokens)])
+        assert min(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(ours, reference)) >= floor
+
+
+def test_rope_scaling_llama_cpp_would_apply_differently_is_refused(llm, tmp_path):
+    import json
+    import shutil
+    folder, _, _ = llm
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0}
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ParameterError, match="rope scaling 'llama3' is not supported yet"):
+        ag.convert(copy, tmp_path / "m.gguf", type="F32")
+    assert not (tmp_path / "m.gguf").exists()

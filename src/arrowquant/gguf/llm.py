@@ -1,10 +1,10 @@
-"""Hugging Face causal language models of the llama family (Llama, Mistral, Qwen2, Qwen3) -> GGUF
-files that llama.cpp runs.
+"""Hugging Face causal language models of the llama family (Llama, Mistral, Qwen2, Qwen3, Phi-3) ->
+GGUF files that llama.cpp runs.
 
 What llama.cpp needs beyond the tensors, written here from its own converter's conventions
 (convert_hf_to_gguf.py, gguf-py's constants): GGUF tensor names (``blk.N.attn_q.weight``, ...),
 for the ``llama`` architecture the query and key projections permuted for its rotary embedding
-layout (``qwen2`` and ``qwen3`` use the Hugging Face layout as it is), the hyper-parameters under
+layout (``qwen2``, ``qwen3`` and ``phi3`` use the Hugging Face layout as it is), the hyper-parameters under
 ``<arch>.*``, and the tokenizer (vocabulary, token types, merges or scores, special token ids)
 under ``tokenizer.ggml.*``. Per-tensor types follow llama-quantize's rules for the LLM tensors
 (output, attn_v, ffn_down). Rules and limits: docs/gguf.md, "Language models".
@@ -33,8 +33,10 @@ from .types import gguf_type
 # biases on the query, key and value projections and a rotary embedding (NEOX style) that llama.cpp
 # applies to the Hugging Face layout directly; Qwen3 drops the biases and normalises each head's
 # query and key (RMS norms of head_dim weights).
+# Phi-3 fuses the query, key and value projections (attn_qkv) and the gate and up projections
+# (ffn_up, which llama.cpp splits itself).
 LLM_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
-                     "Qwen3ForCausalLM": "qwen3"}
+                     "Qwen3ForCausalLM": "qwen3", "Phi3ForCausalLM": "phi3"}
 # Architectures whose query and key rows llama.cpp wants regrouped for its (GPT-J style) rope.
 PERMUTED_ROPE = {"llama"}
 
@@ -51,6 +53,8 @@ TENSOR_NAMES: list[tuple[re.Pattern, str, str | None]] = [
     (re.compile(_LAYER + r"self_attn\.q_proj\.bias$"), "blk.{}.attn_q.bias", "q"),
     (re.compile(_LAYER + r"self_attn\.k_proj\.bias$"), "blk.{}.attn_k.bias", "k"),
     (re.compile(_LAYER + r"self_attn\.v_proj\.bias$"), "blk.{}.attn_v.bias", None),
+    (re.compile(_LAYER + r"self_attn\.qkv_proj\.weight$"), "blk.{}.attn_qkv.weight", None),
+    (re.compile(_LAYER + r"mlp\.gate_up_proj\.weight$"), "blk.{}.ffn_up.weight", None),
     (re.compile(_LAYER + r"self_attn\.q_norm\.weight$"), "blk.{}.attn_q_norm.weight", None),
     (re.compile(_LAYER + r"self_attn\.k_norm\.weight$"), "blk.{}.attn_k_norm.weight", None),
     (re.compile(_LAYER + r"self_attn\.o_proj\.weight$"), "blk.{}.attn_output.weight", None),
@@ -96,6 +100,19 @@ class LlmModel:
         self.n_head_kv = config.get("num_key_value_heads") or self.n_head
         self.head_dim = config.get("head_dim") or self.n_embd // self.n_head
         self.vocab_size = need("vocab_size")
+        # transformers 5 keeps the rope settings in "rope_parameters", older versions at the top level
+        # and in "rope_scaling".
+        rope = config.get("rope_parameters") if isinstance(config.get("rope_parameters"), dict) else {}
+        self.rope_theta = float(config.get("rope_theta") or rope.get("rope_theta") or 10000.0)
+        partial = config.get("partial_rotary_factor") or rope.get("partial_rotary_factor") or 1.0
+        self.rope_dims = int(float(partial) * self.head_dim)
+        scaling = config.get("rope_scaling") if isinstance(config.get("rope_scaling"), dict) else rope
+        kind = scaling.get("rope_type") or scaling.get("type") or "default"
+        if kind != "default":
+            # llama.cpp needs extra tensors or keys for these (rope_freqs, LongRoPE factors) that
+            # arrowquant does not write yet: the model would compute positions differently.
+            raise ParameterError(f"{folder / 'config.json'}: rope scaling {kind!r} is not supported yet; llama.cpp "
+                                 "would run the model with different positions")
 
     def gguf_name(self, name: str) -> tuple[str, str | None] | None:
         """(GGUF name, projection to permute) of a checkpoint tensor; None for tensors llama.cpp
@@ -119,16 +136,20 @@ class LlmModel:
             f"{a}.embedding_length": Value(UINT32, self.n_embd),
             f"{a}.block_count": Value(UINT32, self.n_layer),
             f"{a}.feed_forward_length": Value(UINT32, self.n_ff),
-            f"{a}.rope.dimension_count": Value(UINT32, self.head_dim),
+            f"{a}.rope.dimension_count": Value(UINT32, self.rope_dims),
             f"{a}.attention.head_count": Value(UINT32, self.n_head),
             f"{a}.attention.head_count_kv": Value(UINT32, self.n_head_kv),
             f"{a}.attention.layer_norm_rms_epsilon": Value(FLOAT32, float(c.get("rms_norm_eps", 1e-6))),
-            f"{a}.rope.freq_base": Value(FLOAT32, float(c.get("rope_theta", 10000.0))),
+            f"{a}.rope.freq_base": Value(FLOAT32, self.rope_theta),
             f"{a}.vocab_size": Value(UINT32, self.vocab_size),
         }
         if c.get("head_dim"):
             out[f"{a}.attention.key_length"] = Value(UINT32, self.head_dim)
             out[f"{a}.attention.value_length"] = Value(UINT32, self.head_dim)
+        if a == "phi3":  # as llama.cpp's converter writes them (0: no sliding window)
+            original = c.get("original_max_position_embeddings") or self.n_ctx
+            out["phi3.rope.scaling.original_context_length"] = Value(UINT32, int(original))
+            out["phi3.attention.sliding_window"] = Value(UINT32, int(c.get("sliding_window") or 0))
         return out
 
 
@@ -273,13 +294,25 @@ def sentencepiece_metadata(folder: Path, path: Path, sp: spm.SentencePieceModel,
         tokens[i], scores[i], token_types[i] = piece, score, kind
     settings = tokenizer_settings(folder)
     decoder = settings.get("added_tokens_decoder") if isinstance(settings, dict) else None
-    for key, added in (decoder.items() if isinstance(decoder, dict) else ()):
+    added_tokens: list[tuple[Path, Any, Any]] = [(folder / "tokenizer_config.json", key, added)
+                                                 for key, added in (decoder.items() if isinstance(decoder, dict) else ())]
+    # tokenizer.json's added tokens too (Phi-3's chat tokens live there), as llama.cpp's converter
+    # reads them for Phi-3; transformers 5 no longer writes added_tokens_decoder.
+    json_path = path_inside(folder, "tokenizer.json", f"{folder}: tokenizer")
+    if json_path.is_file():
+        tok = load_json(json_path, "tokenizer.json")
+        listed = tok.get("added_tokens") if isinstance(tok, dict) else None
+        if listed is not None and not isinstance(listed, list):
+            raise FileFormatError(f"{json_path}: 'added_tokens' must be a list of objects")
+        added_tokens += [(json_path, str(a.get("id")) if isinstance(a, dict) and isinstance(a.get("id"), int)
+                          and not isinstance(a.get("id"), bool) else None, a) for a in listed or []]
+    for where, key, added in added_tokens:
         if not (isinstance(key, str) and key.isdigit() and isinstance(added, dict)
                 and isinstance(added.get("content"), str)):
-            raise FileFormatError(f"{folder / 'tokenizer_config.json'}: added_tokens_decoder entry {key!r} is not "
-                                  "an id with a content string")
+            raise FileFormatError(f"{where}: added token {str(key)[:20]!r} is not a non-negative id with a content "
+                                  "string")
         i = int(key)
-        check_vocab_fits(folder / "tokenizer_config.json", i + 1, model)
+        check_vocab_fits(where, i + 1, model)
         if added.get("special"):
             tokens[i], token_types[i] = added["content"], CONTROL
         else:  # llama.cpp's converter writes user-defined pieces with plain spaces
@@ -343,7 +376,7 @@ class LlmTypePolicy(TypePolicy):
             if base.name in ("Q8_0", "Q6_K"):
                 return base, "output matrix"
             return gguf_type("Q6_K" if self.model.n_embd % 256 == 0 else "Q8_0"), "output matrix (llama.cpp: Q6_K)"
-        if "attn_v.weight" in name:
+        if "attn_v.weight" in name or "attn_qkv.weight" in name:  # llama-quantize counts both as attn_v
             i = self.i_attention_wv
             self.i_attention_wv += 1
             gqa = self.model.n_head // self.model.n_head_kv
