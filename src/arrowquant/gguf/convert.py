@@ -65,6 +65,10 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
         raise ParameterError(f"progress_callback must be callable; got {progress_callback!r}")
     src, out = Path(src), Path(out)
     kind, components = describe_model(src)
+    executor = None
+    if ray:
+        from ..ray import gguf_executor
+        executor = gguf_executor(num_threads or 1)
     if kind == "component":  # one checkpoint, one GGUF file (its configs stay with the source)
         kind = "file"
         config = llm_config(src)
@@ -73,10 +77,6 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
             check_output_apart(out, [src] + checkpoint.inputs)
             check_file_output(out, overwrite)
             warnings_out = [w for w in [warn_extension(out, ".gguf", "a GGUF file")] if w]
-            executor = None
-            if ray:
-                from ..ray import gguf_executor
-                executor = gguf_executor(num_threads or 1)
             report = convert_llm(checkpoint, out, LlmModel(src, config), mix, overrides, method, overwrite, num_threads,
                                  with_stats, component_progress({"": checkpoint.nbytes}, progress_callback)(""),
                                  executor)
@@ -105,11 +105,6 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
         check_file_output(out, overwrite)
         warn_extension(out, ".gguf", "a GGUF file")
     progress_of = component_progress({name: c.nbytes for name, c in checkpoints.items()}, progress_callback)
-
-    executor = None
-    if ray:
-        from ..ray import gguf_executor
-        executor = gguf_executor(num_threads or 1)
 
     def write(name: str, path: Path, overwrite_file: bool) -> dict:
         return convert_checkpoint(checkpoints[name], path, TypePolicyFactory(mix, overrides, rearrange_rows, method),

@@ -224,6 +224,27 @@ def check_vocab_fits(path: Path, count: int, model: LlmModel) -> None:
                               "embedding has a row per token): not the tokenizer of this model")
 
 
+def checked_added_token(where: Path, token_id: Any, added: Any) -> tuple[int, str, bool]:
+    """(id, content, special) of one added token (an id given as a decimal string too), checked."""
+    if isinstance(token_id, str) and token_id.isdigit():
+        token_id = int(token_id)
+    if not (isinstance(token_id, int) and not isinstance(token_id, bool) and token_id >= 0
+            and isinstance(added, dict) and isinstance(added.get("content"), str)):
+        raise FileFormatError(f"{where}: added token {str(token_id)[:20]!r} is not a non-negative id with a content "
+                              "string")
+    return token_id, added["content"], bool(added.get("special"))
+
+
+def json_added_tokens(tok: Any, path: Path) -> list[tuple[int, str, bool]]:
+    """tokenizer.json's added tokens, each (id, content, special), checked."""
+    listed = tok.get("added_tokens") if isinstance(tok, dict) else None
+    if listed is None:
+        return []
+    if not isinstance(listed, list):
+        raise FileFormatError(f"{path}: 'added_tokens' must be a list of objects")
+    return [checked_added_token(path, a.get("id") if isinstance(a, dict) else None, a) for a in listed]
+
+
 def byte_level_bpe_metadata(folder: Path, path: Path, model: LlmModel,
                             unreadable_model: str | None = None) -> tuple[dict[str, Any], int]:
     if not path.is_file():
@@ -241,12 +262,9 @@ def byte_level_bpe_metadata(folder: Path, path: Path, model: LlmModel,
                              "folder" + (f" (the one there is unreadable: {unreadable_model})" if unreadable_model else ""))
     vocab: dict[str, int] = dict(spec["vocab"])
     types: dict[int, int] = {}
-    added_tokens = tok.get("added_tokens") or []
-    if not isinstance(added_tokens, list) or not all(isinstance(a, dict) for a in added_tokens):
-        raise FileFormatError(f"{path}: 'added_tokens' must be a list of objects")
-    for added in added_tokens:
-        vocab[added.get("content")] = added.get("id")
-        types[added.get("id")] = CONTROL if added.get("special") else USER_DEFINED
+    for i, content, special in json_added_tokens(tok, path):
+        vocab[content] = i
+        types[i] = CONTROL if special else USER_DEFINED
     for text, i in vocab.items():
         if not isinstance(text, str) or isinstance(i, bool) or not isinstance(i, int) or i < 0:
             raise FileFormatError(f"{path}: token {str(text)[:40]!r} has id {str(i)[:20]!r}; expected a text with a "
@@ -292,31 +310,21 @@ def sentencepiece_metadata(folder: Path, path: Path, sp: spm.SentencePieceModel,
     token_types = [UNUSED] * size
     for i, (piece, score, kind) in enumerate(sp.pieces):
         tokens[i], scores[i], token_types[i] = piece, score, kind
-    settings = tokenizer_settings(folder)
-    decoder = settings.get("added_tokens_decoder") if isinstance(settings, dict) else None
-    added_tokens: list[tuple[Path, Any, Any]] = [(folder / "tokenizer_config.json", key, added)
-                                                 for key, added in (decoder.items() if isinstance(decoder, dict) else ())]
+    settings_path = folder / "tokenizer_config.json"
+    decoder = tokenizer_settings(folder).get("added_tokens_decoder")
+    added_tokens = [(settings_path, *checked_added_token(settings_path, key, added))
+                    for key, added in (decoder.items() if isinstance(decoder, dict) else ())]
     # tokenizer.json's added tokens too (Phi-3's chat tokens live there), as llama.cpp's converter
     # reads them for Phi-3; transformers 5 no longer writes added_tokens_decoder.
     json_path = path_inside(folder, "tokenizer.json", f"{folder}: tokenizer")
     if json_path.is_file():
-        tok = load_json(json_path, "tokenizer.json")
-        listed = tok.get("added_tokens") if isinstance(tok, dict) else None
-        if listed is not None and not isinstance(listed, list):
-            raise FileFormatError(f"{json_path}: 'added_tokens' must be a list of objects")
-        added_tokens += [(json_path, str(a.get("id")) if isinstance(a, dict) and isinstance(a.get("id"), int)
-                          and not isinstance(a.get("id"), bool) else None, a) for a in listed or []]
-    for where, key, added in added_tokens:
-        if not (isinstance(key, str) and key.isdigit() and isinstance(added, dict)
-                and isinstance(added.get("content"), str)):
-            raise FileFormatError(f"{where}: added token {str(key)[:20]!r} is not a non-negative id with a content "
-                                  "string")
-        i = int(key)
+        added_tokens += [(json_path, *a) for a in json_added_tokens(load_json(json_path, "tokenizer.json"), json_path)]
+    for where, i, content, special in added_tokens:
         check_vocab_fits(where, i + 1, model)
-        if added.get("special"):
-            tokens[i], token_types[i] = added["content"], CONTROL
+        if special:
+            tokens[i], token_types[i] = content, CONTROL
         else:  # llama.cpp's converter writes user-defined pieces with plain spaces
-            tokens[i], token_types[i] = added["content"].replace("\u2581", " "), USER_DEFINED
+            tokens[i], token_types[i] = content.replace("\u2581", " "), USER_DEFINED
         scores[i] = -1000.0
     out: dict[str, Any] = {
         "tokenizer.ggml.model": "llama",
