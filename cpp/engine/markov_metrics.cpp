@@ -44,36 +44,30 @@ MarkovSummary markov_metrics(const float* scales, const float* zero_points, cons
   const double inverse_levels = 1.0 / static_cast<double>((1 << bits) - 1);
   // Row by row: the boundaries of a row are (g, g + 1) for g below the row's last group. The sums
   // and counts go into four interleaved partials (added in a fixed order at the end of each row),
-  // without branches, so the loop has no serial chain of additions and the compiler can vectorise
-  // it; while fewer than kMaxReportedViolations are recorded, a row with a violation is walked
-  // again in order to record them. (Small groups make this loop run once per few dozen weights: it
-  // must cost little next to quantizing them.)
+  // without branches, so the loop has no serial chain of additions; while fewer than
+  // kMaxReportedViolations are recorded, a row with a violation is walked again in order to record
+  // them. (Small groups make this loop run once per few dozen weights: it must cost little next to
+  // quantizing them.)
   int64_t row = group_begin / groups_per_row;
   for (int64_t g = group_begin; g < group_end; ++row) {
     const int64_t row_last = (row + 1) * groups_per_row - 1;  // no right neighbour
     const int64_t end = row_last < group_end ? row_last : group_end;
     double jump_sum[4] = {0, 0, 0, 0}, score_sum[4] = {0, 0, 0, 0}, max_jump[4] = {0, 0, 0, 0};
     int64_t over[4] = {0, 0, 0, 0}, high[4] = {0, 0, 0, 0};
+    const auto add = [&](int k, int64_t at) {
+      const BoundaryJumps b = boundary(scales, zero_points, at, inverse_levels);
+      jump_sum[k] += b.jump;
+      // Plain comparisons, not fmin/fmax: no NaN can occur here and the libm calls are not inlined.
+      score_sum[k] += 1.0 - (b.jump < 2.0 ? b.jump / 2.0 : 1.0);
+      max_jump[k] = b.scale_jump > max_jump[k] ? b.scale_jump : max_jump[k];
+      over[k] += b.scale_jump > threshold;
+      high[k] += b.scale_jump > threshold && b.scale_jump > kHighSeverityJump;
+    };
     int64_t i = g;
     for (; i + 4 <= end; i += 4) {
-      for (int k = 0; k < 4; ++k) {
-        const BoundaryJumps b = boundary(scales, zero_points, i + k, inverse_levels);
-        jump_sum[k] += b.jump;
-        // Plain comparisons, not fmin/fmax: no NaN can occur here and the libm calls are not inlined.
-        score_sum[k] += 1.0 - (b.jump < 2.0 ? b.jump / 2.0 : 1.0);
-        max_jump[k] = b.scale_jump > max_jump[k] ? b.scale_jump : max_jump[k];
-        over[k] += b.scale_jump > threshold;
-        high[k] += b.scale_jump > threshold && b.scale_jump > kHighSeverityJump;
-      }
+      for (int k = 0; k < 4; ++k) add(k, i + k);
     }
-    for (; i < end; ++i) {
-      const BoundaryJumps b = boundary(scales, zero_points, i, inverse_levels);
-      jump_sum[0] += b.jump;
-      score_sum[0] += 1.0 - (b.jump < 2.0 ? b.jump / 2.0 : 1.0);
-      max_jump[0] = b.scale_jump > max_jump[0] ? b.scale_jump : max_jump[0];
-      over[0] += b.scale_jump > threshold;
-      high[0] += b.scale_jump > threshold && b.scale_jump > kHighSeverityJump;
-    }
+    for (; i < end; ++i) add(0, i);
     if (end > g) {
       m.boundaries += end - g;
       m.jump_sum += (jump_sum[0] + jump_sum[1]) + (jump_sum[2] + jump_sum[3]);

@@ -464,6 +464,22 @@ inline void encode_q2_K_all(const float* x, int64_t n, uint8_t* out) {
   for (int64_t b = 0; b < n / 256; ++b) encode_q2_K_superblock(x + 256 * b, out + 84 * b);
 }
 
+// Pass p's 16-weight sub-blocks in lanes (X) with the weights ggml's importance-weighted
+// quantizers give them without an importance matrix, sqrt(sigma2 + x^2), and each lane's sum of
+// weights (in element order, as the scalar ports sum them).
+inline VF load_weighted_subblocks(const float* x, int p, float sigma2, VF* X, VF* W) {
+  VF sum_w = VF{};
+  for (int i = 0; i < 16; ++i) {
+    for (int k = 0; k < kLanes; ++k) {
+      const float v = x[16 * (kLanes * p + k) + i];
+      X[i][k] = v;
+      W[i][k] = std::sqrt(sigma2 + v * v);
+    }
+    sum_w += W[i];
+  }
+  return sum_w;
+}
+
 // quantize_row_q2_K_impl with an all-ones importance matrix (the scalar port is
 // encode_q2_K_weighted_block): weights sqrt(sigma2 + x^2), make_qkx3_quants (make_qkx2_quants when
 // weights are given) per sub-block in lanes, the 4-bit scales and mins by make_qp_quants.
@@ -476,15 +492,7 @@ inline void encode_q2_K_weighted_superblock(const float* x, uint8_t* out) {
   const float sigma2 = sumx2 / 256;
   for (int p = 0; p < kQ2Passes; ++p) {
     VF W[16];
-    VF sum_w = VF{};
-    for (int i = 0; i < 16; ++i) {
-      for (int k = 0; k < kLanes; ++k) {
-        const float v = x[16 * (kLanes * p + k) + i];
-        X[p][i][k] = v;
-        W[i][k] = std::sqrt(sigma2 + v * v);
-      }
-      sum_w += W[i];
-    }
+    const VF sum_w = load_weighted_subblocks(x, p, sigma2, X[p], W);
     VF s, m;
     make_qkx2_quants_lanes<16, false>(X[p], W, 3, -0.9f, 0.05f, 36, L[p], &s, &m);
     for (int k = 0; k < kLanes; ++k) {
@@ -669,15 +677,7 @@ inline void encode_q3_K_weighted_superblock(const float* x, uint8_t* out) {
   const float sigma2 = 2 * sumx2 / 256;
   for (int p = 0; p < kQ3Passes; ++p) {
     VF W[16];
-    VF sum_w = VF{};
-    for (int i = 0; i < 16; ++i) {
-      for (int k = 0; k < kLanes; ++k) {
-        const float v = x[16 * (kLanes * p + k) + i];
-        X[p][i][k] = v;
-        W[i][k] = std::sqrt(sigma2 + v * v);
-      }
-      sum_w += W[i];
-    }
+    const VF sum_w = load_weighted_subblocks(x, p, sigma2, X[p], W);
     const VF s = make_qx_quants_lanes<4>(X[p], W, L[p]);
     for (int k = 0; k < kLanes; ++k) {
       scales[kLanes * p + k] = s[k];
