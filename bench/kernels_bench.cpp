@@ -1,6 +1,7 @@
 // Google Benchmark for the kernels: every family (quantize RTN / search, dequantize, pack, unpack,
-// min/max) x SIMD path x bit width x group size x input dtype, single thread, on one 4 MB-float32
-// tensor. memcpy and a streaming read over the same bytes are measured alongside, so every
+// min/max) x SIMD path x bit width x group size x input dtype, and the k-quant block encoders
+// (ggml's reference, the fast fit, the search) and decoders x SIMD path, single thread, on one
+// 4 MB-float32 tensor. memcpy and a streaming read over the same bytes are measured alongside, so every
 // figure can be read as a fraction of the machine's bandwidth. Build: `make bench-cpp`.
 #include <benchmark/benchmark.h>
 
@@ -10,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/gguf/gguf_simd.h"
 #include "kernels/quant/quant_kernels.h"
 
 namespace {
@@ -138,6 +140,30 @@ void min_max(benchmark::State& state, const KernelTable* table) {
   state.SetBytesProcessed(state.iterations() * kElements * 4);
 }
 
+namespace gguf = arrowquant::kernels::gguf;
+enum class KquantCodec { kGgml, kFast, kSearch, kDecode };
+
+// One k-quant block type's encoder or decoder over the whole tensor (1 M weights = 4096 blocks).
+void kquant(benchmark::State& state, const gguf::TypeTraits* type, Isa isa, KquantCodec codec) {
+  std::vector<uint8_t> encoded(static_cast<size_t>(gguf::encoded_bytes(*type, kElements)));
+  std::vector<float> decoded(kElements);
+  gguf::ggml_encoder(*type, isa)(data().f32.data(), kElements, encoded.data());
+  const gguf::EncodeFn encode = codec == KquantCodec::kFast     ? gguf::fast_encoder(*type, isa)
+                                : codec == KquantCodec::kSearch ? gguf::search_encoder(*type, isa)
+                                                                : gguf::ggml_encoder(*type, isa);
+  const gguf::DecodeFn decode = gguf::decoder(*type, isa);
+  for (auto _ : state) {
+    if (codec == KquantCodec::kDecode) {
+      decode(encoded.data(), kElements, decoded.data());
+    } else {
+      encode(data().f32.data(), kElements, encoded.data());
+    }
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * kElements);
+  state.SetBytesProcessed(state.iterations() * kElements * 4);  // float32 read or written
+}
+
 // Baselines over the same 4 MB: a copy, and a read that touches every byte (64-bit sums).
 void baseline_memcpy(benchmark::State& state) {
   std::vector<float> dst(kElements);
@@ -185,6 +211,14 @@ void register_all() {
       }
       benchmark::RegisterBenchmark(("pack/" + path + "/b" + std::to_string(bits)).c_str(), pack, table, bits, false);
       benchmark::RegisterBenchmark(("unpack/" + path + "/b" + std::to_string(bits)).c_str(), pack, table, bits, true);
+    }
+    for (const char* name : {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"}) {
+      const gguf::TypeTraits* type = gguf::find_type(name);
+      const std::string suffix = path + "/" + name;
+      benchmark::RegisterBenchmark(("kquant_ggml/" + suffix).c_str(), kquant, type, isa, KquantCodec::kGgml);
+      benchmark::RegisterBenchmark(("kquant_fast/" + suffix).c_str(), kquant, type, isa, KquantCodec::kFast);
+      benchmark::RegisterBenchmark(("kquant_search/" + suffix).c_str(), kquant, type, isa, KquantCodec::kSearch);
+      benchmark::RegisterBenchmark(("kquant_decode/" + suffix).c_str(), kquant, type, isa, KquantCodec::kDecode);
     }
   }
 }

@@ -47,18 +47,27 @@ def test_reference_decoder_reproduces_every_tensor_bit_for_bit(bits, rotate, met
 
 
 @pytest.mark.parametrize("bits", BITS)
-def test_unrotated_bytes_are_ggml_blocks(ggml, bits):  # noqa: F811
-    """Without rotation and with whole super-blocks, RTN writes exactly what ggml's reference
-    quantizer writes, and gguf-py decodes it to our floats."""
+def test_unrotated_blocks_are_ggml_blocks(ggml, bits):  # noqa: F811
+    """Without rotation and with whole super-blocks the blocks are ggml's: gguf-py decodes them to
+    our floats. RTN writes exactly what ggml's reference quantizer writes, except at 4 and 5 bits
+    (Q4_K, Q5_K), where its fast fit writes other blocks with an error no higher than ggml's own."""
     import gguf
     from gguf.quants import dequantize
 
     name = ref.KQUANT_LAYOUTS[bits][0]
-    x = heavy_tailed(np.random.default_rng(1), (16, 512), scale=1.0)
-    t = aq.ArrowQuantV2(scheme="kquant", rotate=False).quantize(x, bits)
-    assert t.quantized_data.tobytes() == ggml_encode(ggml, name, x.reshape(-1)).tobytes()
-    decoded = dequantize(t.quantized_data, gguf.GGMLQuantizationType[name]).reshape(x.shape)
-    assert same_bits(t.dequantize(), decoded)
+    for data in (heavy_tailed(np.random.default_rng(1), (16, 512), scale=1.0),
+                 np.random.default_rng(2).standard_normal((64, 512)).astype(np.float32)):
+        t = aq.ArrowQuantV2(scheme="kquant", rotate=False).quantize(data, bits)
+        decoded = dequantize(t.quantized_data, gguf.GGMLQuantizationType[name]).reshape(data.shape)
+        assert same_bits(t.dequantize(), decoded)
+        theirs = ggml_encode(ggml, name, data.reshape(-1))
+        if bits not in (4, 5):
+            assert t.quantized_data.tobytes() == theirs.tobytes()
+            continue
+        assert t.quantized_data.tobytes() != theirs.tobytes()
+        ggml_decoded = dequantize(theirs, gguf.GGMLQuantizationType[name]).reshape(data.shape)
+        ours, ggml_error = (float(np.sum((data.astype(np.float64) - y) ** 2)) for y in (decoded, ggml_decoded))
+        assert ours <= ggml_error * 1.002, (ours, ggml_error)  # measured: 0.3-5% below on these
 
 
 def test_rotation_is_the_documented_transform():
@@ -75,7 +84,7 @@ def test_rotation_is_the_documented_transform():
     assert np.allclose(ref.inverse_rotation(rotated.astype(np.float32)).reshape(-1), x, atol=1e-5)
 
 
-@pytest.mark.parametrize("bits", [3, 4, 6])
+@pytest.mark.parametrize("bits", [3, 4, 5, 6])
 def test_bytes_do_not_depend_on_simd_path_threads_or_dtype(simd_path, bits):
     rng = np.random.default_rng(11)
     x = heavy_tailed(rng, (300, 700))

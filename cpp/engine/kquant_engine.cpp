@@ -62,9 +62,28 @@ BlockPlace place_of(int64_t block, int64_t cols) {
   return {block / per_row, block % per_row * kKquantBlock};
 }
 
+// The index of the first non-finite value among n, or -1; `kernels` checks them vectorised and
+// only a failing range is searched element by element.
+int64_t first_non_finite(const float* x, int64_t n, const kernels::KernelTable& kernels) {
+  float lo = 0.0f, hi = 0.0f;
+  if (n == 0 || kernels.min_max(x, n, &lo, &hi)) return -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(x[i])) return i;
+  }
+  return -1;
+}
+
+// When the job's rows are whole super-blocks of float32, a chunk is a contiguous run of the input,
+// used in place (no gathering copy): its start, else nullptr.
+const float* contiguous_source(const KquantEncodeJob& job, const Chunk& c) {
+  if (job.element_type != kernels::ElementType::kFloat32 || job.cols % kKquantBlock != 0) return nullptr;
+  return static_cast<const float*>(job.weights) + c.first_block * kKquantBlock;
+}
+
 // Gathers the chunk's values as float32 (zeros past the end of each row) into `values`; returns
-// the flattened index of the first non-finite value, or -1.
-int64_t gather(const KquantEncodeJob& job, const Chunk& c, float* values) {
+// the flattened index of the first non-finite value, or -1. `kernels` checks finiteness a block
+// at a time (vectorised); only a block that fails is searched element by element.
+int64_t gather(const KquantEncodeJob& job, const Chunk& c, const kernels::KernelTable& kernels, float* values) {
   for (int64_t b = 0; b < c.blocks; ++b) {
     const BlockPlace at = place_of(c.first_block + b, job.cols);
     const int64_t present = std::clamp<int64_t>(job.cols - at.col, 0, kKquantBlock);
@@ -75,12 +94,24 @@ int64_t gather(const KquantEncodeJob& job, const Chunk& c, float* values) {
     } else {
       for (int64_t i = 0; i < present; ++i) dst[i] = element_as_float(job.weights, job.element_type, base + i);
     }
-    for (int64_t i = 0; i < present; ++i) {
-      if (!std::isfinite(dst[i])) return base + i;
-    }
+    if (const int64_t bad = first_non_finite(dst, present, kernels); bad >= 0) return base + bad;
     std::fill(dst + present, dst + kKquantBlock, 0.0f);
   }
   return -1;
+}
+
+// Moves the values of a chunk's blocks that lie inside their rows to the front of `values`,
+// dropping the padding of each row's last block; returns how many there are.
+int64_t drop_padding(const Chunk& c, int64_t cols, float* values) {
+  if (cols % kKquantBlock == 0) return c.blocks * kKquantBlock;
+  int64_t kept = 0;
+  for (int64_t b = 0; b < c.blocks; ++b) {
+    const BlockPlace at = place_of(c.first_block + b, cols);
+    const int64_t present = std::clamp<int64_t>(cols - at.col, 0, kKquantBlock);
+    std::memmove(values + kept, values + b * kKquantBlock, static_cast<size_t>(present) * sizeof(float));
+    kept += present;
+  }
+  return kept;
 }
 
 // Writes decoded (already unrotated) blocks to their rows, dropping the padding.
@@ -118,43 +149,50 @@ std::optional<NonFiniteValue> kquant_encode(std::span<const KquantEncodeJob> job
   std::vector<int64_t> bad_index(chunks.size(), -1);
   std::vector<kernels::ErrorStats> chunk_stats(error_stats ? chunks.size() : 0);
   const kernels::Isa isa = active_isa();
+  const kernels::KernelTable& kernels = active_kernels();
   const kernels::rotation::RotationKernels rotation = kernels::rotation::rotation_kernels(isa);
   parallel_for(static_cast<int64_t>(chunks.size()), threads_for(num_threads, total), [&](int64_t t) {
     thread_local std::vector<float> values, original, decoded;
     const Chunk& c = chunks[static_cast<size_t>(t)];
     const KquantEncodeJob& job = jobs[static_cast<size_t>(c.job)];
     const int64_t n = c.blocks * kKquantBlock;
-    values.resize(static_cast<size_t>(n));
-    if (const int64_t bad = gather(job, c, values.data()); bad >= 0) {
+    const float* source = contiguous_source(job, c);
+    if (!source) values.resize(static_cast<size_t>(n));
+    int64_t bad = -1;
+    if (!source) {
+      bad = gather(job, c, kernels, values.data());
+    } else if (bad = first_non_finite(source, n, kernels); bad >= 0) {
+      bad += c.first_block * kKquantBlock;  // a flattened index: rows are whole blocks here
+    }
+    if (bad >= 0) {
       bad_index[static_cast<size_t>(t)] = bad;
       int64_t seen = first_bad_chunk.load();
       while (t < seen && !first_bad_chunk.compare_exchange_weak(seen, t)) {
       }
       return;
     }
-    if (error_stats) original.assign(values.begin(), values.end());
-    if (job.rotate) rotation.forward(values.data(), c.blocks);
+    // The values compared with the decoded ones: the input itself when used in place.
+    if (error_stats && !source) original.assign(values.begin(), values.end());
+    const float* to_encode = source;
+    if (job.rotate || !source) {
+      if (source) values.assign(source, source + n);
+      if (job.rotate) rotation.forward(values.data(), c.blocks);
+      to_encode = values.data();
+    }
     uint8_t* out = job.out + gguf::encoded_bytes(*job.type, c.first_block * kKquantBlock);
-    const gguf::EncodeFn encode = job.search ? gguf::search_encoder(*job.type, isa) : gguf::ggml_encoder(*job.type, isa);
-    encode(values.data(), n, out);
+    const gguf::EncodeFn encode = job.search ? gguf::search_encoder(*job.type, isa) : gguf::fast_encoder(*job.type, isa);
+    encode(to_encode, n, out);
     if (!error_stats) return;
     decoded.resize(static_cast<size_t>(n));
     gguf::decoder(*job.type, isa)(out, n, decoded.data());
     if (job.rotate) rotation.inverse(decoded.data(), c.blocks);
-    kernels::ErrorStats& s = chunk_stats[static_cast<size_t>(t)];
-    for (int64_t b = 0; b < c.blocks; ++b) {
-      const BlockPlace at = place_of(c.first_block + b, job.cols);
-      const int64_t present = std::clamp<int64_t>(job.cols - at.col, 0, kKquantBlock);
-      for (int64_t i = b * kKquantBlock; i < b * kKquantBlock + present; ++i) {
-        const double x = original[static_cast<size_t>(i)], y = decoded[static_cast<size_t>(i)], d = x - y;
-        s.sum_xx += x * x;
-        s.sum_yy += y * y;
-        s.sum_xy += x * y;
-        s.sum_dd += d * d;
-        s.max_abs_error = std::max(s.max_abs_error, std::abs(d));
-      }
-      s.count += present;
+    if (source) {
+      chunk_stats[static_cast<size_t>(t)] = kernels.compare_values(source, decoded.data(), n);
+      return;
     }
+    const int64_t kept = drop_padding(c, job.cols, original.data());
+    drop_padding(c, job.cols, decoded.data());
+    chunk_stats[static_cast<size_t>(t)] = kernels.compare_values(original.data(), decoded.data(), kept);
   });
   const int64_t bad = first_bad_chunk.load();
   if (bad < static_cast<int64_t>(chunks.size())) {

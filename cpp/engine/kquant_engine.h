@@ -35,7 +35,7 @@ struct KquantEncodeJob {
   int64_t cols = 0;
   const kernels::gguf::TypeTraits* type = nullptr;
   bool rotate = false;
-  bool search = false;            // the type's search encoder instead of ggml's reference encoder
+  bool search = false;            // the type's search encoder instead of its fast fit
   uint8_t* out = nullptr;         // kquant_encoded_bytes(...) bytes
 };
 

@@ -1,6 +1,7 @@
-// The lane searches of Q4_K and Q5_K for baseline x86-64 (8 lanes in SSE registers): the types'
-// encode_search, which the scalar path runs. The searches must write the same bytes on every
-// path, so every path runs the same lane code (gguf_kquant_search_inl.h).
+// The lane searches and fast fits of Q4_K and Q5_K for baseline x86-64 (8 lanes in SSE
+// registers): the types' encode_search and encode_fast, which the scalar path runs. They must
+// write the same bytes on every path, so every path runs the same lane code
+// (gguf_kquant_search_inl.h).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -18,5 +19,7 @@ namespace arrowquant::kernels::gguf::baseline_lanes {
 
 void encode_q4_K_search(const float* x, int64_t n, uint8_t* out) { search_kquant<15, 144>(x, n, out); }
 void encode_q5_K_search(const float* x, int64_t n, uint8_t* out) { search_kquant<31, 176>(x, n, out); }
+void encode_q4_K_fast(const float* x, int64_t n, uint8_t* out) { fast_kquant<15, 144>(x, n, out); }
+void encode_q5_K_fast(const float* x, int64_t n, uint8_t* out) { fast_kquant<31, 176>(x, n, out); }
 
 }  // namespace arrowquant::kernels::gguf::baseline_lanes

@@ -1180,21 +1180,21 @@ constexpr EncodeFn encode_q3_K_search = encode_best_of_two<encode_q3_K_weighted_
 constexpr EncodeFn encode_q6_K_search = encode_best_of_two<encode_q6_K_weighted_block, encode_q6_K, decode_q6_K, 210>;
 
 constexpr TypeTraits kTypes[] = {
-    {GgmlType::kF32, "F32", 1, 4, encode_f32, decode_f32, encode_f32, false},
-    {GgmlType::kF16, "F16", 1, 2, encode_f16, decode_f16, encode_f16, false},
-    {GgmlType::kQ4_0, "Q4_0", 32, 18, encode_q4_0, decode_q4_0, encode_q4_0, false},
-    {GgmlType::kQ4_1, "Q4_1", 32, 20, encode_q4_1, decode_q4_1, encode_q4_1, false},
-    {GgmlType::kQ5_0, "Q5_0", 32, 22, encode_q5_0, decode_q5_0, encode_q5_0, false},
-    {GgmlType::kQ5_1, "Q5_1", 32, 24, encode_q5_1, decode_q5_1, encode_q5_1, false},
-    {GgmlType::kQ8_0, "Q8_0", 32, 34, encode_q8_0, decode_q8_0, encode_q8_0, false},
-    {GgmlType::kQ2_K, "Q2_K", QK_K, 84, encode_q2_K, decode_q2_K, encode_q2_K_search, true},
-    {GgmlType::kQ3_K, "Q3_K", QK_K, 110, encode_q3_K, decode_q3_K, encode_q3_K_search, true},
-    {GgmlType::kQ4_K, "Q4_K", QK_K, 144, encode_q4_K, decode_q4_K, baseline_lanes::encode_q4_K_search, true},
-    {GgmlType::kQ5_K, "Q5_K", QK_K, 176, encode_q5_K, decode_q5_K, baseline_lanes::encode_q5_K_search, true},
-    {GgmlType::kQ6_K, "Q6_K", QK_K, 210, encode_q6_K, decode_q6_K, encode_q6_K_search, true},
-    {GgmlType::kIQ4_NL, "IQ4_NL", 32, 18, encode_iq4_nl, decode_iq4_nl, encode_iq4_nl, false},
-    {GgmlType::kIQ4_XS, "IQ4_XS", QK_K, 136, encode_iq4_xs, decode_iq4_xs, encode_iq4_xs, false},
-    {GgmlType::kBF16, "BF16", 1, 2, encode_bf16, decode_bf16, encode_bf16, false},
+    {GgmlType::kF32, "F32", 1, 4, encode_f32, decode_f32, encode_f32, false, encode_f32},
+    {GgmlType::kF16, "F16", 1, 2, encode_f16, decode_f16, encode_f16, false, encode_f16},
+    {GgmlType::kQ4_0, "Q4_0", 32, 18, encode_q4_0, decode_q4_0, encode_q4_0, false, encode_q4_0},
+    {GgmlType::kQ4_1, "Q4_1", 32, 20, encode_q4_1, decode_q4_1, encode_q4_1, false, encode_q4_1},
+    {GgmlType::kQ5_0, "Q5_0", 32, 22, encode_q5_0, decode_q5_0, encode_q5_0, false, encode_q5_0},
+    {GgmlType::kQ5_1, "Q5_1", 32, 24, encode_q5_1, decode_q5_1, encode_q5_1, false, encode_q5_1},
+    {GgmlType::kQ8_0, "Q8_0", 32, 34, encode_q8_0, decode_q8_0, encode_q8_0, false, encode_q8_0},
+    {GgmlType::kQ2_K, "Q2_K", QK_K, 84, encode_q2_K, decode_q2_K, encode_q2_K_search, true, encode_q2_K},
+    {GgmlType::kQ3_K, "Q3_K", QK_K, 110, encode_q3_K, decode_q3_K, encode_q3_K_search, true, encode_q3_K},
+    {GgmlType::kQ4_K, "Q4_K", QK_K, 144, encode_q4_K, decode_q4_K, baseline_lanes::encode_q4_K_search, true, baseline_lanes::encode_q4_K_fast},
+    {GgmlType::kQ5_K, "Q5_K", QK_K, 176, encode_q5_K, decode_q5_K, baseline_lanes::encode_q5_K_search, true, baseline_lanes::encode_q5_K_fast},
+    {GgmlType::kQ6_K, "Q6_K", QK_K, 210, encode_q6_K, decode_q6_K, encode_q6_K_search, true, encode_q6_K},
+    {GgmlType::kIQ4_NL, "IQ4_NL", 32, 18, encode_iq4_nl, decode_iq4_nl, encode_iq4_nl, false, encode_iq4_nl},
+    {GgmlType::kIQ4_XS, "IQ4_XS", QK_K, 136, encode_iq4_xs, decode_iq4_xs, encode_iq4_xs, false, encode_iq4_xs},
+    {GgmlType::kBF16, "BF16", 1, 2, encode_bf16, decode_bf16, encode_bf16, false, encode_bf16},
 };
 
 }  // namespace
@@ -1253,6 +1253,13 @@ EncodeFn search_encoder(const TypeTraits& type, Isa isa) {
 EncodeFn ggml_encoder(const TypeTraits& type, Isa isa) {
   const SimdKernel* k = simd_kernel(type.type, isa);
   return k != nullptr && k->encode_ggml != nullptr ? k->encode_ggml : type.encode_ggml;
+}
+
+EncodeFn fast_encoder(const TypeTraits& type, Isa isa) {
+  const SimdKernel* k = simd_kernel(type.type, isa);
+  if (k != nullptr && k->encode_fast != nullptr) return k->encode_fast;
+  // A type without a fast fit of its own runs ggml's encoder, vectorised where the ISA has it.
+  return type.encode_fast == type.encode_ggml ? ggml_encoder(type, isa) : type.encode_fast;
 }
 
 DecodeFn decoder(const TypeTraits& type, Isa isa) {

@@ -49,6 +49,9 @@ struct TypeTraits {
   // encode_ggml on any block. Types without one of their own use encode_ggml here.
   EncodeFn encode_search;
   bool has_search;
+  // The fast fit: the same block format at about encode_ggml's error with far fewer passes over
+  // the data (what the kquant scheme's `rtn` writes). Types without one use encode_ggml here.
+  EncodeFn encode_fast;
 };
 
 // Every type this library writes and reads, in ggml id order.

@@ -13,6 +13,10 @@
 using VF = float __attribute__((vector_size(4 * AQ_LANES)));
 using VI = int32_t __attribute__((vector_size(4 * AQ_LANES)));
 constexpr int kLanes = AQ_LANES;
+// 16 consecutive values (one register on AVX-512, split by the compiler on narrower ISAs).
+using V16F = float __attribute__((vector_size(64)));
+using V16I = int32_t __attribute__((vector_size(64)));
+using V16B = uint8_t __attribute__((vector_size(16)));
 constexpr int kSuperBlocksPerCall = AQ_LANES / 8;
 
 inline VI nearest_int_lanes(VF f) {
@@ -35,11 +39,13 @@ inline VF abs_lanes(VF v) {
 // nearest_int(f) clamped to [0, nmax], as a float: f + 1.5 * 2^23 rounds f to an integer (ties to
 // even, as nearest_int's bit trick does) and subtracting it back is exact, so the clamp can stay
 // in floats and the codes need no conversion to be summed. Valid for |f| < 2^22, which every
-// lane that is not thrown away satisfies (nearest_int asserts the same).
-inline VF round_clamp_lanes(VF f, float lo, float hi) {
-  VF r = (f + 12582912.f) - 12582912.f;
-  r = r < lo ? VF{} + lo : r;
-  return r > hi ? VF{} + hi : r;
+// lane that is not thrown away satisfies (nearest_int asserts the same). The selects are written
+// as max / min instructions compute them (they differ only for NaN, in thrown-away lanes).
+template <typename V = VF>
+inline V round_clamp_lanes(V f, float lo, float hi) {
+  V r = (f + 12582912.f) - 12582912.f;
+  r = r > lo ? r : V{} + lo;
+  return r < hi ? r : V{} + hi;
 }
 
 // make_qkx2_quants(N, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, kMad), one
@@ -790,9 +796,6 @@ void encode_legacy(const float* x, int64_t n, uint8_t* out) {
 // ------------------------------------------------------------------------------------------------
 // Q2_K and Q3_K decoders, 16 values at a time (dequantize_row_q2_K / q3_K's operations per value).
 
-using V16F = float __attribute__((vector_size(64)));
-using V16I = int32_t __attribute__((vector_size(64)));
-using V16B = uint8_t __attribute__((vector_size(16)));
 
 inline V16I load16(const uint8_t* p) {
   V16B b;
@@ -1038,21 +1041,21 @@ inline void encode_q5_K_lanes_all(const float* x, int64_t n, uint8_t* out) { enc
 #include "kernels/gguf/gguf_decoders_inl.h"
 
 inline constexpr SimdKernel kSimdKernels[] = {
-    {GgmlType::kQ4_0, encode_legacy<Legacy::kQ4_0, 18>, nullptr, nullptr},
-    {GgmlType::kQ4_1, encode_legacy<Legacy::kQ4_1, 20>, nullptr, nullptr},
-    {GgmlType::kQ5_0, encode_legacy<Legacy::kQ5_0, 22>, decode_q5_0_vectorised, nullptr},
-    {GgmlType::kQ5_1, encode_legacy<Legacy::kQ5_1, 24>, decode_q5_1_vectorised, nullptr},
-    {GgmlType::kQ8_0, encode_legacy<Legacy::kQ8_0, 34>, nullptr, nullptr},
+    {GgmlType::kQ4_0, encode_legacy<Legacy::kQ4_0, 18>, nullptr, nullptr, nullptr},
+    {GgmlType::kQ4_1, encode_legacy<Legacy::kQ4_1, 20>, nullptr, nullptr, nullptr},
+    {GgmlType::kQ5_0, encode_legacy<Legacy::kQ5_0, 22>, decode_q5_0_vectorised, nullptr, nullptr},
+    {GgmlType::kQ5_1, encode_legacy<Legacy::kQ5_1, 24>, decode_q5_1_vectorised, nullptr, nullptr},
+    {GgmlType::kQ8_0, encode_legacy<Legacy::kQ8_0, 34>, nullptr, nullptr, nullptr},
     {GgmlType::kQ2_K, encode_q2_K_all, decode_q2_K_all,
-     search_best_of_two<encode_q2_K_superblock, encode_q2_K_weighted_superblock, GgmlType::kQ2_K, 84>},
+     search_best_of_two<encode_q2_K_superblock, encode_q2_K_weighted_superblock, GgmlType::kQ2_K, 84>, nullptr},
     {GgmlType::kQ3_K, encode_q3_K_all, decode_q3_K_all,
-     search_best_of_two<encode_q3_K_superblock, encode_q3_K_weighted_superblock, GgmlType::kQ3_K, 110>},
-    {GgmlType::kQ4_K, encode_q4_K_lanes_all, nullptr, search_kquant<15, 144>},
-    {GgmlType::kQ5_K, encode_q5_K_lanes_all, nullptr, search_kquant<31, 176>},
+     search_best_of_two<encode_q3_K_superblock, encode_q3_K_weighted_superblock, GgmlType::kQ3_K, 110>, nullptr},
+    {GgmlType::kQ4_K, encode_q4_K_lanes_all, nullptr, search_kquant<15, 144>, fast_kquant<15, 144>},
+    {GgmlType::kQ5_K, encode_q5_K_lanes_all, nullptr, search_kquant<31, 176>, fast_kquant<31, 176>},
     {GgmlType::kQ6_K, encode_q6_K_all, decode_q6_K_vectorised,
-     search_best_of_two<encode_q6_K_superblock<false>, encode_q6_K_superblock<true>, GgmlType::kQ6_K, 210>},
-    {GgmlType::kIQ4_NL, encode_iq4_nl_all, decode_iq4_nl_all, nullptr},
-    {GgmlType::kIQ4_XS, encode_iq4_xs_all, decode_iq4_xs_all, nullptr},
+     search_best_of_two<encode_q6_K_superblock<false>, encode_q6_K_superblock<true>, GgmlType::kQ6_K, 210>, nullptr},
+    {GgmlType::kIQ4_NL, encode_iq4_nl_all, decode_iq4_nl_all, nullptr, nullptr},
+    {GgmlType::kIQ4_XS, encode_iq4_xs_all, decode_iq4_xs_all, nullptr, nullptr},
 };
 
 std::span<const SimdKernel> simd_kernels() { return kSimdKernels; }

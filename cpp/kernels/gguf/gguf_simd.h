@@ -17,6 +17,7 @@ struct SimdKernel {
   EncodeFn encode_ggml;
   DecodeFn decode;
   EncodeFn encode_search;  // a lane search (same bytes on every path), or null: the type's own
+  EncodeFn encode_fast;    // a lane fast fit (same bytes on every path), or null: the type's own
 };
 
 namespace avx2 {
@@ -32,6 +33,8 @@ std::span<const SimdKernel> simd_kernels();
 namespace baseline_lanes {
 void encode_q4_K_search(const float* x, int64_t n, uint8_t* out);
 void encode_q5_K_search(const float* x, int64_t n, uint8_t* out);
+void encode_q4_K_fast(const float* x, int64_t n, uint8_t* out);
+void encode_q5_K_fast(const float* x, int64_t n, uint8_t* out);
 }  // namespace baseline_lanes
 
 // The fastest encoder of `type` in ggml mode that the ISA has (its scalar reference otherwise).
@@ -39,6 +42,9 @@ EncodeFn ggml_encoder(const TypeTraits& type, Isa isa);
 // The fastest search encoder of `type` the ISA has; every one writes the bytes of the type's
 // encode_search.
 EncodeFn search_encoder(const TypeTraits& type, Isa isa);
+// The fastest fast-fit encoder of `type` the ISA has; every one writes the bytes of the type's
+// encode_fast.
+EncodeFn fast_encoder(const TypeTraits& type, Isa isa);
 // The fastest decoder of `type` the ISA has; every one gives the scalar decoder's floats.
 DecodeFn decoder(const TypeTraits& type, Isa isa);
 

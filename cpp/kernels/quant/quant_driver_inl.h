@@ -548,8 +548,22 @@ inline void dequantize_groups(const DequantizeJob& job, int64_t group_begin, int
   }
 }
 
+// ErrorStats of n finite values x against their decoded values y, summed as quantize_groups sums
+// a row of 256-element groups: the same additions on every ISA.
+inline ErrorStats compare_values(const float* x, const float* y, int64_t n) {
+  constexpr int64_t kBlock = 256;
+  ErrorAccumulator accumulator;
+  for (int64_t i = 0; i < n; i += kBlock) {
+    const int64_t m = n - i < kBlock ? n - i : kBlock;
+    float lo = 0.0f, hi = 0.0f;
+    Ops::min_max(x + i, m, &lo, &hi);
+    accumulator.add_group(x + i, y + i, m, -lo > hi ? -lo : hi);
+  }
+  return accumulator.finish();
+}
+
 inline const KernelTable& make_table(const char* name) {
-  static const KernelTable table = {name, &quantize_groups, &dequantize_groups,
+  static const KernelTable table = {name,           &quantize_groups, &dequantize_groups, &compare_values,
                                     &Ops::min_max, &Ops::pack_codes, &Ops::unpack_codes};
   return table;
 }

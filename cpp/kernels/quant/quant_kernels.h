@@ -102,6 +102,11 @@ struct KernelTable {
   // Decodes groups [group_begin, group_end) into job.weights: x = (q - zero_point) * scale.
   void (*dequantize_groups)(const DequantizeJob& job, int64_t group_begin, int64_t group_end);
 
+  // Compares n finite source values with their decoded values (encoders that are not group
+  // kernels, such as the kquant scheme's, report their error through this), in 256-element
+  // blocks summed exactly as quantize_groups sums its groups.
+  ErrorStats (*compare_values)(const float* x, const float* y, int64_t n);
+
   // Building blocks, exposed for tests and microbenchmarks.
   // min/max of n >= 1 floats; returns false if any is NaN or +-Inf (min/max then undefined).
   bool (*min_max)(const float* values, int64_t n, float* min_out, float* max_out);
