@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <immintrin.h>
 
 #include "kernels/common/float16.h"
 #include "kernels/gguf/gguf_reference_parts.h"

@@ -8,7 +8,8 @@
 // selects; lanes whose branch the reference would not take compute throw-away values (possibly
 // Inf or NaN, never trapped) that the selects discard. Compiled without FMA contraction.
 //
-// Needs, before inclusion: <algorithm>, <cmath>, <cstdint>, <cstring>, "kernels/common/float16.h".
+// Needs, before inclusion: <algorithm>, <cmath>, <cstdint>, <cstring>, <immintrin.h>,
+// "kernels/common/float16.h".
 
 using VF = float __attribute__((vector_size(4 * AQ_LANES)));
 using VI = int32_t __attribute__((vector_size(4 * AQ_LANES)));
@@ -36,16 +37,45 @@ inline VF abs_lanes(VF v) {
   return __builtin_bit_cast(VF, __builtin_bit_cast(VI, v) & 0x7fffffff);
 }
 
+// a > b ? a : b and a < b ? a : b, exactly what MAXPS / MINPS compute; the compiler does not
+// turn the selects into those instructions by itself (they differ from IEEE max/min on -0 and NaN).
+template <typename V>
+inline V max_lanes(V a, V b) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64) {
+    const __m512 x = __builtin_bit_cast(__m512, a);  // the masked form: GCC 12 warns on the unmasked one
+    return __builtin_bit_cast(V, _mm512_mask_max_ps(x, 0xFFFF, x, __builtin_bit_cast(__m512, b)));
+  }
+#endif
+#if defined(__AVX__)
+  if constexpr (sizeof(V) == 32) return __builtin_bit_cast(V, _mm256_max_ps(__builtin_bit_cast(__m256, a), __builtin_bit_cast(__m256, b)));
+#endif
+  return a > b ? a : b;
+}
+template <typename V>
+inline V min_lanes(V a, V b) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64) {
+    const __m512 x = __builtin_bit_cast(__m512, a);
+    return __builtin_bit_cast(V, _mm512_mask_min_ps(x, 0xFFFF, x, __builtin_bit_cast(__m512, b)));
+  }
+#endif
+#if defined(__AVX__)
+  if constexpr (sizeof(V) == 32) return __builtin_bit_cast(V, _mm256_min_ps(__builtin_bit_cast(__m256, a), __builtin_bit_cast(__m256, b)));
+#endif
+  return a < b ? a : b;
+}
+
 // nearest_int(f) clamped to [0, nmax], as a float: f + 1.5 * 2^23 rounds f to an integer (ties to
 // even, as nearest_int's bit trick does) and subtracting it back is exact, so the clamp can stay
 // in floats and the codes need no conversion to be summed. Valid for |f| < 2^22, which every
-// lane that is not thrown away satisfies (nearest_int asserts the same). The selects are written
-// as max / min instructions compute them (they differ only for NaN, in thrown-away lanes).
+// lane that is not thrown away satisfies (nearest_int asserts the same). The clamp is a MAXPS /
+// MINPS pair: for NaN it gives a bound where the reference's integer clamp has no NaN to see, and
+// NaN only arises in thrown-away lanes.
 template <typename V = VF>
 inline V round_clamp_lanes(V f, float lo, float hi) {
-  V r = (f + 12582912.f) - 12582912.f;
-  r = r > lo ? r : V{} + lo;
-  return r < hi ? r : V{} + hi;
+  const V r = (f + 12582912.f) - 12582912.f;
+  return min_lanes(max_lanes(r, V{} + lo), V{} + hi);
 }
 
 // make_qkx2_quants(N, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, kMad), one

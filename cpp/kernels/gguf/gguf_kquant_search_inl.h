@@ -19,14 +19,19 @@
 //  5. Keep the searched block only where its decoded error (in double) is below ggml's.
 
 // The decoder's squared error on every lane's sub-block for decoded scale d1 and min m1, with the
-// codes that round (x + m1) / d1 best (through a reciprocal: the search only ranks candidates).
+// codes that round t = (x + m1) / d1 best (through a reciprocal: the search only ranks
+// candidates), measured in code units, d1^2 * sum (q - t)^2, which saves two operations a value.
+// A zero scale decodes every code to -m1: its lanes get q = 0, t = x + m1 and weight 1.
 // Four partial sums (element i into sum i % 4) so that the additions do not wait on each other.
 template <int kMaxCode>
 inline VF subblock_error_lanes(const VF* x, VF d1, VF m1) {
-  const VF inv = d1 != 0 ? 1 / d1 : VF{};
+  const VI zero_scale = d1 == 0;
+  const VF inv = zero_scale ? VF{} + 1 : 1 / d1;
+  const VF max_code = zero_scale ? VF{} : VF{} + static_cast<float>(kMaxCode);
   auto squared_error = [&](int i) {
-    const VF q = round_clamp_lanes((x[i] + m1) * inv, 0, kMaxCode);
-    const VF diff = (d1 * q - m1) - x[i];
+    const VF t = (x[i] + m1) * inv;
+    const VF q = min_lanes(max_lanes((t + 12582912.f) - 12582912.f, VF{}), max_code);
+    const VF diff = q - t;
     return diff * diff;
   };
   VF e0 = VF{}, e1 = VF{}, e2 = VF{}, e3 = VF{};
@@ -36,7 +41,7 @@ inline VF subblock_error_lanes(const VF* x, VF d1, VF m1) {
     e2 += squared_error(i + 2);
     e3 += squared_error(i + 3);
   }
-  return (e0 + e1) + (e2 + e3);
+  return (zero_scale ? VF{} + 1 : d1 * d1) * ((e0 + e1) + (e2 + e3));
 }
 
 template <int kMaxCode>
