@@ -477,8 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--group-size", type=int, help="affine: weights per group sharing a scale and zero point, a power "
                                                   "of two 16..4096 (default: 128, or the profile's)")
     q.add_argument("--symmetric", action="store_true", help="symmetric groups (zero point fixed at the middle code)")
-    q.add_argument("--method", choices=["rtn", "search"], help="rtn: min/max rounding; search: least-squares search, "
-                                                               "lower error, ~7x slower (default: search)")
+    q.add_argument("--method", choices=["rtn", "search"],
+                   help="rtn: fast rounding (affine: min/max; kquant: ggml's rounding or a fast fit of its error); "
+                        "search: lower error, 7-18x slower (default: search for affine, rtn for kquant)")
     q.add_argument("--mode", choices=["diffusion", "base"], default="diffusion",
                    help="diffusion: keep sensitive layers (embeddings, input/output, norms, first/last block) at "
                         "--sensitive-bits; base: every layer alike")

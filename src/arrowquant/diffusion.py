@@ -25,7 +25,7 @@ from .tensor import dequantize_tensors
 
 # "local" uses format v2's kquant scheme: at the same 4.5 bits per weight as affine 4-bit group
 # 128, its relative RMSE is 0.071 against 0.097 on MiniLM's weights (bench/bench_format_v2.py),
-# with the fast reference-rounding encoder ("rtn"; search gains 2.5% more at 7x the time). edge
+# with the fast encoder ("rtn"; search gains 2.5% more at 18x the time). edge
 # and cloud stay affine: kquant has no setting as small as edge's 2.25 bits per weight, and at
 # cloud's size its error is no lower (8.5 vs 9 bits per weight, relative RMSE 0.0053 vs 0.0051).
 PROFILES: dict[str, dict[str, Any]] = {
@@ -76,7 +76,7 @@ class DiffusionQuantConfig:
         self.include = _patterns(include, "include")
         self.exclude = _patterns(exclude, "exclude")
         self.num_threads = check_num_threads(num_threads)
-        # None: search for affine, the reference rounding for kquant (schemes.DEFAULT_PIPELINE_METHODS)
+        # None: search for affine, the fast encoder for kquant (schemes.DEFAULT_PIPELINE_METHODS)
         self.method = DEFAULT_PIPELINE_METHODS[self.scheme] if method is None else check_method(method)
 
     @classmethod

@@ -31,7 +31,7 @@ KQUANT_BLOCK_TYPES = {2: "Q2_K", 3: "Q3_K", 4: "Q4_K", 5: "Q5_K", 6: "Q6_K", 8: 
 
 
 # What the whole-model pipelines use when no method is named: affine search costs ~7x RTN for
-# 8% lower error; kquant search (Q4_K / Q5_K) costs ~7x its reference rounding for 2.5%.
+# 8% lower error; kquant search (Q4_K / Q5_K) costs ~18x the fast fit (rtn) for 2.5%.
 DEFAULT_PIPELINE_METHODS = {"affine": "search", "kquant": "rtn"}
 
 
