@@ -75,7 +75,7 @@ def test_gguf_py_reads_every_tensor_and_decodes_it_as_we_do(unet_q4km, demo):
                                            ("Q5_1", "Q5_1"), ("BF16", "BF16"), ("F16", "F16")])
 def test_legacy_types_match_gguf_py_quantizers_byte_for_byte(demo, tmp_path, mix, type_name):
     out = tmp_path / "u.gguf"
-    report = ag.convert(demo / "unet", out, type=mix, type_for=["*=" + type_name], with_stats=False)
+    report = ag.convert(demo / "unet", out, type=mix, type_for=["*=" + type_name], with_stats=False, method="ggml")
     from arrowquant.safetensors_io import SafetensorsFile
     with SafetensorsFile(demo / "unet" / "diffusion_pytorch_model.safetensors") as sf:
         checked = 0
@@ -262,7 +262,7 @@ def test_search_method_lowers_the_error_of_k_quant_tensors(demo, tmp_path):
     assert search["method"] == "search"
     k4 = [n for n, t in tensors.items() if t["type"] == "Q4_K"]
     assert k4 and all(tensors[n]["encoder"] == "search" for n in k4)
-    assert all(t["encoder"] == ("search" if t["type"] in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K") else "ggml")
+    assert all(t["encoder"] == ("search" if t["type"] in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0") else "ggml")
                for t in tensors.values() if t["type"] not in ("F16", "F32", "BF16"))
     assert all(tensors[n]["relative_rmse"] <= ggml_mode[n]["relative_rmse"] + 1e-12 for n in k4)
     assert sum(tensors[n]["relative_rmse"] for n in k4) < 0.985 * sum(ggml_mode[n]["relative_rmse"] for n in k4)

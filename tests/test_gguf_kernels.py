@@ -141,7 +141,7 @@ def test_search_is_ggmls_importance_quantizer_with_ones_where_it_is_better(ggml,
     assert block_errors(ours).sum() <= block_errors(reference).sum()
 
 
-@pytest.mark.parametrize("name", ["Q4_K", "Q5_K"])
+@pytest.mark.parametrize("name", ["Q4_K", "Q5_K", "Q8_0"])
 def test_search_is_never_worse_than_ggml_on_any_block_and_better_overall(name):
     gguf = pytest.importorskip("gguf")
     from gguf.quants import dequantize
@@ -154,10 +154,15 @@ def test_search_is_never_worse_than_ggml_on_any_block_and_better_overall(name):
     [search_bytes] = _core.gguf_encode_arrays([data], [0], [tid], ["x"], 0, "search")
     qtype = gguf.GGMLQuantizationType[name]
     # errors through gguf-py's decoder, an independent one
-    err_ggml = ((dequantize(ggml_bytes, qtype).astype(np.float64) - data) ** 2).reshape(-1, 256).sum(axis=1)
-    err_search = ((dequantize(search_bytes, qtype).astype(np.float64) - data) ** 2).reshape(-1, 256).sum(axis=1)
+    block = TYPES[name][2]
+    err_ggml = ((dequantize(ggml_bytes, qtype).astype(np.float64) - data) ** 2).reshape(-1, block).sum(axis=1)
+    err_search = ((dequantize(search_bytes, qtype).astype(np.float64) - data) ** 2).reshape(-1, block).sum(axis=1)
     assert np.all(err_search <= err_ggml * (1 + 1e-6) + 1e-30)
-    assert err_search.sum() < 0.97 * err_ggml.sum()  # squared error; relative RMSE about 2.5-5% lower
+    # squared error; relative RMSE about 2.5-5% lower (Q8_0: its spiky blocks keep ggml's scale, its
+    # Gaussian ones are 7-8% lower)
+    assert err_search.sum() < (0.99 if name == "Q8_0" else 0.97) * err_ggml.sum()
+    gaussian = slice(0, 64 * 256 // block)
+    assert err_search[gaussian].sum() < (0.88 if name == "Q8_0" else 0.97) * err_ggml[gaussian].sum()
     [again] = _core.gguf_encode_arrays([data], [0], [tid], ["x"], 1, "search")
     assert again.tobytes() == search_bytes.tobytes()  # deterministic at any thread count
 
@@ -186,7 +191,7 @@ def test_decoders_give_ggml_floats_on_every_path(ggml, simd_path, name):
 SEARCH_BYTES = {}
 
 
-@pytest.mark.parametrize("name", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+@pytest.mark.parametrize("name", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"])
 def test_search_writes_the_same_bytes_on_every_path(simd_path, name):
     """The search encoders run one lane code on every path (8 or 16 lanes, or baseline x86-64 for
     the scalar path): the file does not depend on the machine that wrote it."""

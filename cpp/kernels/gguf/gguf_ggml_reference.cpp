@@ -1186,7 +1186,7 @@ constexpr TypeTraits kTypes[] = {
     {GgmlType::kQ4_1, "Q4_1", 32, 20, encode_q4_1, decode_q4_1, encode_q4_1, false, encode_q4_1},
     {GgmlType::kQ5_0, "Q5_0", 32, 22, encode_q5_0, decode_q5_0, encode_q5_0, false, encode_q5_0},
     {GgmlType::kQ5_1, "Q5_1", 32, 24, encode_q5_1, decode_q5_1, encode_q5_1, false, encode_q5_1},
-    {GgmlType::kQ8_0, "Q8_0", 32, 34, encode_q8_0, decode_q8_0, encode_q8_0, false, encode_q8_0},
+    {GgmlType::kQ8_0, "Q8_0", 32, 34, encode_q8_0, decode_q8_0, baseline_lanes::encode_q8_0_search, true, encode_q8_0},
     {GgmlType::kQ2_K, "Q2_K", QK_K, 84, encode_q2_K, decode_q2_K, encode_q2_K_search, true, encode_q2_K},
     {GgmlType::kQ3_K, "Q3_K", QK_K, 110, encode_q3_K, decode_q3_K, encode_q3_K_search, true, encode_q3_K},
     {GgmlType::kQ4_K, "Q4_K", QK_K, 144, encode_q4_K, decode_q4_K, baseline_lanes::encode_q4_K_search, true, baseline_lanes::encode_q4_K_fast},

@@ -1075,7 +1075,7 @@ inline constexpr SimdKernel kSimdKernels[] = {
     {GgmlType::kQ4_1, encode_legacy<Legacy::kQ4_1, 20>, nullptr, nullptr, nullptr},
     {GgmlType::kQ5_0, encode_legacy<Legacy::kQ5_0, 22>, decode_q5_0_vectorised, nullptr, nullptr},
     {GgmlType::kQ5_1, encode_legacy<Legacy::kQ5_1, 24>, decode_q5_1_vectorised, nullptr, nullptr},
-    {GgmlType::kQ8_0, encode_legacy<Legacy::kQ8_0, 34>, nullptr, nullptr, nullptr},
+    {GgmlType::kQ8_0, encode_legacy<Legacy::kQ8_0, 34>, nullptr, search_q8_0, nullptr},
     {GgmlType::kQ2_K, encode_q2_K_all, decode_q2_K_all,
      search_best_of_two<encode_q2_K_superblock, encode_q2_K_weighted_superblock, GgmlType::kQ2_K, 84>, nullptr},
     {GgmlType::kQ3_K, encode_q3_K_all, decode_q3_K_all,
