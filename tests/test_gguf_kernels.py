@@ -111,9 +111,9 @@ def test_bad_inputs_name_the_tensor():
         _core.gguf_encode_arrays([y], [0], [99], ["w"], 0)
 
 
-@pytest.mark.parametrize("name", ["Q2_K", "Q3_K", "Q6_K"])
+@pytest.mark.parametrize("name", ["Q2_K", "Q3_K"])
 def test_search_is_ggmls_importance_quantizer_with_ones_where_it_is_better(ggml, name):
-    """Q2_K / Q3_K / Q6_K search: each block is ggml's importance-weighted quantizer's with an
+    """Q2_K / Q3_K search: each block is ggml's importance-weighted quantizer's with an
     all-ones matrix (ggml's own quantize_q*_K given ones) or the reference's, whichever has the
     lower squared error."""
     rng = np.random.default_rng(13)
@@ -137,11 +137,11 @@ def test_search_is_ggmls_importance_quantizer_with_ones_where_it_is_better(ggml,
     pick_weighted = block_errors(weighted) < block_errors(reference)
     expected = np.where(pick_weighted[:, None], weighted_b, reference_b)
     assert np.array_equal(ours_b, expected)
-    assert block_errors(ours).sum() < 0.97 * block_errors(reference).sum() or name == "Q6_K"
+    assert block_errors(ours).sum() < 0.97 * block_errors(reference).sum()
     assert block_errors(ours).sum() <= block_errors(reference).sum()
 
 
-@pytest.mark.parametrize("name", ["Q4_K", "Q5_K", "Q8_0"])
+@pytest.mark.parametrize("name", ["Q4_K", "Q5_K", "Q6_K", "Q8_0"])
 def test_search_is_never_worse_than_ggml_on_any_block_and_better_overall(name):
     gguf = pytest.importorskip("gguf")
     from gguf.quants import dequantize
@@ -158,11 +158,11 @@ def test_search_is_never_worse_than_ggml_on_any_block_and_better_overall(name):
     err_ggml = ((dequantize(ggml_bytes, qtype).astype(np.float64) - data) ** 2).reshape(-1, block).sum(axis=1)
     err_search = ((dequantize(search_bytes, qtype).astype(np.float64) - data) ** 2).reshape(-1, block).sum(axis=1)
     assert np.all(err_search <= err_ggml * (1 + 1e-6) + 1e-30)
-    # squared error; relative RMSE about 2.5-5% lower (Q8_0: its spiky blocks keep ggml's scale, its
-    # Gaussian ones are 7-8% lower)
-    assert err_search.sum() < (0.99 if name == "Q8_0" else 0.97) * err_ggml.sum()
+    # squared error; relative RMSE about 2.5-5% lower (Q6_K / Q8_0: on spiky blocks the scale is the
+    # spike's, little to choose; on Gaussian ones 7-8% lower)
+    assert err_search.sum() < (0.99 if name in ("Q6_K", "Q8_0") else 0.97) * err_ggml.sum()
     gaussian = slice(0, 64 * 256 // block)
-    assert err_search[gaussian].sum() < (0.88 if name == "Q8_0" else 0.97) * err_ggml[gaussian].sum()
+    assert err_search[gaussian].sum() < (0.9 if name in ("Q6_K", "Q8_0") else 0.97) * err_ggml[gaussian].sum()
     [again] = _core.gguf_encode_arrays([data], [0], [tid], ["x"], 1, "search")
     assert again.tobytes() == search_bytes.tobytes()  # deterministic at any thread count
 

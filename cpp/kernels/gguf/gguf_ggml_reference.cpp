@@ -839,10 +839,6 @@ void encode_q6_K(const float* x, int64_t n, uint8_t* out) {
   for (int64_t b = 0; b < n / QK_K; ++b) encode_q6_K_block(x + b * QK_K, out + b * 210, nullptr);
 }
 
-void encode_q6_K_weighted_block(const float* x, uint8_t* out) {
-  static constexpr float kOnes[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
-  encode_q6_K_block(x, out, kOnes);
-}
 
 void decode_q6_K(const uint8_t* __restrict in, int64_t n, float* __restrict y) {
   for (int64_t b = 0; b < n / QK_K; ++b, in += 210) {
@@ -1024,8 +1020,8 @@ void decode_iq4_xs(const uint8_t* __restrict in, int64_t n, float* __restrict y)
 }
 
 // ------------------------------------------------------------------------------------------------
-// Search encoders of Q2_K, Q3_K and Q6_K: ggml's importance-weighted quantizers
-// (quantize_row_q{2,3,6}_K_impl) with an all-ones importance matrix — no calibration data, and
+// Search encoders of Q2_K and Q3_K: ggml's importance-weighted quantizers
+// (quantize_row_q{2,3}_K_impl) with an all-ones importance matrix — no calibration data, and
 // lower error than the reference quantizers on most blocks — ported operation for operation (the
 // tests compare with ggml's quantize_q*_K given ones). Per block, the result with the lower
 // squared error of the two (weighted, reference) is kept, so search is never worse than ggml mode.
@@ -1162,9 +1158,6 @@ void encode_q3_K_weighted_block(const float* x, uint8_t* out) {
   q3_K_codes(x, L, out);
 }
 
-// (quantize_row_q6_K_impl with quant_weights = 1 is encode_q6_K_weighted_block, next to Q6_K's
-// reference quantizer: uniform weights in make_qx_quants instead of x^2.)
-
 template <void (*Weighted)(const float*, uint8_t*), EncodeFn Reference, DecodeFn Decode, int kBytes>
 void encode_best_of_two(const float* x, int64_t n, uint8_t* out) {
   uint8_t candidate[kBytes];
@@ -1177,7 +1170,6 @@ void encode_best_of_two(const float* x, int64_t n, uint8_t* out) {
 
 constexpr EncodeFn encode_q2_K_search = encode_best_of_two<encode_q2_K_weighted_block, encode_q2_K, decode_q2_K, 84>;
 constexpr EncodeFn encode_q3_K_search = encode_best_of_two<encode_q3_K_weighted_block, encode_q3_K, decode_q3_K, 110>;
-constexpr EncodeFn encode_q6_K_search = encode_best_of_two<encode_q6_K_weighted_block, encode_q6_K, decode_q6_K, 210>;
 
 constexpr TypeTraits kTypes[] = {
     {GgmlType::kF32, "F32", 1, 4, encode_f32, decode_f32, encode_f32, false, encode_f32},
@@ -1191,7 +1183,7 @@ constexpr TypeTraits kTypes[] = {
     {GgmlType::kQ3_K, "Q3_K", QK_K, 110, encode_q3_K, decode_q3_K, encode_q3_K_search, true, encode_q3_K},
     {GgmlType::kQ4_K, "Q4_K", QK_K, 144, encode_q4_K, decode_q4_K, baseline_lanes::encode_q4_K_search, true, baseline_lanes::encode_q4_K_fast},
     {GgmlType::kQ5_K, "Q5_K", QK_K, 176, encode_q5_K, decode_q5_K, baseline_lanes::encode_q5_K_search, true, baseline_lanes::encode_q5_K_fast},
-    {GgmlType::kQ6_K, "Q6_K", QK_K, 210, encode_q6_K, decode_q6_K, encode_q6_K_search, true, encode_q6_K},
+    {GgmlType::kQ6_K, "Q6_K", QK_K, 210, encode_q6_K, decode_q6_K, baseline_lanes::encode_q6_K_search, true, encode_q6_K},
     {GgmlType::kIQ4_NL, "IQ4_NL", 32, 18, encode_iq4_nl, decode_iq4_nl, encode_iq4_nl, false, encode_iq4_nl},
     {GgmlType::kIQ4_XS, "IQ4_XS", QK_K, 136, encode_iq4_xs, decode_iq4_xs, encode_iq4_xs, false, encode_iq4_xs},
     {GgmlType::kBF16, "BF16", 1, 2, encode_bf16, decode_bf16, encode_bf16, false, encode_bf16},

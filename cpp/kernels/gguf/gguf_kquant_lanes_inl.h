@@ -343,10 +343,22 @@ inline VF make_qx_quants_lanes(const VF* x, const VF* weights, VI* L) {
   return zero ? VF{} : scale;
 }
 
-// ggml's quantize_row_q6_K_ref, one super-block per call (16 sub-blocks in 16 / kLanes passes);
-// with kUnitImportance, quantize_row_q6_K_impl given an all-ones importance matrix (the scalar
-// port is encode_q6_K_weighted_block): the same steps with unit weights instead of x^2.
-template <bool kUnitImportance = false>
+// The 256 six-bit codes (0..63) of a Q6_K block into its ql (128 bytes: low nibbles) and qh (64
+// bytes: high bit pairs), ggml's layout.
+inline void pack_q6_K_codes(const uint8_t* codes, uint8_t* ql, uint8_t* qh) {
+  for (int j = 0; j < 256; j += 128) {
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t* c = codes + j + l;
+      ql[l + 0] = static_cast<uint8_t>((c[0] & 0xF) | ((c[64] & 0xF) << 4));
+      ql[l + 32] = static_cast<uint8_t>((c[32] & 0xF) | ((c[96] & 0xF) << 4));
+      qh[l] = static_cast<uint8_t>((c[0] >> 4) | ((c[32] >> 4) << 2) | ((c[64] >> 4) << 4) | ((c[96] >> 4) << 6));
+    }
+    ql += 64;
+    qh += 32;
+  }
+}
+
+// ggml's quantize_row_q6_K_ref, one super-block per call (16 sub-blocks in 16 / kLanes passes).
 inline void encode_q6_K_superblock(const float* x, uint8_t* out) {
   constexpr float kGroupMaxEps = 1e-15f;
   constexpr int kPasses = 16 / kLanes;
@@ -357,7 +369,7 @@ inline void encode_q6_K_superblock(const float* x, uint8_t* out) {
     VF W[16];
     for (int i = 0; i < 16; ++i) {
       for (int k = 0; k < kLanes; ++k) X[p][i][k] = x[16 * (kLanes * p + k) + i];
-      W[i] = kUnitImportance ? VF{} + 1.0f : X[p][i] * X[p][i];
+      W[i] = X[p][i] * X[p][i];
     }
     const VF s = make_qx_quants_lanes<32>(X[p], W, L[p]);
     for (int k = 0; k < kLanes; ++k) scales[kLanes * p + k] = s[k];
@@ -397,16 +409,7 @@ inline void encode_q6_K_superblock(const float* x, uint8_t* out) {
       for (int k = 0; k < kLanes; ++k) codes[16 * (kLanes * p + k) + i] = static_cast<uint8_t>(code[k]);
     }
   }
-  for (int j = 0; j < 256; j += 128) {
-    for (int l = 0; l < 32; ++l) {
-      const uint8_t* c = codes + j + l;
-      ql[l + 0] = static_cast<uint8_t>((c[0] & 0xF) | ((c[64] & 0xF) << 4));
-      ql[l + 32] = static_cast<uint8_t>((c[32] & 0xF) | ((c[96] & 0xF) << 4));
-      qh[l] = static_cast<uint8_t>((c[0] >> 4) | ((c[32] >> 4) << 2) | ((c[64] >> 4) << 4) | ((c[96] >> 4) << 6));
-    }
-    ql += 64;
-    qh += 32;
-  }
+  pack_q6_K_codes(codes, ql, qh);
 }
 
 inline void encode_q6_K_all(const float* x, int64_t n, uint8_t* out) {
@@ -546,7 +549,7 @@ inline void encode_q2_K_weighted_superblock(const float* x, uint8_t* out) {
   finish_q2_K_superblock(X, L, out);
 }
 
-// The search encoders of Q2_K, Q3_K and Q6_K: per super-block the better (by the decoded squared
+// The search encoders of Q2_K and Q3_K: per super-block the better (by the decoded squared
 // error) of ggml's reference block and its importance-weighted quantizer with unit importance, as
 // the scalar encode_best_of_two, with this ISA's lanes for what they cover.
 template <void (*kReference)(const float*, uint8_t*), void (*kWeighted)(const float*, uint8_t*), GgmlType kType,
@@ -1082,8 +1085,7 @@ inline constexpr SimdKernel kSimdKernels[] = {
      search_best_of_two<encode_q3_K_superblock, encode_q3_K_weighted_superblock, GgmlType::kQ3_K, 110>, nullptr},
     {GgmlType::kQ4_K, encode_q4_K_lanes_all, nullptr, search_kquant<15, 144>, fast_kquant<15, 144>},
     {GgmlType::kQ5_K, encode_q5_K_lanes_all, nullptr, search_kquant<31, 176>, fast_kquant<31, 176>},
-    {GgmlType::kQ6_K, encode_q6_K_all, decode_q6_K_vectorised,
-     search_best_of_two<encode_q6_K_superblock<false>, encode_q6_K_superblock<true>, GgmlType::kQ6_K, 210>, nullptr},
+    {GgmlType::kQ6_K, encode_q6_K_all, decode_q6_K_vectorised, search_q6_K, nullptr},
     {GgmlType::kIQ4_NL, encode_iq4_nl_all, decode_iq4_nl_all, nullptr, nullptr},
     {GgmlType::kIQ4_XS, encode_iq4_xs_all, decode_iq4_xs_all, nullptr, nullptr},
 };
