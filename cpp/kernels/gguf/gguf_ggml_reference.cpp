@@ -1020,112 +1020,11 @@ void decode_iq4_xs(const uint8_t* __restrict in, int64_t n, float* __restrict y)
 }
 
 // ------------------------------------------------------------------------------------------------
-// Search encoders of Q2_K and Q3_K: ggml's importance-weighted quantizers
-// (quantize_row_q{2,3}_K_impl) with an all-ones importance matrix — no calibration data, and
+// Search encoder of Q3_K: ggml's importance-weighted quantizer
+// (quantize_row_q3_K_impl) with an all-ones importance matrix — no calibration data, and
 // lower error than the reference quantizers on most blocks — ported operation for operation (the
 // tests compare with ggml's quantize_q*_K given ones). Per block, the result with the lower
 // squared error of the two (weighted, reference) is kept, so search is never worse than ggml mode.
-
-float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* quant_weights) {
-  float max = 0;
-  for (int i = 0; i < n; ++i) max = std::max(max, x[i]);
-  if (max < GROUP_MAX_EPS) {
-    for (int i = 0; i < n; ++i) L[i] = 0;
-    return 0.f;
-  }
-  float iscale = static_cast<float>(nmax) / max;
-  for (int i = 0; i < n; ++i) L[i] = static_cast<uint8_t>(nearest_int(iscale * x[i]));
-  const float scale = 1 / iscale;
-  float best_mse = 0;
-  for (int i = 0; i < n; ++i) {
-    const float diff = x[i] - scale * static_cast<float>(L[i]);
-    best_mse += quant_weights[i] * diff * diff;
-  }
-  for (int is = -4; is <= 4; ++is) {
-    if (is == 0) continue;
-    const float iscale_is = (0.1f * static_cast<float>(is) + static_cast<float>(nmax)) / max;
-    const float scale_is = 1 / iscale_is;
-    float mse = 0;
-    for (int i = 0; i < n; ++i) {
-      const int l = std::min(nmax, nearest_int(iscale_is * x[i]));
-      const float diff = x[i] - scale_is * static_cast<float>(l);
-      mse += quant_weights[i] * diff * diff;
-    }
-    if (mse < best_mse) {
-      best_mse = mse;
-      iscale = iscale_is;
-    }
-  }
-  float sumlx = 0, suml2 = 0;
-  for (int i = 0; i < n; ++i) {
-    const int l = std::min(nmax, nearest_int(iscale * x[i]));
-    L[i] = static_cast<uint8_t>(l);
-    const float w = quant_weights[i];
-    sumlx += w * x[i] * static_cast<float>(l);
-    suml2 += w * static_cast<float>(l) * static_cast<float>(l);
-  }
-  for (int itry = 0; itry < 5; ++itry) {
-    int n_changed = 0;
-    for (int i = 0; i < n; ++i) {
-      const float w = quant_weights[i];
-      float slx = sumlx - w * x[i] * static_cast<float>(L[i]);
-      float sl2 = suml2 - w * static_cast<float>(L[i]) * static_cast<float>(L[i]);
-      if (slx > 0 && sl2 > 0) {
-        const int new_l = std::min(nmax, nearest_int(x[i] * sl2 / slx));
-        if (new_l != L[i]) {
-          slx += w * x[i] * static_cast<float>(new_l);
-          sl2 += w * static_cast<float>(new_l) * static_cast<float>(new_l);
-          if (slx * slx * suml2 > sumlx * sumlx * sl2) {
-            L[i] = static_cast<uint8_t>(new_l);
-            sumlx = slx;
-            suml2 = sl2;
-            ++n_changed;
-          }
-        }
-      }
-    }
-    if (!n_changed) break;
-  }
-  return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
-}
-
-// quantize_row_q2_K_impl with quant_weights = 1: one block of 256.
-void encode_q2_K_weighted_block(const float* x, uint8_t* out) {
-  uint8_t L[QK_K], Laux[16], Ls[QK_K / 16], Lm[QK_K / 16];
-  float mins[QK_K / 16], scales[QK_K / 16], sw[QK_K / 16] = {}, weight[16];
-  uint8_t* y_scales = out;
-  uint8_t* y_qs = out + 16;
-  float sumx2 = 0;
-  for (int j = 0; j < QK_K; ++j) sumx2 += x[j] * x[j];
-  const float sigma2 = sumx2 / QK_K;
-  for (int j = 0; j < QK_K / 16; ++j) {
-    for (int l = 0; l < 16; ++l) weight[l] = 1.0f * std::sqrt(sigma2 + x[16 * j + l] * x[16 * j + l]);
-    for (int l = 0; l < QK_K / 16; ++l) sw[j] += weight[l];
-    // ggml's make_qkx3_quants with weights given is make_qkx2_quants without use_mad.
-    scales[j] = make_qkx2_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36, false);
-  }
-  float dm = make_qp_quants(QK_K / 16, 15, scales, Ls, sw);
-  float mm = make_qp_quants(QK_K / 16, 15, mins, Lm, sw);
-  store_half(out + 80, dm);
-  store_half(out + 82, mm);
-  dm = load_half(out + 80);
-  mm = load_half(out + 82);
-  for (int j = 0; j < QK_K / 16; ++j) y_scales[j] = static_cast<uint8_t>(Ls[j] | (Lm[j] << 4));
-  for (int j = 0; j < QK_K / 16; ++j) {
-    const float d = dm * static_cast<float>(y_scales[j] & 0xF);
-    if (!d) continue;
-    const float m = mm * static_cast<float>(y_scales[j] >> 4);
-    for (int ii = 0; ii < 16; ++ii) {
-      const int l = nearest_int((x[16 * j + ii] + m) / d);
-      L[16 * j + ii] = static_cast<uint8_t>(std::max(0, std::min(3, l)));
-    }
-  }
-  for (int j = 0; j < QK_K; j += 128) {
-    for (int l = 0; l < 32; ++l) {
-      y_qs[j / 4 + l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
-    }
-  }
-}
 
 // quantize_row_q3_K_impl with quant_weights = 1: one block of 256.
 void encode_q3_K_weighted_block(const float* x, uint8_t* out) {
@@ -1168,7 +1067,6 @@ void encode_best_of_two(const float* x, int64_t n, uint8_t* out) {
   }
 }
 
-constexpr EncodeFn encode_q2_K_search = encode_best_of_two<encode_q2_K_weighted_block, encode_q2_K, decode_q2_K, 84>;
 constexpr EncodeFn encode_q3_K_search = encode_best_of_two<encode_q3_K_weighted_block, encode_q3_K, decode_q3_K, 110>;
 
 constexpr TypeTraits kTypes[] = {
@@ -1179,7 +1077,7 @@ constexpr TypeTraits kTypes[] = {
     {GgmlType::kQ5_0, "Q5_0", 32, 22, encode_q5_0, decode_q5_0, encode_q5_0, false, encode_q5_0},
     {GgmlType::kQ5_1, "Q5_1", 32, 24, encode_q5_1, decode_q5_1, encode_q5_1, false, encode_q5_1},
     {GgmlType::kQ8_0, "Q8_0", 32, 34, encode_q8_0, decode_q8_0, baseline_lanes::encode_q8_0_search, true, encode_q8_0},
-    {GgmlType::kQ2_K, "Q2_K", QK_K, 84, encode_q2_K, decode_q2_K, encode_q2_K_search, true, encode_q2_K},
+    {GgmlType::kQ2_K, "Q2_K", QK_K, 84, encode_q2_K, decode_q2_K, baseline_lanes::encode_q2_K_search, true, encode_q2_K},
     {GgmlType::kQ3_K, "Q3_K", QK_K, 110, encode_q3_K, decode_q3_K, encode_q3_K_search, true, encode_q3_K},
     {GgmlType::kQ4_K, "Q4_K", QK_K, 144, encode_q4_K, decode_q4_K, baseline_lanes::encode_q4_K_search, true, baseline_lanes::encode_q4_K_fast},
     {GgmlType::kQ5_K, "Q5_K", QK_K, 176, encode_q5_K, decode_q5_K, baseline_lanes::encode_q5_K_search, true, baseline_lanes::encode_q5_K_fast},
@@ -1193,9 +1091,6 @@ constexpr TypeTraits kTypes[] = {
 
 namespace reference_parts {
 
-float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* quant_weights) {
-  return gguf::make_qp_quants(n, nmax, x, L, quant_weights);
-}
 double block_error(DecodeFn decode, const uint8_t* block, const float* x) { return gguf::block_error(decode, block, x); }
 void pack_scales_mins(const uint8_t* ls, const uint8_t* lm, uint8_t* scales12) { gguf::pack_scales_mins(ls, lm, scales12); }
 float make_qx_quants(int n, int nmax, const float* x, int8_t* L, int rmse_type, const float* quant_weights) {

@@ -424,6 +424,16 @@ constexpr int kQ2Passes = 16 / kLanes;
 
 // The last steps of both Q2_K quantizers once scales, mins, d and dmin are stored in `out`: codes
 // re-rounded against what was stored (sub-blocks whose scale is 0 keep theirs), then packed.
+// The 256 two-bit codes of a Q2_K block into its 64 code bytes (ggml's layout).
+inline void pack_q2_K_codes(const uint8_t* codes, uint8_t* y_qs) {
+  for (int j = 0; j < 256; j += 128) {
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t* c = codes + j + l;
+      y_qs[j / 4 + l] = static_cast<uint8_t>(c[0] | (c[32] << 2) | (c[64] << 4) | (c[96] << 6));
+    }
+  }
+}
+
 inline void finish_q2_K_superblock(const VF (*X)[16], const VI (*L)[16], uint8_t* out) {
   const uint8_t* y_scales = out;
   uint8_t* y_qs = out + 16;
@@ -443,12 +453,7 @@ inline void finish_q2_K_superblock(const VF (*X)[16], const VI (*L)[16], uint8_t
       for (int k = 0; k < kLanes; ++k) codes[16 * (kLanes * p + k) + i] = static_cast<uint8_t>(code[k]);
     }
   }
-  for (int j = 0; j < 256; j += 128) {
-    for (int l = 0; l < 32; ++l) {
-      const uint8_t* c = codes + j + l;
-      y_qs[j / 4 + l] = static_cast<uint8_t>(c[0] | (c[32] << 2) | (c[64] << 4) | (c[96] << 6));
-    }
-  }
+  pack_q2_K_codes(codes, y_qs);
 }
 
 inline void encode_q2_K_superblock(const float* x, uint8_t* out) {
@@ -519,37 +524,7 @@ inline VF load_weighted_subblocks(const float* x, int p, float sigma2, VF* X, VF
   return sum_w;
 }
 
-// quantize_row_q2_K_impl with an all-ones importance matrix (the scalar port is
-// encode_q2_K_weighted_block): weights sqrt(sigma2 + x^2), make_qkx3_quants (make_qkx2_quants when
-// weights are given) per sub-block in lanes, the 4-bit scales and mins by make_qp_quants.
-inline void encode_q2_K_weighted_superblock(const float* x, uint8_t* out) {
-  VF X[kQ2Passes][16];
-  VI L[kQ2Passes][16];
-  float scales[16], mins[16], sw[16];
-  float sumx2 = 0;
-  for (int j = 0; j < 256; ++j) sumx2 += x[j] * x[j];
-  const float sigma2 = sumx2 / 256;
-  for (int p = 0; p < kQ2Passes; ++p) {
-    VF W[16];
-    const VF sum_w = load_weighted_subblocks(x, p, sigma2, X[p], W);
-    VF s, m;
-    make_qkx2_quants_lanes<16, false>(X[p], W, 3, -0.9f, 0.05f, 36, L[p], &s, &m);
-    for (int k = 0; k < kLanes; ++k) {
-      scales[kLanes * p + k] = s[k];
-      mins[kLanes * p + k] = m[k];
-      sw[kLanes * p + k] = sum_w[k];
-    }
-  }
-  uint8_t Ls[16], Lm[16];
-  const float dm = reference_parts::make_qp_quants(16, 15, scales, Ls, sw);
-  const float mm = reference_parts::make_qp_quants(16, 15, mins, Lm, sw);
-  store_half_bytes(out + 80, dm);
-  store_half_bytes(out + 82, mm);
-  for (int j = 0; j < 16; ++j) out[j] = static_cast<uint8_t>(Ls[j] | (Lm[j] << 4));
-  finish_q2_K_superblock(X, L, out);
-}
-
-// The search encoders of Q2_K and Q3_K: per super-block the better (by the decoded squared
+// The search encoder of Q3_K: per super-block the better (by the decoded squared
 // error) of ggml's reference block and its importance-weighted quantizer with unit importance, as
 // the scalar encode_best_of_two, with this ISA's lanes for what they cover.
 template <void (*kReference)(const float*, uint8_t*), void (*kWeighted)(const float*, uint8_t*), GgmlType kType,
@@ -1079,8 +1054,7 @@ inline constexpr SimdKernel kSimdKernels[] = {
     {GgmlType::kQ5_0, encode_legacy<Legacy::kQ5_0, 22>, decode_q5_0_vectorised, nullptr, nullptr},
     {GgmlType::kQ5_1, encode_legacy<Legacy::kQ5_1, 24>, decode_q5_1_vectorised, nullptr, nullptr},
     {GgmlType::kQ8_0, encode_legacy<Legacy::kQ8_0, 34>, nullptr, search_q8_0, nullptr},
-    {GgmlType::kQ2_K, encode_q2_K_all, decode_q2_K_all,
-     search_best_of_two<encode_q2_K_superblock, encode_q2_K_weighted_superblock, GgmlType::kQ2_K, 84>, nullptr},
+    {GgmlType::kQ2_K, encode_q2_K_all, decode_q2_K_all, search_q2_K, nullptr},
     {GgmlType::kQ3_K, encode_q3_K_all, decode_q3_K_all,
      search_best_of_two<encode_q3_K_superblock, encode_q3_K_weighted_superblock, GgmlType::kQ3_K, 110>, nullptr},
     {GgmlType::kQ4_K, encode_q4_K_lanes_all, nullptr, search_kquant<15, 144>, fast_kquant<15, 144>},

@@ -70,26 +70,27 @@ inline VI subblock_codes_lanes(VF x, VF d1, VF m1) {
   return __builtin_convertvector(round_clamp_lanes((x + m1) * inv, 0, kMaxCode), VI);
 }
 
-// For every lane: the 6-bit scale and min (ls, lm, as floats) among the neighbours of its target
-// scale and min in units of d and dmin (floor + kFrom .. floor + kTo) with the lowest error, and
-// that error.
-template <int kMaxCode, int kFrom = -1, int kTo = 2>
+// For every lane: the stored scale and min (ls, lm in 0..kMaxParam, as floats: 6-bit for Q4_K /
+// Q5_K, 4-bit for Q2_K) among the neighbours of its target scale and min in units of d and dmin
+// (floor + kFrom .. floor + kTo) with the lowest error on its N values, and that error.
+template <int kMaxCode, int kFrom = -1, int kTo = 2, int N = 32, int kMaxParam = 63>
 inline VF choose_scale_min_lanes(const VF* x, VF d, VF dmin, VF target_scale, VF target_min, VF* ls, VF* lm) {
-  auto base = [](VF target, VF unit) {  // floor(target / unit) in [0, 63]; targets are >= 0
+  constexpr float kMax = kMaxParam;
+  auto base = [](VF target, VF unit) {  // floor(target / unit) in [0, kMaxParam]; targets are >= 0
     VF t = unit > 0 ? target / unit : VF{};
     t = t < 0 ? VF{} : t;
-    t = t > 63 ? VF{} + 63 : t;
+    t = t > kMax ? VF{} + kMax : t;
     return __builtin_convertvector(__builtin_convertvector(t, VI), VF);
   };
   const VF s0 = base(target_scale, d), m0 = base(target_min, dmin);
   VF best = VF{} + __builtin_inff();
   for (int a = kFrom; a <= kTo; ++a) {
     const VF s = s0 + static_cast<float>(a);
-    const VI s_valid = (s >= 0) & (s <= 63);
+    const VI s_valid = (s >= 0) & (s <= kMax);
     for (int b = kFrom; b <= kTo; ++b) {
       const VF m = m0 + static_cast<float>(b);
-      const VI valid = s_valid & (m >= 0) & (m <= 63);
-      const VF error = subblock_error_lanes<kMaxCode>(x, d * s, dmin * m);
+      const VI valid = s_valid & (m >= 0) & (m <= kMax);
+      const VF error = code_error_lanes<0, kMaxCode, N>(x, d * s, dmin * m);
       const VI better = valid & (error < best);
       best = better ? error : best;
       *ls = better ? s : *ls;
@@ -99,19 +100,21 @@ inline VF choose_scale_min_lanes(const VF* x, VF d, VF dmin, VF target_scale, VF
   return best;
 }
 
-// Least-squares scale and min of every lane's sub-block for its codes (x ~ scale * q - min, min >= 0
+// Least-squares scale and min of every lane's N values for its codes (x ~ scale * q - min, min >= 0
 // as ggml clamps it); lanes without a positive fit keep the given values.
+template <int N = 32>
 inline void refit_scale_min_lanes(const VF* x, const VI* codes, VF* scale, VF* min) {
   VF sl = VF{}, sll = VF{}, sx = VF{}, sxl = VF{};
-  for (int i = 0; i < 32; ++i) {
+  for (int i = 0; i < N; ++i) {
     const VF q = __builtin_convertvector(codes[i], VF);
     sl += q;
     sll += q * q;
     sx += x[i];
     sxl += x[i] * q;
   }
-  const VF det = 32 * sll - sl * sl;
-  VF a = (32 * sxl - sx * sl) / det, b = (sll * sx - sl * sxl) / det;  // x ~ a q + b
+  constexpr float n = N;
+  const VF det = n * sll - sl * sl;
+  VF a = (n * sxl - sx * sl) / det, b = (sll * sx - sl * sxl) / det;  // x ~ a q + b
   const VI positive_b = b > 0;
   b = positive_b ? VF{} : b;
   a = positive_b ? (sll > 0 ? sxl / sll : VF{}) : a;
@@ -496,4 +499,94 @@ inline void search_q6_K_superblock(const float* x, uint8_t* out) {
 
 inline void search_q6_K(const float* x, int64_t n, uint8_t* out) {
   for (int64_t b = 0; b < n / 256; ++b) search_q6_K_superblock(x + 256 * b, out + 210 * b);
+}
+
+// ------------------------------------------------------------------------------------------------
+// The search encoder of Q2_K: 16 sub-blocks of 16 values, codes 0..3, 4-bit scales and mins
+// against fp16 d and dmin. Each sub-block is fitted by least squares from three starting ranges
+// (its min/max range and that range shrunk to 85% and 70% about its middle: at 4 levels letting
+// the extremes clip often pays), d and dmin come from the largest fitted scale and min, and each
+// stored 4-bit scale and min is chosen among the neighbours of its fitted values by the error of
+// the codes re-rounded for them, refitted and chosen again. The super-block keeps the better of
+// that block and ggml's reference block by the decoded squared error: never worse than ggml's.
+inline constexpr float kQ2FitRanges[] = {1.0f, 0.85f, 0.7f};
+
+inline void fit_q2_scale_min_lanes(const VF* x, VF* scale_out, VF* min_out) {
+  VF lo = x[0], hi = x[0];
+  for (int i = 1; i < 16; ++i) {
+    lo = min_lanes(lo, x[i]);
+    hi = max_lanes(hi, x[i]);
+  }
+  lo = min_lanes(lo, VF{});  // x = scale * q - min with min >= 0: the range includes 0
+  const VF middle = (hi + lo) * 0.5f, half = (hi - lo) * 0.5f;
+  VF best = VF{} + __builtin_inff();
+  for (float range : kQ2FitRanges) {
+    VF scale = half * (2 * range / 3), min = max_lanes(-(middle - half * range), VF{});
+    for (int round = 0; round < 4; ++round) {
+      VI codes[16];
+      for (int i = 0; i < 16; ++i) codes[i] = subblock_codes_lanes<3>(x[i], scale, min);
+      refit_scale_min_lanes<16>(x, codes, &scale, &min);
+    }
+    const VF error = code_error_lanes<0, 3, 16>(x, scale, min);
+    const VI better = error < best;
+    best = better ? error : best;
+    *scale_out = better ? scale : *scale_out;
+    *min_out = better ? min : *min_out;
+  }
+}
+
+inline void search_q2_K_superblock(const float* x, uint8_t* out) {
+  const DecodeFn decode = find_type(static_cast<int32_t>(GgmlType::kQ2_K))->decode;
+  encode_q2_K_superblock(x, out);
+  VF X[kQ2Passes][16], scale[kQ2Passes] = {}, min[kQ2Passes] = {};
+  float max_scale = 0, max_min = 0;
+  for (int p = 0; p < kQ2Passes; ++p) {
+    for (int i = 0; i < 16; ++i) {
+      for (int k = 0; k < kLanes; ++k) X[p][i][k] = x[16 * (kLanes * p + k) + i];
+    }
+    fit_q2_scale_min_lanes(X[p], &scale[p], &min[p]);
+    for (int k = 0; k < kLanes; ++k) {
+      max_scale = std::max(max_scale, scale[p][k]);
+      max_min = std::max(max_min, min[p][k]);
+    }
+  }
+  const float d = baseline::half_to_float(baseline::float_to_half(max_scale / 15.f));
+  const float dmin = baseline::half_to_float(baseline::float_to_half(max_min / 15.f));
+  if (d == 0) return;
+  uint8_t candidate[84], codes[256];
+  for (int p = 0; p < kQ2Passes; ++p) {
+    const VF vd = VF{} + d, vdmin = VF{} + dmin;
+    VF ls = VF{}, lm = VF{}, best = VF{} + __builtin_inff(), s = scale[p], m = min[p];
+    for (int round = 0; round < 2; ++round) {
+      VF next_ls = VF{}, next_lm = VF{};
+      const VF error = choose_scale_min_lanes<3, -1, 2, 16, 15>(X[p], vd, vdmin, s, m, &next_ls, &next_lm);
+      const VI better = error < best;
+      best = better ? error : best;
+      ls = better ? next_ls : ls;
+      lm = better ? next_lm : lm;
+      s = d * next_ls;
+      m = dmin * next_lm;
+      VI round_codes[16];
+      for (int i = 0; i < 16; ++i) round_codes[i] = subblock_codes_lanes<3>(X[p][i], s, m);
+      refit_scale_min_lanes<16>(X[p], round_codes, &s, &m);
+    }
+    const VF d1 = d * ls, m1 = dmin * lm;
+    for (int i = 0; i < 16; ++i) {
+      const VI q = subblock_codes_lanes<3>(X[p][i], d1, m1);
+      for (int k = 0; k < kLanes; ++k) codes[16 * (kLanes * p + k) + i] = static_cast<uint8_t>(q[k]);
+    }
+    for (int k = 0; k < kLanes; ++k) {
+      candidate[kLanes * p + k] = static_cast<uint8_t>(static_cast<int>(ls[k]) | (static_cast<int>(lm[k]) << 4));
+    }
+  }
+  pack_q2_K_codes(codes, candidate + 16);
+  store_half_bytes(candidate + 80, d);
+  store_half_bytes(candidate + 82, dmin);
+  if (reference_parts::block_error(decode, candidate, x) < reference_parts::block_error(decode, out, x)) {
+    std::memcpy(out, candidate, 84);
+  }
+}
+
+inline void search_q2_K(const float* x, int64_t n, uint8_t* out) {
+  for (int64_t b = 0; b < n / 256; ++b) search_q2_K_superblock(x + 256 * b, out + 84 * b);
 }
