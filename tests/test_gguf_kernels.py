@@ -111,11 +111,11 @@ def test_bad_inputs_name_the_tensor():
         _core.gguf_encode_arrays([y], [0], [99], ["w"], 0)
 
 
-@pytest.mark.parametrize("name", ["Q3_K"])
-def test_search_is_ggmls_importance_quantizer_with_ones_where_it_is_better(ggml, name):
-    """Q3_K search: each block is ggml's importance-weighted quantizer's with an
-    all-ones matrix (ggml's own quantize_q*_K given ones) or the reference's, whichever has the
-    lower squared error."""
+@pytest.mark.parametrize("name", ["Q2_K", "Q3_K", "Q6_K"])
+def test_search_beats_ggmls_importance_quantizer_with_ones(ggml, name):
+    """Q2_K / Q3_K / Q6_K search is never worse on any block than ggml's reference quantizer, and
+    better overall than ggml's own importance-weighted quantizer given an all-ones matrix (its
+    calibration-free best, which our search used to be)."""
     rng = np.random.default_rng(13)
     x = np.concatenate([rng.standard_normal(64 * 256), 0.02 * rng.standard_t(4, 64 * 256), rng.random(8 * 256),
                         np.zeros(256)]).astype(np.float32)
@@ -133,12 +133,9 @@ def test_search_is_ggmls_importance_quantizer_with_ones_where_it_is_better(ggml,
         decoded = ggml_decode(ggml, name, encoded, x.size).astype(np.float64)
         return ((decoded - x) ** 2).reshape(-1, 256).sum(axis=1)
 
-    ours_b, weighted_b, reference_b = (a.reshape(-1, nbytes) for a in (ours, weighted, reference))
-    pick_weighted = block_errors(weighted) < block_errors(reference)
-    expected = np.where(pick_weighted[:, None], weighted_b, reference_b)
-    assert np.array_equal(ours_b, expected)
-    assert block_errors(ours).sum() < 0.97 * block_errors(reference).sum()
-    assert block_errors(ours).sum() <= block_errors(reference).sum()
+    assert np.all(block_errors(ours) <= block_errors(reference))
+    # squared error over all blocks, measured 0.943 (Q2_K), 0.989 (Q3_K), 0.904 (Q6_K)
+    assert block_errors(ours).sum() < {"Q2_K": 0.96, "Q3_K": 0.995, "Q6_K": 0.93}[name] * block_errors(weighted).sum()
 
 
 @pytest.mark.parametrize("name", ["Q2_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"])

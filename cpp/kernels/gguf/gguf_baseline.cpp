@@ -25,5 +25,6 @@ void encode_q5_K_fast(const float* x, int64_t n, uint8_t* out) { fast_kquant<31,
 void encode_q8_0_search(const float* x, int64_t n, uint8_t* out) { search_q8_0(x, n, out); }
 void encode_q6_K_search(const float* x, int64_t n, uint8_t* out) { search_q6_K(x, n, out); }
 void encode_q2_K_search(const float* x, int64_t n, uint8_t* out) { search_q2_K(x, n, out); }
+void encode_q3_K_search(const float* x, int64_t n, uint8_t* out) { search_q3_K(x, n, out); }
 
 }  // namespace arrowquant::kernels::gguf::baseline_lanes

@@ -1019,56 +1019,6 @@ void decode_iq4_xs(const uint8_t* __restrict in, int64_t n, float* __restrict y)
   }
 }
 
-// ------------------------------------------------------------------------------------------------
-// Search encoder of Q3_K: ggml's importance-weighted quantizer
-// (quantize_row_q3_K_impl) with an all-ones importance matrix — no calibration data, and
-// lower error than the reference quantizers on most blocks — ported operation for operation (the
-// tests compare with ggml's quantize_q*_K given ones). Per block, the result with the lower
-// squared error of the two (weighted, reference) is kept, so search is never worse than ggml mode.
-
-// quantize_row_q3_K_impl with quant_weights = 1: one block of 256.
-void encode_q3_K_weighted_block(const float* x, uint8_t* out) {
-  int8_t L[QK_K], Ls[QK_K / 16];
-  float scales[QK_K / 16], weight[16], sw[QK_K / 16];
-  uint8_t* y_scales = out + 96;
-  float sumx2 = 0;
-  for (int j = 0; j < QK_K; ++j) sumx2 += x[j] * x[j];
-  const float sigma2 = 2 * sumx2 / QK_K;
-  for (int j = 0; j < QK_K / 16; ++j) {
-    for (int l = 0; l < 16; ++l) weight[l] = 1.0f * std::sqrt(sigma2 + x[16 * j + l] * x[16 * j + l]);
-    float sumw = 0;
-    for (int l = 0; l < 16; ++l) sumw += weight[l];
-    sw[j] = sumw;
-    scales[j] = make_qx_quants(16, 4, x + 16 * j, L + 16 * j, 1, weight);
-  }
-  std::memset(y_scales, 0, 12);
-  const float d_block = make_qx_quants(QK_K / 16, 32, scales, Ls, 1, sw);
-  for (int j = 0; j < QK_K / 16; ++j) {
-    int l = Ls[j];
-    if (j < 8) {
-      y_scales[j] = static_cast<uint8_t>(l & 0xF);
-    } else {
-      y_scales[j - 8] |= static_cast<uint8_t>((l & 0xF) << 4);
-    }
-    l >>= 4;
-    y_scales[j % 4 + 8] |= static_cast<uint8_t>(l << (2 * (j / 4)));
-  }
-  store_half(out + 108, d_block);
-  q3_K_codes(x, L, out);
-}
-
-template <void (*Weighted)(const float*, uint8_t*), EncodeFn Reference, DecodeFn Decode, int kBytes>
-void encode_best_of_two(const float* x, int64_t n, uint8_t* out) {
-  uint8_t candidate[kBytes];
-  for (int64_t b = 0; b < n / QK_K; ++b, x += QK_K, out += kBytes) {
-    Reference(x, QK_K, out);
-    Weighted(x, candidate);
-    if (block_error(Decode, candidate, x) < block_error(Decode, out, x)) std::memcpy(out, candidate, kBytes);
-  }
-}
-
-constexpr EncodeFn encode_q3_K_search = encode_best_of_two<encode_q3_K_weighted_block, encode_q3_K, decode_q3_K, 110>;
-
 constexpr TypeTraits kTypes[] = {
     {GgmlType::kF32, "F32", 1, 4, encode_f32, decode_f32, encode_f32, false, encode_f32},
     {GgmlType::kF16, "F16", 1, 2, encode_f16, decode_f16, encode_f16, false, encode_f16},
@@ -1078,7 +1028,7 @@ constexpr TypeTraits kTypes[] = {
     {GgmlType::kQ5_1, "Q5_1", 32, 24, encode_q5_1, decode_q5_1, encode_q5_1, false, encode_q5_1},
     {GgmlType::kQ8_0, "Q8_0", 32, 34, encode_q8_0, decode_q8_0, baseline_lanes::encode_q8_0_search, true, encode_q8_0},
     {GgmlType::kQ2_K, "Q2_K", QK_K, 84, encode_q2_K, decode_q2_K, baseline_lanes::encode_q2_K_search, true, encode_q2_K},
-    {GgmlType::kQ3_K, "Q3_K", QK_K, 110, encode_q3_K, decode_q3_K, encode_q3_K_search, true, encode_q3_K},
+    {GgmlType::kQ3_K, "Q3_K", QK_K, 110, encode_q3_K, decode_q3_K, baseline_lanes::encode_q3_K_search, true, encode_q3_K},
     {GgmlType::kQ4_K, "Q4_K", QK_K, 144, encode_q4_K, decode_q4_K, baseline_lanes::encode_q4_K_search, true, baseline_lanes::encode_q4_K_fast},
     {GgmlType::kQ5_K, "Q5_K", QK_K, 176, encode_q5_K, decode_q5_K, baseline_lanes::encode_q5_K_search, true, baseline_lanes::encode_q5_K_fast},
     {GgmlType::kQ6_K, "Q6_K", QK_K, 210, encode_q6_K, decode_q6_K, baseline_lanes::encode_q6_K_search, true, encode_q6_K},
@@ -1093,9 +1043,6 @@ namespace reference_parts {
 
 double block_error(DecodeFn decode, const uint8_t* block, const float* x) { return gguf::block_error(decode, block, x); }
 void pack_scales_mins(const uint8_t* ls, const uint8_t* lm, uint8_t* scales12) { gguf::pack_scales_mins(ls, lm, scales12); }
-float make_qx_quants(int n, int nmax, const float* x, int8_t* L, int rmse_type, const float* quant_weights) {
-  return gguf::make_qx_quants(n, nmax, x, L, rmse_type, quant_weights);
-}
 
 }  // namespace reference_parts
 

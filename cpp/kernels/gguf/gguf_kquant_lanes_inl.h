@@ -508,39 +508,6 @@ inline void encode_q2_K_all(const float* x, int64_t n, uint8_t* out) {
   for (int64_t b = 0; b < n / 256; ++b) encode_q2_K_superblock(x + 256 * b, out + 84 * b);
 }
 
-// Pass p's 16-weight sub-blocks in lanes (X) with the weights ggml's importance-weighted
-// quantizers give them without an importance matrix, sqrt(sigma2 + x^2), and each lane's sum of
-// weights (in element order, as the scalar ports sum them).
-inline VF load_weighted_subblocks(const float* x, int p, float sigma2, VF* X, VF* W) {
-  VF sum_w = VF{};
-  for (int i = 0; i < 16; ++i) {
-    for (int k = 0; k < kLanes; ++k) {
-      const float v = x[16 * (kLanes * p + k) + i];
-      X[i][k] = v;
-      W[i][k] = std::sqrt(sigma2 + v * v);
-    }
-    sum_w += W[i];
-  }
-  return sum_w;
-}
-
-// The search encoder of Q3_K: per super-block the better (by the decoded squared
-// error) of ggml's reference block and its importance-weighted quantizer with unit importance, as
-// the scalar encode_best_of_two, with this ISA's lanes for what they cover.
-template <void (*kReference)(const float*, uint8_t*), void (*kWeighted)(const float*, uint8_t*), GgmlType kType,
-          int kBytes>
-void search_best_of_two(const float* x, int64_t n, uint8_t* out) {
-  const DecodeFn decode = find_type(static_cast<int32_t>(kType))->decode;
-  uint8_t candidate[kBytes];
-  for (int64_t b = 0; b < n / 256; ++b, x += 256, out += kBytes) {
-    kReference(x, out);
-    kWeighted(x, candidate);
-    if (reference_parts::block_error(decode, candidate, x) < reference_parts::block_error(decode, out, x)) {
-      std::memcpy(out, candidate, kBytes);
-    }
-  }
-}
-
 // ------------------------------------------------------------------------------------------------
 // Q3_K: make_q3_quants(16, 4, x, L, do_rmse) with one 16-weight sub-block per lane; 6-bit signed
 // scales against one fp16 d. The reference's refinement passes stop when a pass changes nothing;
@@ -604,6 +571,22 @@ inline void pack_q3_scale(uint8_t* y_scales, int j, int l) {
   y_scales[j % 4 + 8] |= static_cast<uint8_t>((l >> 4) << (2 * (j / 4)));
 }
 
+// The 256 three-bit codes (0..7) of a Q3_K block into hmask (32 bytes) and qs (64 bytes): bit k of
+// hmask[m] is the third bit of code 32k + m; qs keeps the low two bits. Branch-free, as in Q5_K.
+inline void pack_q3_K_codes(const uint8_t* codes, uint8_t* hmask, uint8_t* qs) {
+  for (int m = 0; m < 32; ++m) {
+    unsigned high = 0;
+    for (int k = 0; k < 8; ++k) high |= static_cast<unsigned>(codes[32 * k + m] >> 2) << k;
+    hmask[m] = static_cast<uint8_t>(high);
+  }
+  for (int j = 0; j < 256; j += 128) {
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t* c = codes + j + l;
+      qs[j / 4 + l] = static_cast<uint8_t>((c[0] & 3) | ((c[32] & 3) << 2) | ((c[64] & 3) << 4) | ((c[96] & 3) << 6));
+    }
+  }
+}
+
 // The last steps of both Q3_K quantizers once the scales and d are stored in `out` (q3_K_codes of
 // the reference): codes re-rounded against what was stored (sub-blocks whose scale is 0 keep
 // theirs), then packed.
@@ -628,19 +611,7 @@ inline void finish_q3_K_superblock(const VF (*X)[16], const VI (*L)[16], uint8_t
       for (int k = 0; k < kLanes; ++k) codes[16 * (kLanes * p + k) + i] = static_cast<uint8_t>(code[k]);
     }
   }
-  // Bit k of hmask[m] is the third bit of code 32k + m; qs keeps the low two bits. Branch-free,
-  // as in Q5_K.
-  for (int m = 0; m < 32; ++m) {
-    unsigned high = 0;
-    for (int k = 0; k < 8; ++k) high |= static_cast<unsigned>(codes[32 * k + m] >> 2) << k;
-    hmask[m] = static_cast<uint8_t>(high);
-  }
-  for (int j = 0; j < 256; j += 128) {
-    for (int l = 0; l < 32; ++l) {
-      const uint8_t* c = codes + j + l;
-      qs[j / 4 + l] = static_cast<uint8_t>((c[0] & 3) | ((c[32] & 3) << 2) | ((c[64] & 3) << 4) | ((c[96] & 3) << 6));
-    }
-  }
+  pack_q3_K_codes(codes, hmask, qs);
 }
 
 inline void encode_q3_K_superblock(const float* x, uint8_t* out) {
@@ -676,34 +647,6 @@ inline void encode_q3_K_superblock(const float* x, uint8_t* out) {
   } else {
     store_half_bytes(out + 108, 0.f);
   }
-  finish_q3_K_superblock(X, L, out);
-}
-
-// quantize_row_q3_K_impl with an all-ones importance matrix (the scalar port is
-// encode_q3_K_weighted_block): weights sqrt(2 sigma2 + x^2), make_qx_quants per sub-block in
-// lanes, the 6-bit scales by make_qx_quants over the sub-block scales.
-inline void encode_q3_K_weighted_superblock(const float* x, uint8_t* out) {
-  VF X[kQ3Passes][16];
-  VI L[kQ3Passes][16];
-  float scales[16], sw[16];
-  float sumx2 = 0;
-  for (int j = 0; j < 256; ++j) sumx2 += x[j] * x[j];
-  const float sigma2 = 2 * sumx2 / 256;
-  for (int p = 0; p < kQ3Passes; ++p) {
-    VF W[16];
-    const VF sum_w = load_weighted_subblocks(x, p, sigma2, X[p], W);
-    const VF s = make_qx_quants_lanes<4>(X[p], W, L[p]);
-    for (int k = 0; k < kLanes; ++k) {
-      scales[kLanes * p + k] = s[k];
-      sw[kLanes * p + k] = sum_w[k];
-    }
-  }
-  uint8_t* y_scales = out + 96;
-  std::memset(y_scales, 0, 12);
-  int8_t Ls[16];
-  const float d_block = reference_parts::make_qx_quants(16, 32, scales, Ls, 1, sw);
-  for (int j = 0; j < 16; ++j) pack_q3_scale(y_scales, j, Ls[j]);
-  store_half_bytes(out + 108, d_block);
   finish_q3_K_superblock(X, L, out);
 }
 
@@ -1055,8 +998,7 @@ inline constexpr SimdKernel kSimdKernels[] = {
     {GgmlType::kQ5_1, encode_legacy<Legacy::kQ5_1, 24>, decode_q5_1_vectorised, nullptr, nullptr},
     {GgmlType::kQ8_0, encode_legacy<Legacy::kQ8_0, 34>, nullptr, search_q8_0, nullptr},
     {GgmlType::kQ2_K, encode_q2_K_all, decode_q2_K_all, search_q2_K, nullptr},
-    {GgmlType::kQ3_K, encode_q3_K_all, decode_q3_K_all,
-     search_best_of_two<encode_q3_K_superblock, encode_q3_K_weighted_superblock, GgmlType::kQ3_K, 110>, nullptr},
+    {GgmlType::kQ3_K, encode_q3_K_all, decode_q3_K_all, search_q3_K, nullptr},
     {GgmlType::kQ4_K, encode_q4_K_lanes_all, nullptr, search_kquant<15, 144>, fast_kquant<15, 144>},
     {GgmlType::kQ5_K, encode_q5_K_lanes_all, nullptr, search_kquant<31, 176>, fast_kquant<31, 176>},
     {GgmlType::kQ6_K, encode_q6_K_all, decode_q6_K_vectorised, search_q6_K, nullptr},

@@ -381,35 +381,64 @@ inline void search_q8_0_lanes(const float* x, uint8_t* out, int valid_blocks) {
 inline void search_q8_0(const float* x, int64_t n, uint8_t* out) { encode_in_calls<32, 34, kLanes>(x, n, out, search_q8_0_lanes); }
 
 // ------------------------------------------------------------------------------------------------
-// The search encoder of Q6_K: 16 sub-blocks of 16 values with signed 8-bit scales against one fp16
-// d, codes in [-32, 31]. ggml fits each sub-block's scale among 19 candidates within about 6% of
-// max / -32; letting the largest value be clipped (or map to +31) finds better scales, and the
-// stored 8-bit scale is then chosen between the floor and ceiling of the fitted one by the error
-// of the codes re-rounded for it, refitted and chosen again, for three super-block scales d. The
-// super-block keeps the better of that block and ggml's reference block by the decoded squared
-// error: never worse than ggml's. About 5% lower relative RMSE than the better of ggml's reference
-// and its importance-weighted quantizer with an all-ones matrix on Gaussian values (that
-// quantizer was this search before; as a third candidate it changed the error by less than
-// 0.01% on Gaussian and Student-t(4) values, so it is not tried).
-inline constexpr int kQ6Passes = 16 / kLanes;
-inline constexpr float kQ6FitSteps[] = {0.85f, 0.886f, 0.921f, 0.957f, 0.993f, 1.029f, 1.064f, 1.1f};
-inline constexpr float kQ6ScaleFactors[] = {1.0f, 0.98f, 1.02f};
+// The search encoders of Q6_K and Q3_K: 16 sub-blocks of 16 values with signed codes and signed
+// integer sub-block scales against one fp16 d (Q6_K: codes in [-32, 31], 8-bit scales; Q3_K:
+// codes in [-4, 3], 6-bit scales). ggml fits each sub-block's scale among candidates within a few
+// percent of max / kMinCode; letting the largest value be clipped (or map to kMaxCode) finds
+// better scales, and the stored scale is then chosen between the floor and ceiling of the fitted
+// one by the error of the codes re-rounded for it, refitted and chosen again, for three
+// super-block scales d. The super-block keeps the better of that block and ggml's reference block
+// by the decoded squared error: never worse than ggml's. On Gaussian values the relative RMSE is
+// about 5% (Q6_K) and 0.6% (Q3_K) lower than the better of ggml's reference and its
+// importance-weighted quantizer with an all-ones matrix (this search before; as a third candidate
+// it changed the error by less than 0.01%, so it is not tried).
+struct Q6KLayout {
+  static constexpr GgmlType kType = GgmlType::kQ6_K;
+  static constexpr int kBytes = 210, kMinCode = -32, kMaxCode = 31, kMinScale = -128, kMaxScale = 127;
+  static void reference(const float* x, uint8_t* out) { encode_q6_K_superblock(x, out); }
+  // codes: 256 values in [kMinCode, kMaxCode] + 32 (0..63); scales: the 16 signed scales.
+  static void store(const uint8_t* codes, const int* scales, float d, uint8_t* out) {
+    pack_q6_K_codes(codes, out, out + 128);
+    for (int j = 0; j < 16; ++j) out[192 + j] = static_cast<uint8_t>(static_cast<int8_t>(scales[j]));
+    store_half_bytes(out + 208, d);
+  }
+  static constexpr int kCodeOffset = 32;
+};
+
+struct Q3KLayout {
+  static constexpr GgmlType kType = GgmlType::kQ3_K;
+  static constexpr int kBytes = 110, kMinCode = -4, kMaxCode = 3, kMinScale = -32, kMaxScale = 31;
+  static void reference(const float* x, uint8_t* out) { encode_q3_K_superblock(x, out); }
+  static void store(const uint8_t* codes, const int* scales, float d, uint8_t* out) {
+    pack_q3_K_codes(codes, out, out + 32);
+    std::memset(out + 96, 0, 12);
+    for (int j = 0; j < 16; ++j) pack_q3_scale(out + 96, j, scales[j] + 32);
+    store_half_bytes(out + 108, d);
+  }
+  static constexpr int kCodeOffset = 4;
+};
+
+inline constexpr float kSymmetricFitSteps[] = {0.85f, 0.886f, 0.921f, 0.957f, 0.993f, 1.029f, 1.064f, 1.1f};
+inline constexpr float kSymmetricScaleFactors[] = {1.0f, 0.98f, 1.02f};
+inline constexpr int kSymmetricPasses = 16 / kLanes;
 
 // Least-squares scale of every lane's 16 values for the codes s rounds them to.
+template <int kMinCode, int kMaxCode>
 inline VF refit_symmetric_scale_lanes(const VF* x, VF s) {
   const VF inv = s != 0 ? 1 / s : VF{};
   VF sxq = VF{}, sqq = VF{};
   for (int i = 0; i < 16; ++i) {
-    const VF q = round_clamp_lanes(x[i] * inv, -32, 31);
+    const VF q = round_clamp_lanes(x[i] * inv, kMinCode, kMaxCode);
     sxq += x[i] * q;
     sqq += q * q;
   }
   return sqq > 0 ? sxq / sqq : s;
 }
 
-// Every lane's continuous scale: from its largest-magnitude value mapped to code 31 or -32 over
-// kQ6FitSteps, each refitted twice, the one with the lowest error.
-inline VF fit_q6_scale_lanes(const VF* x) {
+// Every lane's continuous scale: from its largest-magnitude value mapped to kMaxCode or kMinCode
+// over kSymmetricFitSteps, each refitted twice, the one with the lowest error.
+template <int kMinCode, int kMaxCode>
+inline VF fit_symmetric_scale_lanes(const VF* x) {
   VF max = VF{}, amax = VF{};
   for (int i = 0; i < 16; ++i) {
     const VF a = abs_lanes(x[i]);
@@ -418,11 +447,11 @@ inline VF fit_q6_scale_lanes(const VF* x) {
     max = bigger ? x[i] : max;
   }
   VF best_scale = VF{}, best_error = VF{} + __builtin_inff();
-  for (float step : kQ6FitSteps) {
-    for (float target : {31.0f, -32.0f}) {
+  for (float step : kSymmetricFitSteps) {
+    for (float target : {static_cast<float>(kMaxCode), static_cast<float>(kMinCode)}) {
       VF s = max / (target * step);
-      s = refit_symmetric_scale_lanes(x, refit_symmetric_scale_lanes(x, s));
-      const VF error = code_error_lanes<-32, 31, 16>(x, s, VF{});
+      s = refit_symmetric_scale_lanes<kMinCode, kMaxCode>(x, refit_symmetric_scale_lanes<kMinCode, kMaxCode>(x, s));
+      const VF error = code_error_lanes<kMinCode, kMaxCode, 16>(x, s, VF{});
       const VI better = error < best_error;
       best_error = better ? error : best_error;
       best_scale = better ? s : best_scale;
@@ -431,45 +460,49 @@ inline VF fit_q6_scale_lanes(const VF* x) {
   return best_scale;
 }
 
-inline void search_q6_K_superblock(const float* x, uint8_t* out) {
-  const DecodeFn decode = find_type(static_cast<int32_t>(GgmlType::kQ6_K))->decode;
-  encode_q6_K_superblock(x, out);
-  double best = reference_parts::block_error(decode, out, x);
-  uint8_t candidate[210];
-  VF X[kQ6Passes][16], fitted[kQ6Passes];
-  for (int p = 0; p < kQ6Passes; ++p) {
+template <typename Layout>
+inline void search_symmetric_superblock(const float* x, uint8_t* out) {
+  constexpr int kMinCode = Layout::kMinCode, kMaxCode = Layout::kMaxCode;
+  const DecodeFn decode = find_type(static_cast<int32_t>(Layout::kType))->decode;
+  Layout::reference(x, out);
+  const double best = reference_parts::block_error(decode, out, x);
+  uint8_t candidate[Layout::kBytes];
+  VF X[kSymmetricPasses][16], fitted[kSymmetricPasses];
+  for (int p = 0; p < kSymmetricPasses; ++p) {
     for (int i = 0; i < 16; ++i) {
       for (int k = 0; k < kLanes; ++k) X[p][i][k] = x[16 * (kLanes * p + k) + i];
     }
-    fitted[p] = fit_q6_scale_lanes(X[p]);
+    fitted[p] = fit_symmetric_scale_lanes<kMinCode, kMaxCode>(X[p]);
   }
   float max_scale = 0;  // the fitted scale of largest magnitude, sign kept
-  for (int p = 0; p < kQ6Passes; ++p) {
+  for (int p = 0; p < kSymmetricPasses; ++p) {
     for (int k = 0; k < kLanes; ++k) max_scale = std::fabs(fitted[p][k]) > std::fabs(max_scale) ? fitted[p][k] : max_scale;
   }
   if (max_scale == 0) return;
+  constexpr float kMin = Layout::kMinScale, kMax = Layout::kMaxScale;
   double best_sum = __builtin_inf();
   float best_d = 0;
-  VF best_ls[kQ6Passes] = {};
-  for (float factor : kQ6ScaleFactors) {
-    // ggml maps the largest scale to -128; d may be negative.
-    const float d = baseline::half_to_float(baseline::float_to_half(-max_scale * factor / 128.0f));
+  VF best_ls[kSymmetricPasses] = {};
+  for (float factor : kSymmetricScaleFactors) {
+    // ggml maps the largest scale to the most negative stored scale; d may be negative.
+    const float d = baseline::half_to_float(baseline::float_to_half(max_scale * factor / kMin));
     if (d == 0) continue;
     double sum = 0;
-    VF chosen_ls[kQ6Passes];
-    for (int p = 0; p < kQ6Passes; ++p) {
+    VF chosen_ls[kSymmetricPasses];
+    for (int p = 0; p < kSymmetricPasses; ++p) {
       VF s = fitted[p], ls = VF{}, lowest = VF{} + __builtin_inff();
       for (int round = 0; round < 2; ++round) {
-        const VF base = __builtin_convertvector(__builtin_convertvector(s / d, VI), VF);  // toward zero
-        const VF floor = base > s / d ? base - 1 : base;
+        const VF ratio = s / d;
+        const VF toward_zero = __builtin_convertvector(__builtin_convertvector(ratio, VI), VF);
+        const VF floor = toward_zero > ratio ? toward_zero - 1 : toward_zero;
         for (int a = 0; a <= 1; ++a) {
-          const VF l = min_lanes(max_lanes(floor + static_cast<float>(a), VF{} - 128), VF{} + 127);
-          const VF error = code_error_lanes<-32, 31, 16>(X[p], d * l, VF{});
+          const VF l = min_lanes(max_lanes(floor + static_cast<float>(a), VF{} + kMin), VF{} + kMax);
+          const VF error = code_error_lanes<kMinCode, kMaxCode, 16>(X[p], d * l, VF{});
           const VI better = error < lowest;
           lowest = better ? error : lowest;
           ls = better ? l : ls;
         }
-        s = refit_symmetric_scale_lanes(X[p], d * ls);
+        s = refit_symmetric_scale_lanes<kMinCode, kMaxCode>(X[p], d * ls);
       }
       chosen_ls[p] = ls;
       for (int k = 0; k < kLanes; ++k) sum += lowest[k];
@@ -477,29 +510,31 @@ inline void search_q6_K_superblock(const float* x, uint8_t* out) {
     if (sum < best_sum) {
       best_sum = sum;
       best_d = d;
-      for (int p = 0; p < kQ6Passes; ++p) best_ls[p] = chosen_ls[p];
+      for (int p = 0; p < kSymmetricPasses; ++p) best_ls[p] = chosen_ls[p];
     }
   }
   if (best_d == 0) return;
   uint8_t codes[256];
-  int8_t* scales = reinterpret_cast<int8_t*>(candidate + 192);
-  for (int p = 0; p < kQ6Passes; ++p) {
+  int scales[16];
+  for (int p = 0; p < kSymmetricPasses; ++p) {
     const VF d1 = best_d * best_ls[p];
     const VF inv = d1 != 0 ? 1 / d1 : VF{};
     for (int i = 0; i < 16; ++i) {
-      const VI q = __builtin_convertvector(round_clamp_lanes(X[p][i] * inv, -32, 31), VI) + 32;
+      const VI q = __builtin_convertvector(round_clamp_lanes(X[p][i] * inv, kMinCode, kMaxCode), VI) + Layout::kCodeOffset;
       for (int k = 0; k < kLanes; ++k) codes[16 * (kLanes * p + k) + i] = static_cast<uint8_t>(q[k]);
     }
-    for (int k = 0; k < kLanes; ++k) scales[kLanes * p + k] = static_cast<int8_t>(best_ls[p][k]);
+    for (int k = 0; k < kLanes; ++k) scales[kLanes * p + k] = static_cast<int>(best_ls[p][k]);
   }
-  pack_q6_K_codes(codes, candidate, candidate + 128);
-  store_half_bytes(candidate + 208, best_d);
-  if (reference_parts::block_error(decode, candidate, x) < best) std::memcpy(out, candidate, 210);
+  Layout::store(codes, scales, best_d, candidate);
+  if (reference_parts::block_error(decode, candidate, x) < best) std::memcpy(out, candidate, Layout::kBytes);
 }
 
-inline void search_q6_K(const float* x, int64_t n, uint8_t* out) {
-  for (int64_t b = 0; b < n / 256; ++b) search_q6_K_superblock(x + 256 * b, out + 210 * b);
+template <typename Layout>
+inline void search_symmetric(const float* x, int64_t n, uint8_t* out) {
+  for (int64_t b = 0; b < n / 256; ++b) search_symmetric_superblock<Layout>(x + 256 * b, out + Layout::kBytes * b);
 }
+inline void search_q6_K(const float* x, int64_t n, uint8_t* out) { search_symmetric<Q6KLayout>(x, n, out); }
+inline void search_q3_K(const float* x, int64_t n, uint8_t* out) { search_symmetric<Q3KLayout>(x, n, out); }
 
 // ------------------------------------------------------------------------------------------------
 // The search encoder of Q2_K: 16 sub-blocks of 16 values, codes 0..3, 4-bit scales and mins

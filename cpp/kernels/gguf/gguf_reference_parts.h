@@ -9,8 +9,6 @@
 
 namespace arrowquant::kernels::gguf::reference_parts {
 
-// ggml's make_qx_quants: n values to codes in [-nmax, nmax) (stored + nmax) with one scale.
-float make_qx_quants(int n, int nmax, const float* x, int8_t* L, int rmse_type, const float* quant_weights);
 // The 12 bytes of Q4_K / Q5_K's eight 6-bit scales and mins (ggml's get_scale_min_k4 layout).
 void pack_scales_mins(const uint8_t* ls, const uint8_t* lm, uint8_t* scales12);
 // Squared error (double) of one encoded super-block against x, through `decode`.

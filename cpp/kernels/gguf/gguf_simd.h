@@ -38,6 +38,7 @@ void encode_q5_K_fast(const float* x, int64_t n, uint8_t* out);
 void encode_q8_0_search(const float* x, int64_t n, uint8_t* out);
 void encode_q6_K_search(const float* x, int64_t n, uint8_t* out);
 void encode_q2_K_search(const float* x, int64_t n, uint8_t* out);
+void encode_q3_K_search(const float* x, int64_t n, uint8_t* out);
 }  // namespace baseline_lanes
 
 // The fastest encoder of `type` in ggml mode that the ISA has (its scalar reference otherwise).
