@@ -66,6 +66,21 @@ inline V min_lanes(V a, V b) {
   return a < b ? a : b;
 }
 
+// Every lane's value of largest magnitude among its N values (sign kept, the first on ties, as
+// ggml's loops find it), and that magnitude in *amax.
+template <int N>
+inline VF largest_magnitude_lanes(const VF* x, VF* amax) {
+  VF max = VF{};
+  *amax = VF{};
+  for (int i = 0; i < N; ++i) {
+    const VF a = abs_lanes(x[i]);
+    const VI bigger = a > *amax;
+    *amax = bigger ? a : *amax;
+    max = bigger ? x[i] : max;
+  }
+  return max;
+}
+
 // nearest_int(f) clamped to [0, nmax], as a float: f + 1.5 * 2^23 rounds f to an integer (ties to
 // even, as nearest_int's bit trick does) and subtracting it back is exact, so the clamp can stay
 // in floats and the codes need no conversion to be summed. Valid for |f| < 2^22, which every
@@ -294,18 +309,13 @@ void encode_kquant(const float* x, int64_t n, uint8_t* out) {
 // ------------------------------------------------------------------------------------------------
 // Q6_K: make_qx_quants(16, 32, x, L, rmse_type 1) with one 16-weight sub-block per lane.
 
-// make_qx_quants(16, nmax, x, L, rmse_type 1, weights) for one sub-block per lane; the reference
-// quantizers weight by x^2, the importance-weighted ones by their own weights.
+// make_qx_quants(16, nmax, x, L, rmse_type 1, weights) for one sub-block per lane (Q6_K's
+// reference quantizer weights by x^2).
 template <int nmax>
 inline VF make_qx_quants_lanes(const VF* x, const VF* weights, VI* L) {
   constexpr float kGroupMaxEps = 1e-15f;
-  VF max = VF{}, amax = VF{};
-  for (int i = 0; i < 16; ++i) {
-    const VF ax = abs_lanes(x[i]);
-    const VI bigger = ax > amax;
-    amax = bigger ? ax : amax;
-    max = bigger ? x[i] : max;
-  }
+  VF amax;
+  const VF max = largest_magnitude_lanes<16>(x, &amax);
   const VI zero = amax < kGroupMaxEps;  // the reference returns L = 0, scale 0
   // As in make_qkx2_quants_lanes, a lane keeps the iscale its best codes were rounded with and
   // rounds them once at the end.
@@ -517,13 +527,8 @@ inline void encode_q2_K_all(const float* x, int64_t n, uint8_t* out) {
 inline VF make_q3_quants_lanes(const VF* x, VI* L) {
   constexpr int nmax = 4;
   constexpr float kGroupMaxEps = 1e-15f;
-  VF max = VF{}, amax = VF{};
-  for (int i = 0; i < 16; ++i) {
-    const VF ax = abs_lanes(x[i]);
-    const VI bigger = ax > amax;
-    amax = bigger ? ax : amax;
-    max = bigger ? x[i] : max;
-  }
+  VF amax;
+  const VF max = largest_magnitude_lanes<16>(x, &amax);
   const VI zero = amax < kGroupMaxEps;
   const VF iscale = static_cast<float>(-nmax) / max;
   VF sumlx = VF{}, suml2 = VF{};
@@ -701,13 +706,8 @@ void encode_legacy_lanes(const float* x, uint8_t* out, int valid_blocks) {
     const VF id = d != 0 ? 1.0f / d : VF{};
     for (int j = 0; j < 32; ++j) q[j] = round_half_away_lanes(X[j] * id);
   } else {
-    VF amax = VF{}, max = VF{};
-    for (int j = 0; j < 32; ++j) {
-      const VF a = abs_lanes(X[j]);
-      const VI bigger = amax < a;
-      amax = bigger ? a : amax;
-      max = bigger ? X[j] : max;
-    }
+    VF amax;
+    const VF max = largest_magnitude_lanes<32>(X, &amax);
     constexpr float kDiv = kType == Legacy::kQ4_0 ? -8.0f : -16.0f;
     constexpr float kOffset = kType == Legacy::kQ4_0 ? 8.5f : 16.5f;
     constexpr int kTop = kType == Legacy::kQ4_0 ? 15 : 31;
@@ -840,14 +840,9 @@ inline VF iq4_block_scales(const VF* x) {
   constexpr int ntry = 7;
   constexpr float kGroupMaxEps = 1e-15f;
   VF weight[32];
-  VF amax = VF{}, max = VF{};
-  for (int j = 0; j < 32; ++j) {
-    weight[j] = x[j] * x[j];
-    const VF ax = abs_lanes(x[j]);
-    const VI bigger = ax > amax;
-    amax = bigger ? ax : amax;
-    max = bigger ? x[j] : max;
-  }
+  for (int j = 0; j < 32; ++j) weight[j] = x[j] * x[j];
+  VF amax;
+  const VF max = largest_magnitude_lanes<32>(x, &amax);
   const VI zero = amax < kGroupMaxEps;
   VF d = -max / static_cast<float>(kIq4Values[0]);
   VF id = 1 / d;

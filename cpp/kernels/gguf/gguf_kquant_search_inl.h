@@ -442,13 +442,8 @@ inline VF refit_symmetric_scale_lanes(const VF* x, VF s) {
 template <typename Layout>
 inline VF fit_symmetric_scale_lanes(const VF* x) {
   constexpr int kMinCode = Layout::kMinCode, kMaxCode = Layout::kMaxCode;
-  VF max = VF{}, amax = VF{};
-  for (int i = 0; i < 16; ++i) {
-    const VF a = abs_lanes(x[i]);
-    const VI bigger = a > amax;
-    amax = bigger ? a : amax;
-    max = bigger ? x[i] : max;
-  }
+  VF amax;
+  const VF max = largest_magnitude_lanes<16>(x, &amax);
   VF best_scale = VF{}, best_error = VF{} + __builtin_inff();
   for (float step : Layout::kFitSteps) {
     for (float target : {static_cast<float>(kMaxCode), static_cast<float>(kMinCode)}) {
