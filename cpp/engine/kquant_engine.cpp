@@ -62,6 +62,9 @@ BlockPlace place_of(int64_t block, int64_t cols) {
   return {block / per_row, block % per_row * kKquantBlock};
 }
 
+// How many of a block's values lie inside its row (a row's last block may be padding in part).
+int64_t values_in_row(const BlockPlace& at, int64_t cols) { return std::clamp<int64_t>(cols - at.col, 0, kKquantBlock); }
+
 // The index of the first non-finite value among n, or -1; `kernels` checks them vectorised and
 // only a failing range is searched element by element.
 int64_t first_non_finite(const float* x, int64_t n, const kernels::KernelTable& kernels) {
@@ -86,7 +89,7 @@ const float* contiguous_source(const KquantEncodeJob& job, const Chunk& c) {
 int64_t gather(const KquantEncodeJob& job, const Chunk& c, const kernels::KernelTable& kernels, float* values) {
   for (int64_t b = 0; b < c.blocks; ++b) {
     const BlockPlace at = place_of(c.first_block + b, job.cols);
-    const int64_t present = std::clamp<int64_t>(job.cols - at.col, 0, kKquantBlock);
+    const int64_t present = values_in_row(at, job.cols);
     const int64_t base = at.row * job.cols + at.col;
     float* dst = values + b * kKquantBlock;
     if (job.element_type == kernels::ElementType::kFloat32) {
@@ -107,7 +110,7 @@ int64_t drop_padding(const Chunk& c, int64_t cols, float* values) {
   int64_t kept = 0;
   for (int64_t b = 0; b < c.blocks; ++b) {
     const BlockPlace at = place_of(c.first_block + b, cols);
-    const int64_t present = std::clamp<int64_t>(cols - at.col, 0, kKquantBlock);
+    const int64_t present = values_in_row(at, cols);
     std::memmove(values + kept, values + b * kKquantBlock, static_cast<size_t>(present) * sizeof(float));
     kept += present;
   }
@@ -118,7 +121,7 @@ int64_t drop_padding(const Chunk& c, int64_t cols, float* values) {
 void scatter(const float* values, const Chunk& c, int64_t cols, float* out) {
   for (int64_t b = 0; b < c.blocks; ++b) {
     const BlockPlace at = place_of(c.first_block + b, cols);
-    const int64_t present = std::clamp<int64_t>(cols - at.col, 0, kKquantBlock);
+    const int64_t present = values_in_row(at, cols);
     std::memcpy(out + at.row * cols + at.col, values + b * kKquantBlock, static_cast<size_t>(present) * sizeof(float));
   }
 }
