@@ -1,5 +1,5 @@
-// The lane searches and fast fits of Q4_K and Q5_K for baseline x86-64 (8 lanes in SSE
-// registers): the types' encode_search and encode_fast, which the scalar path runs. They must
+// The lane searches (every k-quant, Q8_0) and fast fits (Q4_K, Q5_K) for baseline x86-64 (8 lanes
+// in SSE registers): the types' encode_search and encode_fast, which the scalar path runs. They must
 // write the same bytes on every path, so every path runs the same lane code
 // (gguf_kquant_search_inl.h).
 #include <algorithm>

@@ -1,12 +1,13 @@
-// Search encoders of Q4_K and Q5_K with one 32-weight sub-block per lane: the same block format as
-// ggml's reference quantizer, lower squared error, never worse on any super-block.
+// The search encoders (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_0) and the Q4_K / Q5_K fast fit, with one
+// sub-block (Q8_0: one block) per lane: the same block formats as ggml's reference quantizers,
+// lower squared error; every search keeps ggml's block wherever that is better.
 //
 // Included by gguf_kquant_lanes_inl.h (after its helpers) in every ISA's namespace, the baseline
 // one included. Every lane's arithmetic is a fixed sequence of float operations on its own
 // sub-block, and the per-super-block sums run over lanes in a fixed order, so the bytes are the
 // same whatever the lane count: every ISA path writes the same file.
 //
-// Per super-block:
+// Q4_K / Q5_K search, per super-block:
 //  1. ggml's own block (encode_kquant_lanes), the one to beat.
 //  2. Each sub-block's continuous fit: make_qkx2_quants with unit weights, i.e. least squares on
 //     the error the decoder makes (ggml weights by av_x + |x|, favouring large values).
@@ -17,6 +18,7 @@
 //  4. Refit each sub-block's scale and min by least squares to the codes chosen and choose again,
 //     while that lowers the super-block's error.
 //  5. Keep the searched block only where its decoded error (in double) is below ggml's.
+// The other searches (further down) follow the same plan with their layouts' parameters.
 
 // v (>= 0, finite) rounded to a value fp16 represents exactly: 11 significant bits by Veltkamp's
 // split (exact float operations, no FMA) in fp16's normal range, a multiple of 2^-24 (fp16's

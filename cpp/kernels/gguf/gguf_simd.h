@@ -28,8 +28,9 @@ namespace avx512 {
 std::span<const SimdKernel> simd_kernels();
 }  // namespace avx512
 
-// The lane searches compiled for baseline x86-64: the scalar path's (and TypeTraits') search
-// encoders of Q4_K and Q5_K, writing the bytes the AVX2 / AVX-512 paths write.
+// The lane searches and fast fits compiled for baseline x86-64: the scalar path's (and
+// TypeTraits') search encoders of every k-quant and Q8_0 and fast fits of Q4_K and Q5_K, writing
+// the bytes the AVX2 / AVX-512 paths write.
 namespace baseline_lanes {
 void encode_q4_K_search(const float* x, int64_t n, uint8_t* out);
 void encode_q5_K_search(const float* x, int64_t n, uint8_t* out);
