@@ -197,10 +197,13 @@ void encode_in_calls(const float* x, int64_t n, uint8_t* out, EncodeCall encode_
   }
 }
 
-// The 32 weights of every lane's sub-block: lane k holds sub-block k % 8 of super-block k / 8.
+// The N consecutive values of every lane's sub-block (or block): lane k holds x[N k .. N k + N),
+// X[l] their l-th values. With N = 32 and 256-blocks, lane k holds sub-block k % 8 of super-block
+// k / 8; the 16-value sub-blocks of a super-block take 16 / kLanes calls.
+template <int N = 32>
 inline void load_subblock_lanes(const float* x, VF* X) {
-  for (int l = 0; l < 32; ++l) {
-    for (int k = 0; k < kLanes; ++k) X[l][k] = x[32 * k + l];
+  for (int l = 0; l < N; ++l) {
+    for (int k = 0; k < kLanes; ++k) X[l][k] = x[N * k + l];
   }
 }
 
@@ -377,10 +380,8 @@ inline void encode_q6_K_superblock(const float* x, uint8_t* out) {
   float scales[16];
   for (int p = 0; p < kPasses; ++p) {
     VF W[16];
-    for (int i = 0; i < 16; ++i) {
-      for (int k = 0; k < kLanes; ++k) X[p][i][k] = x[16 * (kLanes * p + k) + i];
-      W[i] = X[p][i] * X[p][i];
-    }
+    load_subblock_lanes<16>(x + 16 * kLanes * p, X[p]);
+    for (int i = 0; i < 16; ++i) W[i] = X[p][i] * X[p][i];
     const VF s = make_qx_quants_lanes<32>(X[p], W, L[p]);
     for (int k = 0; k < kLanes; ++k) scales[kLanes * p + k] = s[k];
   }
@@ -473,10 +474,8 @@ inline void encode_q2_K_superblock(const float* x, uint8_t* out) {
   float scales[16], mins[16];
   for (int p = 0; p < kPasses; ++p) {
     VF W[16];
-    for (int i = 0; i < 16; ++i) {
-      for (int k = 0; k < kLanes; ++k) X[p][i][k] = x[16 * (kLanes * p + k) + i];
-      W[i] = abs_lanes(X[p][i]);
-    }
+    load_subblock_lanes<16>(x + 16 * kLanes * p, X[p]);
+    for (int i = 0; i < 16; ++i) W[i] = abs_lanes(X[p][i]);
     VF s, m;
     make_qkx2_quants_lanes<16, true>(X[p], W, 3, -0.5f, 0.1f, 15, L[p], &s, &m);
     for (int k = 0; k < kLanes; ++k) {
@@ -624,9 +623,7 @@ inline void encode_q3_K_superblock(const float* x, uint8_t* out) {
   VI L[kQ3Passes][16];
   float scales[16];
   for (int p = 0; p < kQ3Passes; ++p) {
-    for (int i = 0; i < 16; ++i) {
-      for (int k = 0; k < kLanes; ++k) X[p][i][k] = x[16 * (kLanes * p + k) + i];
-    }
+    load_subblock_lanes<16>(x + 16 * kLanes * p, X[p]);
     const VF s = make_q3_quants_lanes(X[p], L[p]);
     for (int k = 0; k < kLanes; ++k) scales[kLanes * p + k] = s[k];
   }
@@ -677,9 +674,7 @@ void encode_legacy_lanes(const float* x, uint8_t* out, int valid_blocks) {
   constexpr int kBytes = kType == Legacy::kQ4_0 ? 18 : kType == Legacy::kQ4_1 ? 20 : kType == Legacy::kQ5_0 ? 22
                          : kType == Legacy::kQ5_1 ? 24 : 34;
   VF X[32];
-  for (int j = 0; j < 32; ++j) {
-    for (int k = 0; k < kLanes; ++k) X[j][k] = x[32 * k + j];
-  }
+  load_subblock_lanes(x, X);
   VF d, m = VF{};
   VI q[32];
   if constexpr (kType == Legacy::kQ4_1 || kType == Legacy::kQ5_1) {
@@ -876,9 +871,7 @@ inline void pack_iq4(const VI* L, int k, uint8_t* q4) {  // one 32-block of lane
 
 inline void encode_iq4_nl_lanes(const float* x, uint8_t* out, int valid) {
   VF X[32];
-  for (int j = 0; j < 32; ++j) {
-    for (int k = 0; k < kLanes; ++k) X[j][k] = x[32 * k + j];
-  }
+  load_subblock_lanes(x, X);
   const VF scales = iq4_block_scales(X);
   VF id;
   for (int k = 0; k < kLanes; ++k) id[k] = scales[k] ? 1 / scales[k] : 0;
@@ -896,9 +889,7 @@ inline void encode_iq4_nl_all(const float* x, int64_t n, uint8_t* out) {
 
 inline void encode_iq4_xs_lanes(const float* x, uint8_t* out, int valid_superblocks) {
   VF X[32];
-  for (int j = 0; j < 32; ++j) {
-    for (int k = 0; k < kLanes; ++k) X[j][k] = x[32 * k + j];
-  }
+  load_subblock_lanes(x, X);
   const VF scales = iq4_block_scales(X);
   VF idl;
   for (int sb = 0; sb < kSuperBlocksPerCall; ++sb) {

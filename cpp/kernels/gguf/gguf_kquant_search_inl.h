@@ -60,12 +60,6 @@ inline VF code_error_lanes(const VF* x, VF d1, VF m1) {
   return (zero_scale ? VF{} + 1 : d1 * d1) * ((e0 + e1) + (e2 + e3));
 }
 
-// Q4_K / Q5_K's sub-blocks: 32 values, codes 0..kMaxCode.
-template <int kMaxCode>
-inline VF subblock_error_lanes(const VF* x, VF d1, VF m1) {
-  return code_error_lanes<0, kMaxCode>(x, d1, m1);
-}
-
 template <int kMaxCode>
 inline VI subblock_codes_lanes(VF x, VF d1, VF m1) {
   const VF inv = d1 != 0 ? 1 / d1 : VF{};
@@ -293,10 +287,10 @@ void fast_kquant_lanes(const float* x, uint8_t* out, int valid_superblocks) {
   load_subblock_lanes(x, X);
   VF lo = X[0], hi = X[0];
   for (int i = 1; i < 32; ++i) {
-    lo = X[i] < lo ? X[i] : lo;
-    hi = X[i] > hi ? X[i] : hi;
+    lo = min_lanes(lo, X[i]);
+    hi = max_lanes(hi, X[i]);
   }
-  lo = lo > 0 ? VF{} : lo;
+  lo = min_lanes(lo, VF{});  // x = scale * q - min with min >= 0: the range includes 0
   VF scale = (hi - lo) / static_cast<float>(kMaxCode), min = -lo;
   VI codes[32];
   for (int i = 0; i < 32; ++i) codes[i] = subblock_codes_lanes<kMaxCode>(X[i], scale, min);
@@ -338,25 +332,14 @@ inline constexpr int kQ8Candidates = 32;
 inline void search_q8_0_lanes(const float* x, uint8_t* out, int valid_blocks) {
   encode_legacy_lanes<Legacy::kQ8_0>(x, out, valid_blocks);
   VF X[32];
-  for (int j = 0; j < 32; ++j) {
-    for (int k = 0; k < kLanes; ++k) X[j][k] = x[32 * k + j];
-  }
+  load_subblock_lanes(x, X);
   VF amax = VF{};
   for (int j = 0; j < 32; ++j) amax = max_lanes(amax, abs_lanes(X[j]));
   VF best_d = VF{}, best_error = VF{} + __builtin_inff();
   for (int c = 0; c < kQ8Candidates; ++c) {
     const float factor = 0.97f + 0.04f * static_cast<float>(c) / static_cast<float>(kQ8Candidates - 1);
     const VF d = round_to_half_lanes(amax * (factor / 127.0f));
-    const VF inv = d != 0 ? 1 / d : VF{};
-    VF e0 = VF{}, e1 = VF{};
-    for (int j = 0; j < 32; j += 2) {  // in code units, as subblock_error_lanes
-      const VF t0 = X[j] * inv, t1 = X[j + 1] * inv;
-      const VF r0 = min_lanes(max_lanes((t0 + 12582912.f) - 12582912.f, VF{} - 128), VF{} + 127) - t0;
-      const VF r1 = min_lanes(max_lanes((t1 + 12582912.f) - 12582912.f, VF{} - 128), VF{} + 127) - t1;
-      e0 += r0 * r0;
-      e1 += r1 * r1;
-    }
-    const VF error = d * d * (e0 + e1);
+    const VF error = code_error_lanes<-128, 127>(X, d, VF{});
     const VI better = (d != 0) & (error < best_error);
     best_error = better ? error : best_error;
     best_d = better ? d : best_d;
@@ -469,9 +452,7 @@ inline void search_symmetric_superblock(const float* x, uint8_t* out) {
   uint8_t candidate[Layout::kBytes];
   VF X[kSymmetricPasses][16], fitted[kSymmetricPasses];
   for (int p = 0; p < kSymmetricPasses; ++p) {
-    for (int i = 0; i < 16; ++i) {
-      for (int k = 0; k < kLanes; ++k) X[p][i][k] = x[16 * (kLanes * p + k) + i];
-    }
+    load_subblock_lanes<16>(x + 16 * kLanes * p, X[p]);
     fitted[p] = fit_symmetric_scale_lanes<Layout>(X[p]);
   }
   float max_scale = 0;  // the fitted scale of largest magnitude, sign kept
@@ -576,9 +557,7 @@ inline void search_q2_K_superblock(const float* x, uint8_t* out) {
   VF X[kQ2Passes][16], scale[kQ2Passes] = {}, min[kQ2Passes] = {};
   float max_scale = 0, max_min = 0;
   for (int p = 0; p < kQ2Passes; ++p) {
-    for (int i = 0; i < 16; ++i) {
-      for (int k = 0; k < kLanes; ++k) X[p][i][k] = x[16 * (kLanes * p + k) + i];
-    }
+    load_subblock_lanes<16>(x + 16 * kLanes * p, X[p]);
     fit_q2_scale_min_lanes(X[p], &scale[p], &min[p]);
     for (int k = 0; k < kLanes; ++k) {
       max_scale = std::max(max_scale, scale[p][k]);
