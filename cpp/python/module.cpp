@@ -310,7 +310,7 @@ nb::list dequantize_arrays(const std::vector<InputArray>& packed, const std::vec
 nb::list gguf_types() {
   nb::list out;
   for (const auto& t : arrowquant::kernels::gguf::supported_types()) {
-    out.append(nb::make_tuple(static_cast<int>(t.type), t.name, t.block_size, t.block_bytes, t.has_search));
+    out.append(nb::make_tuple(static_cast<int>(t.type), t.name, t.block_size, t.block_bytes, t.encode_search != nullptr));
   }
   return out;
 }

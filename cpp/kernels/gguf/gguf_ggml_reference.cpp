@@ -1020,21 +1020,21 @@ void decode_iq4_xs(const uint8_t* __restrict in, int64_t n, float* __restrict y)
 }
 
 constexpr TypeTraits kTypes[] = {
-    {GgmlType::kF32, "F32", 1, 4, encode_f32, decode_f32, encode_f32, false, encode_f32},
-    {GgmlType::kF16, "F16", 1, 2, encode_f16, decode_f16, encode_f16, false, encode_f16},
-    {GgmlType::kQ4_0, "Q4_0", 32, 18, encode_q4_0, decode_q4_0, encode_q4_0, false, encode_q4_0},
-    {GgmlType::kQ4_1, "Q4_1", 32, 20, encode_q4_1, decode_q4_1, encode_q4_1, false, encode_q4_1},
-    {GgmlType::kQ5_0, "Q5_0", 32, 22, encode_q5_0, decode_q5_0, encode_q5_0, false, encode_q5_0},
-    {GgmlType::kQ5_1, "Q5_1", 32, 24, encode_q5_1, decode_q5_1, encode_q5_1, false, encode_q5_1},
-    {GgmlType::kQ8_0, "Q8_0", 32, 34, encode_q8_0, decode_q8_0, baseline_lanes::encode_q8_0_search, true, encode_q8_0},
-    {GgmlType::kQ2_K, "Q2_K", QK_K, 84, encode_q2_K, decode_q2_K, baseline_lanes::encode_q2_K_search, true, encode_q2_K},
-    {GgmlType::kQ3_K, "Q3_K", QK_K, 110, encode_q3_K, decode_q3_K, baseline_lanes::encode_q3_K_search, true, encode_q3_K},
-    {GgmlType::kQ4_K, "Q4_K", QK_K, 144, encode_q4_K, decode_q4_K, baseline_lanes::encode_q4_K_search, true, baseline_lanes::encode_q4_K_fast},
-    {GgmlType::kQ5_K, "Q5_K", QK_K, 176, encode_q5_K, decode_q5_K, baseline_lanes::encode_q5_K_search, true, baseline_lanes::encode_q5_K_fast},
-    {GgmlType::kQ6_K, "Q6_K", QK_K, 210, encode_q6_K, decode_q6_K, baseline_lanes::encode_q6_K_search, true, encode_q6_K},
-    {GgmlType::kIQ4_NL, "IQ4_NL", 32, 18, encode_iq4_nl, decode_iq4_nl, encode_iq4_nl, false, encode_iq4_nl},
-    {GgmlType::kIQ4_XS, "IQ4_XS", QK_K, 136, encode_iq4_xs, decode_iq4_xs, encode_iq4_xs, false, encode_iq4_xs},
-    {GgmlType::kBF16, "BF16", 1, 2, encode_bf16, decode_bf16, encode_bf16, false, encode_bf16},
+    {GgmlType::kF32, "F32", 1, 4, encode_f32, decode_f32, nullptr, nullptr},
+    {GgmlType::kF16, "F16", 1, 2, encode_f16, decode_f16, nullptr, nullptr},
+    {GgmlType::kQ4_0, "Q4_0", 32, 18, encode_q4_0, decode_q4_0, nullptr, nullptr},
+    {GgmlType::kQ4_1, "Q4_1", 32, 20, encode_q4_1, decode_q4_1, nullptr, nullptr},
+    {GgmlType::kQ5_0, "Q5_0", 32, 22, encode_q5_0, decode_q5_0, nullptr, nullptr},
+    {GgmlType::kQ5_1, "Q5_1", 32, 24, encode_q5_1, decode_q5_1, nullptr, nullptr},
+    {GgmlType::kQ8_0, "Q8_0", 32, 34, encode_q8_0, decode_q8_0, baseline_lanes::encode_q8_0_search, nullptr},
+    {GgmlType::kQ2_K, "Q2_K", QK_K, 84, encode_q2_K, decode_q2_K, baseline_lanes::encode_q2_K_search, nullptr},
+    {GgmlType::kQ3_K, "Q3_K", QK_K, 110, encode_q3_K, decode_q3_K, baseline_lanes::encode_q3_K_search, nullptr},
+    {GgmlType::kQ4_K, "Q4_K", QK_K, 144, encode_q4_K, decode_q4_K, baseline_lanes::encode_q4_K_search, baseline_lanes::encode_q4_K_fast},
+    {GgmlType::kQ5_K, "Q5_K", QK_K, 176, encode_q5_K, decode_q5_K, baseline_lanes::encode_q5_K_search, baseline_lanes::encode_q5_K_fast},
+    {GgmlType::kQ6_K, "Q6_K", QK_K, 210, encode_q6_K, decode_q6_K, baseline_lanes::encode_q6_K_search, nullptr},
+    {GgmlType::kIQ4_NL, "IQ4_NL", 32, 18, encode_iq4_nl, decode_iq4_nl, nullptr, nullptr},
+    {GgmlType::kIQ4_XS, "IQ4_XS", QK_K, 136, encode_iq4_xs, decode_iq4_xs, nullptr, nullptr},
+    {GgmlType::kBF16, "BF16", 1, 2, encode_bf16, decode_bf16, nullptr, nullptr},
 };
 
 }  // namespace
@@ -1077,23 +1077,27 @@ const SimdKernel* simd_kernel(GgmlType type, Isa isa) {
   return nullptr;
 }
 
-}  // namespace
-
-EncodeFn search_encoder(const TypeTraits& type, Isa isa) {
+// A type's own encoder of a kind: the ISA's lane version, else the type's; a type without one
+// runs ggml's encoder, vectorised where the ISA has it.
+EncodeFn own_or_ggml_encoder(const TypeTraits& type, Isa isa, EncodeFn SimdKernel::*simd, EncodeFn TypeTraits::*own) {
   const SimdKernel* k = simd_kernel(type.type, isa);
-  return k != nullptr && k->encode_search != nullptr ? k->encode_search : type.encode_search;
+  if (k != nullptr && k->*simd != nullptr) return k->*simd;
+  return type.*own != nullptr ? type.*own : ggml_encoder(type, isa);
 }
+
+}  // namespace
 
 EncodeFn ggml_encoder(const TypeTraits& type, Isa isa) {
   const SimdKernel* k = simd_kernel(type.type, isa);
   return k != nullptr && k->encode_ggml != nullptr ? k->encode_ggml : type.encode_ggml;
 }
 
+EncodeFn search_encoder(const TypeTraits& type, Isa isa) {
+  return own_or_ggml_encoder(type, isa, &SimdKernel::encode_search, &TypeTraits::encode_search);
+}
+
 EncodeFn fast_encoder(const TypeTraits& type, Isa isa) {
-  const SimdKernel* k = simd_kernel(type.type, isa);
-  if (k != nullptr && k->encode_fast != nullptr) return k->encode_fast;
-  // A type without a fast fit of its own runs ggml's encoder, vectorised where the ISA has it.
-  return type.encode_fast == type.encode_ggml ? ggml_encoder(type, isa) : type.encode_fast;
+  return own_or_ggml_encoder(type, isa, &SimdKernel::encode_fast, &TypeTraits::encode_fast);
 }
 
 DecodeFn decoder(const TypeTraits& type, Isa isa) {

@@ -46,11 +46,10 @@ struct TypeTraits {
   EncodeFn encode_ggml;  // ggml's reference quantizer (quantize_row_*_ref), reproduced bit for bit
   DecodeFn decode;       // ggml's dequantize_row_* (same float operations, same results)
   // The search encoder: the same block format with lower squared error, never worse than
-  // encode_ggml on any block. Types without one of their own use encode_ggml here.
+  // encode_ggml on any block; nullptr for types without one.
   EncodeFn encode_search;
-  bool has_search;
   // The fast fit: the same block format at about encode_ggml's error with far fewer passes over
-  // the data (what the kquant scheme's `rtn` writes). Types without one use encode_ggml here.
+  // the data (what the kquant scheme's `rtn` writes); nullptr for types without one.
   EncodeFn encode_fast;
 };
 

@@ -44,11 +44,11 @@ void encode_q3_K_search(const float* x, int64_t n, uint8_t* out);
 
 // The fastest encoder of `type` in ggml mode that the ISA has (its scalar reference otherwise).
 EncodeFn ggml_encoder(const TypeTraits& type, Isa isa);
-// The fastest search encoder of `type` the ISA has; every one writes the bytes of the type's
-// encode_search.
+// The fastest search encoder of `type` the ISA has (every one writes the bytes of the type's
+// encode_search); ggml_encoder's for a type without one.
 EncodeFn search_encoder(const TypeTraits& type, Isa isa);
-// The fastest fast-fit encoder of `type` the ISA has; every one writes the bytes of the type's
-// encode_fast.
+// The fastest fast-fit encoder of `type` the ISA has (every one writes the bytes of the type's
+// encode_fast); ggml_encoder's for a type without one.
 EncodeFn fast_encoder(const TypeTraits& type, Isa isa);
 // The fastest decoder of `type` the ISA has; every one gives the scalar decoder's floats.
 DecodeFn decoder(const TypeTraits& type, Isa isa);
