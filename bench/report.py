@@ -65,6 +65,7 @@ def main() -> int:
     args = parser.parse_args()
     engine, api, quality = load(args.results, "engine"), load(args.results, "api"), load(args.results, "quality")
     checkpoint, kernels = load(args.results, "checkpoint"), load(args.results, "kernels")
+    startup = load(args.results, "startup")
     lines = ["# arrowquant benchmark results", ""]
     if api:
         lines += [f"Machine: {api['cpu']}, {api['hardware_threads']} hardware threads, SIMD path `{api['simd_path']}`; "
@@ -90,6 +91,10 @@ def main() -> int:
         if len(scaling) >= 2:
             targets.append((f"{scaling[-1]['threads']} threads vs 1 on the largest input (x)",
                             scaling[-1]["mweights_s"] / scaling[0]["mweights_s"], ">=", 1.8))
+    if startup:
+        help_s, base = startup["seconds"]["arrowquant --help"], startup["seconds"]["python -c pass"]
+        targets.append((f"`arrowquant --help` wall time (s; `python -c pass` {base:.3f} s in the same run)", help_s, "<=",
+                        startup["target_help_seconds"]))
     if targets:
         lines += ["## Targets", "", "| measure | result | target | verdict |", "|---|---|---|---|"]
         lines += [f"| {name} | {value:,.3f} | {op} {goal:g} | {verdict(value, op, goal)} |" for name, value, op, goal in targets]

@@ -238,25 +238,34 @@ def test_thread_pool_follows_the_cpu_affinity():
     assert r.returncode == 0 and r.stdout.strip() == "1"
 
 
-def test_a_moved_pyarrow_gives_one_clear_line():
-    script = textwrap.dedent("""
+MOVED = "arrowquant was built for pyarrow {major}.x, found pyarrow {found}; pip install 'pyarrow>={major},<{next}' " \
+        "(or an arrowquantize release built for your pyarrow)"
+BROKEN = "arrowquant's compiled core cannot load pyarrow {found}'s libarrow ({error}); reinstall arrowquantize"
+
+
+@pytest.mark.parametrize("found, core_error, expected", [
+    ("99.0.0", None, MOVED), ("25.0.1", "libarrow.so.2500: cannot open shared object file", MOVED),
+    ("26.9.0", "libarrow.so.2600: cannot open shared object file", BROKEN)])
+def test_a_moved_pyarrow_gives_one_clear_line(found, core_error, expected):
+    script = textwrap.dedent(f"""
         import sys, pyarrow
-        pyarrow.__version__ = "99.0.0"
+        pyarrow.__version__ = {found!r}
         class NoCore:  # what a pyarrow upgrade does: libarrow.so.2600 is gone
             def find_spec(self, name, path=None, target=None):
-                if name == "arrowquant._core":
-                    raise ImportError("libarrow.so.2600: cannot open shared object file")
+                if name == "arrowquant._core" and {core_error!r}:
+                    raise ImportError({core_error!r})
         sys.meta_path.insert(0, NoCore())
         import arrowquant
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 1
-    assert last == f"ImportError: arrowquant was built for pyarrow {aq.PYARROW_BUILT_FOR}, found pyarrow 99.0.0; " \
-                   f"reinstall arrowquant (or pip install pyarrow=={aq.PYARROW_BUILT_FOR})"
+    assert last == "ImportError: " + expected.format(major=aq.PYARROW_MAJOR, next=aq.PYARROW_MAJOR + 1, found=found,
+                                                     error=core_error)
 
 
-def test_the_pyarrow_pin_is_the_one_in_pyproject():
+def test_the_pyarrow_range_is_the_abi_major_in_pyproject():
     from pathlib import Path
     text = (Path(__file__).parent.parent / "pyproject.toml").read_text()
-    assert text.count(f'"pyarrow=={aq.PYARROW_BUILT_FOR}"') == 2
+    assert text.count(f'"pyarrow>={aq.PYARROW_MAJOR},<{aq.PYARROW_MAJOR + 1}"') == 2
+    assert "pyarrow==" not in text

@@ -1,18 +1,28 @@
-"""arrowquant: fast, calibration-free 2/4/8-bit quantization of neural-network weights."""
+"""arrowquant: fast, calibration-free quantization of neural-network weights, Arrow-native."""
 
 # pyarrow first: it loads the libarrow.so that the compiled core links against.
 import pyarrow as _pyarrow  # noqa: F401
 
-__version__ = "0.1.0"
-# The pyarrow release whose libarrow the compiled core links (pinned in pyproject.toml).
-PYARROW_BUILT_FOR = "26.0.1"
+from ._version import DISTRIBUTION, PYARROW_MAJOR, __version__  # noqa: E402
 
+# The pyarrow releases whose libarrow the compiled core links (pyproject.toml: pyarrow>=26,<27).
+PYARROW_BUILT_FOR = f"{PYARROW_MAJOR}.x"
+
+
+def _moved_pyarrow() -> ImportError:
+    return ImportError(f"arrowquant was built for pyarrow {PYARROW_BUILT_FOR}, found pyarrow {_pyarrow.__version__}; "
+                       f"pip install 'pyarrow>={PYARROW_MAJOR},<{PYARROW_MAJOR + 1}' (or an {DISTRIBUTION} release "
+                       "built for your pyarrow)")
+
+
+if _pyarrow.__version__.split(".")[0] != str(PYARROW_MAJOR):
+    raise _moved_pyarrow()
 try:
     from . import _core  # noqa: E402
-except ImportError:
-    if _pyarrow.__version__ != PYARROW_BUILT_FOR:
-        raise ImportError(f"arrowquant was built for pyarrow {PYARROW_BUILT_FOR}, found pyarrow {_pyarrow.__version__}; "
-                          f"reinstall arrowquant (or pip install pyarrow=={PYARROW_BUILT_FOR})") from None
+except ImportError as error:
+    if "libarrow" in str(error):  # same major, yet its libarrow is not the one the core was linked with
+        raise ImportError(f"arrowquant's compiled core cannot load pyarrow {_pyarrow.__version__}'s libarrow ({error}); "
+                          f"reinstall {DISTRIBUTION}") from None
     raise
 from .aq_file import AqFile  # noqa: E402
 from .errors import (  # noqa: E402

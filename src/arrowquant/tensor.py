@@ -2,25 +2,53 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-import ml_dtypes
 import numpy as np
 
 from . import _core
 from .errors import DataError, ParameterError
 from .schemes import DEFAULT_SCHEME, KQUANT_BLOCK, bits_per_weight, kquant_bytes
 
-BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
-# safetensors dtype name -> numpy dtype (F8 types are read as raw bytes).
-SAFETENSORS_DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": BFLOAT16,
-    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
-    "BOOL": np.dtype("?"), "F8_E4M3": np.dtype("u1"), "F8_E5M2": np.dtype("u1"),
-}
+@functools.cache
+def bfloat16() -> np.dtype:
+    """NumPy's bfloat16 dtype (ml_dtypes). Imported on first use: loading ml_dtypes takes about a
+    second, which ``import arrowquant`` and every CLI command would otherwise pay."""
+    import ml_dtypes
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def is_bfloat16(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is ml_dtypes' bfloat16 (told by name, so ml_dtypes need not be loaded)."""
+    return dtype.name == "bfloat16"
+
+
+class _SafetensorsDtypes(Mapping[str, np.dtype]):
+    """safetensors dtype name -> numpy dtype (F8 types are read as raw bytes); BF16 is resolved
+    through bfloat16() when first looked up."""
+
+    _FIXED = {
+        "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": None,
+        "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+        "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+        "BOOL": np.dtype("?"), "F8_E4M3": np.dtype("u1"), "F8_E5M2": np.dtype("u1"),
+    }
+
+    def __getitem__(self, name: str) -> np.dtype:
+        dtype = self._FIXED[name]
+        return bfloat16() if dtype is None else dtype
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._FIXED)
+
+    def __len__(self) -> int:
+        return len(self._FIXED)
+
+
+SAFETENSORS_DTYPES: Mapping[str, np.dtype] = _SafetensorsDtypes()
 QUANTIZABLE_DTYPES = ("F32", "F16", "BF16")
 # Element type codes of the compiled core.
 _ELEMENT_TYPE = {"F32": 0, "F16": 1, "BF16": 2}
@@ -33,12 +61,12 @@ def source_dtype_of(array: np.ndarray, dtype: Any = None) -> str:
     if dtype is not None:
         if str(dtype) != "bfloat16":
             raise ParameterError(f"dtype may only be 'bfloat16' (to read a uint16 array as bfloat16); got {dtype!r}")
-        if array.dtype not in (np.dtype(np.uint16), np.dtype(np.int16), BFLOAT16):
+        if array.dtype not in (np.dtype(np.uint16), np.dtype(np.int16)) and not is_bfloat16(array.dtype):
             raise ParameterError(f"dtype='bfloat16' needs a 2-byte array (uint16 or bfloat16); got {array.dtype}")
         return "BF16"
-    native = array.dtype if array.dtype == BFLOAT16 else array.dtype.newbyteorder("=")
-    if native == BFLOAT16:
+    if is_bfloat16(array.dtype):
         return "BF16"
+    native = array.dtype.newbyteorder("=")
     if native == np.float32:
         return "F32"
     if native == np.float16:
@@ -63,8 +91,8 @@ def to_dtype(values: np.ndarray, dtype: Any) -> np.ndarray:
     """float32 -> the requested float dtype (float32, float16, bfloat16 / 'bfloat16' / 'BF16', or a safetensors name)."""
     if isinstance(dtype, str) and dtype in SAFETENSORS_DTYPES:
         dtype = SAFETENSORS_DTYPES[dtype]
-    target = BFLOAT16 if str(dtype) in ("bfloat16", "BF16") else np.dtype(dtype)
-    if target not in (np.dtype(np.float32), np.dtype(np.float16), BFLOAT16):
+    target = bfloat16() if str(dtype) in ("bfloat16", "BF16") else np.dtype(dtype)
+    if target not in (np.dtype(np.float32), np.dtype(np.float16)) and not is_bfloat16(target):
         raise ParameterError(f"dtype must be float32, float16 or bfloat16; got {dtype!r}")
     return values if target == np.float32 else values.astype(target)
 
