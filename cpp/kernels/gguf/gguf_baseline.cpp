@@ -1,12 +1,14 @@
-// The lane searches (every k-quant, Q8_0) and fast fits (Q4_K, Q5_K) for baseline x86-64 (8 lanes
-// in SSE registers): the types' encode_search and encode_fast, which the scalar path runs. They must
+// The lane searches (every k-quant, Q8_0) and fast fits (Q4_K, Q5_K) for the baseline ISA (8 lanes
+// in SSE registers on x86-64; GCC's vector extensions lower them to NEON on aarch64): the types' encode_search and encode_fast, which the scalar path runs. They must
 // write the same bytes on every path, so every path runs the same lane code
 // (gguf_kquant_search_inl.h).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
 
 #include "kernels/common/float16.h"
 #include "kernels/gguf/gguf_reference_parts.h"

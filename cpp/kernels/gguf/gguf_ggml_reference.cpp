@@ -1070,10 +1070,15 @@ namespace arrowquant::kernels::gguf {
 namespace {
 
 const SimdKernel* simd_kernel(GgmlType type, Isa isa) {
+#if ARROWQUANT_X86_KERNELS
   if (isa != Isa::kAvx2 && isa != Isa::kAvx512) return nullptr;
   for (const SimdKernel& k : isa == Isa::kAvx512 ? avx512::simd_kernels() : avx2::simd_kernels()) {
     if (k.type == type) return &k;
   }
+#else  // a build for another processor has no SIMD tables (CMakeLists.txt)
+  (void)type;
+  (void)isa;
+#endif
   return nullptr;
 }
 

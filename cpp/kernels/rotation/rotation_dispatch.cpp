@@ -5,8 +5,10 @@ namespace arrowquant::kernels::rotation {
 
 RotationKernels rotation_kernels(Isa isa) {
   switch (isa) {
+#if ARROWQUANT_X86_KERNELS
     case Isa::kAvx512: return {avx512::forward, avx512::inverse};
     case Isa::kAvx2: return {avx2::forward, avx2::inverse};
+#endif
     default: return {baseline::forward, baseline::inverse};
   }
 }
