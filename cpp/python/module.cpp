@@ -1,5 +1,6 @@
 // arrowquant._core: argument conversion, GIL release and the one place where C++ errors become
 // Python exceptions. No logic of its own.
+#include <dlfcn.h>
 #include <sys/mman.h>
 
 #include <atomic>
@@ -43,8 +44,21 @@ namespace {
 std::atomic<bool> g_interpreter_exiting{false};
 std::atomic<std::thread::id> g_exiting_thread{};
 
+#if defined(Py_LIMITED_API) && Py_LIMITED_API < 0x030D0000
+// The abi3 build (limited API of 3.12) may not name _Py_IsFinalizing, and Py_IsFinalizing only
+// exists from 3.13 on: look up whichever the running interpreter exports, once.
+using IsFinalizingFn = int (*)();
+IsFinalizingFn find_is_finalizing() {
+  if (void* f = dlsym(RTLD_DEFAULT, "Py_IsFinalizing")) return reinterpret_cast<IsFinalizingFn>(f);
+  return reinterpret_cast<IsFinalizingFn>(dlsym(RTLD_DEFAULT, "_Py_IsFinalizing"));
+}
+#endif
+
 bool interpreter_finalizing() {
-#if PY_VERSION_HEX >= 0x030D0000
+#if defined(Py_LIMITED_API) && Py_LIMITED_API < 0x030D0000
+  static const IsFinalizingFn is_finalizing = find_is_finalizing();
+  return is_finalizing != nullptr && is_finalizing() != 0;
+#elif PY_VERSION_HEX >= 0x030D0000
   return Py_IsFinalizing() != 0;
 #else
   return _Py_IsFinalizing() != 0;
