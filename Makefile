@@ -56,9 +56,9 @@ ggml-ref: $(VENV)/.created
 # llama.cpp itself (llama-cpp-python built from the same sdist, CPU only, no native tuning): the
 # referee that loads and runs the language-model GGUF files in tests/test_gguf_llm.py. The longest
 # step of a fresh `make test` (see README for the measured time); built once per venv, with the
-# compiler's progress shown.
+# compiler's progress shown; without the multimodal library (LLAVA_BUILD=OFF: the tests run text models only).
 LLAMA_CPP_ARGS := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
-	-DLLAMA_BUILD_SERVER=OFF
+	-DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF
 llama-cpp: install-test ggml-ref
 	@$(PY) -c "import llama_cpp" 2>/dev/null || { echo "== building llama.cpp (llama-cpp-python sdist, CPU only)"; \
 	  CMAKE_ARGS="$(LLAMA_CPP_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) install -v --no-build-isolation \
