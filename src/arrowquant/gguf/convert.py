@@ -24,6 +24,7 @@ from ..tensor import QUANTIZABLE_DTYPES
 from .container import ARRAY, INT32, UINT32, TensorSpec, Value, write_gguf
 from .llm import LlmModel, LlmTypePolicy, llm_config, model_name, permute_for_rope, tokenizer_metadata
 from .policy import TypePolicy, architecture, check_mix, detect_architecture, parse_type_overrides, strip_prefix
+from .t5 import T5EncoderModel, T5TypePolicy, t5_config, t5_tokenizer_metadata
 from .types import MIXES
 
 QUANTIZATION_VERSION = 2
@@ -71,16 +72,22 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
         executor = gguf_executor(num_threads or 1)
     if kind == "component":  # one checkpoint, one GGUF file (its configs stay with the source)
         kind = "file"
-        config = llm_config(src)
-        if config is not None:  # a language model for llama.cpp: names, hyper-parameters, tokenizer
+        config, t5 = llm_config(src), t5_config(src)
+        if config is not None or t5 is not None:  # a language model or text encoder for llama.cpp's layout
             checkpoint = resolve_checkpoint(src, variant)
             check_output_apart(out, [src] + checkpoint.inputs)
             check_file_output(out, overwrite)
             warnings_out = [w for w in [warn_extension(out, ".gguf", "a GGUF file")] if w]
-            report = convert_llm(checkpoint, out, LlmModel(src, config), mix, overrides, method, overwrite, num_threads,
-                                 with_stats, component_progress({"": checkpoint.nbytes}, progress_callback)(""),
-                                 executor)
-            return {"input": str(src), "output": str(out), "kind": "llm", "type": mix, "method": method,
+            progress = component_progress({"": checkpoint.nbytes}, progress_callback)("")
+            if t5 is not None:
+                model = T5EncoderModel(src, t5)
+                report = convert_llm(checkpoint, out, model, mix, overrides, method, overwrite, num_threads, with_stats,
+                                     progress, executor, T5TypePolicy, t5_tokenizer_metadata, model.name())
+            else:
+                report = convert_llm(checkpoint, out, LlmModel(src, config), mix, overrides, method, overwrite,
+                                     num_threads, with_stats, progress, executor)
+            return {"input": str(src), "output": str(out), "kind": "text_encoder" if t5 is not None else "llm",
+                    "type": mix, "method": method,
                     "kept_as_safetensors": [], "components": {"model": report}, "bytes_before": report["input_bytes"],
                     "bytes_after": report["output_bytes"], "compression_ratio": report["compression_ratio"],
                     "tensors": len(report["tensors"]), "fallbacks": report["fallbacks"], "warnings": warnings_out,
@@ -229,10 +236,12 @@ def write_tensors(out: Path, metadata: dict[str, Any], specs: list[TensorSpec], 
 
 def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, overrides, method: str, overwrite: bool,
                 num_threads: int | None, with_stats: bool, progress: Callable[[str, float], None],
-                executor: Any = None) -> dict[str, Any]:
-    """A llama-family language model -> one GGUF file llama.cpp loads (see llm.py)."""
+                executor: Any = None, policy_type: type = LlmTypePolicy, read_tokenizer: Callable = tokenizer_metadata,
+                general_name: str | None = None) -> dict[str, Any]:
+    """A llama-family language model (or, with t5.py's model, policy and tokenizer, a T5 text
+    encoder) -> one GGUF file in llama.cpp's layout (see llm.py, t5.py)."""
     started = time.perf_counter()
-    tokenizer = tokenizer_metadata(model.folder, model)  # checked before any tensor is read
+    tokenizer = read_tokenizer(model.folder, model)  # checked before any tensor is read
     opened = checkpoint.open()
     try:
         entries, stored_names, heads, skipped = [], [], [], []
@@ -247,12 +256,18 @@ def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, ov
                 heads.append(model.heads_of(mapped[1]))
         if len(set(stored_names)) != len(stored_names):
             raise FileFormatError(f"{model.folder}: two tensors map to the same GGUF name")
-        policy = LlmTypePolicy(mix, overrides, model, has_output="output.weight" in stored_names)
+        expected = getattr(model, "expected_shape", None)
+        for (sf, name), stored in zip(entries, stored_names):
+            shape = expected(stored) if expected is not None else None
+            if shape is not None and tuple(sf.tensors[name].shape) != shape:
+                raise FileFormatError(f"{sf.path}: tensor {name!r} has shape {list(sf.tensors[name].shape)}, but "
+                                      f"config.json implies {list(shape)}: the config and the weights disagree")
+        policy = policy_type(mix, overrides, model, has_output="output.weight" in stored_names)
         decisions = [policy.decide(stored, sf.tensors[name].shape, sf.tensors[name].dtype)
                      for (sf, name), stored in zip(entries, stored_names)]
         metadata: dict[str, Any] = {
             "general.architecture": model.arch,
-            "general.name": model_name(model.folder, model.config),
+            "general.name": general_name or model_name(model.folder, model.config),
             "general.quantization_version": Value(UINT32, QUANTIZATION_VERSION),
             "general.file_type": Value(UINT32, MIXES[mix][0]),
             "general.quantized_by": f"arrowquant {__version__}",

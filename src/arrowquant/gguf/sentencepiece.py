@@ -34,6 +34,7 @@ class SentencePieceModel:
     remove_extra_whitespaces: bool = True
     escape_whitespaces: bool = True
     has_precompiled_charsmap: bool = False
+    precompiled_charsmap: bytes = b""  # the normalizer's compiled rules (llama.cpp's t5 tokenizer applies them)
 
 
 def _fields(data: bytes, where: str):
@@ -127,7 +128,7 @@ def read_sentencepiece_model(path: Path) -> SentencePieceModel:
                 if n == 1 and w == LENGTH:
                     model.normalizer_name = _text(v, where)
                 elif n == 2 and w == LENGTH:
-                    model.has_precompiled_charsmap = len(v) > 0
+                    model.has_precompiled_charsmap, model.precompiled_charsmap = len(v) > 0, bytes(v)
                 elif n == 3 and w == VARINT:
                     model.add_dummy_prefix = bool(v)
                 elif n == 4 and w == VARINT:
