@@ -92,6 +92,8 @@ bench-python: install ggml-ref
 	$(PY) bench/bench_gguf.py --json bench/results/gguf.json
 	$(PY) bench/bench_gguf_checkpoint.py --json bench/results/gguf_checkpoint.json
 	$(PY) bench/bench_format_v2.py --json bench/results/format_v2.json
+	bash bench/ik/build.sh $(PY)
+	$(PY) bench/bench_anchors.py --json bench/results/anchors.json
 	$(PY) bench/plot_format_v2.py bench/results/format_v2.json bench/results/error_vs_bits.png
 	$(PY) bench/bench_torch.py --json bench/results/torch.json
 	$(PY) bench/bench_ray.py --json bench/results/ray.json
@@ -110,6 +112,8 @@ bench-smoke: $(BENCH_BUILD)/kernels_bench ggml-ref
 	$(PY) bench/bench_gguf.py --quick --json build/bench-smoke/gguf.json
 	$(PY) bench/bench_gguf_checkpoint.py --quick --json build/bench-smoke/gguf_checkpoint.json
 	$(PY) bench/bench_format_v2.py --quick --json build/bench-smoke/format_v2.json
+	bash bench/ik/build.sh $(PY)
+	$(PY) bench/bench_anchors.py --quick --json build/bench-smoke/anchors.json
 	if $(PY) -c "import torch, diffusers" 2>/dev/null; then \
 	  $(PY) bench/bench_torch.py --quick --json build/bench-smoke/torch.json; fi
 	$(PY) bench/report.py --results build/bench-smoke --out build/bench-smoke
