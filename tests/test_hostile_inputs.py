@@ -269,3 +269,49 @@ def test_the_pyarrow_range_is_the_abi_major_in_pyproject():
     text = (Path(__file__).parent.parent / "pyproject.toml").read_text()
     assert text.count(f'"pyarrow>={aq.PYARROW_MAJOR},<{aq.PYARROW_MAJOR + 1}"') == 2
     assert "pyarrow==" not in text
+
+
+def raw_gguf(path, metadata_items, tensors=()):
+    """A GGUF v3 file from (key, value type, payload bytes) items and (name, dims, type, offset) tensors."""
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(metadata_items))
+    for key, value_type, payload in metadata_items:
+        out += struct.pack("<Q", len(key)) + key.encode() + struct.pack("<I", value_type) + payload
+    for name, dims, type_id, offset in tensors:
+        out += struct.pack("<Q", len(name)) + name.encode() + struct.pack("<I", len(dims))
+        out += b"".join(struct.pack("<Q", d) for d in dims) + struct.pack("<IQ", type_id, offset)
+    out += b"\0" * (-len(out) % 32)
+    for _name, dims, type_id, _offset in tensors:
+        out += b"\0" * (4 * int(np.prod(dims)))
+    path.write_bytes(out)
+    return path
+
+
+def test_a_long_gguf_metadata_array_costs_its_bytes_not_fifteen_times_them(tmp_path):
+    import tracemalloc
+    from arrowquant import gguf as aq_gguf
+    count = 8 << 20  # 8 MB of uint8 scores, as a real tokenizer's arrays are
+    path = raw_gguf(tmp_path / "big.gguf", [("tokenizer.ggml.big", 9, struct.pack("<IQ", 0, count) + bytes(count))])
+    tracemalloc.start()
+    with aq_gguf.open(path) as f:
+        assert len(f.metadata["tokenizer.ggml.big"]) == count
+        peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2 * count, peak  # a list of Python ints took ~15x
+
+
+def test_a_gguf_array_claiming_more_items_than_bytes_is_refused_before_reading(tmp_path):
+    from arrowquant import gguf as aq_gguf
+    path = raw_gguf(tmp_path / "lying.gguf", [("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, 10**6) + bytes(64))])
+    with pytest.raises(aq.FileFormatError, match=r"claims 1000000 items, more than the \d+ bytes left"):
+        aq_gguf.open(path)
+
+
+@pytest.mark.parametrize("shape_payload", [
+    struct.pack("<IQ", 5, 71) + struct.pack("<71i", *([1] * 70 + [4])),  # 71 dimensions
+    struct.pack("<IQ", 7, 2) + bytes([1, 1]),  # booleans
+])
+def test_orig_shape_of_too_many_dimensions_or_booleans_is_a_format_error(tmp_path, shape_payload):
+    from arrowquant import gguf as aq_gguf
+    path = raw_gguf(tmp_path / "shape.gguf", [("comfy.gguf.orig_shape.w", 9, shape_payload)], [("w", [4], 0, 0)])
+    with aq_gguf.open(path) as f, pytest.raises(aq.FileFormatError, match="orig_shape.w"):
+        f.original_shape("w")

@@ -60,6 +60,8 @@ def _json_safe(value: Any) -> Any:
         return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
+    if hasattr(value, "tolist"):  # a long GGUF metadata array, kept as a NumPy array
+        return _json_safe(value.tolist())
     return value
 
 
@@ -346,7 +348,8 @@ def cmd_inspect(args) -> int:
         elif not args.quiet:
             print(f"{report['file']}: GGUF, architecture {report['architecture']}, {_mb(report['bytes'])}, "
                   + ", ".join(f"{k} {v}" for k, v in sorted(report["types"].items())))
-            meta = {k: v for k, v in report["metadata"].items() if not isinstance(v, list) or len(v) <= 8}
+            meta = {k: v for k, v in report["metadata"].items()
+                    if isinstance(v, (str, int, float)) or (isinstance(v, list) and len(v) <= 8)}
             print("metadata: " + ", ".join(f"{k}={v}" for k, v in meta.items()))
             rows = [[t["name"], "x".join(map(str, t["shape"])), t["type"], f"{t['bytes']:,}"] for t in report["tensors"]]
             print(_table(rows, ["tensor", "shape", "type", "bytes"]))

@@ -177,13 +177,23 @@ class _Cursor:
             return self.string(f"metadata {key!r}")
         if value_type == ARRAY and depth == 0:
             item_type, count = self.unpack("<I"), self.unpack("<Q")
-            if count > len(self.data):  # every item takes at least one byte
-                raise FileFormatError(f"{self.where}: metadata {key!r} claims {count} items")
+            smallest = struct.calcsize(_SCALAR[item_type]) if item_type in _SCALAR else 8  # a string: its length
+            if count * smallest > len(self.data) - self.pos:
+                raise FileFormatError(f"{self.where}: metadata {key!r} claims {count} items, more than the "
+                                      f"{len(self.data) - self.pos} bytes left can hold")
             if item_type in _SCALAR:
-                size = struct.calcsize(_SCALAR[item_type])
-                return list(np.frombuffer(self.take(size * count), _SCALAR[item_type]).tolist())
+                values = np.frombuffer(self.take(smallest * count), _SCALAR[item_type])
+                # Short arrays (shapes, ids) as lists; long ones (scores, token types, charsmaps) stay
+                # NumPy arrays: a list of Python numbers costs about 15 times their bytes.
+                return values.tolist() if count <= SMALL_ARRAY else values.copy()
             return [self.value(item_type, key, depth + 1) for _ in range(count)]
         raise FileFormatError(f"{self.where}: metadata {key!r} has unknown value type {value_type}")
+
+
+# ComfyUI-GGUF's comfy.gguf.orig_shape holds a torch shape: a handful of dimensions, never dozens.
+MAX_ORIG_DIMS = 8
+# Numeric metadata arrays up to this many items are read as lists, longer ones as NumPy arrays.
+SMALL_ARRAY = 64
 
 
 class GgufFile:
@@ -300,7 +310,8 @@ class GgufFile:
         stored = self.metadata.get(f"comfy.gguf.orig_shape.{name}")
         if stored is None:
             return t.shape
-        if not isinstance(stored, list) or not all(isinstance(d, int) and d > 0 for d in stored) \
+        if not isinstance(stored, list) or not 1 <= len(stored) <= MAX_ORIG_DIMS \
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in stored) \
                 or math.prod(stored) != t.numel:
             raise FileFormatError(f"{self.path}: comfy.gguf.orig_shape.{name} = {stored!r} does not fit the tensor's "
                                   f"{t.numel} elements")
