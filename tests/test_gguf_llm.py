@@ -501,3 +501,63 @@ def test_rope_scaling_llama_cpp_would_apply_differently_is_refused(llm, tmp_path
     with pytest.raises(ParameterError, match="rope scaling 'llama3' is not supported yet"):
         ag.convert(copy, tmp_path / "m.gguf", type="F32")
     assert not (tmp_path / "m.gguf").exists()
+
+
+@pytest.fixture(scope="module")
+def plain_llama(tmp_path_factory):
+    from tokenizers import pre_tokenizers
+    return tiny_llama_with(tmp_path_factory.mktemp("plain"), pre_tokenizers.ByteLevel(add_prefix_space=False))[0]
+
+
+def with_config(folder, tmp_path, **changes):
+    import json
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, **changes}))
+    return copy
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"vocab_size": 1099511627776}, "'vocab_size' must be a positive integer up to 16777216"),
+    ({"vocab_size": 1000}, r"has shape \[\d+, 64\], but config.json implies \[1000, 64\]"),
+    ({"hidden_size": 4096}, "but config.json implies"),
+    ({"num_key_value_heads": "2"}, "'num_key_value_heads' must be a positive integer"),
+    ({"num_key_value_heads": -2}, "'num_key_value_heads' must be a positive integer"),
+    ({"num_key_value_heads": 3}, "2 attention heads do not share 3 key/value heads evenly"),
+    ({"head_dim": 16.5}, "'head_dim' must be a positive integer"),
+    ({"rope_theta": "abc"}, "'rope_theta' must be a number"),
+    ({"rms_norm_eps": "abc"}, "'rms_norm_eps' must be a number"),
+    ({"num_hidden_layers": 2 ** 40}, "'num_hidden_layers' must be a positive integer"),
+])
+def test_a_config_contradicting_or_lying_about_the_tensors_is_one_line_before_anything_is_sized(
+        plain_llama, tmp_path, changes, message):
+    """Issue 22: sizes from config.json are bounded and checked against the tensors before any list
+    is sized by them (a vocab_size of 2^40 exhausted memory), and hostile values are one error."""
+    import tracemalloc
+    copy = with_config(plain_llama, tmp_path, **changes)
+    tracemalloc.start()
+    with pytest.raises(FileFormatError, match=message):
+        ag.convert(copy, tmp_path / "m.gguf", type="Q8_0")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 64 << 20, peak
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_an_architectures_entry_that_is_not_a_name_is_not_a_language_model(plain_llama, tmp_path):
+    copy = with_config(plain_llama, tmp_path, architectures=[["LlamaForCausalLM"]])
+    from arrowquant.gguf.llm import llm_config
+    assert llm_config(copy) is None  # was: TypeError (unhashable list)
+
+
+def test_a_tokenizer_model_with_more_pieces_than_the_vocabulary_stops_early(spm_llama, tmp_path):
+    import shutil
+    folder, sp, _, _ = spm_llama
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    piece = bytes([0x0a, 0x02, 0x0a, 0x00])  # field 1: a piece message holding an empty text
+    (copy / "tokenizer.model").write_bytes(piece * 1_000_000 + (copy / "tokenizer.model").read_bytes())
+    with pytest.raises((FileFormatError, ParameterError), match="more than .* pieces, the model.s vocab_size"):
+        ag.convert(copy, tmp_path / "m.gguf", type="F32")

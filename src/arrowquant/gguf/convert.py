@@ -241,7 +241,6 @@ def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, ov
     """A llama-family language model (or, with t5.py's model, policy and tokenizer, a T5 text
     encoder) -> one GGUF file in llama.cpp's layout (see llm.py, t5.py)."""
     started = time.perf_counter()
-    tokenizer = read_tokenizer(model.folder, model)  # checked before any tensor is read
     opened = checkpoint.open()
     try:
         entries, stored_names, heads, skipped = [], [], [], []
@@ -256,12 +255,16 @@ def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, ov
                 heads.append(model.heads_of(mapped[1]))
         if len(set(stored_names)) != len(stored_names):
             raise FileFormatError(f"{model.folder}: two tensors map to the same GGUF name")
-        expected = getattr(model, "expected_shape", None)
+        # config.json against the tensors before anything is sized by it (the tokenizer's lists are
+        # vocab_size long): llama.cpp refuses a file whose hyper-parameters contradict its tensors.
+        if "token_embd.weight" not in stored_names:
+            raise FileFormatError(f"{model.folder}: no token embedding among the tensors; not a complete model")
         for (sf, name), stored in zip(entries, stored_names):
-            shape = expected(stored) if expected is not None else None
+            shape = model.expected_shape(stored)
             if shape is not None and tuple(sf.tensors[name].shape) != shape:
                 raise FileFormatError(f"{sf.path}: tensor {name!r} has shape {list(sf.tensors[name].shape)}, but "
                                       f"config.json implies {list(shape)}: the config and the weights disagree")
+        tokenizer = read_tokenizer(model.folder, model)
         policy = policy_type(mix, overrides, model, has_output="output.weight" in stored_names)
         decisions = [policy.decide(stored, sf.tensors[name].shape, sf.tensors[name].dtype)
                      for (sf, name), stored in zip(entries, stored_names)]

@@ -13,6 +13,7 @@ under ``tokenizer.ggml.*``. Per-tensor types follow llama-quantize's rules for t
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,35 @@ def llm_config(folder: Path) -> dict | None:
     if not isinstance(config, dict):
         return None
     architectures = config.get("architectures") or []
-    if isinstance(architectures, list) and architectures and architectures[0] in LLM_ARCHITECTURES:
+    if isinstance(architectures, list) and architectures and isinstance(architectures[0], str) \
+            and architectures[0] in LLM_ARCHITECTURES:
         return config
     return None
+
+
+# The largest value any size in config.json may take (2^24: wider than any model's hidden size or
+# vocabulary); the tensors bound them further (LlmModel.expected_shape).
+MAX_CONFIG_SIZE = 1 << 24
+
+
+def config_int(config: dict, key: str, where: Path, default: Any = None, limit: int = MAX_CONFIG_SIZE) -> int:
+    """A positive integer of config.json (``default`` when absent or null), else one FileFormatError."""
+    value = config.get(key)
+    if value is None and default is not None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+        raise FileFormatError(f"{where}: {key!r} must be a positive integer up to {limit}; found {str(value)[:40]!r}")
+    return value
+
+
+def config_float(config: dict, key: str, where: Path, default: float, low: float = 0.0, high: float = math.inf) -> float:
+    """A finite number of config.json in (low, high) (``default`` when absent or null), else one FileFormatError."""
+    value = config.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
+        raise FileFormatError(f"{where}: {key!r} must be a number in ({low}, {high}); found {str(value)[:40]!r}")
+    return float(value)
 
 
 class LlmModel:
@@ -89,25 +116,28 @@ class LlmModel:
         self.folder, self.config = folder, config
         self.arch = LLM_ARCHITECTURES[config["architectures"][0]]
 
-        def need(key: str) -> int:
-            value = config.get(key)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise FileFormatError(f"{folder / 'config.json'}: {key!r} must be a positive integer; found {value!r}")
-            return value
-
-        self.n_embd, self.n_layer, self.n_head = need("hidden_size"), need("num_hidden_layers"), need("num_attention_heads")
-        self.n_ff, self.n_ctx = need("intermediate_size"), need("max_position_embeddings")
-        self.n_head_kv = config.get("num_key_value_heads") or self.n_head
-        self.head_dim = config.get("head_dim") or self.n_embd // self.n_head
-        self.vocab_size = need("vocab_size")
+        where = folder / "config.json"
+        self.n_embd, self.n_layer = config_int(config, "hidden_size", where), config_int(config, "num_hidden_layers", where)
+        self.n_head, self.n_ff = config_int(config, "num_attention_heads", where), config_int(config, "intermediate_size", where)
+        self.n_ctx = config_int(config, "max_position_embeddings", where, limit=1 << 31)
+        self.n_head_kv = config_int(config, "num_key_value_heads", where, default=self.n_head)
+        if self.n_head % self.n_head_kv:
+            raise FileFormatError(f"{where}: {self.n_head} attention heads do not share {self.n_head_kv} key/value "
+                                  "heads evenly")
+        self.head_dim = config_int(config, "head_dim", where, default=max(self.n_embd // self.n_head, 1))
+        self.vocab_size = config_int(config, "vocab_size", where)
         # transformers 5 keeps the rope settings in "rope_parameters", older versions at the top level
         # and in "rope_scaling".
         rope = config.get("rope_parameters") if isinstance(config.get("rope_parameters"), dict) else {}
-        self.rope_theta = float(config.get("rope_theta") or rope.get("rope_theta") or 10000.0)
-        partial = config.get("partial_rotary_factor") or rope.get("partial_rotary_factor") or 1.0
-        self.rope_dims = int(float(partial) * self.head_dim)
+        self.rope_theta = config_float(config, "rope_theta", where, config_float(rope, "rope_theta", where, 10000.0))
+        partial = config_float(config, "partial_rotary_factor", where,
+                               config_float(rope, "partial_rotary_factor", where, 1.0, high=1.0 + 1e-9), high=1.0 + 1e-9)
+        self.rope_dims = int(partial * self.head_dim)
+        self.rms_norm_eps = config_float(config, "rms_norm_eps", where, 1e-6, high=1.0)
         scaling = config.get("rope_scaling") if isinstance(config.get("rope_scaling"), dict) else rope
         kind = scaling.get("rope_type") or scaling.get("type") or "default"
+        if not isinstance(kind, str):
+            raise FileFormatError(f"{where}: rope scaling type {str(kind)[:40]!r} is not a name")
         if kind != "default":
             # llama.cpp needs extra tensors or keys for these (rope_freqs, LongRoPE factors) that
             # arrowquant does not write yet: the model would compute positions differently.
@@ -122,9 +152,25 @@ class LlmModel:
         for pattern, target, permute in TENSOR_NAMES:
             m = pattern.match(name)
             if m:
+                if m.groups() and int(m.group(1)) >= self.n_layer:
+                    raise FileFormatError(f"{self.folder}: tensor {name!r} is past the {self.n_layer} layers "
+                                          "config.json gives")
                 return target.format(*m.groups()), permute if self.arch in PERMUTED_ROPE else None
         raise ParameterError(f"{self.folder}: tensor {name!r} has no GGUF name in the {self.arch} architecture "
                              f"(arrowquant converts llama-family models: {', '.join(LLM_ARCHITECTURES)})")
+
+    def expected_shape(self, gguf_name: str) -> tuple[int, ...] | None:
+        """The checkpoint shape config.json implies for a tensor (None: not checked): what llama.cpp
+        will require of the file, checked before anything is written."""
+        d, q, kv, ff = self.n_embd, self.n_head * self.head_dim, self.n_head_kv * self.head_dim, self.n_ff
+        part = gguf_name.split(".", 2)[-1] if gguf_name.startswith("blk.") else gguf_name
+        return {"token_embd.weight": (self.vocab_size, d), "output.weight": (self.vocab_size, d),
+                "output_norm.weight": (d,), "attn_norm.weight": (d,), "ffn_norm.weight": (d,),
+                "attn_q.weight": (q, d), "attn_k.weight": (kv, d), "attn_v.weight": (kv, d),
+                "attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,), "attn_output.weight": (d, q),
+                "attn_qkv.weight": (q + 2 * kv, d), "attn_q_norm.weight": (self.head_dim,),
+                "attn_k_norm.weight": (self.head_dim,), "ffn_gate.weight": (ff, d), "ffn_down.weight": (d, ff),
+                "ffn_up.weight": (2 * ff if self.arch == "phi3" else ff, d)}.get(part)
 
     def heads_of(self, permute: str | None) -> int | None:
         return None if permute is None else self.n_head if permute == "q" else self.n_head_kv
@@ -139,7 +185,7 @@ class LlmModel:
             f"{a}.rope.dimension_count": Value(UINT32, self.rope_dims),
             f"{a}.attention.head_count": Value(UINT32, self.n_head),
             f"{a}.attention.head_count_kv": Value(UINT32, self.n_head_kv),
-            f"{a}.attention.layer_norm_rms_epsilon": Value(FLOAT32, float(c.get("rms_norm_eps", 1e-6))),
+            f"{a}.attention.layer_norm_rms_epsilon": Value(FLOAT32, self.rms_norm_eps),
             f"{a}.rope.freq_base": Value(FLOAT32, self.rope_theta),
             f"{a}.vocab_size": Value(UINT32, self.vocab_size),
         }
@@ -204,7 +250,7 @@ def tokenizer_metadata(folder: Path, model: LlmModel) -> dict[str, Any]:
     unreadable = None
     if spm_path.is_file():
         try:
-            sp = read_sentencepiece_model(spm_path)
+            sp = read_sentencepiece_model(spm_path, model.vocab_size)
         except FileFormatError as e:
             # Not a SentencePiece model (some byte-level BPE models ship a tiktoken file under that
             # name): tokenizer.json decides, and says why tokenizer.model was not used if it needs it.

@@ -90,7 +90,10 @@ def _int32(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def read_sentencepiece_model(path: Path) -> SentencePieceModel:
+def read_sentencepiece_model(path: Path, max_pieces: int | None = None) -> SentencePieceModel:
+    """The fields above of a SentencePiece model file; with ``max_pieces`` (the model's vocabulary
+    size) a file holding more pieces is refused as soon as the count passes it, not after parsing
+    all of them."""
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
@@ -116,6 +119,9 @@ def read_sentencepiece_model(path: Path) -> SentencePieceModel:
             if kind not in (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE):
                 raise FileFormatError(f"{where}: piece {len(model.pieces)} has unknown type {kind}")
             model.pieces.append((piece, score, kind))
+            if max_pieces is not None and len(model.pieces) > max_pieces:
+                raise FileFormatError(f"{where}: more than {max_pieces} pieces, the model's vocab_size: not the "
+                                      "tokenizer of this model")
         elif number == 2 and wire == LENGTH:  # TrainerSpec
             has_trainer_spec = True
             for n, w, v in _fields(value, where):

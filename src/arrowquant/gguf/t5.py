@@ -167,7 +167,7 @@ def t5_tokenizer_metadata(folder: Path, model: T5EncoderModel) -> dict[str, Any]
     if not path.is_file():
         raise ParameterError(f"{folder}: no spiece.model; the t5encoder GGUF carries the SentencePiece vocabulary "
                              "(save it with tokenizer.save_pretrained(folder) from a T5Tokenizer)")
-    sp = read_sentencepiece_model(path)
+    sp = read_sentencepiece_model(path, model.vocab_size)
     if sp.model_type != spm.UNIGRAM:
         raise ParameterError(f"{path}: a SentencePiece {spm.MODEL_TYPE_NAMES.get(sp.model_type, sp.model_type)} "
                              "model; llama.cpp's t5 tokenizer is unigram")
