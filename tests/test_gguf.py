@@ -310,3 +310,35 @@ def test_validate_compares_gguf_files_and_folders_with_the_original(demo, tmp_pa
     report = aq.validate_quality(tmp_path / "m.safetensors", tmp_path / "m.gguf")
     assert report["passed"] and report["skipped"] == ["first_stage_model.decoder.conv_in.weight"]
     assert list(report["layers"]) == ["model.diffusion_model.double_blocks.0.img_attn.proj.weight"]
+
+
+def test_a_zero_element_tensor_is_left_out_so_every_reader_takes_the_file(tmp_path):
+    """Issue 22: a zero-element tensor was written, then refused by arrowquant.gguf.open (and so by
+    inspect, dequantize and validate): it is now left out, and listed."""
+    rng = np.random.default_rng(3)
+    save_file({"double_blocks.0.img_attn.proj.weight": rng.standard_normal((64, 256)).astype(np.float32),
+               "double_blocks.0.empty": np.zeros((0, 256), np.float32)}, str(tmp_path / "m.safetensors"))
+    report = ag.convert(tmp_path / "m.safetensors", tmp_path / "m.gguf", type="Q8_0")
+    assert report["components"]["model"]["tensors_dropped"] == ["double_blocks.0.empty"]
+    with ag.open(tmp_path / "m.gguf") as f:
+        assert list(f.tensors) == ["double_blocks.0.img_attn.proj.weight"]
+    assert list(reader_tensors(tmp_path / "m.gguf")) == ["double_blocks.0.img_attn.proj.weight"]
+    r = subprocess.run([sys.executable, "-m", "arrowquant", "dequantize", str(tmp_path / "m.gguf"),
+                        str(tmp_path / "back.safetensors")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_tensor_named_like_the_safetensors_metadata_key_is_refused_not_lost(tmp_path):
+    """Issue 22: a GGUF tensor named __metadata__ overwrote the safetensors header's reserved key on
+    dequantize (exit 0, the tensor lost, the file refused by the safetensors package)."""
+    data = np.arange(256, dtype=np.float32)
+    name = b"__metadata__"
+    header = b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + struct.pack("<Q", len(name)) + name
+    header += struct.pack("<I", 1) + struct.pack("<Q", 256) + struct.pack("<IQ", 0, 0)
+    (tmp_path / "m.gguf").write_bytes(header + b"\0" * (-len(header) % 32) + data.tobytes())
+    r = subprocess.run([sys.executable, "-m", "arrowquant", "dequantize", str(tmp_path / "m.gguf"),
+                        str(tmp_path / "back.safetensors")], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "'__metadata__' cannot be written: safetensors reserves that header key" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "back.safetensors").exists()

@@ -266,7 +266,9 @@ def cmd_dequantize(args) -> int:
     return EXIT_OK
 
 
-def format_gguf_report(report: dict) -> str:
+def format_gguf_report(report: dict, layers: bool = False) -> str:
+    """One line per component, one per kind of fallback and of dropped tensor (every tensor with
+    ``layers``), and the totals."""
     lines = []
     for name, comp in report["components"].items():
         counts: dict[str, int] = {}
@@ -274,8 +276,19 @@ def format_gguf_report(report: dict) -> str:
             counts[t["type"]] = counts.get(t["type"], 0) + 1
         lines.append(f"{name}: {comp['architecture']}, {len(comp['tensors'])} tensors ("
                      + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f") -> {comp['output']}")
-    for f in report["fallbacks"]:
-        lines.append(f"fallback: {f['tensor']} {f['from_type']} -> {f['to_type']} ({f['reason']})")
+        if layers:
+            lines += [f"  {t}: {v['type']} ({v['reason']})" for t, v in comp["tensors"].items()]
+        dropped = comp.get("tensors_dropped") or []
+        if dropped:
+            lines.append(f"{name}: left out {len(dropped)} tensors that are not part of this model's GGUF (other "
+                         "components of a single file, a decoder, zero-element tensors)"
+                         + (": " + ", ".join(dropped) if layers else "; --layers lists them"))
+    kinds: dict[tuple[str, str, str], list[str]] = {}
+    for f in report["fallbacks"]:  # the reason's last clause says why (rows of N are not a multiple of ...)
+        kinds.setdefault((f["from_type"], f["to_type"], f["reason"].split("; ")[-1]), []).append(f["tensor"])
+    for (src, dst, why), tensors in kinds.items():
+        which = ", ".join(tensors) if layers else tensors[0] + (", ... (--layers lists them)" if len(tensors) > 1 else "")
+        lines.append(f"fallback: {len(tensors)} tensor{'s' if len(tensors) > 1 else ''} {src} -> {dst}, {why}: {which}")
     for name in report["kept_as_safetensors"]:
         lines.append(f"{name}: no known architecture, kept as safetensors")
     lines.append(f"{report['type']}: {_mb(report['bytes_before'])} -> {_mb(report['bytes_after'])} "
@@ -298,7 +311,7 @@ def cmd_gguf(args) -> int:
     if args.json:
         _print_json(report)
     elif not args.quiet:
-        print(format_gguf_report(report))
+        print(format_gguf_report(report, layers=args.layers))
     return EXIT_OK
 
 
@@ -537,8 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(run=cmd_validate)
 
     from .gguf.types import GGUF_TYPES, MIXES
-    g = command("gguf", "convert a safetensors model to GGUF (diffusers, ComfyUI-GGUF, stable-diffusion.cpp)",
+    g = command("gguf", "convert a model to GGUF: diffusion models (diffusers, ComfyUI-GGUF, stable-diffusion.cpp), "
+                "llama-family language models (llama.cpp), T5 / UMT5 text encoders",
                 ["arrowquant gguf flux1-dev.safetensors flux1-dev-Q4_K_M.gguf --type Q4_K_M",
+                 "arrowquant gguf Qwen2.5-0.5B-Instruct qwen-Q4_K_M.gguf   # config.json, tokenizer, safetensors",
                  "arrowquant gguf sd-model sd-model-gguf --type Q8_0   # a diffusers folder: one .gguf per denoiser",
                  "arrowquant gguf unet unet-Q5_K_M.gguf --type Q5_K_M --type-for '*.to_out.*=Q8_0'"])
     g.add_argument("model", help=".safetensors file, *.safetensors.index.json, component folder or diffusers folder")
@@ -559,6 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, help="worker threads (default: the CPUs this process may use; with --ray, "
                    "the CPUs of each task)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    g.add_argument("--layers", action="store_true", help="list every tensor's type and every fallback and left-out "
+                   "tensor (by default one line per kind)")
     add_ray_argument(g, "encode")
     common(g)
     g.set_defaults(run=cmd_gguf)

@@ -362,6 +362,11 @@ def write_safetensors(path: Any, specs: list[tuple[str, str, tuple[int, ...], in
     destination folder is published only after the last byte is written, over an existing file
     only with ``overwrite``."""
     path = Path(path)
+    for name, *_ in specs:  # checked before anything is created
+        if name == "__metadata__":
+            raise FileFormatError(f"{path}: a tensor named '__metadata__' cannot be written: safetensors reserves that "
+                                  "header key for the file's metadata (the tensor would be lost and readers would "
+                                  "refuse the file); rename the tensor in the source")
     with atomic_file(path, overwrite) as tmp:
         with open(tmp, "wb") as f:
             header = _header_bytes(specs, metadata)

@@ -153,7 +153,11 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
         all_names = [name for _, name in entries]
         prefix = strip_prefix(all_names)
         dropped = [n for n in all_names if not n.startswith(prefix)]
-        entries = [(sf, n) for sf, n in entries if n.startswith(prefix)]
+        # A tensor of no elements has no GGUF form every reader accepts (ggml's own reader and
+        # ours refuse a zero dimension): left out, and said.
+        empty = [n for sf, n in entries if n.startswith(prefix) and sf.tensors[n].numel == 0]
+        dropped += empty
+        entries = [(sf, n) for sf, n in entries if n.startswith(prefix) and sf.tensors[n].numel > 0]
         stored_names = [n[len(prefix):] for _, n in entries]
         arch = forced_arch or detect_architecture(stored_names)
         if arch is None:
