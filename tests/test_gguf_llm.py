@@ -561,3 +561,74 @@ def test_a_tokenizer_model_with_more_pieces_than_the_vocabulary_stops_early(spm_
     (copy / "tokenizer.model").write_bytes(piece * 1_000_000 + (copy / "tokenizer.model").read_bytes())
     with pytest.raises((FileFormatError, ParameterError), match="more than .* pieces, the model.s vocab_size"):
         ag.convert(copy, tmp_path / "m.gguf", type="F32")
+
+
+def edit_tokenizer_json(folder, tmp_path, edit):
+    import json
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    tok = json.loads((copy / "tokenizer.json").read_text())
+    edit(tok)
+    (copy / "tokenizer.json").write_text(json.dumps(tok))
+    return copy
+
+
+def _set_merges_string(tok):
+    tok["model"]["merges"] = "a b"
+
+
+def _set_merges_triples(tok):
+    tok["model"]["merges"] = [["a", "b", "c"]]
+
+
+def _duplicate_id(tok):
+    vocab = tok["model"]["vocab"]
+    first, second = list(vocab)[10:12]
+    vocab[second] = vocab[first]
+
+
+def _pattern_string(tok):
+    tok["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": "x"},
+                                                                   {"type": "ByteLevel", "use_regex": False}]}
+
+
+def _pattern_list(tok):
+    tok["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": [1]}},
+                                                                   {"type": "ByteLevel", "use_regex": False}]}
+
+
+def _pre_tokenizer_string(tok):
+    tok["pre_tokenizer"] = "ByteLevel"
+
+
+def _superscript_added_id(tok):
+    tok["added_tokens"] = [{"id": "²", "content": "<x>", "special": True}]
+
+
+@pytest.mark.parametrize("edit, error, message", [
+    (_set_merges_string, FileFormatError, "'merges' must be a list"),  # was split into characters
+    (_set_merges_triples, FileFormatError, "'merges' must be a list"),
+    (_duplicate_id, FileFormatError, "both have id"),  # one was silently dropped
+    (_pattern_string, ParameterError, "pre-tokenizer"),
+    (_pattern_list, ParameterError, "pre-tokenizer"),
+    (_pre_tokenizer_string, ParameterError, "pre-tokenizer"),
+    (_superscript_added_id, FileFormatError, "is not a non-negative id"),  # was ValueError from int("²")
+])
+def test_hostile_tokenizer_json_values_are_one_clear_error(plain_llama, tmp_path, edit, error, message):
+    copy = edit_tokenizer_json(plain_llama, tmp_path, edit)
+    with pytest.raises(error, match=message):
+        ag.convert(copy, tmp_path / "m.gguf", type="Q8_0")
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_config_json_through_a_symlink_leaving_the_folder_is_refused(plain_llama, tmp_path):
+    import shutil
+    from arrowquant.errors import UnsafePathError
+    copy = tmp_path / "copy"
+    shutil.copytree(plain_llama, copy)
+    outside = tmp_path / "elsewhere.json"
+    (copy / "config.json").rename(outside)
+    (copy / "config.json").symlink_to(outside)
+    with pytest.raises(UnsafePathError, match="leads outside"):
+        ag.convert(copy, tmp_path / "m.gguf", type="Q8_0")

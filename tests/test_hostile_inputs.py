@@ -315,3 +315,10 @@ def test_orig_shape_of_too_many_dimensions_or_booleans_is_a_format_error(tmp_pat
     path = raw_gguf(tmp_path / "shape.gguf", [("comfy.gguf.orig_shape.w", 9, shape_payload)], [("w", [4], 0, 0)])
     with aq_gguf.open(path) as f, pytest.raises(aq.FileFormatError, match="orig_shape.w"):
         f.original_shape("w")
+
+
+def test_gguf_tensors_sharing_bytes_are_refused(tmp_path):
+    from arrowquant import gguf as aq_gguf
+    path = raw_gguf(tmp_path / "overlap.gguf", [], [("a", [64], 0, 0), ("b", [64], 0, 128)])
+    with pytest.raises(aq.FileFormatError, match="tensors 'a' and 'b' overlap"):
+        aq_gguf.open(path)

@@ -261,6 +261,11 @@ class GgufFile:
                 raise FileFormatError(f"{at}: data [{offset}, +{tensor.nbytes}) lies outside the file's data area or "
                                       f"is not aligned to {alignment} (truncated file?)")
             self.tensors[name] = tensor
+        # Two tensors sharing bytes is a damaged (or crafted) file: ggml's writer never does it.
+        spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in self.tensors.values())
+        for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+            if start < end:
+                raise FileFormatError(f"{where}: tensors {first!r} and {second!r} overlap in the file's data area")
 
     def __enter__(self) -> "GgufFile":
         return self

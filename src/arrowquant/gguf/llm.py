@@ -74,7 +74,7 @@ def llm_config(folder: Path) -> dict | None:
     config_path = folder / "config.json"
     if not folder.is_dir() or not config_path.is_file():
         return None
-    config = load_json(config_path, "model config")
+    config = load_json(path_inside(folder, "config.json", f"{folder}: model config"), "model config")
     if not isinstance(config, dict):
         return None
     architectures = config.get("architectures") or []
@@ -232,7 +232,9 @@ def pre_tokenizer_name(tok: dict, path: Path) -> str:
         if kinds == ["ByteLevel"] and steps[0].get("use_regex", True) and not steps[0].get("add_prefix_space"):
             return "gpt-2"
         if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
-            name = SPLIT_PRE_TOKENIZERS.get((steps[0].get("pattern") or {}).get("Regex"))
+            pattern = steps[0].get("pattern")
+            regex = pattern.get("Regex") if isinstance(pattern, dict) else None
+            name = SPLIT_PRE_TOKENIZERS.get(regex) if isinstance(regex, str) else None
             if name is not None:
                 return name
     raise ParameterError(f"{path}: its pre-tokenizer ({json.dumps(pre)[:200]}) or normalizer "
@@ -272,7 +274,7 @@ def check_vocab_fits(path: Path, count: int, model: LlmModel) -> None:
 
 def checked_added_token(where: Path, token_id: Any, added: Any) -> tuple[int, str, bool]:
     """(id, content, special) of one added token (an id given as a decimal string too), checked."""
-    if isinstance(token_id, str) and token_id.isdigit():
+    if isinstance(token_id, str) and token_id.isascii() and token_id.isdigit():  # "²" is a digit to isdigit()
         token_id = int(token_id)
     if not (isinstance(token_id, int) and not isinstance(token_id, bool) and token_id >= 0
             and isinstance(added, dict) and isinstance(added.get("content"), str)):
@@ -316,12 +318,23 @@ def byte_level_bpe_metadata(folder: Path, path: Path, model: LlmModel,
             raise FileFormatError(f"{path}: token {str(text)[:40]!r} has id {str(i)[:20]!r}; expected a text with a "
                                   "non-negative integer id")
     check_vocab_fits(path, max(vocab.values(), default=-1) + 1, model)
+    if len(set(vocab.values())) != len(vocab):
+        seen: dict[int, str] = {}
+        for text, i in vocab.items():
+            if i in seen:
+                raise FileFormatError(f"{path}: tokens {seen[i][:40]!r} and {text[:40]!r} both have id {i}")
+            seen[i] = text
     size = model.vocab_size
     tokens = [f"[PAD{i}]" for i in range(size)]
     token_types = [UNUSED] * size
     for text, i in vocab.items():
         tokens[i], token_types[i] = text, types.get(i, NORMAL)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in spec.get("merges") or []]
+    merges = spec.get("merges") or []
+    if not isinstance(merges, list) or not all(
+            isinstance(m, str) or (isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m))
+            for m in merges):
+        raise FileFormatError(f"{path}: 'merges' must be a list of \"a b\" strings or [a, b] pairs")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
     return {
         "tokenizer.ggml.model": "gpt2",
         "tokenizer.ggml.pre": pre_tokenizer_name(tok, path),
