@@ -302,3 +302,32 @@ def test_fuzzed_sentencepiece_models_read_or_fail_cleanly(tmp_path_factory, flip
         read_sentencepiece_model(path)
     except FileFormatError as e:
         assert str(path) in str(e)
+
+
+@pytest.mark.parametrize("column", ["bit_width", "group_size", "symmetric"])
+def test_regression_a_null_parameter_column_is_a_format_error(tmp_path, column):
+    write_aq(tmp_path / "f.aq", [aq_row(**{column: None})])
+    with aq.open(tmp_path / "f.aq") as f, pytest.raises(aq.FileFormatError, match=f"layer 'w': {column} is null"):
+        f.dequantize("w")
+
+
+def test_regression_an_aq_file_truncated_while_open_is_an_error_not_sigbus(tmp_path):
+    """Round one left this: GGUF files re-checked their size before each tensor, .aq files did not."""
+    import subprocess
+    import sys
+    import textwrap
+    rng = np.random.default_rng(0)
+    layers = {f"w{i}": rng.standard_normal((256, 1024)).astype(np.float32) for i in range(4)}
+    from safetensors.numpy import save_file
+    save_file(layers, str(tmp_path / "m.safetensors"))
+    aq.ArrowQuantV2().quantize_from_safetensors(tmp_path / "m.safetensors", tmp_path / "m.aq")
+    script = textwrap.dedent(f"""
+        import os, arrowquant as aq
+        f = aq.open({str(tmp_path / 'm.aq')!r})
+        os.truncate({str(tmp_path / 'm.aq')!r}, os.path.getsize({str(tmp_path / 'm.aq')!r}) // 3)
+        for name in f.layer_names:
+            f.dequantize(name)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 1, (r.returncode, r.stderr)  # SIGBUS is -7
+    assert "the file shrank from" in r.stderr.strip().splitlines()[-1]

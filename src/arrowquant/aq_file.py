@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -131,6 +132,7 @@ class AqFile:
             raise MissingFileError(f"{self.path}: no such .aq file")
         try:
             self._source = pa.memory_map(str(self.path), "r")
+            self._mapped_size = os.fstat(self._source.fileno()).st_size
             self._reader = pa.ipc.open_file(self._source)
         except (pa.ArrowException, OSError) as e:  # any pyarrow error: a damaged file can provoke all kinds
             raise FileFormatError(f"{self.path}: not a readable Arrow IPC (.aq) file ({e})") from None
@@ -201,13 +203,20 @@ class AqFile:
         if name not in self._index:
             raise KeyError(f"{self.path}: no layer named {name!r}")
         b, row = self._index[name]
+        label = f"{self.path}: layer {name!r}"
+        # A file truncated while mapped turns a read of its lost pages into SIGBUS: re-checked per layer.
+        size = os.fstat(self._source.fileno()).st_size
+        if size < self._mapped_size:
+            raise FileFormatError(f"{label}: the file shrank from {self._mapped_size} to {size} bytes while open")
         batch = self._batches[b]
         get = lambda c: batch.column(c)[row]  # noqa: E731
         fields = {c: get(c).as_py() for c in ("shape", "bit_width", "group_size", "symmetric", "source_dtype")}
         fields["scheme"], fields["rotation"] = ((get("scheme").as_py(), get("rotation").as_py())
                                                 if self.format_version == 2 else
                                                 ("affine" if fields["group_size"] != 0 else "raw", "none"))
-        label = f"{self.path}: layer {name!r}"
+        for key in ("bit_width", "group_size", "symmetric", "source_dtype"):
+            if fields[key] is None:
+                raise FileFormatError(f"{label}: {key} is null")
         quantized = fields["group_size"] != 0
         if (fields["scheme"] not in ("affine", "kquant", "raw") or (fields["scheme"] == "raw") == quantized or
                 fields["rotation"] not in ("none", "hadamard256")):
