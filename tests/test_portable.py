@@ -22,14 +22,24 @@ def cmake() -> str:
     return found
 
 
+def tool(*command: str) -> str:
+    """Runs a build tool or the digest program and returns its output. Under `make sanitize` the
+    sanitizer runtime is preloaded into every process; the compiler's own leaks would fail the build,
+    so the tools run without it (the kernels are checked under ASan by the rest of the suite)."""
+    env = {key: value for key, value in os.environ.items()
+           if key != "LD_PRELOAD" and not key.endswith("SAN_OPTIONS")}
+    done = subprocess.run(list(command), capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        pytest.fail(f"{' '.join(command)} exited with {done.returncode}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    return done.stdout
+
+
 def build_digest(build_dir: Path, *extra: str) -> Path:
     generator = ["-G", "Ninja"] if shutil.which("ninja", path=str(Path(sys.executable).parent)) or shutil.which("ninja") \
         else []
-    subprocess.run([cmake(), "-S", str(ROOT), "-B", str(build_dir), *generator, "-DARROWQUANT_BUILD_PYTHON=OFF",
-                    "-DARROWQUANT_BUILD_DIGEST=ON", "-DCMAKE_BUILD_TYPE=Release", *extra],
-                   check=True, capture_output=True, text=True)
-    subprocess.run([cmake(), "--build", str(build_dir), "--target", "kernels_digest", "-j2"], check=True,
-                   capture_output=True, text=True)
+    tool(cmake(), "-S", str(ROOT), "-B", str(build_dir), *generator, "-DARROWQUANT_BUILD_PYTHON=OFF",
+         "-DARROWQUANT_BUILD_DIGEST=ON", "-DCMAKE_BUILD_TYPE=Release", *extra)
+    tool(cmake(), "--build", str(build_dir), "--target", "kernels_digest", "-j2")
     return build_dir / "kernels_digest"
 
 
@@ -44,7 +54,7 @@ def digests(lines: str) -> dict[str, dict[str, str]]:
 @pytest.fixture(scope="module")
 def native():
     program = build_digest(ROOT / "build" / "digest")
-    return digests(subprocess.run([str(program)], check=True, capture_output=True, text=True).stdout)
+    return digests(tool(str(program)))
 
 
 def test_every_simd_path_writes_the_scalar_paths_bytes(native):
@@ -63,9 +73,7 @@ def test_the_aarch64_scalar_build_writes_the_same_bytes(native):
         pytest.fail(message) if REQUIRED else pytest.skip(message)
     program = build_digest(ROOT / "build" / "digest-aarch64",
                            f"-DCMAKE_TOOLCHAIN_FILE={ROOT / 'tests' / 'cpp' / 'aarch64-linux-gnu.cmake'}")
-    out = subprocess.run(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(program)], check=True,
-                         capture_output=True, text=True).stdout
-    arm = digests(out)
+    arm = digests(tool("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(program)))
     assert {path for by_path in arm.values() for path in by_path} == {"scalar"}  # the only path that build has
     assert arm.keys() == native.keys()
     for kernel, by_path in arm.items():
