@@ -173,7 +173,8 @@ def test_minilm_through_sentence_transformers(tmp_path):
     quantized = st.SentenceTransformer(str(folder), device="cpu")
     dequantized = st.SentenceTransformer(str(folder), device="cpu")
     bert = quantized[0].auto_model
-    at.load_quantized(bert, tmp_path / "model.aq", strict=False)
+    # strict (the default): the file's embeddings.position_ids is a non-persistent buffer of this model
+    at.load_quantized(bert, tmp_path / "model.aq")
     dequantized[0].auto_model.load_state_dict(at.load_state_dict(tmp_path / "model.aq"), strict=False)
     assert any(isinstance(m, at.QuantizedLinear) for m in bert.modules())
     sentences = ["A small cat sleeps on a sunny windowsill.", "Stock markets fell after the announcement."]
@@ -480,3 +481,49 @@ def test_meta_loading_never_holds_the_float_weights(tmp_path):
     assert done.returncode == 0, done.stderr
     grew_mb = float(done.stdout.split()[-1])
     assert grew_mb < 64, f"peak RSS grew by {grew_mb:.0f} MB (float32 weights: 128 MB)"  # about 40 measured
+
+
+def damage(path, layer, out, **changes):
+    """A copy of a .aq file with one layer's fields changed (as a damaged or crafted file would hold)."""
+    import pyarrow as pa
+    with pa.memory_map(str(path)) as source:
+        reader = pa.ipc.open_file(source)
+        table = reader.read_all()
+    rows = table.to_pylist()
+    for row in rows:
+        if row["layer_name"] == layer:
+            row.update({k: v(row) if callable(v) else v for k, v in changes.items()})
+    with pa.OSFile(str(out), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(pa.Table.from_pylist(rows, schema=table.schema))
+    return out
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"quantized_data": lambda r: r["quantized_data"][:100]}, "holds 100 bytes of codes"),
+    ({"quantized_data": lambda r: r["quantized_data"] + bytes(8)}, "bytes of codes"),
+    ({"scales": lambda r: r["scales"][:10]}, "10 scales"),
+    ({"bit_width": 3}, "an affine tensor has bit_width 2, 4 or 8"),
+    ({"group_size": -1}, "group_size"),
+])
+def test_a_damaged_layer_is_refused_at_load_naming_file_and_layer(small, tmp_path, changes, message):
+    """Issue 22: damaged layers loaded with only the shape checked; the first forward raised an
+    error naming neither file nor layer, or (other devices) decoded other values or read past a buffer."""
+    model, path = small
+    bad = damage(path, "fc.weight", tmp_path / "bad.aq", **changes)
+    with torch.device("meta"):
+        target = Small()
+    target.register_buffer("steps", torch.arange(5))
+    with pytest.raises(aq.FileFormatError, match=f"bad.aq: layer 'fc.weight': .*{message}"):
+        at.load_quantized(target, bad)
+    with pytest.raises(aq.FileFormatError, match="bad.aq: layer 'fc.weight'"):
+        at.load_state_dict(bad)
+
+
+def test_strict_loading_names_only_what_is_missing(small, tmp_path):
+    model, path = small
+    target = Small()
+    del target.norm  # the file's norm.* are then unexpected; nothing is missing
+    with pytest.raises(aq.DataError) as caught:
+        at.load_quantized(target, path)
+    assert "unexpected keys ['norm.bias', 'norm.weight'] (2)" in str(caught.value)
+    assert "missing" not in str(caught.value)

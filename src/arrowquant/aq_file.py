@@ -21,7 +21,8 @@ import pyarrow as pa
 from .errors import DataError, FileFormatError, MissingFileError
 from .paths import atomic_file, check_output_apart
 from .safetensors_io import write_safetensors
-from .tensor import QUANTIZABLE_DTYPES, SAFETENSORS_DTYPES, QuantizedTensor, check_shape, dequantize_tensors, to_dtype
+from .tensor import (QUANTIZABLE_DTYPES, SAFETENSORS_DTYPES, QuantizedTensor, check_quantized, check_shape,
+                     dequantize_tensors, to_dtype)
 
 # Floating safetensors dtypes that `to_safetensors(dtype=...)` converts (F8 stays raw bytes).
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
@@ -258,8 +259,12 @@ class AqFile:
             return f["data"].view(dtype).reshape(f["shape"])
         if f["source_dtype"] not in QUANTIZABLE_DTYPES:
             raise FileFormatError(f"{self.path}: layer {name!r} is quantized but its source_dtype is {f['source_dtype']}")
-        return QuantizedTensor(f["data"], f["scales"], f["zero_points"], f["shape"], f["bit_width"], f["group_size"],
-                               f["symmetric"], f["source_dtype"], f["scheme"], f["rotation"])
+        try:
+            return check_quantized(QuantizedTensor(f["data"], f["scales"], f["zero_points"], f["shape"], f["bit_width"],
+                                                   f["group_size"], f["symmetric"], f["source_dtype"], f["scheme"],
+                                                   f["rotation"]), f"{self.path}: layer {name!r}")
+        except DataError as e:  # a damaged file, named as such
+            raise FileFormatError(str(e)) from None
 
     __getitem__ = tensor
 

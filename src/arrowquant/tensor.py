@@ -238,6 +238,36 @@ def check_text(value: str, what: str) -> str:
     return value
 
 
+def check_quantized(t: QuantizedTensor, label: str) -> QuantizedTensor:
+    """Every length and parameter of a quantized tensor against its shape (docs/format.md), so that
+    no decoder, compiled or torch, reads past a buffer: one DataError naming ``label`` otherwise."""
+    shape = check_shape(t.shape, label)
+    numel = math.prod(shape)
+    if t.scheme == "kquant":
+        if t.rotation not in ("none", "hadamard256"):
+            raise DataError(f"{label}: unknown rotation {t.rotation!r} (expected 'none' or 'hadamard256')")
+        if t.bit_width not in (2, 3, 4, 5, 6, 8) or t.group_size != KQUANT_BLOCK:
+            raise DataError(f"{label}: a kquant tensor has bit_width 2, 3, 4, 5, 6 or 8 and group_size {KQUANT_BLOCK}; "
+                            f"found bit_width {t.bit_width} and group_size {t.group_size}")
+        data, groups = kquant_bytes(t.bit_width, shape), 0
+    elif t.scheme == DEFAULT_SCHEME:
+        if t.bit_width not in (2, 4, 8) or not 16 <= t.group_size <= 4096 or t.group_size & (t.group_size - 1):
+            raise DataError(f"{label}: an affine tensor has bit_width 2, 4 or 8 and a power-of-two group_size from 16 "
+                            f"to 4096; found bit_width {t.bit_width} and group_size {t.group_size}")
+        rows = shape[0] if len(shape) >= 2 else 1
+        cols = numel // rows if rows else 0
+        groups = rows * -(-cols // t.group_size)
+        data = -(-numel * t.bit_width // 8)
+    else:
+        raise DataError(f"{label}: unknown scheme {t.scheme!r} (expected 'affine' or 'kquant')")
+    found = (t.quantized_data.nbytes, t.scales.size, t.zero_points.size)
+    if found != (data, groups, groups):
+        raise DataError(f"{label}: holds {found[0]} bytes of codes, {found[1]} scales and {found[2]} zero points, but "
+                        f"shape {list(shape)} at {t.bit_width} bits ({t.scheme}, group {t.group_size}) needs {data}, "
+                        f"{groups} and {groups}")
+    return t
+
+
 def dequantize_tensors(tensors: Iterable[QuantizedTensor], labels: Sequence[str],
                        num_threads: int | None = None, outputs: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
     """Flat float32 arrays, one per tensor (every length checked against shape and bits first).

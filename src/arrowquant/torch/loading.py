@@ -46,10 +46,10 @@ def load_state_dict(path: Any, *, device: Any = "cpu", dtype: torch.dtype | None
 
 
 def _quantized_weight(f: AqFile, name: str, device: Any) -> QuantizedWeight:
-    fields = f._fields(name)
-    return QuantizedWeight(numpy_to_torch(fields["data"], device), numpy_to_torch(fields["scales"], device),
-                           numpy_to_torch(fields["zero_points"], device), tuple(fields["shape"]), fields["bit_width"],
-                           fields["group_size"], fields["source_dtype"], fields["scheme"], fields["rotation"])
+    t = f.tensor(name)  # every length and parameter checked against the shape, errors naming file and layer
+    return QuantizedWeight(numpy_to_torch(t.quantized_data, device), numpy_to_torch(t.scales, device),
+                           numpy_to_torch(t.zero_points, device), t.shape, t.bit_width, t.group_size, t.source_dtype,
+                           t.scheme, t.rotation)
 
 
 def load_quantized(model: nn.Module, path: Any, *, device: Any = None, dtype: torch.dtype | None = None,
@@ -105,10 +105,14 @@ def load_quantized(model: nn.Module, path: Any, *, device: Any = None, dtype: to
         raise DataError(f"{path}: buffers {empty[:10]} ({len(empty)}) are still on the meta device: they are not "
                         "saved in checkpoints (non-persistent), so build the model with its parameters on the meta "
                         "device but its buffers real, e.g. accelerate.init_empty_weights(include_buffers=False)")
-    unexpected = sorted(stored - set(expected) - consumed)
+    # Strict about parameters and persistent buffers only: a non-persistent buffer the model
+    # computes itself (BERT's embeddings.position_ids) may still be in files saved by older versions.
+    non_persistent = {n for n, _ in model.named_buffers()} - set(expected)
+    unexpected = sorted(stored - set(expected) - consumed - non_persistent)
     if missing or unexpected:
-        message = (f"{path}: missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''} ({len(missing)}), "
-                   f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''} ({len(unexpected)})")
+        parts = [f"{what} keys {keys[:10]}{' ...' if len(keys) > 10 else ''} ({len(keys)})"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        message = f"{path}: " + ", ".join(parts)
         if strict:
             raise DataError(message)
         warnings.warn(message, UserWarning, stacklevel=2)
