@@ -288,3 +288,48 @@ def test_markov_from_the_arrow_path():
     q.quantize_arrow(pa.table({"layer_name": ["x"], "weights": pa.array([row], pa.list_(pa.float32()))}), 4,
                      method="rtn")
     assert q.get_markov_metrics()["layers"]["x"]["max_scale_jump"] == pytest.approx(1.0)
+
+
+def test_without_a_config_python_uses_the_clis_default(demo_model, tmp_path):
+    """Issue 22: quantize_diffusion_model(src, out) wrote affine v1 while the docs and the CLI say
+    the local profile (kquant, rtn) is the default."""
+    import subprocess
+    import sys
+    aq.quantize_diffusion_model(demo_model / "unet", tmp_path / "py")
+    r = subprocess.run([sys.executable, "-m", "arrowquant", "quantize", str(demo_model / "unet"), str(tmp_path / "cli"),
+                        "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    settings = [aq.open(tmp_path / out / "diffusion_pytorch_model.aq").metadata["settings"] for out in ("py", "cli")]
+    assert settings[0]["scheme"] == "kquant" and settings[0]["method"] == "rtn" and settings[0]["bit_width"] == 4
+    keys = ("bit_width", "scheme", "method", "rotate", "group_size", "min_accuracy", "mode")
+    assert {k: settings[0][k] for k in keys} == {k: settings[1][k] for k in keys}
+
+
+FLUX_BFL = ["double_blocks.0.img_attn.proj.weight", "double_blocks.3.img_attn.proj.weight", "img_in.weight",
+            "txt_in.weight", "time_in.in_layer.weight", "vector_in.out_layer.weight", "guidance_in.in_layer.weight",
+            "single_blocks.5.linear1.weight", "final_layer.linear.weight"]
+WAN = ["blocks.0.self_attn.norm_q.weight", "text_embedding.2.weight", "head.modulation", "patch_embedding.weight",
+       "blocks.3.modulation", "blocks.3.self_attn.q.weight", "blocks.9.ffn.0.weight", "time_projection.1.weight",
+       "head.head.weight", "img_emb.proj.1.weight"]
+
+
+@pytest.mark.parametrize("names,protected,quantized", [
+    (FLUX_BFL, ["img_in.weight", "txt_in.weight", "time_in.in_layer.weight", "vector_in.out_layer.weight",
+                "guidance_in.in_layer.weight", "final_layer.linear.weight"],
+     ["double_blocks.3.img_attn.proj.weight", "single_blocks.5.linear1.weight"]),
+    (WAN, ["text_embedding.2.weight", "head.modulation", "patch_embedding.weight", "blocks.3.modulation",
+           "time_projection.1.weight", "head.head.weight", "img_emb.proj.1.weight"], ["blocks.3.self_attn.q.weight"]),
+    (["model.diffusion_model." + n for n in WAN], ["model.diffusion_model.patch_embedding.weight"],
+     ["model.diffusion_model.blocks.3.self_attn.q.weight"]),
+])
+def test_aq_protects_the_layers_gguf_keeps_high_for_the_architecture(names, protected, quantized):
+    """Flux's original (BFL) names and Wan's: the layers the GGUF policy keeps in 16/32 bits for the
+    detected architecture stay unquantized in .aq's diffusion mode too."""
+    from arrowquant.diffusion import bit_width_rule
+    config = DiffusionQuantConfig(bit_width=4)
+    choose = bit_width_rule(config, "diffusion", names)
+    for name in protected:
+        bits, reason = choose(name, None)
+        assert bits == config.sensitive_bit_width and reason.startswith("sensitive"), (name, bits, reason)
+    for name in quantized:
+        assert choose(name, None) == (4, "default"), name

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .aq_file import AqFile
+from .architectures import Architecture, detect_architecture, strip_prefix
 from .checkpoint import _patterns, quantize_checkpoint
 from .errors import FileFormatError, MissingFileError, ParameterError
 from .schemes import DEFAULT_PIPELINE_METHODS, DEFAULT_SCHEME, check_bits_for_scheme, check_rotate, check_scheme
@@ -142,11 +143,17 @@ def edge_blocks(names: list[str]) -> dict[tuple[str, int], str]:
     return {last: "last block", (ordered[0], min(present[ordered[0]])): "first block"}
 
 
-def sensitivity(name: str, edges: dict[tuple[str, int], str]) -> str | None:
-    """Why a tensor is sensitive in a diffusion model, or None."""
+def sensitivity(name: str, edges: dict[tuple[str, int], str], arch: Architecture | None = None) -> str | None:
+    """Why a tensor is sensitive in a diffusion model, or None. ``arch`` (detected from the names)
+    adds the layers the GGUF policy keeps high for that architecture (Flux's img_in / txt_in /
+    time_in, Wan's patch_embedding and modulation, ...), so both containers protect the same."""
     for reason, rule in SENSITIVE_RULES:
         if rule.search(name):
             return reason
+    if arch is not None:
+        stored = name[len(strip_prefix([name])):]
+        if arch.is_protected(stored) or any(h in stored for h in arch.hiprec):
+            return f"{arch.name} input/output layer, embedding or modulation"
     m = _BLOCK.match(name)
     return edges.get((m.group(1), int(m.group(2)))) if m else None
 
@@ -160,12 +167,14 @@ TOKEN_EMBEDDING = re.compile(r"(^|\.)(word_embeddings|token_embedding|embed_toke
 def bit_width_rule(config: DiffusionQuantConfig, mode: str, names: list[str]
                    ) -> Callable[[str, TensorInfo], tuple[int | None, str]]:
     edges = edge_blocks(names)
+    prefix = strip_prefix(names)
+    arch = detect_architecture([n[len(prefix):] for n in names if n.startswith(prefix)])
 
     def choose(name: str, info: TensorInfo) -> tuple[int | None, str]:
         if config.embedding_bit_width is not None and TOKEN_EMBEDDING.search(name):
             return config.embedding_bit_width, "token embedding table (embedding_bit_width)"
         if mode == "diffusion" and config.keep_sensitive:
-            why = sensitivity(name, edges)
+            why = sensitivity(name, edges, arch)
             if why is not None:
                 if config.sensitive_bit_width is None:
                     return None, f"sensitive ({why}): carried through unquantized"
@@ -306,7 +315,8 @@ def quantize_diffusion_model(model_path: Any, output_path: Any, config: Diffusio
     Returns a report (per component and overall: bytes, compression, cosine, relative RMSE, bit
     width per layer, fallbacks, warnings, seconds)."""
     started = time.perf_counter()
-    config = config or DiffusionQuantConfig()
+    # The CLI's default too: the local profile's settings without its accuracy target.
+    config = config or DiffusionQuantConfig.from_profile("local", min_accuracy=None)
     if not isinstance(config, DiffusionQuantConfig):
         raise ParameterError(f"config must be a DiffusionQuantConfig; got {type(config).__name__}")
     model_path, output_path = Path(model_path), Path(output_path)
@@ -430,7 +440,6 @@ class _StoredGguf:
 
     def __init__(self, path: Path, source_names: list[str]) -> None:
         from .gguf.container import GgufFile
-        from .gguf.policy import strip_prefix
         self.file, self.path = GgufFile(path), path
         self.prefix = strip_prefix(source_names)
         self.names = self.file.names

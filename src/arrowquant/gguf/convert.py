@@ -23,7 +23,8 @@ from ..safetensors_io import Checkpoint, SafetensorsFile, TensorInfo, resolve_ch
 from ..tensor import QUANTIZABLE_DTYPES
 from .container import ARRAY, INT32, UINT32, TensorSpec, Value, write_gguf
 from .llm import LlmModel, LlmTypePolicy, llm_config, model_name, permute_for_rope, tokenizer_metadata
-from .policy import TypePolicy, architecture, check_mix, detect_architecture, parse_type_overrides, strip_prefix
+from ..architectures import architecture, detect_architecture, strip_prefix
+from .policy import TypePolicy, check_mix, parse_type_overrides
 from .t5 import T5EncoderModel, T5TypePolicy, t5_config, t5_tokenizer_metadata
 from .types import MIXES
 

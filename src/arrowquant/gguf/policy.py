@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from typing import Any, Sequence
+from typing import Any
 
+from ..architectures import Architecture
 from ..errors import ParameterError
 from .types import MIX_ALIASES, MIXES, GgufType, gguf_type
 
@@ -24,101 +25,6 @@ SMALL_TENSOR = 1024
 # so it is off by default.
 REARRANGE_MIN = 512
 MAX_GGUF_DIMS = 4
-
-
-class Architecture:
-    def __init__(self, name: str, detect: Sequence[Sequence[str]], protected: Sequence[str] = (),
-                 protected_exact: Sequence[str] = (), hiprec: Sequence[str] = (), shape_fix: bool = False) -> None:
-        self.name, self.detect, self.shape_fix = name, detect, shape_fix
-        self.protected, self.protected_exact, self.hiprec = tuple(protected), tuple(protected_exact), tuple(hiprec)
-
-    def matches(self, names: set[str]) -> bool:
-        return any(all(k in names for k in keys) for keys in self.detect)
-
-    def is_protected(self, name: str) -> bool:
-        """Input/output layers and time/text/guidance embeddings: kept in 16/32 bits."""
-        return name in self.protected_exact or any(p in name for p in self.protected)
-
-
-# In ComfyUI-GGUF's detection order. `protected` are the substrings its llama.cpp patch keeps
-# unquantized; the diffusers spellings of the same layers are added for diffusers checkpoints.
-ARCHITECTURES = [
-    Architecture("flux", [("transformer_blocks.0.attn.norm_added_k.weight",), ("double_blocks.0.img_attn.proj.weight",)],
-                 protected=("txt_in.", "img_in.", "time_in.", "vector_in.", "guidance_in.", "final_layer.",
-                            "x_embedder.", "context_embedder.", "time_text_embed.", "norm_out."),
-                 protected_exact=("proj_out.weight", "proj_out.bias")),
-    Architecture("sd3", [("transformer_blocks.0.attn.add_q_proj.weight",), ("joint_blocks.0.x_block.attn.qkv.weight",)],
-                 protected=("final_layer.", "time_text_embed.", "context_embedder.", "t_embedder.", "y_embedder.",
-                            "x_embedder.", "pos_embed.", "norm_out."),
-                 protected_exact=("proj_out.weight", "pos_embed")),
-    Architecture("aura", [("double_layers.3.modX.1.weight",),
-                          ("joint_transformer_blocks.3.ff_context.out_projection.weight",)],
-                 protected=("t_embedder.", "init_x_linear."),
-                 protected_exact=("modF.1.weight", "cond_seq_linear.weight", "final_linear.weight",
-                                  "positional_encoding", "register_tokens")),
-    Architecture("hidream", [("caption_projection.0.linear.weight",
-                              "double_stream_blocks.0.block.ff_i.shared_experts.w3.weight")],
-                 protected=("p_embedder.", "t_embedder.", "x_embedder.", "final_layer.", ".ff_i.gate.weight",
-                            "caption_projection."),
-                 hiprec=(".ff_i.gate.weight", "img_emb.emb_pos")),
-    Architecture("cosmos", [("blocks.0.mlp.layer1.weight", "blocks.0.adaln_modulation_cross_attn.1.weight")],
-                 protected=("p_embedder.", "t_embedder.", "t_embedding_norm.", "x_embedder.", "pos_embedder.",
-                            "final_layer."),
-                 hiprec=("pos_embedder",)),
-    Architecture("ltxv", [("adaln_single.emb.timestep_embedder.linear_2.weight", "transformer_blocks.27.scale_shift_table",
-                           "caption_projection.linear_2.weight")],
-                 protected=("adaln_single.", "caption_projection.", "patchify_proj.", "proj_out.", "scale_shift_table"),
-                 hiprec=("scale_shift_table",)),
-    Architecture("hyvid", [("double_blocks.0.img_attn_proj.weight",
-                            "txt_in.individual_token_refiner.blocks.1.self_attn_qkv.weight")],
-                 protected=("txt_in.", "img_in.", "time_in.", "vector_in.", "guidance_in.", "final_layer.")),
-    Architecture("wan", [("blocks.0.self_attn.norm_q.weight", "text_embedding.2.weight", "head.modulation")],
-                 protected=("modulation", "patch_embedding.", "text_embedding.", "time_projection.", "time_embedding.",
-                            "img_emb.", "head."),
-                 hiprec=(".modulation",)),
-    Architecture("sdxl", [("down_blocks.0.downsamplers.0.conv.weight", "add_embedding.linear_1.weight"),
-                          ("input_blocks.3.0.op.weight", "input_blocks.6.0.op.weight", "output_blocks.2.2.conv.weight",
-                           "output_blocks.5.2.conv.weight"),
-                          ("label_emb.0.0.weight",)],
-                 protected=("class_embedding.", "time_embedding.", "add_embedding.", "time_embed.", "label_emb.",
-                            "conv_in.", "conv_out."),
-                 protected_exact=("input_blocks.0.0.weight", "out.2.weight"), shape_fix=True),
-    Architecture("sd1", [("down_blocks.0.downsamplers.0.conv.weight",),
-                         ("input_blocks.3.0.op.weight", "input_blocks.6.0.op.weight", "input_blocks.9.0.op.weight",
-                          "output_blocks.2.1.conv.weight", "output_blocks.5.2.conv.weight",
-                          "output_blocks.8.2.conv.weight")],
-                 protected=("class_embedding.", "time_embedding.", "add_embedding.", "time_embed.", "label_emb.",
-                            "conv_in.", "conv_out."),
-                 protected_exact=("input_blocks.0.0.weight", "out.2.weight"), shape_fix=True),
-    Architecture("lumina2", [("cap_embedder.1.weight", "context_refiner.0.attention.qkv.weight")],
-                 protected=("x_embedder.", "t_embedder.", "cap_embedder.", "final_layer.")),
-    Architecture("qwen_image", [("txt_norm.weight", "transformer_blocks.0.img_mod.1.weight")],
-                 protected=("img_in.", "txt_in.", "txt_norm.", "time_text_embed.", "norm_out.", "proj_out.")),
-]
-_BY_NAME = {a.name: a for a in ARCHITECTURES}
-_PREFIXES = ("model.diffusion_model.",)
-
-
-def strip_prefix(names: Sequence[str]) -> str:
-    """The prefix a single-file checkpoint puts before the model's own names (as ComfyUI strips it)."""
-    for prefix in _PREFIXES:
-        if any(n.startswith(prefix) for n in names):
-            return prefix
-    return ""
-
-
-def detect_architecture(names: Sequence[str]) -> Architecture | None:
-    present = set(names)
-    for arch in ARCHITECTURES:
-        if arch.matches(present):
-            return arch
-    return None
-
-
-def architecture(name: str) -> Architecture:
-    if name not in _BY_NAME:
-        raise ParameterError(f"architecture must be one of {', '.join(_BY_NAME)}; got {name!r}")
-    return _BY_NAME[name]
 
 
 def check_mix(mix: Any) -> str:
@@ -145,6 +51,15 @@ def parse_type_overrides(overrides: Any) -> list[tuple[str, GgufType]]:
     return out
 
 
+def is_layer_weight(name: str, shape: tuple[int, ...]) -> bool:
+    """Whether a tensor is the weight of a Linear or Embedding (2-D) or a Conv2d (4-D), the only
+    multi-dimensional tensors runtimes decode from a quantized or BF16 type: ComfyUI-GGUF's GGMLOps
+    decode on the fly only for those layers (and norms, 1-D), and its loader reshapes only F32 / F16
+    tensors, so a bare parameter (SD3's `pos_embed`, Wan's `modulation`, aura's `register_tokens`)
+    or a Conv3d / Conv1d weight in any other type reaches torch as raw bytes of the wrong shape."""
+    return name.endswith(".weight") and len(shape) in (2, 4)
+
+
 class Decision:
     __slots__ = ("type", "reason", "shape", "orig_shape", "fallback_from")
 
@@ -169,6 +84,12 @@ class TypePolicy:
         if keep_f32 and source_dtype in ("F32", "BF16", "F64"):
             return gguf_type("F32")
         return gguf_type("BF16" if source_dtype == "BF16" else "F16")
+
+    def _runtime_float(self, source_dtype: str) -> GgufType:
+        """What a tensor stored outside a layer's weights is written as: a type torch takes as it is
+        (ComfyUI-GGUF reshapes and hands over only F32 and F16): F16 from F16 sources, else F32
+        (lossless from BF16; these tensors are small)."""
+        return gguf_type("F16" if source_dtype == "F16" else "F32")
 
     def _mix_rule(self, name: str) -> tuple[GgufType, str]:
         mix, base = self.mix, self.base
@@ -208,6 +129,9 @@ class TypePolicy:
             return Decision(self._float_type(source_dtype, True), "1-D or small tensor", shape, orig_shape)
         if self.arch is not None and any(h in name for h in self.arch.hiprec):
             return Decision(self._float_type(source_dtype, True), "high-precision tensor", shape, orig_shape)
+        if self.arch is not None and not is_layer_weight(name, orig_shape or shape):
+            return Decision(self._runtime_float(source_dtype), "not a Linear / Conv2d / Embedding weight (runtimes "
+                            "read it only as F32 / F16)", shape, orig_shape)
         if not self.base.quantized:
             return Decision(self.base, "default", shape, orig_shape)
         if self.arch is not None and self.arch.is_protected(name):
