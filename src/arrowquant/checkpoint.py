@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator, Sequence
 from . import __version__
 from .aq_file import AqWriter
 from .errors import AccuracyError, ParameterError
+from .fp8 import FP8_DTYPES, Fp8Scale, fp8_layout, widen
 from .markov import DEFAULT_THRESHOLD as DEFAULT_MARKOV_THRESHOLD
 from .paths import check_file_output, check_output_apart, terminate_as_interrupt, warn_extension
 from .safetensors_io import SafetensorsFile, TensorInfo, resolve_checkpoint
@@ -30,15 +31,24 @@ def _patterns(value: Any, name: str) -> list[str]:
 
 
 def should_quantize(info: TensorInfo, include: Sequence[str], exclude: Sequence[str]) -> bool:
-    """Default: floating tensors with >= 2 dimensions and >= 1,024 elements. A name matching
-    ``exclude`` is never quantized; one matching ``include`` is (if its dtype allows)."""
-    if info.dtype not in QUANTIZABLE_DTYPES or info.numel == 0:
+    """Default: floating tensors (FP8 included) with >= 2 dimensions and >= 1,024 elements. A name
+    matching ``exclude`` is never quantized; one matching ``include`` is (if its dtype allows)."""
+    if (info.dtype not in QUANTIZABLE_DTYPES and info.dtype not in FP8_DTYPES) or info.numel == 0:
         return False
     if any(fnmatch.fnmatchcase(info.name, p) for p in exclude):
         return False
     if any(fnmatch.fnmatchcase(info.name, p) for p in include):
         return True
     return len(info.shape) >= 2 and info.numel >= MIN_QUANTIZED_ELEMENTS
+
+
+def _why_none(plan: list) -> str:
+    """Why a plan quantizes nothing, by kind of tensor, e.g. "3 of dtype I64; 2 excluded"."""
+    counts: dict[str, int] = {}
+    for _, _, info, _, reason in plan:
+        key = f"of dtype {info.dtype}" if info.dtype not in QUANTIZABLE_DTYPES + FP8_DTYPES else reason
+        counts[key] = counts.get(key, 0) + 1
+    return "; ".join(f"{n} {key}" for key, n in counts.items())
 
 
 # The min_accuracy fallback: the next bit width up, per scheme.
@@ -49,17 +59,27 @@ class TensorJob:
     """One tensor to quantize: where it is and how (what an executor needs)."""
 
     __slots__ = ("file", "name", "info", "bits", "group_size", "symmetric", "method", "markov_threshold", "scheme",
-                 "rotate")
+                 "rotate", "fp8_scale")
 
     def __init__(self, file: SafetensorsFile, name: str, info: TensorInfo, bits: int, group_size: int, symmetric: bool,
-                 method: str, markov_threshold: float, scheme: str = "affine", rotate: bool = True) -> None:
+                 method: str, markov_threshold: float, scheme: str = "affine", rotate: bool = True,
+                 fp8_scale: Fp8Scale | None = None) -> None:
         self.file, self.name, self.info, self.bits = file, name, info, bits
         self.group_size, self.symmetric, self.method, self.markov_threshold = group_size, symmetric, method, markov_threshold
-        self.scheme, self.rotate = scheme, rotate
+        self.scheme, self.rotate, self.fp8_scale = scheme, rotate, fp8_scale
+
+    @property
+    def dtype(self) -> str:
+        """The dtype the kernels read: an FP8 tensor's values are widened to float32 first."""
+        return "F32" if self.info.dtype in FP8_DTYPES else self.info.dtype
+
+    def source_array(self) -> Any:
+        """The tensor's values as the kernels take them (zero-copy, or FP8 widened and scaled)."""
+        return source_array(self.file, self.name, self.fp8_scale)
 
     def quantize(self, array: Any, num_threads: int | None, bits: int | None = None) -> tuple:
         """(QuantizedTensor, ErrorStats, Markov metrics) of this tensor (at ``bits`` if given)."""
-        [result] = quantize_arrays([array], [self.info.dtype], [self.label], bit_width=bits or self.bits,
+        [result] = quantize_arrays([array], [self.dtype], [self.label], bit_width=bits or self.bits,
                                    group_size=self.group_size, symmetric=self.symmetric, method=self.method,
                                    num_threads=num_threads, with_stats=True, markov_threshold=self.markov_threshold,
                                    scheme=self.scheme, rotate=self.rotate)
@@ -70,13 +90,22 @@ class TensorJob:
         return f"{self.file.path.name}: layer {self.name!r}"
 
 
+def source_array(sf: SafetensorsFile, name: str, fp8_scale: Fp8Scale | None = None) -> Any:
+    """A tensor's values for the kernels: a view of the mapped file, or for FP8 a float32 copy
+    with its scale applied (fp8.py)."""
+    info = sf.tensors[name]
+    if info.dtype in FP8_DTYPES:
+        return widen(sf.array(name), info.dtype, fp8_scale)
+    return sf.array(name)
+
+
 def local_executor(num_threads: int | None) -> Callable[[list[TensorJob]], Iterator[tuple]]:
     """Quantizes the jobs here, one tensor at a time, its pages mapped just before and released
     right after (peak memory: one tensor and its output)."""
     def run(jobs: list[TensorJob]) -> Iterator[tuple]:
         for job in jobs:
             job.file.prefetch(job.name)
-            yield job.quantize(job.file.array(job.name), num_threads)
+            yield job.quantize(job.source_array(), num_threads)
             job.file.release(job.name)
     return run
 
@@ -126,17 +155,33 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
         fallbacks: list[dict[str, Any]] = []
         input_bytes = quantized_source_bytes = quantized_bytes = quantized_elements = 0
         # The plan first (names and bit widths, no data), then the data in checkpoint order.
+        # FP8 scales and markers go with their weight: dropped with it when it is quantized.
+        fp8 = fp8_layout(opened)
         plan = []
         for sf in opened:
             for name in sf.names():
                 info = sf.tensors[name]
+                if name in fp8.owner:
+                    continue
                 bits, reason = (bit_width, "default") if should_quantize(info, include_patterns, exclude_patterns) \
                     else (None, "not eligible (dtype, fewer than 2 dimensions or 1,024 elements, or excluded)")
                 if bits is not None and bit_width_for is not None and not any(
                         fnmatch.fnmatchcase(name, p) for p in include_patterns):
                     bits, reason = bit_width_for(name, info)
                 plan.append((sf, name, info, bits, reason))
-        jobs = [TensorJob(sf, name, info, bits, group_size, symmetric, method, markov_threshold, scheme, rotate)
+        quantized_names = [name for _, name, _, bits, _ in plan if bits is not None]
+        if not quantized_names and plan:
+            raise ParameterError(f"{checkpoint.index or files[0]}: no tensor to quantize ({_why_none(plan)}); "
+                                 "nothing written")
+        dropped = {name: f"FP8 scale or marker of a quantized weight ({fp8.owner[name] or 'every FP8 weight'})"
+                   for name in sorted(fp8.companions_of(quantized_names))}
+        for sf in opened:  # the companions of carried weights stay with them, in checkpoint order
+            for name in sf.names():
+                if name in fp8.owner and name not in dropped:
+                    plan.append((sf, name, sf.tensors[name], None, "FP8 scale of a carried weight"))
+        plan.sort(key=lambda entry: (opened.index(entry[0]), entry[2].begin))
+        jobs = [TensorJob(sf, name, info, bits, group_size, symmetric, method, markov_threshold, scheme, rotate,
+                          fp8.scales.get(name))
                 for sf, name, info, bits, _ in plan if bits is not None]
         job_of = {job.name: job for job in jobs}
         next_bits = NEXT_BIT_WIDTH[scheme]
@@ -160,7 +205,7 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
                                           "cosine": stats.cosine, "min_accuracy": min_accuracy,
                                           "reason": f"cosine {stats.cosine:.4f} < min_accuracy {min_accuracy}"})
                         bits = next_bits[bits]
-                        tensor, stats, layer_markov = job_of[name].quantize(sf.array(name), num_threads, bits)
+                        tensor, stats, layer_markov = job_of[name].quantize(job_of[name].source_array(), num_threads, bits)
                     writer.write_quantized(name, tensor)
                     markov_raw[name] = layer_markov
                     layers[name] = {"shape": list(info.shape), "source_dtype": info.dtype, "bit_width": bits,
@@ -180,6 +225,7 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
     finally:
         for sf in opened:
             sf.close()
+    input_bytes += sum(info.nbytes for sf in opened for name, info in sf.tensors.items() if name in dropped)
     seconds = time.perf_counter() - started
     output_bytes = os.path.getsize(output_path)
     cosines = [layer["cosine"] for layer in layers.values()]
@@ -190,6 +236,7 @@ def quantize_checkpoint(safetensors_path: Any, output_path: Any, *, bit_width: i
         "layers_quantized": len(layers),
         "layers_carried": len(carried),
         "carried": carried,
+        "dropped": dropped,
         "fallbacks": fallbacks,
         "input_bytes": input_bytes,
         "output_bytes": output_bytes,

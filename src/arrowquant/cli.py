@@ -281,7 +281,7 @@ def format_gguf_report(report: dict, layers: bool = False) -> str:
         dropped = comp.get("tensors_dropped") or []
         if dropped:
             lines.append(f"{name}: left out {len(dropped)} tensors that are not part of this model's GGUF (other "
-                         "components of a single file, a decoder, zero-element tensors)"
+                         "components of a single file, a decoder, zero-element tensors, the scales of FP8 weights)"
                          + (": " + ", ".join(dropped) if layers else "; --layers lists them"))
     kinds: dict[tuple[str, str, str], list[str]] = {}
     for f in report["fallbacks"]:  # the reason's last clause says why (rows of N are not a multiple of ...)

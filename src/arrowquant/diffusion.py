@@ -14,7 +14,8 @@ import numpy as np
 
 from .aq_file import AqFile
 from .architectures import Architecture, detect_architecture, strip_prefix
-from .checkpoint import _patterns, quantize_checkpoint
+from .checkpoint import _patterns, quantize_checkpoint, source_array
+from .fp8 import fp8_layout
 from .errors import FileFormatError, MissingFileError, ParameterError
 from .schemes import DEFAULT_PIPELINE_METHODS, DEFAULT_SCHEME, check_bits_for_scheme, check_rotate, check_scheme
 from .validation import check_group_size, check_method, check_num_threads
@@ -282,7 +283,9 @@ def describe_model(model_path: Path) -> tuple[str, list[tuple[str, Path]]]:
 def looks_like_diffusion_model(names: list[str]) -> bool:
     """Whether any name is one the diffusion rules know (blocks, embeddings, input/output layers):
     with none of them, mode "diffusion" protects nothing and the model is probably not one."""
-    return bool(edge_blocks(names)) or any(rule.search(n) for n in names for _, rule in SENSITIVE_RULES[:2])
+    prefix = strip_prefix(names)
+    return (bool(edge_blocks(names)) or any(rule.search(n) for n in names for _, rule in SENSITIVE_RULES[:2])
+            or detect_architecture([n[len(prefix):] for n in names if n.startswith(prefix)]) is not None)
 
 
 def _summary(reports: list[dict]) -> dict[str, Any]:
@@ -359,7 +362,7 @@ def quantize_diffusion_model(model_path: Any, output_path: Any, config: Diffusio
             "layers_carried": r["layers_carried"], "fallbacks": r["fallbacks"],
             "layers": {k: {"bit_width": v["bit_width"], "reason": v["reason"], "cosine": v["cosine"],
                            "relative_rmse": v["relative_rmse"], "shape": v["shape"]} for k, v in r["layers"].items()},
-            "carried": r["carried"]}
+            "carried": r["carried"], "dropped": r["dropped"]}
     return {"model": str(model_path), "output": str(output_path), "kind": kind, "mode": mode,
             "config": config.to_dict(), "components": components_out,
             "overall": _summary(list(per_component.values())),
@@ -504,11 +507,13 @@ def validate_quality(original_path: Any, quantized_path: Any, threshold: float |
                     originals[name] = f
                     bytes_before += f.tensors[name].nbytes
             bytes_after += aq_path.stat().st_size
+            fp8 = fp8_layout(files)
             view = (_StoredGguf if aq_path.name.endswith(".gguf") else _StoredAq)(aq_path, list(originals))
             try:
                 stored_names = {view.source_name(n): n for n in view.names}
-                dropped = [n for n in originals if n not in stored_names and isinstance(view, _StoredGguf)
-                           and not n.startswith(view.prefix)]
+                # Left out by design: a single file's other parts (GGUF) and the scales of FP8 weights.
+                dropped = [n for n in originals if n not in stored_names and (
+                    (isinstance(view, _StoredGguf) and not n.startswith(view.prefix)) or n in fp8.owner)]
                 skipped.extend(prefix + n for n in dropped)
                 for name in sorted(set(originals) - set(stored_names) - set(dropped)):
                     problems.append({"layer": prefix + name, "problem": "missing in the quantized model"})
@@ -517,18 +522,19 @@ def validate_quality(original_path: Any, quantized_path: Any, threshold: float |
                 for name, stored_name in stored_names.items():
                     if name not in originals:
                         continue
-                    source_array = originals[name].array(name)
-                    done += source_array.nbytes
+                    stored_bytes = originals[name].array(name)
+                    done += stored_bytes.nbytes
                     shape, decoded, bits = view.entry(stored_name)
-                    if shape != tuple(source_array.shape):
+                    if shape != tuple(stored_bytes.shape):
                         problems.append({"layer": prefix + name, "problem":
-                                         f"shape {list(shape)} differs from the original's {list(source_array.shape)}"})
+                                         f"shape {list(shape)} differs from the original's {list(stored_bytes.shape)}"})
                         continue
                     if decoded is None:  # carried through: must be identical
-                        if view.stored_array(stored_name).tobytes() != source_array.tobytes():
+                        if view.stored_array(stored_name).tobytes() != stored_bytes.tobytes():
                             problems.append({"layer": prefix + name, "problem": "carried-through tensor differs"})
                         continue
-                    quality = _layer_quality(source_array.astype(np.float64).reshape(-1), decoded)
+                    values = source_array(originals[name], name, fp8.scales.get(name))  # FP8: widened and scaled
+                    quality = _layer_quality(values.astype(np.float64).reshape(-1), decoded)
                     layer_threshold = threshold if threshold is not None else threshold_for_bits(bits)
                     layers[prefix + name] = {"bit_width": bits, **quality, "threshold": layer_threshold,
                                              "passed": quality["cosine"] >= layer_threshold}

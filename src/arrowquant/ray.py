@@ -80,19 +80,20 @@ def _fault_injection() -> None:
 
 
 def _quantize_tensors(path: str, tensors: list, bits_and_settings: list, num_threads: int) -> list:
-    """One task: several tensors of one file, each (name, dtype) with its (bits, group_size,
-    symmetric, method, markov_threshold, scheme, rotate)."""
+    """One task: several tensors of one file, each (name, kernel dtype, FP8 scale) with its (bits,
+    group_size, symmetric, method, markov_threshold, scheme, rotate)."""
     from pathlib import Path
 
+    from .checkpoint import source_array
     from .safetensors_io import SafetensorsFile
     from .tensor import quantize_arrays
     _fault_injection()
     results = []
     with SafetensorsFile(path) as sf:  # memory-mapped from storage every node sees
-        for (name, dtype), (bits, group_size, symmetric, method, markov_threshold, scheme, rotate) in zip(
+        for (name, dtype, fp8_scale), (bits, group_size, symmetric, method, markov_threshold, scheme, rotate) in zip(
                 tensors, bits_and_settings):
             [(tensor, stats, markov)] = quantize_arrays(
-                [sf.array(name)], [dtype], [f"{Path(path).name}: layer {name!r}"], bit_width=bits, group_size=group_size,
+                [source_array(sf, name, fp8_scale)], [dtype], [f"{Path(path).name}: layer {name!r}"], bit_width=bits, group_size=group_size,
                 symmetric=symmetric, method=method, num_threads=num_threads, with_stats=True,
                 markov_threshold=markov_threshold, scheme=scheme, rotate=rotate)
             stats_values = (stats.sum_xx, stats.sum_yy, stats.sum_xy, stats.sum_dd, stats.max_abs_error, stats.count)
@@ -158,7 +159,7 @@ def ray_executor(num_cpus: int = 1, max_in_flight: int | None = None):
 
     def run(jobs):
         batches = _task_batches(jobs, lambda job: job.file.path, lambda job: job.info.nbytes)
-        arguments = ((str(batch[0].file.path), [(job.name, job.info.dtype) for job in batch],
+        arguments = ((str(batch[0].file.path), [(job.name, job.dtype, job.fp8_scale) for job in batch],
                       [(job.bits, job.group_size, job.symmetric, job.method, job.markov_threshold, job.scheme, job.rotate)
                        for job in batch], num_cpus) for batch in batches)
         for results in tasks(arguments):
@@ -176,9 +177,9 @@ def _encode_gguf_tensors(path: str, jobs: list, num_threads: int) -> list:
     _fault_injection()
     results = []
     with SafetensorsFile(path) as sf:  # memory-mapped from storage every node sees
-        for name, type_name, method, with_stats, rope_heads in jobs:
+        for name, type_name, method, with_stats, rope_heads, fp8_scale in jobs:
             encoded, stats = encode_tensor(sf, sf.tensors[name], gguf_type(type_name), num_threads, with_stats, method,
-                                           rope_heads)
+                                           rope_heads, fp8_scale)
             results.append((np.array(encoded), stats))  # its own copy: the mapping closes with the file
             sf.release(name)
     return results
@@ -188,13 +189,13 @@ def gguf_executor(num_cpus: int = 1, max_in_flight: int | None = None):
     """An executor for arrowquant.gguf.convert: each tensor's GGUF bytes encoded by a Ray task,
     taken in the file's order (consecutive tensors of a file, up to TASK_BYTES, share a task).
     ``run(jobs)`` takes (safetensors path, tensor name, GgufType, method, with_stats, rope heads or
-    None, source bytes) tuples and yields (bytes, stats)."""
+    None, source bytes, FP8 scale or None) tuples and yields (bytes, stats)."""
     tasks = _ordered_tasks(_encode_gguf_tensors, num_cpus, max_in_flight)
 
     def run(jobs):
         batches = _task_batches(jobs, lambda job: job[0], lambda job: job[6])
-        arguments = ((str(batch[0][0]), [(name, gguf.name, method, with_stats, heads)
-                                         for _, name, gguf, method, with_stats, heads, _ in batch], num_cpus)
+        arguments = ((str(batch[0][0]), [(name, gguf.name, method, with_stats, heads, scale)
+                                         for _, name, gguf, method, with_stats, heads, _, scale in batch], num_cpus)
                      for batch in batches)
         for results in tasks(arguments):
             yield from results

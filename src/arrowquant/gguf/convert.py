@@ -17,6 +17,7 @@ import numpy as np
 from .. import __version__, _core
 from ..diffusion import component_progress, describe_model, published_path, write_model_outputs
 from ..errors import FileFormatError, ParameterError
+from ..fp8 import FP8_DTYPES, Fp8Scale, fp8_layout, widen
 from ..paths import check_file_output, check_output_apart, warn_extension
 from ..validation import check_num_threads
 from ..safetensors_io import Checkpoint, SafetensorsFile, TensorInfo, resolve_checkpoint
@@ -150,10 +151,12 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
     started = time.perf_counter()
     opened = checkpoint.open()
     try:
-        entries = [(sf, name) for sf in opened for name in sf.names()]
+        # FP8 scales and markers are applied to their weights, never written as tensors.
+        fp8 = fp8_layout(opened)
+        entries = [(sf, name) for sf in opened for name in sf.names() if name not in fp8.owner]
         all_names = [name for _, name in entries]
         prefix = strip_prefix(all_names)
-        dropped = [n for n in all_names if not n.startswith(prefix)]
+        dropped = [n for n in all_names if not n.startswith(prefix)] + sorted(fp8.owner)
         # A tensor of no elements has no GGUF form every reader accepts (ggml's own reader and
         # ours refuse a zero dimension): left out, and said.
         empty = [n for sf, n in entries if n.startswith(prefix) and sf.tensors[n].numel == 0]
@@ -171,7 +174,7 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
         decisions = []
         for (sf, name), stored in zip(entries, stored_names):
             info = sf.tensors[name]
-            decisions.append(policy.decide(stored, info.shape, info.dtype))
+            decisions.append(policy.decide(stored, info.shape, kernel_dtype(info.dtype)))
         metadata: dict[str, Any] = {
             "general.architecture": arch.name,
             "general.quantization_version": Value(UINT32, QUANTIZATION_VERSION),
@@ -185,7 +188,8 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
 
         methods = [policies.method if d.type.has_search else "ggml" for d in decisions]
         size, tensors = write_tensors(out, metadata, specs, entries, stored_names, decisions, methods,
-                                      [None] * len(entries), executor, num_threads, with_stats, overwrite, progress)
+                                      [None] * len(entries), executor, num_threads, with_stats, overwrite, progress,
+                                      [fp8.scales.get(name) for _, name in entries])
     finally:
         for sf in opened:
             sf.close()
@@ -205,7 +209,7 @@ def file_report(out: Path, arch: str, prefix: str, dropped: list[str], size: int
 
 
 def write_tensors(out: Path, metadata: dict[str, Any], specs: list[TensorSpec], entries, stored_names, decisions,
-                  methods, heads, executor, num_threads, with_stats: bool, overwrite: bool, progress
+                  methods, heads, executor, num_threads, with_stats: bool, overwrite: bool, progress, fp8_scales
                   ) -> tuple[int, dict[str, dict[str, Any]]]:
     """Encodes every tensor (here, or by ``executor``), streams them into ``out`` in order, and
     returns the file's size and the per-tensor report."""
@@ -214,12 +218,14 @@ def write_tensors(out: Path, metadata: dict[str, Any], specs: list[TensorSpec], 
     tensors: dict[str, dict[str, Any]] = {}
 
     def local(jobs):
-        for path, name, gguf, method, stats_wanted, n_heads, _ in jobs:
+        for path, name, gguf, method, stats_wanted, n_heads, _, fp8_scale in jobs:
             files[path].prefetch(name)
-            yield encode_tensor(files[path], files[path].tensors[name], gguf, num_threads, stats_wanted, method, n_heads)
+            yield encode_tensor(files[path], files[path].tensors[name], gguf, num_threads, stats_wanted, method, n_heads,
+                                fp8_scale)
 
-    results = (executor or local)((str(sf.path), name, d.type, method, with_stats, h, sf.tensors[name].nbytes)
-                                  for (sf, name), d, method, h in zip(entries, decisions, methods, heads))
+    results = (executor or local)((str(sf.path), name, d.type, method, with_stats, h, sf.tensors[name].nbytes, scale)
+                                  for (sf, name), d, method, h, scale in zip(entries, decisions, methods, heads,
+                                                                             fp8_scales))
 
     def chunks():
         done = 0
@@ -248,9 +254,12 @@ def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, ov
     started = time.perf_counter()
     opened = checkpoint.open()
     try:
-        entries, stored_names, heads, skipped = [], [], [], []
+        fp8 = fp8_layout(opened)
+        entries, stored_names, heads, skipped = [], [], [], sorted(fp8.owner)
         for sf in opened:
             for name in sf.names():
+                if name in fp8.owner:
+                    continue
                 mapped = model.gguf_name(name)
                 if mapped is None:
                     skipped.append(name)
@@ -271,7 +280,7 @@ def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, ov
                                       f"config.json implies {list(shape)}: the config and the weights disagree")
         tokenizer = read_tokenizer(model.folder, model)
         policy = policy_type(mix, overrides, model, has_output="output.weight" in stored_names)
-        decisions = [policy.decide(stored, sf.tensors[name].shape, sf.tensors[name].dtype)
+        decisions = [policy.decide(stored, sf.tensors[name].shape, kernel_dtype(sf.tensors[name].dtype))
                      for (sf, name), stored in zip(entries, stored_names)]
         metadata: dict[str, Any] = {
             "general.architecture": model.arch,
@@ -284,7 +293,8 @@ def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, ov
         specs = [TensorSpec(stored, d.shape, d.type) for stored, d in zip(stored_names, decisions)]
         methods = [method if d.type.has_search else "ggml" for d in decisions]
         size, tensors = write_tensors(out, metadata, specs, entries, stored_names, decisions, methods, heads, executor,
-                                      num_threads, with_stats, overwrite, progress)
+                                      num_threads, with_stats, overwrite, progress,
+                                      [fp8.scales.get(name) for _, name in entries])
     finally:
         for sf in opened:
             sf.close()
@@ -293,14 +303,23 @@ def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, ov
     return report
 
 
+def kernel_dtype(dtype: str) -> str:
+    """The dtype a tensor reaches the encoders in: FP8 is widened to float32 first."""
+    return "F32" if dtype in FP8_DTYPES else dtype
+
+
 def encode_tensor(sf: SafetensorsFile, info: TensorInfo, gguf, num_threads: int | None,
-                  with_stats: bool, method: str = "ggml", rope_heads: int | None = None) -> tuple[np.ndarray, dict[str, float]]:
+                  with_stats: bool, method: str = "ggml", rope_heads: int | None = None,
+                  fp8_scale: Fp8Scale | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """One tensor's GGUF bytes (and, if asked, how far the decoded values are from the source).
-    ``rope_heads``: permute a query / key projection for llama.cpp's rotary layout first."""
+    ``rope_heads``: permute a query / key projection for llama.cpp's rotary layout first; an FP8
+    tensor is widened and scaled (``fp8_scale``) first."""
     array = sf.array(info.name)
+    dtype = info.dtype
+    if dtype in FP8_DTYPES:
+        array, dtype = widen(array, dtype, fp8_scale), "F32"
     if rope_heads is not None:
         array = permute_for_rope(array, rope_heads)
-    dtype = info.dtype
     if dtype == "F64":
         array, dtype = array.astype(np.float32), "F32"
     flat = array.reshape(-1)
