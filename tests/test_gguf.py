@@ -345,3 +345,29 @@ def test_a_tensor_named_like_the_safetensors_metadata_key_is_refused_not_lost(tm
     assert "'__metadata__' cannot be written: safetensors reserves that header key" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "back.safetensors").exists()
+
+
+def test_integer_and_bool_buffers_are_left_out_with_the_reason_and_f64_is_narrowed_and_said(tmp_path):
+    """Issue 20: an I64 position_ids buffer stopped the conversion at its first tensor; F64 was
+    narrowed silently. No diffusion runtime reads integer GGUF tensors: they are left out, each kind
+    of reason one line of the summary; F64 is narrowed to float32 with one warning."""
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((64, 256))
+    save_file({"double_blocks.0.img_attn.proj.weight": weight,  # F64
+               "position_ids": np.arange(512, dtype=np.int64).reshape(1, -1),
+               "double_blocks.0.mask": np.ones((4, 4), bool)}, str(tmp_path / "m.safetensors"))
+    with pytest.warns(UserWarning, match=r"1 F64 tensors narrowed to float32 first .*img_attn.proj.weight"):
+        report = ag.convert(tmp_path / "m.safetensors", tmp_path / "m.gguf", type="Q8_0", arch="flux")
+    comp = report["components"]["model"]
+    assert sorted(comp["tensors_dropped"]) == ["double_blocks.0.mask", "position_ids"]
+    assert comp["why_dropped"]["position_ids"].startswith("I64 buffer: ComfyUI-GGUF, diffusers and stable-diffusion")
+    assert list(reader_tensors(tmp_path / "m.gguf")) == ["double_blocks.0.img_attn.proj.weight"]
+    with ag.open(tmp_path / "m.gguf") as f:
+        decoded = f.dequantize("double_blocks.0.img_attn.proj.weight")
+    assert np.abs(decoded - weight.astype(np.float32)).max() < 0.02
+    r = subprocess.run([sys.executable, "-m", "arrowquant", "gguf", str(tmp_path / "m.safetensors"),
+                        str(tmp_path / "m2.gguf"), "--arch", "flux"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "model: left out 1 tensor (I64 buffer: " in r.stdout and "): position_ids" in r.stdout
+    assert "model: left out 1 tensor (BOOL buffer: " in r.stdout
+    assert r.stderr.count("F64 tensors narrowed") == 1

@@ -278,11 +278,13 @@ def format_gguf_report(report: dict, layers: bool = False) -> str:
                      + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f") -> {comp['output']}")
         if layers:
             lines += [f"  {t}: {v['type']} ({v['reason']})" for t, v in comp["tensors"].items()]
-        dropped = comp.get("tensors_dropped") or []
-        if dropped:
-            lines.append(f"{name}: left out {len(dropped)} tensors that are not part of this model's GGUF (other "
-                         "components of a single file, a decoder, zero-element tensors, the scales of FP8 weights)"
-                         + (": " + ", ".join(dropped) if layers else "; --layers lists them"))
+        by_reason: dict[str, list[str]] = {}
+        for tensor, why in (comp.get("why_dropped") or {}).items():
+            by_reason.setdefault(why, []).append(tensor)
+        for why, tensors in by_reason.items():
+            which = ", ".join(tensors) if layers else tensors[0] + (", ... (--layers lists them)" if len(tensors) > 1
+                                                                      else "")
+            lines.append(f"{name}: left out {len(tensors)} tensor{'s' if len(tensors) > 1 else ''} ({why}): {which}")
     kinds: dict[tuple[str, str, str], list[str]] = {}
     for f in report["fallbacks"]:  # the reason's last clause says why (rows of N are not a multiple of ...)
         kinds.setdefault((f["from_type"], f["to_type"], f["reason"].split("; ")[-1]), []).append(f["tensor"])

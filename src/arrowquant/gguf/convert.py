@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from .. import __version__, _core
+from ..architectures import architecture, detect_architecture, strip_prefix
 from ..diffusion import component_progress, describe_model, published_path, write_model_outputs
 from ..errors import FileFormatError, ParameterError
 from ..fp8 import FP8_DTYPES, Fp8Scale, fp8_layout, widen
@@ -24,12 +26,12 @@ from ..safetensors_io import Checkpoint, SafetensorsFile, TensorInfo, resolve_ch
 from ..tensor import QUANTIZABLE_DTYPES
 from .container import ARRAY, INT32, UINT32, TensorSpec, Value, write_gguf
 from .llm import LlmModel, LlmTypePolicy, llm_config, model_name, permute_for_rope, tokenizer_metadata
-from ..architectures import architecture, detect_architecture, strip_prefix
 from .policy import TypePolicy, check_mix, parse_type_overrides
 from .t5 import T5EncoderModel, T5TypePolicy, t5_config, t5_tokenizer_metadata
 from .types import MIXES
 
 QUANTIZATION_VERSION = 2
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16") + FP8_DTYPES
 _ELEMENT = {"F32": 0, "F16": 1, "BF16": 2}
 _STATS_CHUNK = 1 << 20  # elements: a multiple of every block size
 
@@ -92,7 +94,8 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
                     "type": mix, "method": method,
                     "kept_as_safetensors": [], "components": {"model": report}, "bytes_before": report["input_bytes"],
                     "bytes_after": report["output_bytes"], "compression_ratio": report["compression_ratio"],
-                    "tensors": len(report["tensors"]), "fallbacks": report["fallbacks"], "warnings": warnings_out,
+                    "tensors": len(report["tensors"]), "fallbacks": report["fallbacks"],
+                    "warnings": warnings_out + report["warnings"],
                     "seconds": time.perf_counter() - started}
     checkpoints = {name: resolve_checkpoint(path, variant) for name, path in components}
     check_output_apart(out, [src] + [p for c in checkpoints.values() for p in c.inputs])
@@ -129,7 +132,7 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
             "components": {name or "model": r for name, r in reports.items()},
             "bytes_before": before, "bytes_after": after, "compression_ratio": before / after if after else 0.0,
             "tensors": len(tensors), "fallbacks": [f for r in reports.values() for f in r["fallbacks"]],
-            "seconds": time.perf_counter() - started}
+            "warnings": [w for r in reports.values() for w in r["warnings"]], "seconds": time.perf_counter() - started}
 
 
 class TypePolicyFactory:
@@ -154,14 +157,18 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
         # FP8 scales and markers are applied to their weights, never written as tensors.
         fp8 = fp8_layout(opened)
         entries = [(sf, name) for sf in opened for name in sf.names() if name not in fp8.owner]
-        all_names = [name for _, name in entries]
-        prefix = strip_prefix(all_names)
-        dropped = [n for n in all_names if not n.startswith(prefix)] + sorted(fp8.owner)
-        # A tensor of no elements has no GGUF form every reader accepts (ggml's own reader and
-        # ours refuse a zero dimension): left out, and said.
-        empty = [n for sf, n in entries if n.startswith(prefix) and sf.tensors[n].numel == 0]
-        dropped += empty
-        entries = [(sf, n) for sf, n in entries if n.startswith(prefix) and sf.tensors[n].numel > 0]
+        prefix = strip_prefix([name for _, name in entries])
+        dropped = {name: "an FP8 scale or marker, applied to its weight" for name in sorted(fp8.owner)}
+        for sf, name in entries:
+            info = sf.tensors[name]
+            if not name.startswith(prefix):
+                dropped[name] = f"another part of a single-file checkpoint (not under {prefix})"
+            elif info.numel == 0:  # ggml's own reader and ours refuse a zero dimension
+                dropped[name] = "no elements: no GGUF reader accepts a zero dimension"
+            elif info.dtype not in FLOAT_DTYPES:
+                dropped[name] = (f"{info.dtype} buffer: ComfyUI-GGUF, diffusers and stable-diffusion.cpp read no "
+                                 "integer GGUF tensors (the models rebuild such buffers)")
+        entries = [(sf, n) for sf, n in entries if n not in dropped]
         stored_names = [n[len(prefix):] for _, n in entries]
         arch = forced_arch or detect_architecture(stored_names)
         if arch is None:
@@ -196,13 +203,19 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
     return file_report(out, arch.name, prefix, dropped, size, tensors, stored_names, decisions, component, started)
 
 
-def file_report(out: Path, arch: str, prefix: str, dropped: list[str], size: int, tensors: dict, stored_names,
+def file_report(out: Path, arch: str, prefix: str, dropped: dict[str, str], size: int, tensors: dict, stored_names,
                 decisions, component: str, started: float) -> dict[str, Any]:
-    """What convert reports of one written GGUF file."""
+    """What convert reports of one written GGUF file (``dropped``: tensor -> why it was left out)."""
     fallbacks = [{"tensor": s, "from_type": d.fallback_from.name, "to_type": d.type.name, "reason": d.reason}
                  for s, d in zip(stored_names, decisions) if d.fallback_from is not None]
     input_bytes = sum(t["bytes_before"] for t in tensors.values())
-    return {"output": str(out), "architecture": arch, "prefix_stripped": prefix, "tensors_dropped": dropped,
+    narrowed = [s for s, t in tensors.items() if t["source_dtype"] == "F64"]
+    warnings_out = [f"{out}: {len(narrowed)} F64 tensors narrowed to float32 first (GGUF runtimes hold no F64 "
+                    "weights): " + ", ".join(narrowed[:3]) + (", ..." if len(narrowed) > 3 else "")] if narrowed else []
+    for message in warnings_out:
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return {"output": str(out), "architecture": arch, "prefix_stripped": prefix, "tensors_dropped": list(dropped),
+            "why_dropped": dropped, "warnings": warnings_out,
             "input_bytes": input_bytes, "output_bytes": size,
             "compression_ratio": input_bytes / size if size else 0.0, "tensors": tensors, "fallbacks": fallbacks,
             "component": component, "seconds": time.perf_counter() - started}
@@ -255,14 +268,15 @@ def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, ov
     opened = checkpoint.open()
     try:
         fp8 = fp8_layout(opened)
-        entries, stored_names, heads, skipped = [], [], [], sorted(fp8.owner)
+        entries, stored_names, heads = [], [], []
+        skipped = {name: "an FP8 scale or marker, applied to its weight" for name in sorted(fp8.owner)}
         for sf in opened:
             for name in sf.names():
                 if name in fp8.owner:
                     continue
                 mapped = model.gguf_name(name)
                 if mapped is None:
-                    skipped.append(name)
+                    skipped[name] = "not part of the model llama.cpp runs (a decoder, a rotary-embedding buffer)"
                     continue
                 entries.append((sf, name))
                 stored_names.append(mapped[0])
