@@ -35,14 +35,15 @@ from .diffusion import quantize_diffusion_model as _quantize_diffusion_model  # 
 
 
 def quantize_diffusion_model(model_path, output_path, config=None, progress_callback=None, *, overwrite=False,
-                             variant=None):
+                             variant=None, allow_pickle=False):
     """Quantize a diffusers-style model folder, one component folder, a safetensors file or a
     sharded index with ``config`` (a DiffusionQuantConfig; default: the "local" settings without an
     accuracy target) in diffusion mode. The output mirrors the input and must lie outside it; an
     existing output is replaced only with ``overwrite``; ``variant="fp16"`` takes the
-    ``*.fp16.safetensors`` weights. Returns a report."""
+    ``*.fp16.safetensors`` weights; ``allow_pickle=True`` reads PyTorch pickles (``.ckpt``, ``.bin``)
+    with ``torch.load(weights_only=True)``. Returns a report."""
     report = _quantize_diffusion_model(model_path, output_path, config, progress_callback, mode="diffusion",
-                                       overwrite=overwrite, variant=variant)
+                                       overwrite=overwrite, variant=variant, allow_pickle=allow_pickle)
     report.pop("_markov")
     return report
 

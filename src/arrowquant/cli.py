@@ -203,7 +203,8 @@ def cmd_quantize(args) -> int:
         _start_ray(args.ray)
         report = ArrowQuantV2(mode=args.mode).quantize_diffusion_model(args.model, args.output, config, bar,
                                                                       overwrite=args.overwrite, variant=args.variant,
-                                                                      ray=args.ray is not None)
+                                                                      ray=args.ray is not None,
+                                                                      allow_pickle=args.allow_pickle)
     finally:
         bar.close()
     if args.json:
@@ -307,7 +308,7 @@ def cmd_gguf(args) -> int:
         report = convert(args.model, args.output, type=args.type, type_for=args.type_for, arch=args.arch,
                          variant=args.variant, overwrite=args.overwrite, num_threads=args.threads,
                          rearrange_rows=args.comfyui_rows, method=args.method, progress_callback=bar,
-                         ray=args.ray is not None)
+                         ray=args.ray is not None, allow_pickle=args.allow_pickle)
     finally:
         bar.close()
     if args.json:
@@ -503,6 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--sensitive-bits; base: every layer alike")
     q.add_argument("--variant", help="take the weights of this variant, e.g. fp16 for *.fp16.safetensors (default: "
                                      "the files without a variant, as diffusers does)")
+    q.add_argument("--allow-pickle", action="store_true", help="read PyTorch pickles (.ckpt, .pt, .pth, .bin) with "
+                   "torch.load(weights_only=True) (needs the torch extra); unpickling can run code hidden in a file")
     q.add_argument("--min-accuracy", type=float, help="minimum weight cosine per layer; a layer below it moves to "
                                                       "more bits (2 -> 4 -> 8; kquant one width at a time) (default: none, or the profile's)")
     q.add_argument("--no-fallback", action="store_true", help="fail instead of raising a layer's bit width")
@@ -567,6 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--arch", help="the architecture written as general.architecture (default: detected from the "
                                   "tensor names)")
     g.add_argument("--variant", help="take the weights of this variant, e.g. fp16 for *.fp16.safetensors")
+    g.add_argument("--allow-pickle", action="store_true", help="read PyTorch pickles (.ckpt, .pt, .pth, .bin) with "
+                   "torch.load(weights_only=True) (needs the torch extra); unpickling can run code hidden in a file")
     g.add_argument("--method", choices=["ggml", "search"], default="search",
                    help="search (default): the same formats with lower error for the k-quants (never worse on any "
                         "block than ggml's quantizer, and faster than it); ggml: exactly the bytes of ggml's "

@@ -23,6 +23,8 @@ from .markov import DEFAULT_THRESHOLD as DEFAULT_MARKOV_THRESHOLD
 from .paths import check_output_apart, copy_model_files, output_folder, path_inside, terminate_as_interrupt
 from .safetensors_io import (Checkpoint, TensorInfo, is_weight_file, load_json, resolve_checkpoint,
                              weight_variant)
+from .pickle_source import readable
+from .sources import missing
 from .tensor import dequantize_tensors
 
 # "local" uses format v2's kquant scheme: at the same 4.5 bits per weight as affine 4-bit group
@@ -253,7 +255,7 @@ def describe_model(model_path: Path) -> tuple[str, list[tuple[str, Path]]]:
 
     Component names come from model_index.json: each must name a folder inside the model."""
     if not model_path.exists():
-        raise MissingFileError(f"{model_path}: no such file or directory")
+        raise missing(model_path)
     if model_path.is_file():
         return "file", [("", model_path)]
     index_file = model_path / "model_index.json"
@@ -306,7 +308,8 @@ def _summary(reports: list[dict]) -> dict[str, Any]:
 def quantize_diffusion_model(model_path: Any, output_path: Any, config: DiffusionQuantConfig | None = None,
                              progress_callback: Callable[[str, float], Any] | None = None, *, mode: str = "diffusion",
                              overwrite: bool = False, variant: str | None = None,
-                             markov_threshold: float = DEFAULT_MARKOV_THRESHOLD, ray: bool = False) -> dict[str, Any]:
+                             markov_threshold: float = DEFAULT_MARKOV_THRESHOLD, ray: bool = False,
+                             allow_pickle: bool = False) -> dict[str, Any]:
     """Quantize a diffusers-style model folder (or one component folder, a safetensors file or a
     sharded index) into ``output_path``, which mirrors the input: a folder per component with its
     .aq file and every non-weight file and folder copied unchanged (symlinks that stay inside the
@@ -316,7 +319,21 @@ def quantize_diffusion_model(model_path: Any, output_path: Any, config: Diffusio
     With ``ray=True`` every tensor is quantized by a Ray task (arrowquant.ray; a Ray cluster must be
     initialised, and the model must lie on storage every node sees); the output is byte-identical.
     Returns a report (per component and overall: bytes, compression, cosine, relative RMSE, bit
-    width per layer, fallbacks, warnings, seconds)."""
+    width per layer, fallbacks, warnings, seconds). PyTorch pickles (``.ckpt``, ``.bin``, ...) are
+    read only with ``allow_pickle`` (pickle_source.py)."""
+    with readable(Path(model_path), allow_pickle, Path(output_path), GGUF_TO_AQ) as source:
+        report = _quantize_model(source, output_path, config, progress_callback, mode, overwrite, variant,
+                                 markov_threshold, ray)
+    report["model"] = str(model_path)
+    return report
+
+
+GGUF_TO_AQ = ("decode it to safetensors first (arrowquant dequantize MODEL.gguf MODEL.safetensors), or re-quantize "
+              "it to GGUF with arrowquant gguf")
+
+
+def _quantize_model(model_path: Any, output_path: Any, config: DiffusionQuantConfig | None, progress_callback,
+                    mode: str, overwrite: bool, variant: str | None, markov_threshold: float, ray: bool) -> dict[str, Any]:
     started = time.perf_counter()
     # The CLI's default too: the local profile's settings without its accuracy target.
     config = config or DiffusionQuantConfig.from_profile("local", min_accuracy=None)

@@ -293,7 +293,8 @@ class ArrowQuantV2:
 
     def quantize_diffusion_model(self, model_path: Any, output_path: Any, config: Any = None,
                                  progress_callback: Callable[[str, float], Any] | None = None, *,
-                                 overwrite: bool = False, variant: str | None = None, ray: bool = False) -> dict:
+                                 overwrite: bool = False, variant: str | None = None, ray: bool = False,
+                                 allow_pickle: bool = False) -> dict:
         """Quantize a diffusers-style model (see arrowquant.quantize_diffusion_model) with this
         quantizer's mode; without a config, its group size, symmetry, threads and method are used."""
         from .diffusion import DiffusionQuantConfig, quantize_diffusion_model
@@ -304,7 +305,7 @@ class ArrowQuantV2:
                                           scheme=self.scheme, rotate=self.rotate)
         report = quantize_diffusion_model(model_path, output_path, config, progress_callback, mode=self.mode,
                                           overwrite=overwrite, variant=variant, markov_threshold=self.markov_threshold,
-                                          ray=ray)
+                                          ray=ray, allow_pickle=allow_pickle)
         raw = report.pop("_markov")
         self._record_markov(list(raw), list(raw.values()))
         return report

@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import DataError, FileFormatError, MissingFileError, ParameterError
 from .paths import atomic_file, open_input, path_inside
+from .sources import missing
 from .tensor import SAFETENSORS_DTYPES, check_shape, check_text
 
 # The reference implementation refuses headers above 100 MB; so do we (a corrupt length would
@@ -312,7 +313,7 @@ def resolve_checkpoint(path: Any, variant: str | None = None) -> Checkpoint:
     if variant is not None and (not isinstance(variant, str) or not re.fullmatch(r"[A-Za-z0-9_]+", variant)):
         raise ParameterError(f"variant must be a name such as 'fp16'; got {variant!r}")
     if not path.exists():
-        raise MissingFileError(f"{path}: no such file or directory")
+        raise missing(path)
     if not path.is_dir():
         if _INDEX_NAME.fullmatch(path.name) or path.name.endswith(".json"):
             return _read_index(path)

@@ -20,6 +20,7 @@ from ..architectures import architecture, detect_architecture, strip_prefix
 from ..diffusion import component_progress, describe_model, published_path, write_model_outputs
 from ..errors import FileFormatError, ParameterError
 from ..fp8 import FP8_DTYPES, Fp8Scale, fp8_layout, widen
+from ..pickle_source import readable
 from ..paths import check_file_output, check_output_apart, warn_extension
 from ..validation import check_num_threads
 from ..safetensors_io import Checkpoint, SafetensorsFile, TensorInfo, resolve_checkpoint
@@ -40,7 +41,8 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
             arch: str | None = None, variant: str | None = None, overwrite: bool = False,
             rearrange_rows: bool = False, method: str = "search",
             num_threads: int | None = None, with_stats: bool = True,
-            progress_callback: Callable[[str, float], Any] | None = None, ray: bool = False) -> dict[str, Any]:
+            progress_callback: Callable[[str, float], Any] | None = None, ray: bool = False,
+            allow_pickle: bool = False) -> dict[str, Any]:
     """Convert a safetensors checkpoint to GGUF with the mix ``type`` (Q4_K_M, Q8_0, Q6_K, ...).
 
     ``src`` is a ``.safetensors`` file, a ``*.safetensors.index.json`` or a component folder
@@ -58,7 +60,21 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
     of every tensor and why, every fallback, and (``with_stats``) the relative RMSE and cosine of
     every quantized tensor. With ``ray=True`` each tensor is encoded by a Ray task (arrowquant.ray;
     a cluster must be initialised and the model must lie on storage every node sees): the same
-    bytes, the file written here in order."""
+    bytes, the file written here in order. PyTorch pickles are read only with ``allow_pickle``
+    (pickle_source.py)."""
+    with readable(Path(src), allow_pickle, Path(out), GGUF_TO_GGUF) as source:
+        report = _convert(source, out, type, type_for, arch, variant, overwrite, rearrange_rows, method, num_threads,
+                          with_stats, progress_callback, ray)
+    report["input"] = str(src)
+    return report
+
+
+GGUF_TO_GGUF = "GGUF sources are not read yet: decode it first (arrowquant dequantize MODEL.gguf MODEL.safetensors)"
+
+
+def _convert(src: Any, out: Any, type: str, type_for: Any, arch: str | None, variant: str | None,  # noqa: A002
+             overwrite: bool, rearrange_rows: bool, method: str, num_threads: int | None, with_stats: bool,
+             progress_callback: Callable[[str, float], Any] | None, ray: bool) -> dict[str, Any]:
     started = time.perf_counter()
     mix = check_mix(type)
     if method not in ("ggml", "search"):
