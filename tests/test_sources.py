@@ -99,3 +99,11 @@ def test_a_folder_of_bin_weights_is_read_with_its_config(tmp_path):
         ag.convert(folder, tmp_path / "m.gguf")
     report = ag.convert(folder, tmp_path / "m.gguf", type="Q8_0", allow_pickle=True)
     assert report["components"]["model"]["architecture"] == "flux"
+
+
+def test_a_safetensors_file_whose_header_length_looks_like_a_pickle_opcode_is_safetensors(tmp_path):
+    """A header of 0x0280 bytes starts the file with 80 02, pickle protocol 2's opening bytes."""
+    from arrowquant.sources import file_kind
+    for n in range(1, 1400):  # headers of 64 to ~1,500 bytes, 640 (80 02 ..) among them
+        save_file({"w" * n: np.ones(4, np.float32)}, str(tmp_path / "m.safetensors"))
+        assert file_kind(tmp_path / "m.safetensors") == "safetensors"

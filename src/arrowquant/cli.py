@@ -308,7 +308,8 @@ def cmd_gguf(args) -> int:
         report = convert(args.model, args.output, type=args.type, type_for=args.type_for, arch=args.arch,
                          variant=args.variant, overwrite=args.overwrite, num_threads=args.threads,
                          rearrange_rows=args.comfyui_rows, method=args.method, progress_callback=bar,
-                         ray=args.ray is not None, allow_pickle=args.allow_pickle)
+                         ray=args.ray is not None, allow_pickle=args.allow_pickle,
+                         allow_requantize=args.allow_requantize)
     finally:
         bar.close()
     if args.json:
@@ -561,7 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "arrowquant gguf Qwen2.5-0.5B-Instruct qwen-Q4_K_M.gguf   # config.json, tokenizer, safetensors",
                  "arrowquant gguf sd-model sd-model-gguf --type Q8_0   # a diffusers folder: one .gguf per denoiser",
                  "arrowquant gguf unet unet-Q5_K_M.gguf --type Q5_K_M --type-for '*.to_out.*=Q8_0'"])
-    g.add_argument("model", help=".safetensors file, *.safetensors.index.json, component folder or diffusers folder")
+    g.add_argument("model", help=".safetensors file, *.safetensors.index.json, component folder, diffusers folder, or "
+                                 "a .gguf file (re-encoded with --type, as llama-quantize does)")
     g.add_argument("output", help="a .gguf file (a folder for a diffusers folder); must lie outside the input")
     g.add_argument("--type", default="Q4_K_M", metavar="TYPE",
                    help="the mix, as llama.cpp names them: " + ", ".join(MIXES) + " (Q4_K means Q4_K_M)")
@@ -570,6 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--arch", help="the architecture written as general.architecture (default: detected from the "
                                   "tensor names)")
     g.add_argument("--variant", help="take the weights of this variant, e.g. fp16 for *.fp16.safetensors")
+    g.add_argument("--allow-requantize", action="store_true", help="with a GGUF source: re-quantize tensors that "
+                   "are already quantized to another type (their error adds to the first; as llama-quantize's option)")
     g.add_argument("--allow-pickle", action="store_true", help="read PyTorch pickles (.ckpt, .pt, .pth, .bin) with "
                    "torch.load(weights_only=True) (needs the torch extra); unpickling can run code hidden in a file")
     g.add_argument("--method", choices=["ggml", "search"], default="search",

@@ -32,9 +32,11 @@ def file_kind(path: Path) -> str:
     from the file's first bytes and, for pickles, its suffix."""
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(9)
     except OSError:
         return "safetensors"  # the reader reports why it cannot open it
+    if head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
+        return "safetensors"
     if head[:4] == b"GGUF":
         return "gguf"
     zip_or_pickle = head[:4] == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)

@@ -75,7 +75,10 @@ def _value_bytes(v: Value) -> bytes:
     if v.type == STRING:
         return _string(v.value)
     if v.type == ARRAY:
-        body = b"".join(_value_bytes(Value(v.item_type, item)) for item in v.value)
+        if v.item_type in _SCALAR and isinstance(v.value, np.ndarray):  # scores, token types: in one piece
+            body = np.ascontiguousarray(v.value, dtype=_SCALAR[v.item_type]).tobytes()
+        else:
+            body = b"".join(_value_bytes(Value(v.item_type, item)) for item in v.value)
         return struct.pack("<IQ", v.item_type, len(v.value)) + body
     return struct.pack(_SCALAR[v.type], v.value)
 
@@ -226,9 +229,13 @@ class GgufFile:
         if n_tensors > size or n_kv > size:
             raise FileFormatError(f"{where}: claims {n_tensors} tensors and {n_kv} metadata keys in {size} bytes")
         self.metadata: dict[str, Any] = {}
+        self.value_types: dict[str, tuple[int, int | None]] = {}  # key -> (GGUF value type, array item type)
         for _ in range(n_kv):
             key = c.string("a metadata key")
-            self.metadata[key] = c.value(c.unpack("<I"), key)
+            value_type = c.unpack("<I")
+            item_type = struct.unpack_from("<I", data, c.pos)[0] if value_type == ARRAY and c.pos + 4 <= size else None
+            self.metadata[key] = c.value(value_type, key)
+            self.value_types[key] = (value_type, item_type)
         alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
             raise FileFormatError(f"{where}: general.alignment {alignment!r} is not a power of two")
@@ -284,6 +291,11 @@ class GgufFile:
     @property
     def names(self) -> list[str]:
         return list(self.tensors)
+
+    def typed_metadata(self) -> dict[str, Value]:
+        """Every metadata entry with its GGUF value type, as a writer takes it back."""
+        return {key: Value(self.value_types[key][0], value, self.value_types[key][1])
+                for key, value in self.metadata.items()}
 
     @property
     def architecture(self) -> str | None:

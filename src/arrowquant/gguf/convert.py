@@ -7,34 +7,32 @@ tensor in memory at a time, published atomically; folders through the shared mod
 
 from __future__ import annotations
 
-import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from .. import __version__, _core
+from .. import __version__
 from ..architectures import architecture, detect_architecture, strip_prefix
 from ..diffusion import component_progress, describe_model, published_path, write_model_outputs
 from ..errors import FileFormatError, ParameterError
 from ..fp8 import FP8_DTYPES, Fp8Scale, fp8_layout, widen
 from ..pickle_source import readable
+from ..sources import file_kind
 from ..paths import check_file_output, check_output_apart, warn_extension
 from ..validation import check_num_threads
 from ..safetensors_io import Checkpoint, SafetensorsFile, TensorInfo, resolve_checkpoint
-from ..tensor import QUANTIZABLE_DTYPES
+from .encode import encode_array, file_report
 from .container import ARRAY, INT32, UINT32, TensorSpec, Value, write_gguf
 from .llm import LlmModel, LlmTypePolicy, llm_config, model_name, permute_for_rope, tokenizer_metadata
+from .requantize import requantize
 from .policy import TypePolicy, check_mix, parse_type_overrides
 from .t5 import T5EncoderModel, T5TypePolicy, t5_config, t5_tokenizer_metadata
 from .types import MIXES
 
 QUANTIZATION_VERSION = 2
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16") + FP8_DTYPES
-_ELEMENT = {"F32": 0, "F16": 1, "BF16": 2}
-_STATS_CHUNK = 1 << 20  # elements: a multiple of every block size
 
 
 def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  # noqa: A002 - the CLI's --type
@@ -42,7 +40,7 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
             rearrange_rows: bool = False, method: str = "search",
             num_threads: int | None = None, with_stats: bool = True,
             progress_callback: Callable[[str, float], Any] | None = None, ray: bool = False,
-            allow_pickle: bool = False) -> dict[str, Any]:
+            allow_pickle: bool = False, allow_requantize: bool = False) -> dict[str, Any]:
     """Convert a safetensors checkpoint to GGUF with the mix ``type`` (Q4_K_M, Q8_0, Q6_K, ...).
 
     ``src`` is a ``.safetensors`` file, a ``*.safetensors.index.json`` or a component folder
@@ -61,7 +59,17 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
     every quantized tensor. With ``ray=True`` each tensor is encoded by a Ray task (arrowquant.ray;
     a cluster must be initialised and the model must lie on storage every node sees): the same
     bytes, the file written here in order. PyTorch pickles are read only with ``allow_pickle``
-    (pickle_source.py)."""
+    (pickle_source.py). A GGUF file as ``src`` is re-encoded with the mix (requantize.py); its
+    tensors already quantized to another type only with ``allow_requantize``."""
+    if Path(src).is_file() and file_kind(Path(src)) == "gguf":
+        if ray:
+            raise ParameterError("ray=True (--ray) reads safetensors sources; a GGUF source is re-encoded here")
+        if progress_callback is not None and not callable(progress_callback):
+            raise ParameterError(f"progress_callback must be callable; got {progress_callback!r}")
+        if method not in ("ggml", "search"):
+            raise ParameterError(f"method must be 'ggml' or 'search'; got {method!r}")
+        return requantize(Path(src), Path(out), check_mix(type), parse_type_overrides(type_for), method,
+                          allow_requantize, overwrite, check_num_threads(num_threads), with_stats, progress_callback)
     with readable(Path(src), allow_pickle, Path(out), GGUF_TO_GGUF) as source:
         report = _convert(source, out, type, type_for, arch, variant, overwrite, rearrange_rows, method, num_threads,
                           with_stats, progress_callback, ray)
@@ -69,7 +77,7 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
     return report
 
 
-GGUF_TO_GGUF = "GGUF sources are not read yet: decode it first (arrowquant dequantize MODEL.gguf MODEL.safetensors)"
+GGUF_TO_GGUF = "a GGUF source is a file, not part of a folder"
 
 
 def _convert(src: Any, out: Any, type: str, type_for: Any, arch: str | None, variant: str | None,  # noqa: A002
@@ -219,24 +227,6 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
     return file_report(out, arch.name, prefix, dropped, size, tensors, stored_names, decisions, component, started)
 
 
-def file_report(out: Path, arch: str, prefix: str, dropped: dict[str, str], size: int, tensors: dict, stored_names,
-                decisions, component: str, started: float) -> dict[str, Any]:
-    """What convert reports of one written GGUF file (``dropped``: tensor -> why it was left out)."""
-    fallbacks = [{"tensor": s, "from_type": d.fallback_from.name, "to_type": d.type.name, "reason": d.reason}
-                 for s, d in zip(stored_names, decisions) if d.fallback_from is not None]
-    input_bytes = sum(t["bytes_before"] for t in tensors.values())
-    narrowed = [s for s, t in tensors.items() if t["source_dtype"] == "F64"]
-    warnings_out = [f"{out}: {len(narrowed)} F64 tensors narrowed to float32 first (GGUF runtimes hold no F64 "
-                    "weights): " + ", ".join(narrowed[:3]) + (", ..." if len(narrowed) > 3 else "")] if narrowed else []
-    for message in warnings_out:
-        warnings.warn(message, UserWarning, stacklevel=3)
-    return {"output": str(out), "architecture": arch, "prefix_stripped": prefix, "tensors_dropped": list(dropped),
-            "why_dropped": dropped, "warnings": warnings_out,
-            "input_bytes": input_bytes, "output_bytes": size,
-            "compression_ratio": input_bytes / size if size else 0.0, "tensors": tensors, "fallbacks": fallbacks,
-            "component": component, "seconds": time.perf_counter() - started}
-
-
 def write_tensors(out: Path, metadata: dict[str, Any], specs: list[TensorSpec], entries, stored_names, decisions,
                   methods, heads, executor, num_threads, with_stats: bool, overwrite: bool, progress, fp8_scales
                   ) -> tuple[int, dict[str, dict[str, Any]]]:
@@ -350,24 +340,4 @@ def encode_tensor(sf: SafetensorsFile, info: TensorInfo, gguf, num_threads: int 
         array, dtype = widen(array, dtype, fp8_scale), "F32"
     if rope_heads is not None:
         array = permute_for_rope(array, rope_heads)
-    if dtype == "F64":
-        array, dtype = array.astype(np.float32), "F32"
-    flat = array.reshape(-1)
-    if dtype in ("F16", "BF16"):
-        flat = flat.view(np.uint16)
-    label = f"{sf.path}: tensor {info.name!r}"
-    [encoded] = _core.gguf_encode_arrays([flat], [_ELEMENT[dtype]], [gguf.id], [label], num_threads or 0, method)
-    stats: dict[str, float] = {}
-    if with_stats and gguf.quantized and dtype in QUANTIZABLE_DTYPES:
-        source = array.reshape(-1)
-        xx = dd = xy = yy = 0.0
-        for start in range(0, source.size, _STATS_CHUNK):  # bounded memory: one chunk in float32 at a time
-            x = source[start:start + _STATS_CHUNK].astype(np.float32)
-            chunk = encoded[gguf.encoded_bytes(start):gguf.encoded_bytes(start + x.size)]
-            [y] = _core.gguf_decode_arrays([chunk], [gguf.id], [x.size], [label], num_threads or 0)
-            diff = x - y
-            xx, dd = xx + float(np.dot(x, x)), dd + float(np.dot(diff, diff))
-            xy, yy = xy + float(np.dot(x, y)), yy + float(np.dot(y, y))
-        stats = {"relative_rmse": math.sqrt(dd / xx) if xx else 0.0,
-                 "cosine": xy / math.sqrt(xx * yy) if xx and yy else (1.0 if xx == yy else 0.0)}
-    return encoded, stats
+    return encode_array(array, dtype, gguf, f"{sf.path}: tensor {info.name!r}", num_threads, with_stats, method)

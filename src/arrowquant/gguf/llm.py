@@ -12,6 +12,7 @@ under ``tokenizer.ggml.*``. Per-tensor types follow llama-quantize's rules for t
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import re
@@ -25,7 +26,7 @@ from ..paths import path_inside
 from ..safetensors_io import load_json
 from .container import ARRAY, FLOAT32, INT32, STRING, UINT32, Value
 from . import sentencepiece as spm
-from .policy import TypePolicy
+from .policy import Decision, TypePolicy
 # GGUF's token types are SentencePiece's piece types, same numbers.
 from .sentencepiece import CONTROL, NORMAL, UNUSED, USER_DEFINED, read_sentencepiece_model
 from .types import gguf_type
@@ -427,45 +428,86 @@ def use_more_bits(i_layer: int, n_layer: int) -> bool:
     return i_layer < n_layer // 8 or i_layer >= 7 * n_layer // 8 or (i_layer - n_layer // 8) % 3 == 2
 
 
+# Tensors llama-quantize never quantizes (tensor_allows_quantization in llama-quant.cpp), beyond
+# 1-D ones and names not ending in "weight".
+_KEPT_AS_IS = ("_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
+               "per_layer_model_proj", "ssm_conv1d", "shortconv.conv.weight", "indexer.k_proj.weight",
+               "indexer.q_proj.weight")
+_KEPT_EXACT = ("position_embd.weight", "token_types.weight")
+_BLOCK_INDEX = re.compile(r"(?:enc\.|dec\.)?blk\.(\d+)\.")
+
+
 class LlmTypePolicy(TypePolicy):
-    """TypePolicy with llama-quantize's rules for the LLM tensors: output.weight (or token_embd
-    when the output is tied to it) in Q6_K (Q8_0 when its rows are not whole 256-blocks), and
-    attn_v / ffn_down raised per mix and layer as llama_tensor_get_type does."""
+    """TypePolicy with llama-quantize's rules for the LLM tensors (llama_tensor_get_type_impl in
+    llama-quant.cpp): output.weight (or token_embd when the output is tied to it) in Q6_K (Q8_0
+    when the mix's block does not divide its rows, or for Falcon); attn_v / attn_qkv, ffn_down and
+    attn_output raised per mix and layer; llama.cpp's fallback chain for rows a block does not
+    divide; the tensors it never quantizes kept as they are."""
+
+    # llama-quant.cpp's tensor_type_fallback: then F16 if the fallback's block does not fit either.
+    FALLBACKS = {"Q2_K": ["Q4_0", "F16"], "Q3_K": ["Q4_0", "F16"], "Q4_K": ["Q5_0", "F16"],
+                 "Q5_K": ["Q5_1", "F16"], "Q6_K": ["Q8_0", "F16"], "IQ4_XS": ["IQ4_NL", "F16"]}
 
     def __init__(self, mix: str, overrides, model: LlmModel, has_output: bool) -> None:
         super().__init__(mix, None, overrides)
         self.model, self.has_output = model, has_output
         self.i_ffn_down = 0
+        self.falcon = getattr(model, "arch", None) == "falcon"
+
+    def decide(self, name: str, shape: tuple[int, ...], source_dtype: str) -> Decision:
+        if self.base.quantized and (not name.endswith("weight") or name in _KEPT_EXACT
+                                    or any(k in name for k in _KEPT_AS_IS)) \
+                and not any(fnmatch.fnmatchcase(name, g) for g, _ in self.overrides):
+            return Decision(self._float_type(source_dtype, True), "llama-quantize keeps it as it is", tuple(shape) or (1,))
+        return super().decide(name, shape, source_dtype)
+
+    @staticmethod
+    def _layer(name: str, counted: int) -> int:
+        """The tensor's layer: llama-quantize counts attn_v / ffn_down tensors in its loader's order,
+        layer by layer, so its count is the layer index; a checkpoint lists them in any order
+        (safetensors sorts blk.10 before blk.2), so the index is read from the name."""
+        m = _BLOCK_INDEX.match(name)
+        return int(m.group(1)) if m else counted
 
     def _mix_rule(self, name: str):
         mix, base, n = self.mix, self.base, self.model.n_layer
         if name == "output.weight" or (not self.has_output and name == "token_embd.weight"):
-            if base.name in ("Q8_0", "Q6_K"):
-                return base, "output matrix"
-            return gguf_type("Q6_K" if self.model.n_embd % 256 == 0 else "Q8_0"), "output matrix (llama.cpp: Q6_K)"
+            if self.falcon or self.model.n_embd % base.block_size:
+                return gguf_type("Q8_0"), "output matrix (llama.cpp: Q8_0)"
+            return gguf_type("Q8_0" if base.name == "Q8_0" else "Q6_K"), "output matrix (llama.cpp rule)"
         if "attn_v.weight" in name or "attn_qkv.weight" in name:  # llama-quantize counts both as attn_v
-            i = self.i_attention_wv
+            i = self._layer(name, self.i_attention_wv)
             self.i_attention_wv += 1
             gqa = self.model.n_head // self.model.n_head_kv
             new = {"Q2_K": "Q4_K" if gqa >= 4 else "Q3_K", "Q3_K_L": "Q5_K"}.get(mix)
             if mix == "Q3_K_M":
                 new = "Q5_K" if i < 2 else "Q4_K"
+            elif mix in ("IQ4_NL", "IQ4_XS") and gqa >= 4:
+                new = "Q5_K"
             elif mix in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
                 new = "Q6_K"
             elif mix == "Q4_K_S" and i < 4:
                 new = "Q5_K"
             return (gguf_type(new), "value projection (llama.cpp rule)") if new else (base, "default")
         if "ffn_down" in name:
-            i = self.i_ffn_down
+            i = self._layer(name, self.i_ffn_down)
             self.i_ffn_down += 1
-            new = {"Q2_K": "Q3_K", "Q3_K_L": "Q5_K"}.get(mix)
+            new = {"Q2_K": "Q3_K", "Q3_K_L": "Q4_K" if self.falcon else "Q5_K"}.get(mix)
             if mix == "Q3_K_M":
-                new = "Q5_K" if i < n // 16 else "Q4_K"
+                new = "Q5_K" if i < n // 16 else ("Q4_K" if not self.falcon or use_more_bits(i, n) else "Q3_K")
+            elif mix == "Q4_K_M" and self.falcon:
+                new = "Q6_K" if i < n // 16 else ("Q5_K" if use_more_bits(i, n) else None)
             elif mix in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
                 new = "Q6_K"
-            elif mix in ("Q4_K_S", "IQ4_NL", "IQ4_XS") and i < n // 8:
+            elif mix in ("IQ4_NL", "IQ4_XS") and i < n // 8:
+                new = "Q5_K"
+            elif mix == "Q4_K_S" and not self.falcon and i < n // 8:
                 new = "Q5_K"
             return (gguf_type(new), "second FFN matrix (llama.cpp rule)") if new else (base, "default")
+        if "attn_output.weight" in name:
+            new = {"Q3_K_L": "Q4_K"}.get(mix) if self.falcon else \
+                {"Q2_K": "Q3_K", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K"}.get(mix)
+            return (gguf_type(new), "attention output (llama.cpp rule)") if new else (base, "default")
         return base, "default"
 
 

@@ -144,6 +144,9 @@ class TypePolicy:
             decision.orig_shape, decision.shape = shape, (numel // 256, 256)
         return self._fit(name, decision)
 
+    # ComfyUI-GGUF's llama.cpp patch (diffusion models): k-quants -> Q5_0 -> Q8_0 -> F16.
+    FALLBACKS = {"Q6_K": ["Q8_0", "F16"], "Q8_0": ["F16"], "IQ4_XS": ["IQ4_NL", "Q8_0", "F16"], "IQ4_NL": ["F16"]}
+
     def _fit(self, name: str, d: Decision) -> Decision:
         """A row length the type's block does not divide falls back, as llama.cpp does:
         k-quants -> Q5_0 (Q6_K -> Q8_0, IQ4_XS -> IQ4_NL) -> Q8_0 -> F16; never silently (the
@@ -151,8 +154,7 @@ class TypePolicy:
         row = d.shape[-1]
         if row % d.type.block_size == 0:
             return d
-        chain = {"Q6_K": ["Q8_0", "F16"], "Q8_0": ["F16"], "IQ4_XS": ["IQ4_NL", "Q8_0", "F16"],
-                 "IQ4_NL": ["F16"]}.get(d.type.name, ["Q5_0", "Q8_0", "F16"])
+        chain = self.FALLBACKS.get(d.type.name, ["Q5_0", "Q8_0", "F16"])
         for candidate in map(gguf_type, chain):
             if row % candidate.block_size == 0:
                 return Decision(candidate, f"{d.reason}; rows of {row} are not a multiple of {d.type.name}'s block of "

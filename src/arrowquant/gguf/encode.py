@@ -1,0 +1,63 @@
+"""Encoding one array into a GGUF type with its error statistics, and the report of one written
+file: what every GGUF sink shares (safetensors sources in convert.py, GGUF sources in
+requantize.py)."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import _core
+from ..tensor import QUANTIZABLE_DTYPES
+
+_ELEMENT = {"F32": 0, "F16": 1, "BF16": 2}
+_STATS_CHUNK = 1 << 20  # elements: a multiple of every block size
+
+
+def file_report(out: Path, arch: str, prefix: str, dropped: dict[str, str], size: int, tensors: dict, stored_names,
+                decisions, component: str, started: float) -> dict[str, Any]:
+    """What convert reports of one written GGUF file (``dropped``: tensor -> why it was left out)."""
+    fallbacks = [{"tensor": s, "from_type": d.fallback_from.name, "to_type": d.type.name, "reason": d.reason}
+                 for s, d in zip(stored_names, decisions) if d.fallback_from is not None]
+    input_bytes = sum(t["bytes_before"] for t in tensors.values())
+    narrowed = [s for s, t in tensors.items() if t["source_dtype"] == "F64"]
+    warnings_out = [f"{out}: {len(narrowed)} F64 tensors narrowed to float32 first (GGUF runtimes hold no F64 "
+                    "weights): " + ", ".join(narrowed[:3]) + (", ..." if len(narrowed) > 3 else "")] if narrowed else []
+    for message in warnings_out:
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return {"output": str(out), "architecture": arch, "prefix_stripped": prefix, "tensors_dropped": list(dropped),
+            "why_dropped": dropped, "warnings": warnings_out,
+            "input_bytes": input_bytes, "output_bytes": size,
+            "compression_ratio": input_bytes / size if size else 0.0, "tensors": tensors, "fallbacks": fallbacks,
+            "component": component, "seconds": time.perf_counter() - started}
+
+
+def encode_array(array: np.ndarray, dtype: str, gguf, label: str, num_threads: int | None, with_stats: bool,
+                 method: str) -> tuple[np.ndarray, dict[str, float]]:
+    """The GGUF bytes of ``array`` (F64, F32, F16 or BF16 values, ``dtype`` naming which) in type
+    ``gguf``, and, if asked, the relative RMSE and cosine of its decoded values to ``array``."""
+    if dtype == "F64":
+        array, dtype = array.astype(np.float32), "F32"
+    flat = array.reshape(-1)
+    if dtype in ("F16", "BF16"):
+        flat = flat.view(np.uint16)
+    [encoded] = _core.gguf_encode_arrays([flat], [_ELEMENT[dtype]], [gguf.id], [label], num_threads or 0, method)
+    stats: dict[str, float] = {}
+    if with_stats and gguf.quantized and dtype in QUANTIZABLE_DTYPES:
+        source = array.reshape(-1)
+        xx = dd = xy = yy = 0.0
+        for start in range(0, source.size, _STATS_CHUNK):  # bounded memory: one chunk in float32 at a time
+            x = source[start:start + _STATS_CHUNK].astype(np.float32)
+            chunk = encoded[gguf.encoded_bytes(start):gguf.encoded_bytes(start + x.size)]
+            [y] = _core.gguf_decode_arrays([chunk], [gguf.id], [x.size], [label], num_threads or 0)
+            diff = x - y
+            xx, dd = xx + float(np.dot(x, x)), dd + float(np.dot(diff, diff))
+            xy, yy = xy + float(np.dot(x, y)), yy + float(np.dot(y, y))
+        stats = {"relative_rmse": math.sqrt(dd / xx) if xx else 0.0,
+                 "cosine": xy / math.sqrt(xx * yy) if xx and yy else (1.0 if xx == yy else 0.0)}
+    return encoded, stats

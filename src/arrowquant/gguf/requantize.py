@@ -1,0 +1,134 @@
+"""GGUF -> GGUF: a GGUF file (F32 / F16 / BF16, or already quantized) re-encoded with another mix,
+as ``llama-quantize`` does it: every metadata entry carried over with its type (the tokenizer, the
+hyper-parameters, ``comfy.gguf.orig_shape``), ``general.file_type`` set to the new mix, each
+tensor's type chosen by the same rules as a safetensors source (llama-quantize's for language
+models, ComfyUI-GGUF's for diffusion architectures), a tensor whose type does not change copied
+byte for byte, and a tensor already quantized to another type re-quantized only with
+``allow_requantize`` (llama-quantize's ``--allow-requantize``): its error adds to the first one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import __version__
+from ..architectures import ARCHITECTURES, architecture
+from ..errors import FileFormatError, ParameterError
+from ..paths import check_file_output, check_output_apart, warn_extension
+from ..tensor import bfloat16
+from .encode import encode_array, file_report
+from .container import UINT32, GgufFile, TensorSpec, Value, write_gguf
+from .llm import LlmTypePolicy
+from .policy import TypePolicy
+from .t5 import T5TypePolicy
+from .types import MIXES
+
+QUANTIZATION_VERSION = 2
+_FLOAT_VIEWS = {"F32": np.float32, "F16": np.float16}
+KEPT_REASONS = ("1-D or small tensor", "llama-quantize keeps it as it is")
+_REPLACED = ("general.file_type", "general.quantization_version", "general.quantized_by")
+
+
+class GgufModelFacts:
+    """What llama-quantize's per-tensor rules need of a language model (layer count, embedding
+    width, head counts), read from a GGUF file's ``<arch>.*`` metadata and checked."""
+
+    def __init__(self, f: GgufFile) -> None:
+        self.arch = f.architecture
+        self.n_layer = self._count(f, "block_count")
+        self.n_embd = self._count(f, "embedding_length")
+        self.n_head = self._count(f, "attention.head_count", 1)
+        self.n_head_kv = self._count(f, "attention.head_count_kv", self.n_head)
+
+    def _count(self, f: GgufFile, key: str, default: int | None = None) -> int:
+        value = f.metadata.get(f"{self.arch}.{key}", default)
+        if isinstance(value, list) and value:  # per-layer counts (some architectures): the largest
+            value = max(value)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**31:
+            raise FileFormatError(f"{f.path}: {self.arch}.{key} is {value!r}; a positive count is needed to choose "
+                                  "each tensor's type as llama-quantize does")
+        return value
+
+
+def type_policy(f: GgufFile, mix: str, overrides) -> TypePolicy:
+    arch = f.architecture
+    if not isinstance(arch, str) or not arch:
+        raise FileFormatError(f"{f.path}: no general.architecture; cannot tell which rules choose the tensor types")
+    if arch in {a.name for a in ARCHITECTURES}:
+        return TypePolicy(mix, architecture(arch), overrides)
+    facts = GgufModelFacts(f)
+    if arch == "t5encoder":
+        return T5TypePolicy(mix, overrides, facts, has_output=False)
+    return LlmTypePolicy(mix, overrides, facts, has_output="output.weight" in f.tensors)
+
+
+def requantize(src: Path, out: Path, mix: str, overrides, method: str, allow_requantize: bool, overwrite: bool,
+               num_threads: int | None, with_stats: bool,
+               progress_callback: Callable[[str, float], Any] | None) -> dict[str, Any]:
+    """One GGUF file -> one GGUF file (see the module's description); returns convert's report."""
+    started = time.perf_counter()
+    check_output_apart(out, [src])
+    check_file_output(out, overwrite)
+    warnings_out = [w for w in [warn_extension(out, ".gguf", "a GGUF file")] if w]
+    with GgufFile(src) as f:
+        policy = type_policy(f, mix, overrides)
+        names, decisions = list(f.tensors), []
+        for name in names:
+            t = f.tensors[name]
+            stored = f.original_shape(name)
+            source_dtype = t.type.name if t.type.name in ("F32", "F16", "BF16") else "F32"
+            decision = policy.decide(name, stored if len(stored) > len(t.shape) else t.shape, source_dtype)
+            decision.shape = t.shape  # the stored layout stays (rows of 256, 5-D folded)
+            if isinstance(policy, LlmTypePolicy) and not t.type.quantized and decision.reason in KEPT_REASONS:
+                decision.type = t.type  # llama-quantize leaves what it does not quantize in its type
+            if t.type.quantized and decision.type.id != t.type.id and not allow_requantize:
+                raise ParameterError(f"{src}: tensor {name!r} is already {t.type.name}; re-quantizing it to "
+                                     f"{decision.type.name} adds a second error to the first: pass "
+                                     "allow_requantize=True (--allow-requantize), as llama-quantize asks, or start "
+                                     "from the F16 / BF16 original")
+            decisions.append(decision)
+        metadata: dict[str, Any] = {k: v for k, v in f.typed_metadata().items() if k not in _REPLACED}
+        metadata["general.quantization_version"] = Value(UINT32, QUANTIZATION_VERSION)
+        metadata["general.file_type"] = Value(UINT32, MIXES[mix][0])
+        metadata["general.quantized_by"] = f"arrowquant {__version__}"
+        specs = [TensorSpec(name, d.shape, d.type) for name, d in zip(names, decisions)]
+        total = sum(f.tensors[n].nbytes for n in names) or 1
+        tensors: dict[str, dict[str, Any]] = {}
+
+        def chunks():
+            done = 0
+            for name, d in zip(names, decisions):
+                t = f.tensors[name]
+                raw = f.raw(name)
+                if d.type.id == t.type.id:  # unchanged: the bytes as they are (llama-quantize copies them)
+                    encoded, stats, encoder = raw, {}, "copied"
+                else:
+                    label = f"{src}: tensor {name!r}"
+                    if t.type.name in _FLOAT_VIEWS:
+                        values, dtype = raw.view(_FLOAT_VIEWS[t.type.name]), t.type.name
+                    elif t.type.name == "BF16":
+                        values, dtype = raw.view(bfloat16()), "BF16"
+                    else:
+                        values, dtype = f.dequantize(name, num_threads).reshape(-1), "F32"
+                    encoder = method if d.type.has_search else "ggml"
+                    encoded, stats = encode_array(values, dtype, d.type, label, num_threads, with_stats, encoder)
+                tensors[name] = {"type": d.type.name, "reason": d.reason, "encoder": encoder, "shape": list(t.shape),
+                                 "stored_shape": list(d.shape), "source_dtype": t.type.name,
+                                 "bytes_before": t.nbytes, "bytes_after": int(encoded.nbytes), **stats}
+                yield encoded
+                done += t.nbytes
+                if progress_callback is not None:
+                    progress_callback(name, done / total)
+
+        size = write_gguf(out, metadata, specs, chunks(), overwrite=overwrite)
+        arch = f.architecture
+    report = file_report(out, arch, "", {}, size, tensors, names, decisions, "", started)
+    return {"input": str(src), "output": str(out), "kind": "gguf", "type": mix, "method": method,
+            "kept_as_safetensors": [], "components": {"model": report}, "bytes_before": report["input_bytes"],
+            "bytes_after": report["output_bytes"], "compression_ratio": report["compression_ratio"],
+            "tensors": len(tensors), "fallbacks": report["fallbacks"], "warnings": warnings_out + report["warnings"],
+            "seconds": time.perf_counter() - started}

@@ -1,0 +1,143 @@
+"""GGUF in, GGUF out (issues 20 and 21), judged by llama-quantize's own engine: llama.cpp's
+`llama_model_quantize` (the function the llama-quantize tool calls), from llama-cpp-python built
+from its sdist. With method="ggml" every tensor of the file arrowquant writes from an F16 GGUF has
+llama.cpp's type and bytes; an already quantized source is re-quantized only when allowed, as
+llama-quantize does, and then again gives its bytes. gguf-py reads every file written."""
+
+import ctypes
+import os
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import arrowquant.gguf as ag
+from arrowquant.errors import ParameterError
+
+gguf = pytest.importorskip("gguf")
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+from test_gguf_llm import llm, needs_llama_cpp, llama_cpp  # noqa: E402,F401 - the tiny llama fixture
+
+# llama.h's LLAMA_FTYPE_MOSTLY_* of every mix arrowquant writes
+FTYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12,
+          "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "IQ4_NL": 25,
+          "IQ4_XS": 30}
+
+
+def tensors_of(path):
+    """{name: (type, bytes)} as gguf-py reads them."""
+    return {t.name: (t.tensor_type.name, np.asarray(t.data).tobytes()) for t in gguf.GGUFReader(path).tensors}
+
+
+def llama_quantize(src, out, mix, allow_requantize=False):
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread, params.allow_requantize = FTYPES[mix], 2, allow_requantize
+    status = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
+    assert status == 0
+
+
+@pytest.fixture(scope="module")
+def f16_gguf(llm, tmp_path_factory):
+    folder, _, _ = llm
+    path = tmp_path_factory.mktemp("requant") / "tiny-llama-F16.gguf"
+    ag.convert(folder, path, type="F16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def deep_f16_gguf(llm, tmp_path_factory):
+    """16 layers (every use_more_bits case), grouped-query attention 4, and rows of 320 and 640
+    that no 256-block divides (llama.cpp's fallbacks and its Q8_0 output matrix)."""
+    import torch
+    import transformers
+    _, _, tokenizer = llm
+    folder = tmp_path_factory.mktemp("deep") / "deep-llama"
+    torch.manual_seed(1)
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=320, intermediate_size=640,
+                                      num_hidden_layers=16, num_attention_heads=8, num_key_value_heads=2,
+                                      max_position_embeddings=64, bos_token_id=tokenizer.bos_token_id,
+                                      eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    path = folder.parent / "deep-llama-F16.gguf"
+    ag.convert(folder, path, type="F16")
+    return path
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("model", ["f16_gguf", "deep_f16_gguf"])
+@pytest.mark.parametrize("mix", list(FTYPES))
+def test_an_f16_gguf_requantized_in_ggml_mode_is_llama_quantizes_file_tensor_for_tensor(request, model, tmp_path, mix):
+    f16_gguf = request.getfixturevalue(model)
+    llama_quantize(f16_gguf, tmp_path / "llama.gguf", mix)
+    report = ag.convert(f16_gguf, tmp_path / "ours.gguf", type=mix, method="ggml")
+    theirs, ours = tensors_of(tmp_path / "llama.gguf"), tensors_of(tmp_path / "ours.gguf")
+    assert set(ours) == set(theirs)  # llama.cpp writes them in its loader's order, arrowquant in the source's
+    for name in theirs:
+        assert ours[name][0] == theirs[name][0], (name, ours[name][0], theirs[name][0])
+        assert ours[name][1] == theirs[name][1], name
+    # every metadata entry carried over with its type; the file type says the new mix
+    reader, source = gguf.GGUFReader(tmp_path / "ours.gguf"), gguf.GGUFReader(f16_gguf)
+    for key, field in source.fields.items():
+        if key.startswith("GGUF.") or key in ("general.file_type", "general.quantized_by"):
+            continue
+        assert reader.fields[key].types == field.types and reader.fields[key].contents() == field.contents(), key
+    assert reader.fields["general.file_type"].contents() == FTYPES[mix]
+    assert report["kind"] == "gguf" and report["components"]["model"]["architecture"] == "llama"
+
+
+@needs_llama_cpp
+def test_the_search_writes_the_same_types_with_lower_error_and_llama_cpp_runs_it(f16_gguf, tmp_path):
+    llama_quantize(f16_gguf, tmp_path / "llama.gguf", "Q4_K_M")
+    report = ag.convert(f16_gguf, tmp_path / "ours.gguf", type="Q4_K_M")
+    theirs, ours = tensors_of(tmp_path / "llama.gguf"), tensors_of(tmp_path / "ours.gguf")
+    assert {n: t for n, (t, _) in ours.items()} == {n: t for n, (t, _) in theirs.items()}
+    with ag.open(f16_gguf) as src, ag.open(tmp_path / "llama.gguf") as a, ag.open(tmp_path / "ours.gguf") as b:
+        for name, t in report["components"]["model"]["tensors"].items():
+            if t["type"] not in ("Q4_K", "Q6_K"):
+                continue
+            x = src.dequantize(name)
+            err_llama = np.linalg.norm(a.dequantize(name) - x) / np.linalg.norm(x)
+            assert t["relative_rmse"] <= err_llama * 1.0001, name
+    model = llama_cpp.Llama(model_path=str(tmp_path / "ours.gguf"), n_ctx=32, verbose=False, n_threads=1)
+    model.eval([1, 5, 9, 12])
+    assert np.isfinite(np.array(model.scores[:4])).all()
+
+
+@needs_llama_cpp
+def test_a_quantized_source_needs_allow_requantize_and_then_gives_llama_quantizes_bytes(f16_gguf, tmp_path):
+    llama_quantize(f16_gguf, tmp_path / "q8.gguf", "Q8_0")
+    with pytest.raises(ParameterError, match=r"is already Q8_0; re-quantizing it to Q[46]_K .*--allow-requantize"):
+        ag.convert(tmp_path / "q8.gguf", tmp_path / "ours.gguf", type="Q4_K_M", method="ggml")
+    assert not (tmp_path / "ours.gguf").exists()
+    llama_quantize(tmp_path / "q8.gguf", tmp_path / "llama.gguf", "Q4_K_M", allow_requantize=True)
+    ag.convert(tmp_path / "q8.gguf", tmp_path / "ours.gguf", type="Q4_K_M", method="ggml", allow_requantize=True)
+    assert tensors_of(tmp_path / "ours.gguf") == tensors_of(tmp_path / "llama.gguf")
+    # the same type again copies every tensor as it is, and needs no permission
+    report = ag.convert(tmp_path / "q8.gguf", tmp_path / "same.gguf", type="Q8_0")
+    assert {t["encoder"] for t in report["components"]["model"]["tensors"].values()} == {"copied"}
+    assert tensors_of(tmp_path / "same.gguf") == tensors_of(tmp_path / "q8.gguf")
+
+
+def test_a_diffusion_gguf_requantized_equals_converting_its_source(tmp_path):
+    rng = np.random.default_rng(0)
+    save_file({"double_blocks.0.img_attn.proj.weight": rng.standard_normal((256, 512)).astype(np.float32),
+               "img_in.weight": rng.standard_normal((256, 256)).astype(np.float32),
+               "patch_embedding.weight": rng.standard_normal((64, 16, 1, 2, 2)).astype(np.float32),
+               "double_blocks.0.norm.scale": rng.standard_normal(256).astype(np.float32)},
+              str(tmp_path / "m.safetensors"))
+    ag.convert(tmp_path / "m.safetensors", tmp_path / "f32.gguf", type="F32", arch="flux")
+    for mix in ("Q4_K_M", "Q8_0", "Q2_K"):
+        ag.convert(tmp_path / "m.safetensors", tmp_path / "direct.gguf", type=mix, arch="flux", overwrite=True)
+        ag.convert(tmp_path / "f32.gguf", tmp_path / "again.gguf", type=mix, overwrite=True)
+        assert tensors_of(tmp_path / "again.gguf") == tensors_of(tmp_path / "direct.gguf"), mix
+    with ag.open(tmp_path / "again.gguf") as f:
+        assert f.original_shape("patch_embedding.weight") == (64, 16, 1, 2, 2)
+
+
+def test_bad_gguf_sources_are_one_error_and_nothing_is_written(tmp_path):
+    (tmp_path / "cut.gguf").write_bytes(b"GGUF" + b"\3\0\0\0" + b"\xff" * 16)
+    with pytest.raises(Exception, match="cut.gguf"):
+        ag.convert(tmp_path / "cut.gguf", tmp_path / "out.gguf")
+    assert sorted(os.listdir(tmp_path)) == ["cut.gguf"]
