@@ -30,9 +30,11 @@ def tensors_of(path):
     return {t.name: (t.tensor_type.name, np.asarray(t.data).tobytes()) for t in gguf.GGUFReader(path).tensors}
 
 
-def llama_quantize(src, out, mix, allow_requantize=False):
+def llama_quantize(src, out, mix, allow_requantize=False, **options):
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype, params.nthread, params.allow_requantize = FTYPES[mix], 2, allow_requantize
+    for key, value in options.items():
+        setattr(params, key, value)
     status = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
     assert status == 0
 
@@ -100,9 +102,14 @@ def test_the_search_writes_the_same_types_with_lower_error_and_llama_cpp_runs_it
             x = src.dequantize(name)
             err_llama = np.linalg.norm(a.dequantize(name) - x) / np.linalg.norm(x)
             assert t["relative_rmse"] <= err_llama * 1.0001, name
-    model = llama_cpp.Llama(model_path=str(tmp_path / "ours.gguf"), n_ctx=32, verbose=False, n_threads=1)
-    model.eval([1, 5, 9, 12])
-    assert np.isfinite(np.array(model.scores[:4])).all()
+    logits = {}
+    for name in ("ours", "llama"):
+        model = llama_cpp.Llama(model_path=str(tmp_path / f"{name}.gguf"), n_ctx=32, logits_all=True, verbose=False,
+                                n_threads=1)
+        model.eval([1, 5, 9, 12])
+        logits[name] = np.array(model.scores[:4]).ravel()
+    cosine = logits["ours"] @ logits["llama"] / np.linalg.norm(logits["ours"]) / np.linalg.norm(logits["llama"])
+    assert np.isfinite(logits["ours"]).all() and cosine > 0.99
 
 
 @needs_llama_cpp
@@ -118,6 +125,34 @@ def test_a_quantized_source_needs_allow_requantize_and_then_gives_llama_quantize
     report = ag.convert(tmp_path / "q8.gguf", tmp_path / "same.gguf", type="Q8_0")
     assert {t["encoder"] for t in report["components"]["model"]["tensors"].values()} == {"copied"}
     assert tensors_of(tmp_path / "same.gguf") == tensors_of(tmp_path / "q8.gguf")
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("ours,theirs", [
+    ({"output_tensor_type": "Q8_0", "token_embedding_type": "Q5_0"}, {"output_tensor_type": 8, "token_embedding_type": 6}),
+    ({"pure": True}, {"pure": True}),
+    ({"leave_output_tensor": True}, {"quantize_output_tensor": False}),
+])
+def test_llama_quantizes_options_give_its_bytes(deep_f16_gguf, tmp_path, ours, theirs):
+    llama_quantize(deep_f16_gguf, tmp_path / "llama.gguf", "Q4_K_M", **theirs)
+    ag.convert(deep_f16_gguf, tmp_path / "ours.gguf", type="Q4_K_M", method="ggml", **ours)
+    assert tensors_of(tmp_path / "ours.gguf") == tensors_of(tmp_path / "llama.gguf")
+
+
+def test_tensor_type_patterns_and_bad_options(deep_f16_gguf, tmp_path):
+    report = ag.convert(deep_f16_gguf, tmp_path / "m.gguf", type="Q4_K_M", tensor_type=[r"attn_(q|k)\.=Q8_0"])
+    types = {n: t["type"] for n, t in report["components"]["model"]["tensors"].items()}
+    assert types["blk.3.attn_q.weight"] == types["blk.3.attn_k.weight"] == "Q8_0"
+    assert types["blk.3.attn_output.weight"] == "Q5_0"  # Q4_K's fallback for rows of 320
+    for bad, message in (({"tensor_type": ["attn_q"]}, "REGEX=TYPE"), ({"tensor_type": ["(=Q8_0"]}, "not a regular"),
+                         ({"output_tensor_type": "Q9_K"}, "output_tensor_type must be a GGUF type"),
+                         ({"pure": "yes"}, "pure must be True or False")):
+        with pytest.raises(ParameterError, match=message):
+            ag.convert(deep_f16_gguf, tmp_path / "x.gguf", **bad)
+    save_file({"double_blocks.0.img_attn.proj.weight": np.ones((64, 256), np.float32)}, str(tmp_path / "f.safetensors"))
+    with pytest.raises(ParameterError, match="for a diffusion model use type_for"):
+        ag.convert(tmp_path / "f.safetensors", tmp_path / "f.gguf", pure=True)
+    assert not (tmp_path / "x.gguf").exists() and not (tmp_path / "f.gguf").exists()
 
 
 def test_a_diffusion_gguf_requantized_equals_converting_its_source(tmp_path):

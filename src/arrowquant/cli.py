@@ -309,7 +309,9 @@ def cmd_gguf(args) -> int:
                          variant=args.variant, overwrite=args.overwrite, num_threads=args.threads,
                          rearrange_rows=args.comfyui_rows, method=args.method, progress_callback=bar,
                          ray=args.ray is not None, allow_pickle=args.allow_pickle,
-                         allow_requantize=args.allow_requantize)
+                         allow_requantize=args.allow_requantize, output_tensor_type=args.output_tensor_type,
+                         token_embedding_type=args.token_embedding_type, pure=args.pure,
+                         leave_output_tensor=args.leave_output_tensor, tensor_type=args.tensor_type)
     finally:
         bar.close()
     if args.json:
@@ -572,6 +574,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--arch", help="the architecture written as general.architecture (default: detected from the "
                                   "tensor names)")
     g.add_argument("--variant", help="take the weights of this variant, e.g. fp16 for *.fp16.safetensors")
+    g.add_argument("--output-tensor-type", metavar="TYPE", help="language models: this type for output.weight "
+                   "(as llama-quantize's option)")
+    g.add_argument("--token-embedding-type", metavar="TYPE", help="language models: this type for token_embd.weight")
+    g.add_argument("--pure", action="store_true", help="language models: every quantized tensor in the mix's base "
+                   "type, without llama-quantize's per-tensor rules")
+    g.add_argument("--leave-output-tensor", action="store_true", help="language models: leave output.weight "
+                   "unquantized")
+    g.add_argument("--tensor-type", action="append", metavar="REGEX=TYPE", help="language models: this type for "
+                   "tensors whose name REGEX matches (repeatable; llama-quantize's --tensor-type)")
     g.add_argument("--allow-requantize", action="store_true", help="with a GGUF source: re-quantize tensors that "
                    "are already quantized to another type (their error adds to the first; as llama-quantize's option)")
     g.add_argument("--allow-pickle", action="store_true", help="read PyTorch pickles (.ckpt, .pt, .pth, .bin) with "

@@ -25,7 +25,7 @@ from ..validation import check_num_threads
 from ..safetensors_io import Checkpoint, SafetensorsFile, TensorInfo, resolve_checkpoint
 from .encode import encode_array, file_report
 from .container import ARRAY, INT32, UINT32, TensorSpec, Value, write_gguf
-from .llm import LlmModel, LlmTypePolicy, llm_config, model_name, permute_for_rope, tokenizer_metadata
+from .llm import LlamaQuantizeOptions, LlmModel, LlmTypePolicy, llm_config, model_name, permute_for_rope, tokenizer_metadata
 from .requantize import requantize
 from .policy import TypePolicy, check_mix, parse_type_overrides
 from .t5 import T5EncoderModel, T5TypePolicy, t5_config, t5_tokenizer_metadata
@@ -40,7 +40,9 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
             rearrange_rows: bool = False, method: str = "search",
             num_threads: int | None = None, with_stats: bool = True,
             progress_callback: Callable[[str, float], Any] | None = None, ray: bool = False,
-            allow_pickle: bool = False, allow_requantize: bool = False) -> dict[str, Any]:
+            allow_pickle: bool = False, allow_requantize: bool = False, output_tensor_type: str | None = None,
+            token_embedding_type: str | None = None, pure: bool = False, leave_output_tensor: bool = False,
+            tensor_type: Any = None) -> dict[str, Any]:
     """Convert a safetensors checkpoint to GGUF with the mix ``type`` (Q4_K_M, Q8_0, Q6_K, ...).
 
     ``src`` is a ``.safetensors`` file, a ``*.safetensors.index.json`` or a component folder
@@ -60,7 +62,12 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
     a cluster must be initialised and the model must lie on storage every node sees): the same
     bytes, the file written here in order. PyTorch pickles are read only with ``allow_pickle``
     (pickle_source.py). A GGUF file as ``src`` is re-encoded with the mix (requantize.py); its
-    tensors already quantized to another type only with ``allow_requantize``."""
+    tensors already quantized to another type only with ``allow_requantize``. For language models
+    and text encoders, llama-quantize's options: ``output_tensor_type`` / ``token_embedding_type``
+    (a type for output.weight / token_embd.weight), ``pure`` (no per-tensor rules),
+    ``leave_output_tensor`` (output.weight unquantized), ``tensor_type`` (["REGEX=TYPE"])."""
+    options = LlamaQuantizeOptions.parse(output_tensor_type, token_embedding_type, pure, leave_output_tensor,
+                                         tensor_type)
     if Path(src).is_file() and file_kind(Path(src)) == "gguf":
         if ray:
             raise ParameterError("ray=True (--ray) reads safetensors sources; a GGUF source is re-encoded here")
@@ -69,10 +76,11 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
         if method not in ("ggml", "search"):
             raise ParameterError(f"method must be 'ggml' or 'search'; got {method!r}")
         return requantize(Path(src), Path(out), check_mix(type), parse_type_overrides(type_for), method,
-                          allow_requantize, overwrite, check_num_threads(num_threads), with_stats, progress_callback)
+                          allow_requantize, overwrite, check_num_threads(num_threads), with_stats, progress_callback,
+                          options)
     with readable(Path(src), allow_pickle, Path(out), GGUF_TO_GGUF) as source:
         report = _convert(source, out, type, type_for, arch, variant, overwrite, rearrange_rows, method, num_threads,
-                          with_stats, progress_callback, ray)
+                          with_stats, progress_callback, ray, options)
     report["input"] = str(src)
     return report
 
@@ -82,7 +90,8 @@ GGUF_TO_GGUF = "a GGUF source is a file, not part of a folder"
 
 def _convert(src: Any, out: Any, type: str, type_for: Any, arch: str | None, variant: str | None,  # noqa: A002
              overwrite: bool, rearrange_rows: bool, method: str, num_threads: int | None, with_stats: bool,
-             progress_callback: Callable[[str, float], Any] | None, ray: bool) -> dict[str, Any]:
+             progress_callback: Callable[[str, float], Any] | None, ray: bool,
+             options: LlamaQuantizeOptions) -> dict[str, Any]:
     started = time.perf_counter()
     mix = check_mix(type)
     if method not in ("ggml", "search"):
@@ -110,10 +119,10 @@ def _convert(src: Any, out: Any, type: str, type_for: Any, arch: str | None, var
             if t5 is not None:
                 model = T5EncoderModel(src, t5)
                 report = convert_llm(checkpoint, out, model, mix, overrides, method, overwrite, num_threads, with_stats,
-                                     progress, executor, T5TypePolicy, t5_tokenizer_metadata, model.name())
+                                     progress, executor, T5TypePolicy, t5_tokenizer_metadata, model.name(), options)
             else:
                 report = convert_llm(checkpoint, out, LlmModel(src, config), mix, overrides, method, overwrite,
-                                     num_threads, with_stats, progress, executor)
+                                     num_threads, with_stats, progress, executor, options=options)
             return {"input": str(src), "output": str(out), "kind": "text_encoder" if t5 is not None else "llm",
                     "type": mix, "method": method,
                     "kept_as_safetensors": [], "components": {"model": report}, "bytes_before": report["input_bytes"],
@@ -121,6 +130,10 @@ def _convert(src: Any, out: Any, type: str, type_for: Any, arch: str | None, var
                     "tensors": len(report["tensors"]), "fallbacks": report["fallbacks"],
                     "warnings": warnings_out + report["warnings"],
                     "seconds": time.perf_counter() - started}
+    if options.given:
+        raise ParameterError(f"{src}: output_tensor_type, token_embedding_type, pure, leave_output_tensor and "
+                             "tensor_type are llama-quantize's options for language models (llama.cpp's tensor "
+                             "names); for a diffusion model use type_for (--type-for GLOB=TYPE)")
     checkpoints = {name: resolve_checkpoint(path, variant) for name, path in components}
     check_output_apart(out, [src] + [p for c in checkpoints.values() for p in c.inputs])
     kept_as_is: list[str] = []
@@ -267,7 +280,7 @@ def write_tensors(out: Path, metadata: dict[str, Any], specs: list[TensorSpec], 
 def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, overrides, method: str, overwrite: bool,
                 num_threads: int | None, with_stats: bool, progress: Callable[[str, float], None],
                 executor: Any = None, policy_type: type = LlmTypePolicy, read_tokenizer: Callable = tokenizer_metadata,
-                general_name: str | None = None) -> dict[str, Any]:
+                general_name: str | None = None, options: LlamaQuantizeOptions | None = None) -> dict[str, Any]:
     """A llama-family language model (or, with t5.py's model, policy and tokenizer, a T5 text
     encoder) -> one GGUF file in llama.cpp's layout (see llm.py, t5.py)."""
     started = time.perf_counter()
@@ -299,7 +312,7 @@ def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, ov
                 raise FileFormatError(f"{sf.path}: tensor {name!r} has shape {list(sf.tensors[name].shape)}, but "
                                       f"config.json implies {list(shape)}: the config and the weights disagree")
         tokenizer = read_tokenizer(model.folder, model)
-        policy = policy_type(mix, overrides, model, has_output="output.weight" in stored_names)
+        policy = policy_type(mix, overrides, model, has_output="output.weight" in stored_names, options=options)
         decisions = [policy.decide(stored, sf.tensors[name].shape, kernel_dtype(sf.tensors[name].dtype))
                      for (sf, name), stored in zip(entries, stored_names)]
         metadata: dict[str, Any] = {

@@ -437,6 +437,50 @@ _KEPT_EXACT = ("position_embd.weight", "token_types.weight")
 _BLOCK_INDEX = re.compile(r"(?:enc\.|dec\.)?blk\.(\d+)\.")
 
 
+class LlamaQuantizeOptions:
+    """llama-quantize's per-tensor options: ``output_tensor_type`` / ``token_embedding_type`` (a
+    GGUF type for output.weight / token_embd.weight, taken as it is), ``pure`` (every quantized
+    tensor in the mix's base type, no per-tensor rules), ``leave_output_tensor`` (output.weight
+    not quantized), ``tensor_types`` ([(regular expression searched in the name, type)], its
+    --tensor-type)."""
+
+    def __init__(self, output_tensor_type=None, token_embedding_type=None, pure: bool = False,
+                 leave_output_tensor: bool = False, tensor_types=()) -> None:
+        self.output_tensor_type, self.token_embedding_type = output_tensor_type, token_embedding_type
+        self.pure, self.leave_output_tensor, self.tensor_types = pure, leave_output_tensor, list(tensor_types)
+
+    @classmethod
+    def parse(cls, output_tensor_type: Any = None, token_embedding_type: Any = None, pure: Any = False,
+              leave_output_tensor: Any = False, tensor_type: Any = None) -> "LlamaQuantizeOptions":
+        """Checked options: types by name, ``tensor_type`` as ["REGEX=TYPE", ...]."""
+        def one_type(value: Any, what: str):
+            if value is None:
+                return None
+            try:
+                return gguf_type(value)
+            except KeyError:
+                raise ParameterError(f"{what} must be a GGUF type name such as Q6_K or Q8_0; got {value!r}") from None
+        for what, flag in (("pure", pure), ("leave_output_tensor", leave_output_tensor)):
+            if not isinstance(flag, bool):
+                raise ParameterError(f"{what} must be True or False; got {flag!r}")
+        patterns = []
+        for entry in [tensor_type] if isinstance(tensor_type, str) else (tensor_type or []):
+            if not isinstance(entry, str) or "=" not in entry:
+                raise ParameterError(f"tensor_type entries are REGEX=TYPE, as llama-quantize's --tensor-type; got {entry!r}")
+            pattern, name = entry.rsplit("=", 1)
+            try:
+                patterns.append((re.compile(pattern), one_type(name, f"tensor_type {entry}")))
+            except re.error as e:
+                raise ParameterError(f"tensor_type {entry!r}: {pattern!r} is not a regular expression ({e})") from None
+        return cls(one_type(output_tensor_type, "output_tensor_type"),
+                   one_type(token_embedding_type, "token_embedding_type"), pure, leave_output_tensor, patterns)
+
+    @property
+    def given(self) -> bool:
+        return bool(self.output_tensor_type or self.token_embedding_type or self.pure or self.leave_output_tensor
+                    or self.tensor_types)
+
+
 class LlmTypePolicy(TypePolicy):
     """TypePolicy with llama-quantize's rules for the LLM tensors (llama_tensor_get_type_impl in
     llama-quant.cpp): output.weight (or token_embd when the output is tied to it) in Q6_K (Q8_0
@@ -448,17 +492,31 @@ class LlmTypePolicy(TypePolicy):
     FALLBACKS = {"Q2_K": ["Q4_0", "F16"], "Q3_K": ["Q4_0", "F16"], "Q4_K": ["Q5_0", "F16"],
                  "Q5_K": ["Q5_1", "F16"], "Q6_K": ["Q8_0", "F16"], "IQ4_XS": ["IQ4_NL", "F16"]}
 
-    def __init__(self, mix: str, overrides, model: LlmModel, has_output: bool) -> None:
+    def __init__(self, mix: str, overrides, model: LlmModel, has_output: bool,
+                 options: LlamaQuantizeOptions | None = None) -> None:
         super().__init__(mix, None, overrides)
         self.model, self.has_output = model, has_output
+        self.options = options or LlamaQuantizeOptions()
         self.i_ffn_down = 0
         self.falcon = getattr(model, "arch", None) == "falcon"
 
     def decide(self, name: str, shape: tuple[int, ...], source_dtype: str) -> Decision:
-        if self.base.quantized and (not name.endswith("weight") or name in _KEPT_EXACT
-                                    or any(k in name for k in _KEPT_AS_IS)) \
-                and not any(fnmatch.fnmatchcase(name, g) for g, _ in self.overrides):
-            return Decision(self._float_type(source_dtype, True), "llama-quantize keeps it as it is", tuple(shape) or (1,))
+        shape = tuple(shape) or (1,)
+        if any(fnmatch.fnmatchcase(name, g) for g, _ in self.overrides):
+            return super().decide(name, shape, source_dtype)
+        o = self.options
+        if self.base.quantized and (not name.endswith("weight") or name in _KEPT_EXACT or len(shape) < 2
+                                    or any(k in name for k in _KEPT_AS_IS)
+                                    or (o.leave_output_tensor and name == "output.weight")):
+            return Decision(self._float_type(source_dtype, True), "llama-quantize keeps it as it is", shape)
+        if o.token_embedding_type is not None and name in ("token_embd.weight", "per_layer_token_embd.weight"):
+            return Decision(o.token_embedding_type, "token_embedding_type", shape)
+        if o.output_tensor_type is not None and name == "output.weight":
+            return Decision(o.output_tensor_type, "output_tensor_type", shape)
+        if self.base.quantized:
+            for pattern, forced in o.tensor_types:
+                if pattern.search(name):
+                    return self._fit(name, Decision(forced, f"tensor_type {pattern.pattern}", shape))
         return super().decide(name, shape, source_dtype)
 
     @staticmethod
@@ -471,6 +529,8 @@ class LlmTypePolicy(TypePolicy):
 
     def _mix_rule(self, name: str):
         mix, base, n = self.mix, self.base, self.model.n_layer
+        if self.options.pure:
+            return base, "default (pure)"
         if name == "output.weight" or (not self.has_output and name == "token_embd.weight"):
             if self.falcon or self.model.n_embd % base.block_size:
                 return gguf_type("Q8_0"), "output matrix (llama.cpp: Q8_0)"

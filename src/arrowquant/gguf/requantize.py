@@ -22,7 +22,7 @@ from ..paths import check_file_output, check_output_apart, warn_extension
 from ..tensor import bfloat16
 from .encode import encode_array, file_report
 from .container import UINT32, GgufFile, TensorSpec, Value, write_gguf
-from .llm import LlmTypePolicy
+from .llm import LlamaQuantizeOptions, LlmTypePolicy
 from .policy import TypePolicy
 from .t5 import T5TypePolicy
 from .types import MIXES
@@ -54,28 +54,31 @@ class GgufModelFacts:
         return value
 
 
-def type_policy(f: GgufFile, mix: str, overrides) -> TypePolicy:
+def type_policy(f: GgufFile, mix: str, overrides, options: LlamaQuantizeOptions) -> TypePolicy:
     arch = f.architecture
     if not isinstance(arch, str) or not arch:
         raise FileFormatError(f"{f.path}: no general.architecture; cannot tell which rules choose the tensor types")
     if arch in {a.name for a in ARCHITECTURES}:
+        if options.given:
+            raise ParameterError(f"{f.path}: a {arch} diffusion model; llama-quantize's tensor options are for "
+                                 "language models: use type_for (--type-for GLOB=TYPE)")
         return TypePolicy(mix, architecture(arch), overrides)
     facts = GgufModelFacts(f)
-    if arch == "t5encoder":
-        return T5TypePolicy(mix, overrides, facts, has_output=False)
-    return LlmTypePolicy(mix, overrides, facts, has_output="output.weight" in f.tensors)
+    policy = T5TypePolicy if arch == "t5encoder" else LlmTypePolicy
+    return policy(mix, overrides, facts, has_output="output.weight" in f.tensors, options=options)
 
 
 def requantize(src: Path, out: Path, mix: str, overrides, method: str, allow_requantize: bool, overwrite: bool,
                num_threads: int | None, with_stats: bool,
-               progress_callback: Callable[[str, float], Any] | None) -> dict[str, Any]:
+               progress_callback: Callable[[str, float], Any] | None,
+               options: LlamaQuantizeOptions | None = None) -> dict[str, Any]:
     """One GGUF file -> one GGUF file (see the module's description); returns convert's report."""
     started = time.perf_counter()
     check_output_apart(out, [src])
     check_file_output(out, overwrite)
     warnings_out = [w for w in [warn_extension(out, ".gguf", "a GGUF file")] if w]
     with GgufFile(src) as f:
-        policy = type_policy(f, mix, overrides)
+        policy = type_policy(f, mix, overrides, options or LlamaQuantizeOptions())
         names, decisions = list(f.tensors), []
         for name in names:
             t = f.tensors[name]
