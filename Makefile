@@ -92,6 +92,7 @@ bench-python: install ggml-ref
 	$(PY) bench/bench_gguf.py --json bench/results/gguf.json
 	$(PY) bench/bench_gguf_checkpoint.py --json bench/results/gguf_checkpoint.json
 	$(PY) bench/bench_fp8.py --json bench/results/fp8.json
+	$(PY) bench/bench_requantize.py --json bench/results/requantize.json
 	$(PY) bench/bench_format_v2.py --json bench/results/format_v2.json
 	bash bench/ik/build.sh $(PY)
 	$(PY) bench/bench_anchors.py --json bench/results/anchors.json
@@ -113,6 +114,9 @@ bench-smoke: $(BENCH_BUILD)/kernels_bench ggml-ref
 	$(PY) bench/bench_gguf.py --quick --json build/bench-smoke/gguf.json
 	$(PY) bench/bench_gguf_checkpoint.py --quick --json build/bench-smoke/gguf_checkpoint.json
 	$(PY) bench/bench_fp8.py --quick --json build/bench-smoke/fp8.json
+	if $(PY) -c "import llama_cpp, transformers" 2>/dev/null; then \
+	  $(PY) bench/bench_requantize.py --quick --json build/bench-smoke/requantize.json \
+	    >build/bench-smoke/requantize.log 2>&1 || { tail -20 build/bench-smoke/requantize.log; exit 1; }; fi
 	$(PY) bench/bench_format_v2.py --quick --json build/bench-smoke/format_v2.json
 	bash bench/ik/build.sh $(PY)
 	$(PY) bench/bench_anchors.py --quick --json build/bench-smoke/anchors.json

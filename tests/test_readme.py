@@ -43,3 +43,14 @@ def test_readme_names_the_two_setup_commands():
     text = README.read_text()
     assert "docs/gguf.md" in text
     assert "make demo" in text and "make test" in text and ". .venv/bin/activate" in text
+
+
+def test_the_ray_example_runs_as_pasted_and_leaves_nothing_in_the_working_folder(tmp_path):
+    import pytest
+    pytest.importorskip("ray")
+    page = Path(__file__).parent.parent / "docs" / "distributed.md"
+    [first, *_] = blocks("python", [page])
+    r = subprocess.run([sys.executable, "-c", first], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "2"
+    assert os.listdir(tmp_path) == []
