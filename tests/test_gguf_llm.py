@@ -632,3 +632,21 @@ def test_config_json_through_a_symlink_leaving_the_folder_is_refused(plain_llama
     (copy / "config.json").symlink_to(outside)
     with pytest.raises(UnsafePathError, match="leads outside"):
         ag.convert(copy, tmp_path / "m.gguf", type="Q8_0")
+
+
+def test_validate_maps_llama_cpp_names_back_and_compares_every_tensor(llm, tmp_path):
+    """Issue 22: validate reported 42 problems for a language-model GGUF (names never mapped) and
+    compared nothing. Every tensor is now compared with its Hugging Face original, the query and
+    key projections in llama.cpp's rotary layout; the rotary buffers llama.cpp does not load are
+    skipped, not missing."""
+    import arrowquant as aq
+    folder, _, _ = llm
+    ag.convert(folder, tmp_path / "m.gguf", type="Q4_K_M")
+    report = aq.validate_quality(folder, tmp_path / "m.gguf")
+    assert report["problems"] == [] and report["passed"], report["failed_layers"]
+    assert "model.layers.0.self_attn.q_proj.weight" in report["layers"]
+    assert len(report["layers"]) == len(gguf.GGUFReader(str(tmp_path / "m.gguf")).tensors)
+    assert 0.97 < report["layers"]["model.layers.0.self_attn.q_proj.weight"]["cosine"] < 1
+    ag.convert(folder, tmp_path / "f32.gguf", type="F32")
+    exact = aq.validate_quality(folder, tmp_path / "f32.gguf")
+    assert exact["passed"] and min(v["cosine"] for v in exact["layers"].values()) > 0.999999

@@ -456,16 +456,49 @@ class _StoredAq:
 
 class _StoredGguf:
     """validate_quality's view of a GGUF file: every tensor decoded (GGUF keeps no tensor as the
-    source stored it), names mapped back to the source's (the prefix the conversion stripped)."""
+    source stored it), names mapped back to the source's: the prefix a diffusion conversion
+    stripped, or, for a language model or text encoder folder, llama.cpp's names (blk.N.attn_q ...)
+    back to Hugging Face's, the query and key projections compared in llama.cpp's rotary layout."""
 
-    def __init__(self, path: Path, source_names: list[str]) -> None:
+    def __init__(self, path: Path, source_names: list[str], source: Path | None = None) -> None:
         from .gguf.container import GgufFile
+        from .gguf.llm import LlmModel, llm_config
+        from .gguf.t5 import T5EncoderModel, t5_config
         self.file, self.path = GgufFile(path), path
         self.prefix = strip_prefix(source_names)
         self.names = self.file.names
+        self.mapped: dict[str, tuple[str, int | None]] | None = None  # GGUF name -> (source name, rope heads)
+        self.model = None
+        if source is not None and source.is_dir():
+            config, t5 = llm_config(source), t5_config(source)
+            if t5 is not None:
+                self.model = T5EncoderModel(source, t5)
+            elif config is not None:
+                self.model = LlmModel(source, config)
+        if self.model is not None:
+            self.mapped = {}
+            for name in source_names:
+                target = self.model.gguf_name(name)
+                if target is not None:
+                    self.mapped[target[0]] = (name, self.model.heads_of(target[1]))
 
     def source_name(self, name: str) -> str:
+        if self.mapped is not None:
+            return self.mapped.get(name, (name, None))[0]
         return self.prefix + name
+
+    def left_out(self, source_name: str) -> bool:
+        """Whether the conversion leaves this source tensor out by design (another part of a single
+        file; a decoder or rotary buffer llama.cpp does not load)."""
+        if self.model is not None:
+            return self.model.gguf_name(source_name) is None
+        return not source_name.startswith(self.prefix)
+
+    def source_values(self, name: str, values: np.ndarray) -> np.ndarray:
+        """The source tensor in the layout the file stores it in."""
+        from .gguf.llm import permute_for_rope
+        heads = self.mapped.get(name, (None, None))[1] if self.mapped is not None else None
+        return values if heads is None else permute_for_rope(values, heads)
 
     def entry(self, name: str) -> tuple[tuple[int, ...], np.ndarray | None, float]:
         t = self.file.tensors[name]
@@ -510,11 +543,11 @@ def validate_quality(original_path: Any, quantized_path: Any, threshold: float |
     problems: list[dict[str, Any]] = []
     skipped: list[str] = []
     bytes_before = bytes_after = 0
-    pairs = [(component, resolve_checkpoint(source, variant), aq_path)
+    pairs = [(component, source, resolve_checkpoint(source, variant), aq_path)
              for component, source, aq_path in _pairs(original_path, quantized_path)]
-    total = sum(c.nbytes for _, c, _ in pairs) or 1
+    total = sum(c.nbytes for _, _, c, _ in pairs) or 1
     done = 0
-    for component, checkpoint, aq_path in pairs:
+    for component, source, checkpoint, aq_path in pairs:
         prefix = "" if component == "model" else f"{component}/"
         originals = {}
         files = checkpoint.open()
@@ -525,12 +558,13 @@ def validate_quality(original_path: Any, quantized_path: Any, threshold: float |
                     bytes_before += f.tensors[name].nbytes
             bytes_after += aq_path.stat().st_size
             fp8 = fp8_layout(files)
-            view = (_StoredGguf if aq_path.name.endswith(".gguf") else _StoredAq)(aq_path, list(originals))
+            view = _StoredGguf(aq_path, list(originals), Path(source)) if aq_path.name.endswith(".gguf") \
+                else _StoredAq(aq_path, list(originals))
             try:
                 stored_names = {view.source_name(n): n for n in view.names}
                 # Left out by design: a single file's other parts (GGUF) and the scales of FP8 weights.
                 dropped = [n for n in originals if n not in stored_names and (
-                    (isinstance(view, _StoredGguf) and not n.startswith(view.prefix)) or n in fp8.owner)]
+                    (isinstance(view, _StoredGguf) and view.left_out(n)) or n in fp8.owner)]
                 skipped.extend(prefix + n for n in dropped)
                 for name in sorted(set(originals) - set(stored_names) - set(dropped)):
                     problems.append({"layer": prefix + name, "problem": "missing in the quantized model"})
@@ -551,6 +585,8 @@ def validate_quality(original_path: Any, quantized_path: Any, threshold: float |
                             problems.append({"layer": prefix + name, "problem": "carried-through tensor differs"})
                         continue
                     values = source_array(originals[name], name, fp8.scales.get(name))  # FP8: widened and scaled
+                    if isinstance(view, _StoredGguf):
+                        values = view.source_values(stored_name, values)
                     quality = _layer_quality(values.astype(np.float64).reshape(-1), decoded)
                     layer_threshold = threshold if threshold is not None else threshold_for_bits(bits)
                     layers[prefix + name] = {"bit_width": bits, **quality, "threshold": layer_threshold,
