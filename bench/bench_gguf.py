@@ -43,7 +43,7 @@ def main() -> None:
     _core.gguf_decode_arrays(_core.gguf_encode_arrays([warm], [0], [TYPES["Q8_0"][0]], ["warm"], 1), [TYPES["Q8_0"][0]],
                              [warm.size], ["warm"], 1)
     for name in QUANTIZED:
-        type_id, _, block, block_bytes, has_search = TYPES[name]
+        type_id, _, block, block_bytes, has_search, *_ = TYPES[name]
         sym = name.lower().replace("_k", "_K")
         decode_ref = getattr(lib, f"dequantize_row_{sym}")
         if name == "IQ4_NL":  # what llama-quantize calls (its _ref uses other settings)

@@ -33,7 +33,7 @@ def ggml_symbol(name):
 def ggml_encode(lib, name, x):
     """What llama-quantize writes without an importance matrix: quantize_row_*_ref, except IQ4_NL,
     whose _ref (ntry -1) llama-quantize does not use (it calls quantize_iq4_nl)."""
-    _, _, block, nbytes, _ = TYPES[name]
+    _, _, block, nbytes, *_ = TYPES[name]
     out = np.zeros(x.size // block * nbytes, np.uint8)
     src, dst = x.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p)
     if name == "IQ4_NL":
@@ -119,7 +119,7 @@ def test_search_beats_ggmls_importance_quantizer_with_ones(ggml, name):
     rng = np.random.default_rng(13)
     x = np.concatenate([rng.standard_normal(64 * 256), 0.02 * rng.standard_t(4, 64 * 256), rng.random(8 * 256),
                         np.zeros(256)]).astype(np.float32)
-    _, _, block, nbytes, _ = TYPES[name]
+    _, _, block, nbytes, *_ = TYPES[name]
     weighted = np.zeros(x.size // block * nbytes, np.uint8)
     quantize = getattr(ggml, f"quantize_{ggml_symbol(name)}")
     quantize.restype = ctypes.c_size_t
@@ -198,3 +198,36 @@ def test_search_writes_the_same_bytes_on_every_path(simd_path, name):
     [ours] = _core.gguf_encode_arrays([x], [0], [TYPES[name][0]], ["x"], 1, "search")
     first = SEARCH_BYTES.setdefault(name, ours.tobytes())
     assert ours.tobytes() == first, simd_path
+
+
+IMATRIX_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
+
+
+@pytest.mark.parametrize("name", IMATRIX_TYPES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_importance_weighted_encoders_write_ggmls_bytes(ggml, name, threads):
+    """llama-quantize --imatrix: ggml's quantize_q*_*(src, dst, nrows, n_per_row, quant_weights),
+    row by row with the same weight per column; rows of 1,280 are split across chunks unevenly."""
+    rng = np.random.default_rng(11)
+    nrow, n_per_row = 61, 1280
+    x = (rng.standard_t(4, (nrow, n_per_row)) * 0.03).astype(np.float32)
+    x[3, :256] = 0  # an all-zero block
+    qw = rng.uniform(0.0, 8.0, n_per_row).astype(np.float32)
+    qw[:40] = 0  # columns that never fired
+    type_id, _, block, nbytes, _, has_imatrix = TYPES[name]
+    assert has_imatrix
+    expected = np.zeros(x.size // block * nbytes, np.uint8)
+    fn = getattr(ggml, "quantize_" + ggml_symbol(name))
+    fn.restype = ctypes.c_size_t
+    fn(x.ctypes.data_as(ctypes.c_void_p), expected.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(nrow),
+       ctypes.c_int64(n_per_row), qw.ctypes.data_as(ctypes.c_void_p))
+    [ours] = _core.gguf_encode_arrays([x.reshape(-1)], [0], [type_id], ["x"], threads, "ggml", [qw])
+    assert np.array_equal(ours, expected)
+
+
+def test_importance_weights_that_do_not_fit_or_a_type_without_them_are_one_error():
+    x = np.ones(4 * 512, np.float32)
+    with pytest.raises(aq.DataError, match="an importance entry of 300 values does not fit rows"):
+        _core.gguf_encode_arrays([x], [0], [TYPES["Q4_K"][0]], ["w"], 0, "ggml", [np.ones(300, np.float32)])
+    with pytest.raises(aq.ParameterError, match="w: importance matrices are applied to .* not to Q3_K"):
+        _core.gguf_encode_arrays([x], [0], [TYPES["Q3_K"][0]], ["w"], 0, "ggml", [np.ones(512, np.float32)])

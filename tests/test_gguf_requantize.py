@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import arrowquant.gguf as ag
-from arrowquant.errors import ParameterError
+from arrowquant.errors import FileFormatError, ParameterError
 
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("torch")
@@ -176,3 +176,85 @@ def test_bad_gguf_sources_are_one_error_and_nothing_is_written(tmp_path):
     with pytest.raises(Exception, match="cut.gguf"):
         ag.convert(tmp_path / "cut.gguf", tmp_path / "out.gguf")
     assert sorted(os.listdir(tmp_path)) == ["cut.gguf"]
+
+
+def imatrix_entries(gguf_path):
+    """Random positive importances, exact in float32 after x4 and /4, for every matrix llama.cpp
+    quantizes (what llama-imatrix records: the inputs of every matrix product)."""
+    rng = np.random.default_rng(5)
+    return {t.name: (rng.uniform(0.05, 4.0, int(t.shape[0])).astype(np.float32) * 2**-4).astype(np.float32)
+            for t in gguf.GGUFReader(gguf_path).tensors if len(t.shape) == 2 and t.name != "token_embd.weight"}
+
+
+def write_imatrix_gguf(path, entries, count=4.0):
+    """The GGUF form llama-imatrix writes, by gguf-py: <name>.in_sum2 (sums of squares) and
+    <name>.counts (tokens seen), with its imatrix.* metadata."""
+    writer = gguf.GGUFWriter(str(path), arch="")
+    writer.add_type("imatrix")
+    writer.add_array("imatrix.datasets", ["test.txt"])
+    writer.add_uint32("imatrix.chunk_count", 1)
+    writer.add_uint32("imatrix.chunk_size", 512)
+    for name, values in entries.items():
+        writer.add_tensor(f"{name}.in_sum2", (values * np.float32(count)).reshape(1, -1))
+        writer.add_tensor(f"{name}.counts", np.array([[count]], np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def write_imatrix_dat(path, entries, ncall=4):
+    """The legacy .dat form: entry count, then name length, name, call count, value count, values
+    (times the call count), then the chunk count and the dataset name."""
+    import struct
+    with open(path, "wb") as f:
+        f.write(struct.pack("<i", len(entries)))
+        for name, values in entries.items():
+            f.write(struct.pack("<i", len(name)) + name.encode())
+            f.write(struct.pack("<ii", ncall, values.size) + (values * np.float32(ncall)).astype("<f4").tobytes())
+        f.write(struct.pack("<i", 1) + struct.pack("<i", 8) + b"test.txt")
+
+
+def llama_quantize_with_imatrix(src, out, mix, entries):
+    Entry = llama_cpp.llama_model_imatrix_data
+    keep = [(name.encode(), np.ascontiguousarray(v)) for name, v in entries.items()]
+    array = (Entry * (len(keep) + 1))()
+    for i, (name, values) in enumerate(keep):
+        array[i].name, array[i].data = name, values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        array[i].size = values.size
+    array[len(keep)].name = None
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread = FTYPES[mix], 2
+    params.imatrix = ctypes.cast(array, ctypes.POINTER(Entry))
+    assert llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params)) == 0
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("mix", ["Q4_K_M", "Q5_K_M", "Q6_K", "Q4_0", "Q5_1", "Q8_0"])
+@pytest.mark.parametrize("form", ["gguf", "dat"])
+def test_an_importance_matrix_gives_llama_quantizes_bytes(deep_f16_gguf, tmp_path, mix, form):
+    entries = imatrix_entries(deep_f16_gguf)
+    path = tmp_path / f"imatrix.{form}"
+    (write_imatrix_gguf if form == "gguf" else write_imatrix_dat)(path, entries)
+    llama_quantize_with_imatrix(deep_f16_gguf, tmp_path / "llama.gguf", mix, entries)
+    report = ag.convert(deep_f16_gguf, tmp_path / "ours.gguf", type=mix, imatrix=path, method="ggml")
+    assert tensors_of(tmp_path / "ours.gguf") == tensors_of(tmp_path / "llama.gguf")
+    encoders = {t["encoder"] for t in report["components"]["model"]["tensors"].values()}
+    assert "ggml-imatrix" in encoders
+
+
+def test_bad_importance_matrices_are_one_error_and_nothing_is_written(deep_f16_gguf, f16_gguf, tmp_path):
+    (tmp_path / "cut.dat").write_bytes(b"\x01\x00\x00\x00\x10\x00\x00\x00blk.0.at")
+    (tmp_path / "huge.dat").write_bytes(b"\xff\xff\xff\x7f" + b"\0" * 32)
+    write_imatrix_dat(tmp_path / "short.dat", {"blk.0.attn_q.weight": np.ones(100, np.float32)})
+    write_imatrix_dat(tmp_path / "nan.dat", {"blk.0.attn_q.weight": np.full(320, np.nan, np.float32)})
+    write_imatrix_gguf(tmp_path / "q3.gguf", imatrix_entries(f16_gguf))
+    for name, kwargs, message in (("cut.dat", {}, "entry 0 has a name of 16 bytes"),
+                                  ("huge.dat", {}, "claims 2147483647 importance entries"),
+                                  ("short.dat", {}, "importance entry for 'blk.0.attn_q.weight' holds 100 values"),
+                                  ("nan.dat", {}, "holds NaN or Inf"),
+                                  ("q3.gguf", {"type": "Q3_K_M"}, "goes to Q3_K; .* not yet to Q2_K, Q3_K")):
+        source = f16_gguf if name == "q3.gguf" else deep_f16_gguf  # rows of 256: Q3_K itself, no fallback
+        with pytest.raises((ParameterError, FileFormatError), match=message):
+            ag.convert(source, tmp_path / "out.gguf", imatrix=tmp_path / name, **kwargs)
+        assert not (tmp_path / "out.gguf").exists()

@@ -26,15 +26,23 @@ struct Chunk {
   int64_t count;
 };
 
+// Elements per chunk: kChunkElements, or whole rows for an importance-weighted encode (ggml's
+// weighted legacy quantizers take statistics over the whole row).
+int64_t chunk_step(const GgufEncodeJob& job) {
+  return job.importance ? std::max<int64_t>(1, kChunkElements / job.n_per_row) * job.n_per_row : kChunkElements;
+}
+int64_t chunk_step(const GgufDecodeJob&) { return kChunkElements; }
+
 template <typename Job>
 std::vector<Chunk> plan_chunks(std::span<const Job> jobs, int64_t* total) {
   std::vector<Chunk> chunks;
   *total = 0;
   for (size_t j = 0; j < jobs.size(); ++j) {
     const int64_t n = jobs[j].numel;
+    const int64_t step = chunk_step(jobs[j]);
     *total += n;
-    for (int64_t begin = 0; begin < n; begin += kChunkElements) {
-      chunks.push_back({static_cast<int64_t>(j), begin, std::min(kChunkElements, n - begin)});
+    for (int64_t begin = 0; begin < n; begin += step) {
+      chunks.push_back({static_cast<int64_t>(j), begin, std::min(step, n - begin)});
     }
   }
   return chunks;
@@ -81,8 +89,16 @@ std::optional<NonFiniteValue> gguf_encode(std::span<const GgufEncodeJob> jobs, i
         return;
       }
     }
+    uint8_t* out = job.out + kernels::gguf::encoded_bytes(*job.type, c.begin);
+    if (job.importance) {
+      for (int64_t row = 0; row < c.count; row += job.n_per_row) {
+        job.type->encode_imatrix(x + row, job.n_per_row, out + kernels::gguf::encoded_bytes(*job.type, row),
+                                 job.importance);
+      }
+      return;
+    }
     const kernels::gguf::EncodeFn encode = job.search ? kernels::gguf::search_encoder(*job.type, isa) : kernels::gguf::ggml_encoder(*job.type, isa);
-    encode(x, c.count, job.out + kernels::gguf::encoded_bytes(*job.type, c.begin));
+    encode(x, c.count, out);
   });
   const int64_t bad = first_bad_chunk.load();
   if (bad < static_cast<int64_t>(chunks.size())) {

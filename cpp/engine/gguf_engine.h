@@ -20,6 +20,10 @@ struct GgufEncodeJob {
   const kernels::gguf::TypeTraits* type = nullptr;
   uint8_t* out = nullptr;         // encoded_bytes(*type, numel) bytes
   bool search = false;            // type->encode_search instead of ggml's reference encoder
+  // With importance weights (one per column, n_per_row of them): ggml's importance-weighted
+  // quantizer (type->encode_imatrix), row by row; chunks are then whole rows.
+  const float* importance = nullptr;
+  int64_t n_per_row = 0;
 };
 
 struct GgufDecodeJob {

@@ -11,6 +11,7 @@
 
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -137,6 +138,8 @@ nb::tuple markov_tuple(const arrowquant::engine::MarkovSummary& m) {
 // Read-only, C-contiguous host arrays of any dtype: the Python layer has checked the dtype and
 // says how to read the elements (element_types); safetensors memory maps are read-only.
 using InputArray = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu>;
+// One importance weight per column of a tensor's rows (an imatrix entry), float32.
+using ImportanceArray = nb::ndarray<float, nb::ndim<1>, nb::ro, nb::c_contig, nb::device::cpu>;
 template <typename T>
 using OutputArray = nb::ndarray<nb::numpy, T, nb::ndim<1>>;
 // Caller-owned float32 outputs to decode into (a reused buffer): writable, C-contiguous, on the CPU.
@@ -324,7 +327,8 @@ nb::list dequantize_arrays(const std::vector<InputArray>& packed, const std::vec
 nb::list gguf_types() {
   nb::list out;
   for (const auto& t : arrowquant::kernels::gguf::supported_types()) {
-    out.append(nb::make_tuple(static_cast<int>(t.type), t.name, t.block_size, t.block_bytes, t.encode_search != nullptr));
+    out.append(nb::make_tuple(static_cast<int>(t.type), t.name, t.block_size, t.block_bytes, t.encode_search != nullptr,
+                              t.encode_imatrix != nullptr));
   }
   return out;
 }
@@ -338,7 +342,7 @@ const arrowquant::kernels::gguf::TypeTraits& gguf_type(int ggml_id, const std::s
 // Encodes arrays (float32, or 2-byte float16 / bfloat16 bits per element_types) into ggml blocks.
 nb::list gguf_encode_arrays(const std::vector<InputArray>& arrays, const std::vector<int>& element_types,
                             const std::vector<int>& type_ids, const std::vector<std::string>& labels, int num_threads,
-                            const std::string& method) {
+                            const std::string& method, const std::vector<std::optional<ImportanceArray>>& importance) {
   using namespace arrowquant;
   const size_t n = arrays.size();
   if (element_types.size() != n || type_ids.size() != n || labels.size() != n) {
@@ -360,6 +364,21 @@ nb::list gguf_encode_arrays(const std::vector<InputArray>& arrays, const std::ve
                                    type.name + "'s block of " + std::to_string(type.block_size));
     }
     jobs[i] = {arrays[i].data(), static_cast<kernels::ElementType>(element), numel, &type, nullptr, method == "search"};
+    if (i < importance.size() && importance[i].has_value()) {  // ggml's importance-weighted quantizer, row by row
+      const auto& w = *importance[i];
+      const auto n_per_row = static_cast<int64_t>(w.size());
+      if (type.encode_imatrix == nullptr) {
+        raise_error("ParameterError", labels[i] + ": importance matrices are applied to Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
+                                                  "Q4_K, Q5_K and Q6_K here; not to " + std::string(type.name));
+      }
+      if (n_per_row == 0 || n_per_row % type.block_size != 0 || numel % n_per_row != 0) {
+        raise_error("DataError", labels[i] + ": an importance entry of " + std::to_string(n_per_row) +
+                                     " values does not fit rows of a " + std::to_string(numel) + "-element tensor in " +
+                                     type.name);
+      }
+      jobs[i].importance = w.data();
+      jobs[i].n_per_row = n_per_row;
+    }
     outputs[i] = OwnedBuffer<uint8_t>::uninitialized(kernels::gguf::encoded_bytes(type, numel));
     jobs[i].out = outputs[i].data.get();
   }
@@ -538,9 +557,10 @@ NB_MODULE(_core, m) {
   m.def("kquant_decode_arrays", &kquant_decode_arrays, nb::arg("encoded"), nb::arg("rows"), nb::arg("cols"), nb::arg("bits"),
         nb::arg("rotate"), nb::arg("labels"), nb::arg("num_threads"), nb::arg("outputs") = std::vector<IntoArray>(),
         "Format v2 kquant decoder: float32 arrays (or into the given outputs; then an empty list).");
-  m.def("gguf_types", &gguf_types, "GGUF tensor types: [(ggml id, name, block size, bytes per block, has search)]");
+  m.def("gguf_types", &gguf_types, "GGUF tensor types: [(ggml id, name, block size, bytes per block, has search, has importance-weighted encoder)]");
   m.def("gguf_encode_arrays", &gguf_encode_arrays, nb::arg("arrays"), nb::arg("element_types"), nb::arg("type_ids"),
-        nb::arg("labels"), nb::arg("num_threads"), nb::arg("method") = "ggml");
+        nb::arg("labels"), nb::arg("num_threads"), nb::arg("method") = "ggml",
+        nb::arg("importance") = std::vector<std::optional<ImportanceArray>>());
   m.def("gguf_decode_arrays", &gguf_decode_arrays, nb::arg("encoded"), nb::arg("type_ids"), nb::arg("numels"),
         nb::arg("labels"), nb::arg("num_threads"), nb::arg("outputs") = std::vector<IntoArray>());
 

@@ -311,7 +311,8 @@ def cmd_gguf(args) -> int:
                          ray=args.ray is not None, allow_pickle=args.allow_pickle,
                          allow_requantize=args.allow_requantize, output_tensor_type=args.output_tensor_type,
                          token_embedding_type=args.token_embedding_type, pure=args.pure,
-                         leave_output_tensor=args.leave_output_tensor, tensor_type=args.tensor_type)
+                         leave_output_tensor=args.leave_output_tensor, tensor_type=args.tensor_type,
+                         imatrix=args.imatrix)
     finally:
         bar.close()
     if args.json:
@@ -583,6 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "unquantized")
     g.add_argument("--tensor-type", action="append", metavar="REGEX=TYPE", help="language models: this type for "
                    "tensors whose name REGEX matches (repeatable; llama-quantize's --tensor-type)")
+    g.add_argument("--imatrix", metavar="FILE", help="an importance matrix from llama-imatrix (GGUF or .dat): "
+                   "tensors it covers are quantized by ggml's importance-weighted quantizers, as llama-quantize does")
     g.add_argument("--allow-requantize", action="store_true", help="with a GGUF source: re-quantize tensors that "
                    "are already quantized to another type (their error adds to the first; as llama-quantize's option)")
     g.add_argument("--allow-pickle", action="store_true", help="read PyTorch pickles (.ckpt, .pt, .pth, .bin) with "

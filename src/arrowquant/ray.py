@@ -177,9 +177,9 @@ def _encode_gguf_tensors(path: str, jobs: list, num_threads: int) -> list:
     _fault_injection()
     results = []
     with SafetensorsFile(path) as sf:  # memory-mapped from storage every node sees
-        for name, type_name, method, with_stats, rope_heads, fp8_scale in jobs:
+        for name, type_name, method, with_stats, rope_heads, fp8_scale, importance in jobs:
             encoded, stats = encode_tensor(sf, sf.tensors[name], gguf_type(type_name), num_threads, with_stats, method,
-                                           rope_heads, fp8_scale)
+                                           rope_heads, fp8_scale, importance)
             results.append((np.array(encoded), stats))  # its own copy: the mapping closes with the file
             sf.release(name)
     return results
@@ -189,13 +189,14 @@ def gguf_executor(num_cpus: int = 1, max_in_flight: int | None = None):
     """An executor for arrowquant.gguf.convert: each tensor's GGUF bytes encoded by a Ray task,
     taken in the file's order (consecutive tensors of a file, up to TASK_BYTES, share a task).
     ``run(jobs)`` takes (safetensors path, tensor name, GgufType, method, with_stats, rope heads or
-    None, source bytes, FP8 scale or None) tuples and yields (bytes, stats)."""
+    None, source bytes, FP8 scale or None, importance weights or None) tuples and yields (bytes, stats)."""
     tasks = _ordered_tasks(_encode_gguf_tensors, num_cpus, max_in_flight)
 
     def run(jobs):
         batches = _task_batches(jobs, lambda job: job[0], lambda job: job[6])
-        arguments = ((str(batch[0][0]), [(name, gguf.name, method, with_stats, heads, scale)
-                                         for _, name, gguf, method, with_stats, heads, _, scale in batch], num_cpus)
+        arguments = ((str(batch[0][0]), [(name, gguf.name, method, with_stats, heads, scale, importance)
+                                         for _, name, gguf, method, with_stats, heads, _, scale, importance in batch],
+                      num_cpus)
                      for batch in batches)
         for results in tasks(arguments):
             yield from results

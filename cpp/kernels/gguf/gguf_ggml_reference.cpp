@@ -793,7 +793,7 @@ void encode_q6_K_block(const float* x, uint8_t* out, const float* qw) {
     uint8_t* y_d = out + 208;
     float max_scale = 0, max_abs_scale = 0;
     for (int ib = 0; ib < QK_K / 16; ++ib) {
-      const float scale = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, 1, qw);
+      const float scale = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, 1, qw ? qw + 16 * ib : nullptr);
       scales[ib] = scale;
       const float abs_scale = std::fabs(scale);
       if (abs_scale > max_abs_scale) {
@@ -1019,19 +1019,310 @@ void decode_iq4_xs(const uint8_t* __restrict in, int64_t n, float* __restrict y)
   }
 }
 
+// ------------------------------------------------------------------------------------------------
+// ggml's importance-weighted quantizers (quantize_q*_* with quant_weights, the path llama-quantize
+// takes with --imatrix), one row at a time: qw holds one importance per column of the row (the
+// imatrix entry of the tensor). Same operations, same order as ggml-quants.c's *_impl functions.
+
+float make_qkx3_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L, float* the_min,
+                       uint8_t* Laux, float rmin, float rdelta, int nstep) {  // use_mad = false
+  float min = x[0], max = x[0];
+  float sum_w = weights[0];
+  float sum_x = sum_w * x[0];
+  for (int i = 1; i < n; ++i) {
+    if (x[i] < min) min = x[i];
+    if (x[i] > max) max = x[i];
+    const float w = weights[i];
+    sum_w += w;
+    sum_x += w * x[i];
+  }
+  if (min > 0) min = 0;
+  if (max <= min) {
+    std::memset(L, 0, static_cast<size_t>(n));
+    *the_min = -min;
+    return 0.f;
+  }
+  float iscale = static_cast<float>(nmax) / (max - min);
+  float scale = 1 / iscale;
+  float best_mad = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = nearest_int(iscale * (x[i] - min));
+    L[i] = static_cast<uint8_t>(std::max(0, std::min(nmax, l)));
+    float diff = scale * static_cast<float>(L[i]) + min - x[i];
+    diff = diff * diff;
+    best_mad += weights[i] * diff;
+  }
+  if (nstep < 1) {
+    *the_min = -min;
+    return scale;
+  }
+  for (int is = 0; is <= nstep; ++is) {
+    iscale = (rmin + rdelta * static_cast<float>(is) + static_cast<float>(nmax)) / (max - min);
+    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+    for (int i = 0; i < n; ++i) {
+      int l = nearest_int(iscale * (x[i] - min));
+      l = std::max(0, std::min(nmax, l));
+      Laux[i] = static_cast<uint8_t>(l);
+      const float w = weights[i];
+      const float lf = static_cast<float>(l);
+      sum_l += w * lf;
+      sum_l2 += w * lf * lf;
+      sum_xl += w * lf * x[i];
+    }
+    const float D = sum_w * sum_l2 - sum_l * sum_l;
+    if (D > 0) {
+      float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+      float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+      if (this_min > 0) {
+        this_min = 0;
+        this_scale = sum_xl / sum_l2;
+      }
+      float mad = 0;
+      for (int i = 0; i < n; ++i) {
+        float diff = this_scale * static_cast<float>(Laux[i]) + this_min - x[i];
+        diff = diff * diff;
+        mad += weights[i] * diff;
+      }
+      if (mad < best_mad) {
+        for (int i = 0; i < n; ++i) L[i] = Laux[i];
+        best_mad = mad;
+        scale = this_scale;
+        min = this_min;
+      }
+    }
+  }
+  *the_min = -min;
+  return scale;
+}
+
+float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* quant_weights) {
+  float max = 0;
+  for (int i = 0; i < n; ++i) max = std::max(max, x[i]);
+  if (max < GROUP_MAX_EPS) {
+    for (int i = 0; i < n; ++i) L[i] = 0;
+    return 0.f;
+  }
+  float iscale = static_cast<float>(nmax) / max;
+  for (int i = 0; i < n; ++i) L[i] = static_cast<uint8_t>(nearest_int(iscale * x[i]));
+  const float scale = 1 / iscale;
+  float best_mse = 0;
+  for (int i = 0; i < n; ++i) {
+    const float diff = x[i] - scale * static_cast<float>(L[i]);
+    best_mse += quant_weights[i] * diff * diff;
+  }
+  for (int is = -4; is <= 4; ++is) {
+    if (is == 0) continue;
+    const float iscale_is = (0.1f * static_cast<float>(is) + static_cast<float>(nmax)) / max;
+    const float scale_is = 1 / iscale_is;
+    float mse = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = std::min(nmax, nearest_int(iscale_is * x[i]));
+      const float diff = x[i] - scale_is * static_cast<float>(l);
+      mse += quant_weights[i] * diff * diff;
+    }
+    if (mse < best_mse) {
+      best_mse = mse;
+      iscale = iscale_is;
+    }
+  }
+  float sumlx = 0, suml2 = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = std::min(nmax, nearest_int(iscale * x[i]));
+    L[i] = static_cast<uint8_t>(l);
+    const float w = quant_weights[i];
+    sumlx += w * x[i] * static_cast<float>(l);
+    suml2 += w * static_cast<float>(l) * static_cast<float>(l);
+  }
+  for (int itry = 0; itry < 5; ++itry) {
+    int n_changed = 0;
+    for (int i = 0; i < n; ++i) {
+      const float w = quant_weights[i];
+      const float li = static_cast<float>(L[i]);
+      float slx = sumlx - w * x[i] * li;
+      float sl2 = suml2 - w * li * li;
+      if (slx > 0 && sl2 > 0) {
+        const int new_l = std::min(nmax, nearest_int(x[i] * sl2 / slx));
+        if (new_l != L[i]) {
+          slx += w * x[i] * static_cast<float>(new_l);
+          sl2 += w * static_cast<float>(new_l) * static_cast<float>(new_l);
+          if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+            L[i] = static_cast<uint8_t>(new_l);
+            sumlx = slx;
+            suml2 = sl2;
+            ++n_changed;
+          }
+        }
+      }
+    }
+    if (!n_changed) break;
+  }
+  return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+// Q4_K / Q5_K with importance weights: sub-block weights qw * sqrt(sigma2 + x^2), scales and mins
+// fitted by make_qkx3_quants, the 6-bit super-block scales by make_qp_quants.
+template <int kMaxCode>
+void kquant_scales_imatrix(const float* x, const float* qw, uint8_t* L, uint8_t* scales12, uint8_t* y_d,
+                           uint8_t* y_dmin) {
+  uint8_t Laux[32], Ls[QK_K / 32], Lm[QK_K / 32];
+  float weights[32], sw[QK_K / 32], mins[QK_K / 32], scales[QK_K / 32];
+  float sum_x2 = 0;
+  for (int l = 0; l < QK_K; ++l) sum_x2 += x[l] * x[l];
+  const float sigma2 = 2 * sum_x2 / QK_K;
+  for (int j = 0; j < QK_K / 32; ++j) {
+    for (int l = 0; l < 32; ++l) weights[l] = qw[32 * j + l] * std::sqrt(sigma2 + x[32 * j + l] * x[32 * j + l]);
+    float sumw = 0;
+    for (int l = 0; l < 32; ++l) sumw += weights[l];
+    sw[j] = sumw;
+    scales[j] = make_qkx3_quants(32, kMaxCode, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36);
+  }
+  const float d_block = make_qp_quants(QK_K / 32, 63, scales, Ls, sw);
+  const float m_block = make_qp_quants(QK_K / 32, 63, mins, Lm, sw);
+  for (int j = 0; j < QK_K / 32; ++j) {
+    Ls[j] = std::min<uint8_t>(63, Ls[j]);
+    Lm[j] = std::min<uint8_t>(63, Lm[j]);
+  }
+  std::memset(scales12, 0, 12);
+  pack_scales_mins(Ls, Lm, scales12);
+  store_half(y_d, d_block);
+  store_half(y_dmin, m_block);
+  uint8_t sc, m;
+  for (int j = 0; j < QK_K / 32; ++j) {
+    get_scale_min_k4(j, scales12, &sc, &m);
+    const float d = load_half(y_d) * static_cast<float>(sc);
+    if (!d) continue;
+    const float dm = load_half(y_dmin) * static_cast<float>(m);
+    for (int ii = 0; ii < 32; ++ii) {
+      const int l = nearest_int((x[32 * j + ii] + dm) / d);
+      L[32 * j + ii] = static_cast<uint8_t>(std::max(0, std::min(kMaxCode, l)));
+    }
+  }
+}
+
+void encode_q4_K_imatrix(const float* x, int64_t n_per_row, uint8_t* out, const float* qw) {
+  uint8_t L[QK_K];
+  for (int64_t b = 0; b < n_per_row / QK_K; ++b, x += QK_K, qw += QK_K, out += 144) {
+    kquant_scales_imatrix<15>(x, qw, L, out + 4, out, out + 2);
+    uint8_t* q = out + 16;
+    for (int j = 0; j < QK_K; j += 64) {
+      for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 4));
+      q += 32;
+    }
+  }
+}
+
+void encode_q5_K_imatrix(const float* x, int64_t n_per_row, uint8_t* out, const float* qw) {
+  uint8_t L[QK_K];
+  for (int64_t b = 0; b < n_per_row / QK_K; ++b, x += QK_K, qw += QK_K, out += 176) {
+    kquant_scales_imatrix<31>(x, qw, L, out + 4, out, out + 2);
+    uint8_t* qh = out + 16;
+    uint8_t* ql = out + 48;
+    std::memset(qh, 0, QK_K / 8);
+    uint8_t m1 = 1, m2 = 2;
+    for (int k = 0; k < QK_K; k += 64) {
+      for (int j = 0; j < 32; ++j) {
+        int l1 = L[k + j];
+        if (l1 > 15) {
+          l1 -= 16;
+          qh[j] |= m1;
+        }
+        int l2 = L[k + j + 32];
+        if (l2 > 15) {
+          l2 -= 16;
+          qh[j] |= m2;
+        }
+        ql[j] = static_cast<uint8_t>(l1 | (l2 << 4));
+      }
+      m1 = static_cast<uint8_t>(m1 << 2);
+      m2 = static_cast<uint8_t>(m2 << 2);
+      ql += 32;
+    }
+  }
+}
+
+void encode_q6_K_imatrix(const float* x, int64_t n_per_row, uint8_t* out, const float* qw) {
+  for (int64_t b = 0; b < n_per_row / QK_K; ++b) encode_q6_K_block(x + b * QK_K, out + b * 210, qw + b * QK_K);
+}
+
+// Q4_0 / Q5_0: weights qw * sqrt(sigma2 + x^2) with sigma2 over the whole row, make_qx_quants.
+template <int kNmax, int kBytes>
+void legacy_symmetric_imatrix(const float* x, int64_t n_per_row, uint8_t* out, const float* qw) {
+  float sum_x2 = 0;
+  for (int64_t j = 0; j < n_per_row; ++j) sum_x2 += x[j] * x[j];
+  const float sigma2 = sum_x2 / static_cast<float>(n_per_row);
+  float weight[QK];
+  int8_t L[QK];
+  for (int64_t ib = 0; ib < n_per_row / QK; ++ib, out += kBytes) {
+    const float* xb = x + QK * ib;
+    const float* w = qw + QK * ib;
+    for (int j = 0; j < QK; ++j) weight[j] = w[j] * std::sqrt(sigma2 + xb[j] * xb[j]);
+    store_half(out, make_qx_quants(QK, kNmax, xb, L, 1, weight));
+    if constexpr (kNmax == 8) {
+      for (int j = 0; j < 16; ++j) out[2 + j] = static_cast<uint8_t>(L[j] | (L[j + 16] << 4));
+    } else {
+      uint32_t qh = 0;
+      for (int j = 0; j < 16; ++j) {
+        const uint8_t xi0 = static_cast<uint8_t>(L[j]), xi1 = static_cast<uint8_t>(L[j + 16]);
+        out[6 + j] = static_cast<uint8_t>((xi0 & 0x0F) | ((xi1 & 0x0F) << 4));
+        qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
+        qh |= ((xi1 & 0x10u) >> 4) << (j + QK / 2);
+      }
+      std::memcpy(out + 2, &qh, 4);
+    }
+  }
+}
+
+// Q4_1 / Q5_1: make_qkx3_quants (scale and min) on the same weights.
+template <int kNmax, int kBytes>
+void legacy_affine_imatrix(const float* x, int64_t n_per_row, uint8_t* out, const float* qw) {
+  float sum_x2 = 0;
+  for (int64_t j = 0; j < n_per_row; ++j) sum_x2 += x[j] * x[j];
+  const float sigma2 = sum_x2 / static_cast<float>(n_per_row);
+  float weight[QK];
+  uint8_t L[QK], Laux[QK];
+  for (int64_t ib = 0; ib < n_per_row / QK; ++ib, out += kBytes) {
+    const float* xb = x + QK * ib;
+    const float* w = qw + QK * ib;
+    for (int j = 0; j < QK; ++j) weight[j] = w[j] * std::sqrt(sigma2 + xb[j] * xb[j]);
+    float min;
+    const float d = make_qkx3_quants(QK, kNmax, xb, weight, L, &min, Laux, -0.9f, 0.05f, 36);
+    store_half(out, d);
+    store_half(out + 2, -min);
+    if constexpr (kNmax == 15) {
+      for (int j = 0; j < 16; ++j) out[4 + j] = static_cast<uint8_t>(L[j] | (L[j + 16] << 4));
+    } else {
+      uint32_t qh = 0;
+      for (int j = 0; j < 16; ++j) {
+        const uint8_t xi0 = L[j], xi1 = L[j + 16];
+        out[8 + j] = static_cast<uint8_t>((xi0 & 0x0F) | ((xi1 & 0x0F) << 4));
+        qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
+        qh |= ((xi1 & 0x10u) >> 4) << (j + QK / 2);
+      }
+      std::memcpy(out + 4, &qh, 4);
+    }
+  }
+}
+
+// Q8_0: ggml's quantize_q8_0 ignores the weights.
+void encode_q8_0_imatrix(const float* x, int64_t n_per_row, uint8_t* out, const float*) { encode_q8_0(x, n_per_row, out); }
+
 constexpr TypeTraits kTypes[] = {
     {GgmlType::kF32, "F32", 1, 4, encode_f32, decode_f32, nullptr, nullptr},
     {GgmlType::kF16, "F16", 1, 2, encode_f16, decode_f16, nullptr, nullptr},
-    {GgmlType::kQ4_0, "Q4_0", 32, 18, encode_q4_0, decode_q4_0, nullptr, nullptr},
-    {GgmlType::kQ4_1, "Q4_1", 32, 20, encode_q4_1, decode_q4_1, nullptr, nullptr},
-    {GgmlType::kQ5_0, "Q5_0", 32, 22, encode_q5_0, decode_q5_0, nullptr, nullptr},
-    {GgmlType::kQ5_1, "Q5_1", 32, 24, encode_q5_1, decode_q5_1, nullptr, nullptr},
-    {GgmlType::kQ8_0, "Q8_0", 32, 34, encode_q8_0, decode_q8_0, baseline_lanes::encode_q8_0_search, nullptr},
+    {GgmlType::kQ4_0, "Q4_0", 32, 18, encode_q4_0, decode_q4_0, nullptr, nullptr, legacy_symmetric_imatrix<8, 18>},
+    {GgmlType::kQ4_1, "Q4_1", 32, 20, encode_q4_1, decode_q4_1, nullptr, nullptr, legacy_affine_imatrix<15, 20>},
+    {GgmlType::kQ5_0, "Q5_0", 32, 22, encode_q5_0, decode_q5_0, nullptr, nullptr, legacy_symmetric_imatrix<16, 22>},
+    {GgmlType::kQ5_1, "Q5_1", 32, 24, encode_q5_1, decode_q5_1, nullptr, nullptr, legacy_affine_imatrix<31, 24>},
+    {GgmlType::kQ8_0, "Q8_0", 32, 34, encode_q8_0, decode_q8_0, baseline_lanes::encode_q8_0_search, nullptr,
+     encode_q8_0_imatrix},
     {GgmlType::kQ2_K, "Q2_K", QK_K, 84, encode_q2_K, decode_q2_K, baseline_lanes::encode_q2_K_search, nullptr},
     {GgmlType::kQ3_K, "Q3_K", QK_K, 110, encode_q3_K, decode_q3_K, baseline_lanes::encode_q3_K_search, nullptr},
-    {GgmlType::kQ4_K, "Q4_K", QK_K, 144, encode_q4_K, decode_q4_K, baseline_lanes::encode_q4_K_search, baseline_lanes::encode_q4_K_fast},
-    {GgmlType::kQ5_K, "Q5_K", QK_K, 176, encode_q5_K, decode_q5_K, baseline_lanes::encode_q5_K_search, baseline_lanes::encode_q5_K_fast},
-    {GgmlType::kQ6_K, "Q6_K", QK_K, 210, encode_q6_K, decode_q6_K, baseline_lanes::encode_q6_K_search, nullptr},
+    {GgmlType::kQ4_K, "Q4_K", QK_K, 144, encode_q4_K, decode_q4_K, baseline_lanes::encode_q4_K_search,
+     baseline_lanes::encode_q4_K_fast, encode_q4_K_imatrix},
+    {GgmlType::kQ5_K, "Q5_K", QK_K, 176, encode_q5_K, decode_q5_K, baseline_lanes::encode_q5_K_search,
+     baseline_lanes::encode_q5_K_fast, encode_q5_K_imatrix},
+    {GgmlType::kQ6_K, "Q6_K", QK_K, 210, encode_q6_K, decode_q6_K, baseline_lanes::encode_q6_K_search, nullptr,
+     encode_q6_K_imatrix},
     {GgmlType::kIQ4_NL, "IQ4_NL", 32, 18, encode_iq4_nl, decode_iq4_nl, nullptr, nullptr},
     {GgmlType::kIQ4_XS, "IQ4_XS", QK_K, 136, encode_iq4_xs, decode_iq4_xs, nullptr, nullptr},
     {GgmlType::kBF16, "BF16", 1, 2, encode_bf16, decode_bf16, nullptr, nullptr},

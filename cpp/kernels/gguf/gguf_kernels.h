@@ -37,6 +37,8 @@ inline constexpr int kSuperBlock = 256;
 
 using EncodeFn = void (*)(const float* x, int64_t n, uint8_t* out);
 using DecodeFn = void (*)(const uint8_t* in, int64_t n, float* out);
+// One row of n_per_row elements with its importance weights (one per column: an imatrix entry).
+using ImatrixEncodeFn = void (*)(const float* x, int64_t n_per_row, uint8_t* out, const float* importance);
 
 struct TypeTraits {
   GgmlType type;
@@ -51,6 +53,9 @@ struct TypeTraits {
   // The fast fit: the same block format at about encode_ggml's error with far fewer passes over
   // the data (what the kquant scheme's `rtn` writes); nullptr for types without one.
   EncodeFn encode_fast;
+  // ggml's importance-weighted quantizer (quantize_q*_* with quant_weights: llama-quantize
+  // --imatrix), row by row, bit for bit; nullptr for types without one here.
+  ImatrixEncodeFn encode_imatrix = nullptr;
 };
 
 // Every type this library writes and reads, in ggml id order.

@@ -23,7 +23,8 @@ from ..sources import file_kind
 from ..paths import check_file_output, check_output_apart, warn_extension
 from ..validation import check_num_threads
 from ..safetensors_io import Checkpoint, SafetensorsFile, TensorInfo, resolve_checkpoint
-from .encode import encode_array, file_report
+from .encode import encode_array, encoder_name, file_report
+from .imatrix import importances, read_imatrix
 from .container import ARRAY, INT32, UINT32, TensorSpec, Value, write_gguf
 from .llm import LlamaQuantizeOptions, LlmModel, LlmTypePolicy, llm_config, model_name, permute_for_rope, tokenizer_metadata
 from .requantize import requantize
@@ -42,7 +43,7 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
             progress_callback: Callable[[str, float], Any] | None = None, ray: bool = False,
             allow_pickle: bool = False, allow_requantize: bool = False, output_tensor_type: str | None = None,
             token_embedding_type: str | None = None, pure: bool = False, leave_output_tensor: bool = False,
-            tensor_type: Any = None) -> dict[str, Any]:
+            tensor_type: Any = None, imatrix: Any = None) -> dict[str, Any]:
     """Convert a safetensors checkpoint to GGUF with the mix ``type`` (Q4_K_M, Q8_0, Q6_K, ...).
 
     ``src`` is a ``.safetensors`` file, a ``*.safetensors.index.json`` or a component folder
@@ -65,9 +66,14 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
     tensors already quantized to another type only with ``allow_requantize``. For language models
     and text encoders, llama-quantize's options: ``output_tensor_type`` / ``token_embedding_type``
     (a type for output.weight / token_embd.weight), ``pure`` (no per-tensor rules),
-    ``leave_output_tensor`` (output.weight unquantized), ``tensor_type`` (["REGEX=TYPE"])."""
+    ``leave_output_tensor`` (output.weight unquantized), ``tensor_type`` (["REGEX=TYPE"]).
+    ``imatrix``: an importance matrix file of llama-imatrix (GGUF or legacy .dat): each tensor it
+    has an entry for is written by ggml's importance-weighted quantizer, as llama-quantize
+    --imatrix does (Q4_0 ... Q8_0, Q4_K, Q5_K, Q6_K)."""
     options = LlamaQuantizeOptions.parse(output_tensor_type, token_embedding_type, pure, leave_output_tensor,
                                          tensor_type)
+    importance = read_imatrix(imatrix) if imatrix is not None else None
+    options.has_imatrix = importance is not None
     if Path(src).is_file() and file_kind(Path(src)) == "gguf":
         if ray:
             raise ParameterError("ray=True (--ray) reads safetensors sources; a GGUF source is re-encoded here")
@@ -77,10 +83,10 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
             raise ParameterError(f"method must be 'ggml' or 'search'; got {method!r}")
         return requantize(Path(src), Path(out), check_mix(type), parse_type_overrides(type_for), method,
                           allow_requantize, overwrite, check_num_threads(num_threads), with_stats, progress_callback,
-                          options)
+                          options, importance)
     with readable(Path(src), allow_pickle, Path(out), GGUF_TO_GGUF) as source:
         report = _convert(source, out, type, type_for, arch, variant, overwrite, rearrange_rows, method, num_threads,
-                          with_stats, progress_callback, ray, options)
+                          with_stats, progress_callback, ray, options, importance)
     report["input"] = str(src)
     return report
 
@@ -91,7 +97,7 @@ GGUF_TO_GGUF = "a GGUF source is a file, not part of a folder"
 def _convert(src: Any, out: Any, type: str, type_for: Any, arch: str | None, variant: str | None,  # noqa: A002
              overwrite: bool, rearrange_rows: bool, method: str, num_threads: int | None, with_stats: bool,
              progress_callback: Callable[[str, float], Any] | None, ray: bool,
-             options: LlamaQuantizeOptions) -> dict[str, Any]:
+             options: LlamaQuantizeOptions, importance: dict | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     mix = check_mix(type)
     if method not in ("ggml", "search"):
@@ -119,10 +125,11 @@ def _convert(src: Any, out: Any, type: str, type_for: Any, arch: str | None, var
             if t5 is not None:
                 model = T5EncoderModel(src, t5)
                 report = convert_llm(checkpoint, out, model, mix, overrides, method, overwrite, num_threads, with_stats,
-                                     progress, executor, T5TypePolicy, t5_tokenizer_metadata, model.name(), options)
+                                     progress, executor, T5TypePolicy, t5_tokenizer_metadata, model.name(), options,
+                                     importance)
             else:
                 report = convert_llm(checkpoint, out, LlmModel(src, config), mix, overrides, method, overwrite,
-                                     num_threads, with_stats, progress, executor, options=options)
+                                     num_threads, with_stats, progress, executor, options=options, imatrix=importance)
             return {"input": str(src), "output": str(out), "kind": "text_encoder" if t5 is not None else "llm",
                     "type": mix, "method": method,
                     "kept_as_safetensors": [], "components": {"model": report}, "bytes_before": report["input_bytes"],
@@ -158,7 +165,7 @@ def _convert(src: Any, out: Any, type: str, type_for: Any, arch: str | None, var
     def write(name: str, path: Path, overwrite_file: bool) -> dict:
         return convert_checkpoint(checkpoints[name], path, TypePolicyFactory(mix, overrides, rearrange_rows, method),
                                   forced_arch, overwrite_file, num_threads, with_stats, progress_of(name), component=name,
-                                  executor=executor)
+                                  executor=executor, imatrix=importance)
 
     reports = write_model_outputs(src, out, kind, components, checkpoints, ".gguf", overwrite, write)
     for report in reports.values():
@@ -184,7 +191,7 @@ class TypePolicyFactory:
 
 def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFactory, forced_arch, overwrite: bool,
                        num_threads: int | None, with_stats: bool, progress: Callable[[str, float], None],
-                       component: str = "", executor: Any = None) -> dict[str, Any]:
+                       component: str = "", executor: Any = None, imatrix: dict | None = None) -> dict[str, Any]:
     """One checkpoint -> one GGUF file (see convert). ``executor(jobs)`` (default: here, one tensor
     at a time) yields (bytes, stats) for each (path, name, GgufType, method, with_stats, rope heads,
     source bytes) in order."""
@@ -230,10 +237,12 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
                 metadata[f"comfy.gguf.orig_shape.{stored}"] = Value(ARRAY, [int(x) for x in d.orig_shape], INT32)
         specs = [TensorSpec(stored, d.shape, d.type) for stored, d in zip(stored_names, decisions)]
 
-        methods = [policies.method if d.type.has_search else "ggml" for d in decisions]
+        weights = importances(imatrix, stored_names, [sf.tensors[n].shape for sf, n in entries], decisions,
+                              str(checkpoint.index or checkpoint.files[0]))
+        methods = [encoder_name(policies.method, d, w) for d, w in zip(decisions, weights)]
         size, tensors = write_tensors(out, metadata, specs, entries, stored_names, decisions, methods,
                                       [None] * len(entries), executor, num_threads, with_stats, overwrite, progress,
-                                      [fp8.scales.get(name) for _, name in entries])
+                                      [fp8.scales.get(name) for _, name in entries], weights)
     finally:
         for sf in opened:
             sf.close()
@@ -241,8 +250,8 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
 
 
 def write_tensors(out: Path, metadata: dict[str, Any], specs: list[TensorSpec], entries, stored_names, decisions,
-                  methods, heads, executor, num_threads, with_stats: bool, overwrite: bool, progress, fp8_scales
-                  ) -> tuple[int, dict[str, dict[str, Any]]]:
+                  methods, heads, executor, num_threads, with_stats: bool, overwrite: bool, progress, fp8_scales,
+                  importances=None) -> tuple[int, dict[str, dict[str, Any]]]:
     """Encodes every tensor (here, or by ``executor``), streams them into ``out`` in order, and
     returns the file's size and the per-tensor report."""
     files = {str(sf.path): sf for sf, _ in entries}
@@ -250,21 +259,24 @@ def write_tensors(out: Path, metadata: dict[str, Any], specs: list[TensorSpec], 
     tensors: dict[str, dict[str, Any]] = {}
 
     def local(jobs):
-        for path, name, gguf, method, stats_wanted, n_heads, _, fp8_scale in jobs:
+        for path, name, gguf, method, stats_wanted, n_heads, _, fp8_scale, importance in jobs:
             files[path].prefetch(name)
             yield encode_tensor(files[path], files[path].tensors[name], gguf, num_threads, stats_wanted, method, n_heads,
-                                fp8_scale)
+                                fp8_scale, importance)
 
-    results = (executor or local)((str(sf.path), name, d.type, method, with_stats, h, sf.tensors[name].nbytes, scale)
-                                  for (sf, name), d, method, h, scale in zip(entries, decisions, methods, heads,
-                                                                             fp8_scales))
+    importances = importances or [None] * len(entries)
+    results = (executor or local)((str(sf.path), name, d.type, method, with_stats, h, sf.tensors[name].nbytes, scale,
+                                   importance)
+                                  for (sf, name), d, method, h, scale, importance in zip(
+                                      entries, decisions, methods, heads, fp8_scales, importances))
 
     def chunks():
         done = 0
         for (sf, name), stored, d, method in zip(entries, stored_names, decisions, methods):
             info = sf.tensors[name]
             encoded, stats = next(results)
-            tensors[stored] = {"type": d.type.name, "reason": d.reason, "encoder": method, "shape": list(info.shape),
+            tensors[stored] = {"type": d.type.name, "reason": d.reason, "encoder": method,
+                               "shape": list(info.shape),
                                "stored_shape": list(d.shape), "source_dtype": info.dtype,
                                "bytes_before": info.nbytes, "bytes_after": int(encoded.nbytes), **stats}
             if stored != name:
@@ -280,7 +292,8 @@ def write_tensors(out: Path, metadata: dict[str, Any], specs: list[TensorSpec], 
 def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, overrides, method: str, overwrite: bool,
                 num_threads: int | None, with_stats: bool, progress: Callable[[str, float], None],
                 executor: Any = None, policy_type: type = LlmTypePolicy, read_tokenizer: Callable = tokenizer_metadata,
-                general_name: str | None = None, options: LlamaQuantizeOptions | None = None) -> dict[str, Any]:
+                general_name: str | None = None, options: LlamaQuantizeOptions | None = None,
+                imatrix: dict | None = None) -> dict[str, Any]:
     """A llama-family language model (or, with t5.py's model, policy and tokenizer, a T5 text
     encoder) -> one GGUF file in llama.cpp's layout (see llm.py, t5.py)."""
     started = time.perf_counter()
@@ -324,10 +337,12 @@ def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, ov
             **model.metadata(), **tokenizer,
         }
         specs = [TensorSpec(stored, d.shape, d.type) for stored, d in zip(stored_names, decisions)]
-        methods = [method if d.type.has_search else "ggml" for d in decisions]
+        weights = importances(imatrix, stored_names, [sf.tensors[n].shape for sf, n in entries], decisions,
+                              str(model.folder))
+        methods = [encoder_name(method, d, w) for d, w in zip(decisions, weights)]
         size, tensors = write_tensors(out, metadata, specs, entries, stored_names, decisions, methods, heads, executor,
                                       num_threads, with_stats, overwrite, progress,
-                                      [fp8.scales.get(name) for _, name in entries])
+                                      [fp8.scales.get(name) for _, name in entries], weights)
     finally:
         for sf in opened:
             sf.close()
@@ -343,14 +358,17 @@ def kernel_dtype(dtype: str) -> str:
 
 def encode_tensor(sf: SafetensorsFile, info: TensorInfo, gguf, num_threads: int | None,
                   with_stats: bool, method: str = "ggml", rope_heads: int | None = None,
-                  fp8_scale: Fp8Scale | None = None) -> tuple[np.ndarray, dict[str, float]]:
+                  fp8_scale: Fp8Scale | None = None,
+                  importance: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """One tensor's GGUF bytes (and, if asked, how far the decoded values are from the source).
     ``rope_heads``: permute a query / key projection for llama.cpp's rotary layout first; an FP8
-    tensor is widened and scaled (``fp8_scale``) first."""
+    tensor is widened and scaled (``fp8_scale``) first; ``importance`` (an imatrix entry) selects
+    ggml's importance-weighted quantizer."""
     array = sf.array(info.name)
     dtype = info.dtype
     if dtype in FP8_DTYPES:
         array, dtype = widen(array, dtype, fp8_scale), "F32"
     if rope_heads is not None:
         array = permute_for_rope(array, rope_heads)
-    return encode_array(array, dtype, gguf, f"{sf.path}: tensor {info.name!r}", num_threads, with_stats, method)
+    return encode_array(array, dtype, gguf, f"{sf.path}: tensor {info.name!r}", num_threads, with_stats, method,
+                        importance)

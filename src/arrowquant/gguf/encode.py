@@ -37,16 +37,28 @@ def file_report(out: Path, arch: str, prefix: str, dropped: dict[str, str], size
             "component": component, "seconds": time.perf_counter() - started}
 
 
+def encoder_name(method: str, decision, importance) -> str:
+    """The encoder a tensor gets: ggml's importance-weighted quantizer with an imatrix entry, the
+    search where the type has one, ggml's reference quantizer otherwise."""
+    if importance is not None:
+        return "ggml-imatrix"
+    return method if decision.type.has_search else "ggml"
+
+
 def encode_array(array: np.ndarray, dtype: str, gguf, label: str, num_threads: int | None, with_stats: bool,
-                 method: str) -> tuple[np.ndarray, dict[str, float]]:
+                 method: str, importance: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """The GGUF bytes of ``array`` (F64, F32, F16 or BF16 values, ``dtype`` naming which) in type
-    ``gguf``, and, if asked, the relative RMSE and cosine of its decoded values to ``array``."""
+    ``gguf``, and, if asked, the relative RMSE and cosine of its decoded values to ``array``. With
+    ``importance`` (one weight per column: an imatrix entry) ggml's importance-weighted quantizer
+    writes it, as llama-quantize --imatrix does."""
     if dtype == "F64":
         array, dtype = array.astype(np.float32), "F32"
     flat = array.reshape(-1)
     if dtype in ("F16", "BF16"):
         flat = flat.view(np.uint16)
-    [encoded] = _core.gguf_encode_arrays([flat], [_ELEMENT[dtype]], [gguf.id], [label], num_threads or 0, method)
+    weights = [importance] if importance is not None and gguf.quantized else []
+    [encoded] = _core.gguf_encode_arrays([flat], [_ELEMENT[dtype]], [gguf.id], [label], num_threads or 0, method,
+                                         weights)
     stats: dict[str, float] = {}
     if with_stats and gguf.quantized and dtype in QUANTIZABLE_DTYPES:
         source = array.reshape(-1)

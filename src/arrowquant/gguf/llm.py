@@ -448,6 +448,7 @@ class LlamaQuantizeOptions:
                  leave_output_tensor: bool = False, tensor_types=()) -> None:
         self.output_tensor_type, self.token_embedding_type = output_tensor_type, token_embedding_type
         self.pure, self.leave_output_tensor, self.tensor_types = pure, leave_output_tensor, list(tensor_types)
+        self.has_imatrix = False  # an importance matrix is given (some of llama-quantize's rules change)
 
     @classmethod
     def parse(cls, output_tensor_type: Any = None, token_embedding_type: Any = None, pure: Any = False,
@@ -559,10 +560,12 @@ class LlmTypePolicy(TypePolicy):
                 new = "Q6_K" if i < n // 16 else ("Q5_K" if use_more_bits(i, n) else None)
             elif mix in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
                 new = "Q6_K"
-            elif mix in ("IQ4_NL", "IQ4_XS") and i < n // 8:
+            elif mix in ("IQ4_NL", "IQ4_XS") and i < n // 8 and not self.options.has_imatrix:
                 new = "Q5_K"
             elif mix == "Q4_K_S" and not self.falcon and i < n // 8:
                 new = "Q5_K"
+            elif mix in ("Q4_0", "Q5_0") and self.options.has_imatrix and i < n // 8:
+                new = {"Q4_0": "Q4_1", "Q5_0": "Q5_1"}[mix]  # llama.cpp's guard for the first ffn_down layers
             return (gguf_type(new), "second FFN matrix (llama.cpp rule)") if new else (base, "default")
         if "attn_output.weight" in name:
             new = {"Q3_K_L": "Q4_K"}.get(mix) if self.falcon else \

@@ -20,7 +20,8 @@ from ..architectures import ARCHITECTURES, architecture
 from ..errors import FileFormatError, ParameterError
 from ..paths import check_file_output, check_output_apart, warn_extension
 from ..tensor import bfloat16
-from .encode import encode_array, file_report
+from .encode import encode_array, encoder_name, file_report
+from .imatrix import importances
 from .container import UINT32, GgufFile, TensorSpec, Value, write_gguf
 from .llm import LlamaQuantizeOptions, LlmTypePolicy
 from .policy import TypePolicy
@@ -71,8 +72,9 @@ def type_policy(f: GgufFile, mix: str, overrides, options: LlamaQuantizeOptions)
 def requantize(src: Path, out: Path, mix: str, overrides, method: str, allow_requantize: bool, overwrite: bool,
                num_threads: int | None, with_stats: bool,
                progress_callback: Callable[[str, float], Any] | None,
-               options: LlamaQuantizeOptions | None = None) -> dict[str, Any]:
-    """One GGUF file -> one GGUF file (see the module's description); returns convert's report."""
+               options: LlamaQuantizeOptions | None = None, imatrix: dict | None = None) -> dict[str, Any]:
+    """One GGUF file -> one GGUF file (see the module's description); returns convert's report.
+    ``imatrix`` ({tensor: importance per column}) selects ggml's importance-weighted quantizers."""
     started = time.perf_counter()
     check_output_apart(out, [src])
     check_file_output(out, overwrite)
@@ -94,6 +96,9 @@ def requantize(src: Path, out: Path, mix: str, overrides, method: str, allow_req
                                      "allow_requantize=True (--allow-requantize), as llama-quantize asks, or start "
                                      "from the F16 / BF16 original")
             decisions.append(decision)
+        copied = [d.type.id == f.tensors[n].type.id for n, d in zip(names, decisions)]
+        weights = [None if same else w for same, w in zip(copied, importances(
+            imatrix, names, [f.tensors[n].shape for n in names], decisions, str(src)))]
         metadata: dict[str, Any] = {k: v for k, v in f.typed_metadata().items() if k not in _REPLACED}
         metadata["general.quantization_version"] = Value(UINT32, QUANTIZATION_VERSION)
         metadata["general.file_type"] = Value(UINT32, MIXES[mix][0])
@@ -104,7 +109,7 @@ def requantize(src: Path, out: Path, mix: str, overrides, method: str, allow_req
 
         def chunks():
             done = 0
-            for name, d in zip(names, decisions):
+            for name, d, importance in zip(names, decisions, weights):
                 t = f.tensors[name]
                 raw = f.raw(name)
                 if d.type.id == t.type.id:  # unchanged: the bytes as they are (llama-quantize copies them)
@@ -117,8 +122,9 @@ def requantize(src: Path, out: Path, mix: str, overrides, method: str, allow_req
                         values, dtype = raw.view(bfloat16()), "BF16"
                     else:
                         values, dtype = f.dequantize(name, num_threads).reshape(-1), "F32"
-                    encoder = method if d.type.has_search else "ggml"
-                    encoded, stats = encode_array(values, dtype, d.type, label, num_threads, with_stats, encoder)
+                    encoder = encoder_name(method, d, importance)
+                    encoded, stats = encode_array(values, dtype, d.type, label, num_threads, with_stats,
+                                                  "ggml" if importance is not None else encoder, importance)
                 tensors[name] = {"type": d.type.name, "reason": d.reason, "encoder": encoder, "shape": list(t.shape),
                                  "stored_shape": list(d.shape), "source_dtype": t.type.name,
                                  "bytes_before": t.nbytes, "bytes_after": int(encoded.nbytes), **stats}

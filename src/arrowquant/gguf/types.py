@@ -10,11 +10,13 @@ from .. import _core
 
 
 class GgufType:
-    __slots__ = ("id", "name", "block_size", "block_bytes", "has_search")
+    __slots__ = ("id", "name", "block_size", "block_bytes", "has_search", "has_imatrix")
 
-    def __init__(self, type_id: int, name: str, block_size: int, block_bytes: int, has_search: bool) -> None:
+    def __init__(self, type_id: int, name: str, block_size: int, block_bytes: int, has_search: bool,
+                 has_imatrix: bool = False) -> None:
         self.id, self.name, self.block_size, self.block_bytes = type_id, name, block_size, block_bytes
         self.has_search = has_search  # its own search encoder (else method="search" writes ggml's bytes)
+        self.has_imatrix = has_imatrix  # ggml's importance-weighted quantizer (llama-quantize --imatrix)
 
     @property
     def quantized(self) -> bool:
