@@ -7,6 +7,20 @@ import statistics
 import time
 
 
+# The head of a script run in a fresh process to measure its peak RSS: `status("VmHWM:")` after
+# the work, minus `before`, is the peak above the process's baseline.
+PEAK_RSS_PRELUDE = """
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1])
+
+with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
+    f.write("5")
+before = status("VmHWM:")
+"""
+
+
 def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
     """Median wall time of fn() over `repeats` runs, after `warmup` unmeasured ones."""
     for _ in range(warmup):

@@ -20,21 +20,12 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from bench_common import cpu_model, emit
+from bench_common import PEAK_RSS_PRELUDE, cpu_model, emit
 
 RUN = """
 import json, sys, time
 import arrowquant as aq, arrowquant.gguf as ag
-
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1])
-
-with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
-    f.write("5")
-before = status("VmHWM:")
-t0 = time.perf_counter()
+""" + PEAK_RSS_PRELUDE + """t0 = time.perf_counter()
 if sys.argv[3] == "aq":
     aq.quantize_diffusion_model(sys.argv[1], sys.argv[2], overwrite=True)
 else:

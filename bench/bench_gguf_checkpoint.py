@@ -21,21 +21,12 @@ import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
 
-from bench_common import emit
+from bench_common import PEAK_RSS_PRELUDE, emit
 
 RUN = """
 import json, sys, time
 import arrowquant.gguf as ag
-
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1])
-
-with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
-    f.write("5")
-before = status("VmHWM:")
-t0 = time.perf_counter()
+""" + PEAK_RSS_PRELUDE + """t0 = time.perf_counter()
 report = ag.convert(sys.argv[1], sys.argv[2], type="Q4_K_M", overwrite=True, with_stats=sys.argv[3] == "1",
                     method=sys.argv[4])
 seconds = time.perf_counter() - t0

@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from bench_common import cpu_model, emit
+from bench_common import cpu_model, emit, median_seconds
 
 
 def make_model(folder: Path, layers: int, hidden: int, ffn: int) -> Path:
@@ -86,12 +84,7 @@ def main() -> None:
             assert llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params)) == 0
 
         def timed(fn) -> float:
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-            return statistics.median(times)
+            return median_seconds(fn, repeats, warmup=0)
 
         rows = {"llama_quantize": timed(lambda: llama(f16, tmp / "llama.gguf", 15)),
                 "arrowquant_ggml": timed(lambda: ag.convert(f16, tmp / "ggml.gguf", type="Q4_K_M", method="ggml",

@@ -682,15 +682,45 @@ void kquant_scales(const float* x, uint8_t* L, uint8_t* scales12, uint8_t* y_d, 
   }
 }
 
+// The codes of one Q4_K / Q5_K block (4-bit low nibbles; Q5_K's fifth bits in qh), as ggml packs them.
+void pack_q4_K_codes(const uint8_t* L, uint8_t* out) {
+  uint8_t* q = out + 16;
+  for (int j = 0; j < QK_K; j += 64) {
+    for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 4));
+    q += 32;
+  }
+}
+
+void pack_q5_K_codes(const uint8_t* L, uint8_t* out) {
+  uint8_t* qh = out + 16;
+  uint8_t* ql = out + 48;
+  std::memset(qh, 0, QK_K / 8);
+  uint8_t m1 = 1, m2 = 2;
+  for (int k = 0; k < QK_K; k += 64) {
+    for (int j = 0; j < 32; ++j) {
+      int l1 = L[k + j];
+      if (l1 > 15) {
+        l1 -= 16;
+        qh[j] |= m1;
+      }
+      int l2 = L[k + j + 32];
+      if (l2 > 15) {
+        l2 -= 16;
+        qh[j] |= m2;
+      }
+      ql[j] = static_cast<uint8_t>(l1 | (l2 << 4));
+    }
+    m1 = static_cast<uint8_t>(m1 << 2);
+    m2 = static_cast<uint8_t>(m2 << 2);
+    ql += 32;
+  }
+}
+
 void encode_q4_K(const float* x, int64_t n, uint8_t* out) {
   uint8_t L[QK_K];
   for (int64_t b = 0; b < n / QK_K; ++b, x += QK_K, out += 144) {
     kquant_scales<15>(x, L, out + 4, out, out + 2, -1.f, 20);
-    uint8_t* q = out + 16;
-    for (int j = 0; j < QK_K; j += 64) {
-      for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 4));
-      q += 32;
-    }
+    pack_q4_K_codes(L, out);
   }
 }
 
@@ -717,28 +747,7 @@ void encode_q5_K(const float* x, int64_t n, uint8_t* out) {
   uint8_t L[QK_K];
   for (int64_t b = 0; b < n / QK_K; ++b, x += QK_K, out += 176) {
     kquant_scales<31>(x, L, out + 4, out, out + 2, -0.5f, 15);
-    uint8_t* qh = out + 16;
-    uint8_t* ql = out + 48;
-    std::memset(qh, 0, QK_K / 8);
-    uint8_t m1 = 1, m2 = 2;
-    for (int k = 0; k < QK_K; k += 64) {
-      for (int j = 0; j < 32; ++j) {
-        int l1 = L[k + j];
-        if (l1 > 15) {
-          l1 -= 16;
-          qh[j] |= m1;
-        }
-        int l2 = L[k + j + 32];
-        if (l2 > 15) {
-          l2 -= 16;
-          qh[j] |= m2;
-        }
-        ql[j] = static_cast<uint8_t>(l1 | (l2 << 4));
-      }
-      m1 = static_cast<uint8_t>(m1 << 2);
-      m2 = static_cast<uint8_t>(m2 << 2);
-      ql += 32;
-    }
+    pack_q5_K_codes(L, out);
   }
 }
 
@@ -1024,75 +1033,11 @@ void decode_iq4_xs(const uint8_t* __restrict in, int64_t n, float* __restrict y)
 // takes with --imatrix), one row at a time: qw holds one importance per column of the row (the
 // imatrix entry of the tensor). Same operations, same order as ggml-quants.c's *_impl functions.
 
+// ggml's make_qkx3_quants: make_qkx2_quants with squared errors, for nstep >= 1 (its only callers
+// pass 36; it differs from make_qkx2_quants only in returning early for nstep < 1).
 float make_qkx3_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L, float* the_min,
-                       uint8_t* Laux, float rmin, float rdelta, int nstep) {  // use_mad = false
-  float min = x[0], max = x[0];
-  float sum_w = weights[0];
-  float sum_x = sum_w * x[0];
-  for (int i = 1; i < n; ++i) {
-    if (x[i] < min) min = x[i];
-    if (x[i] > max) max = x[i];
-    const float w = weights[i];
-    sum_w += w;
-    sum_x += w * x[i];
-  }
-  if (min > 0) min = 0;
-  if (max <= min) {
-    std::memset(L, 0, static_cast<size_t>(n));
-    *the_min = -min;
-    return 0.f;
-  }
-  float iscale = static_cast<float>(nmax) / (max - min);
-  float scale = 1 / iscale;
-  float best_mad = 0;
-  for (int i = 0; i < n; ++i) {
-    const int l = nearest_int(iscale * (x[i] - min));
-    L[i] = static_cast<uint8_t>(std::max(0, std::min(nmax, l)));
-    float diff = scale * static_cast<float>(L[i]) + min - x[i];
-    diff = diff * diff;
-    best_mad += weights[i] * diff;
-  }
-  if (nstep < 1) {
-    *the_min = -min;
-    return scale;
-  }
-  for (int is = 0; is <= nstep; ++is) {
-    iscale = (rmin + rdelta * static_cast<float>(is) + static_cast<float>(nmax)) / (max - min);
-    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-    for (int i = 0; i < n; ++i) {
-      int l = nearest_int(iscale * (x[i] - min));
-      l = std::max(0, std::min(nmax, l));
-      Laux[i] = static_cast<uint8_t>(l);
-      const float w = weights[i];
-      const float lf = static_cast<float>(l);
-      sum_l += w * lf;
-      sum_l2 += w * lf * lf;
-      sum_xl += w * lf * x[i];
-    }
-    const float D = sum_w * sum_l2 - sum_l * sum_l;
-    if (D > 0) {
-      float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-      float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-      if (this_min > 0) {
-        this_min = 0;
-        this_scale = sum_xl / sum_l2;
-      }
-      float mad = 0;
-      for (int i = 0; i < n; ++i) {
-        float diff = this_scale * static_cast<float>(Laux[i]) + this_min - x[i];
-        diff = diff * diff;
-        mad += weights[i] * diff;
-      }
-      if (mad < best_mad) {
-        for (int i = 0; i < n; ++i) L[i] = Laux[i];
-        best_mad = mad;
-        scale = this_scale;
-        min = this_min;
-      }
-    }
-  }
-  *the_min = -min;
-  return scale;
+                       uint8_t* Laux, float rmin, float rdelta, int nstep) {
+  return make_qkx2_quants(n, nmax, x, weights, L, the_min, Laux, rmin, rdelta, nstep, false);
 }
 
 float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* quant_weights) {
@@ -1203,11 +1148,7 @@ void encode_q4_K_imatrix(const float* x, int64_t n_per_row, uint8_t* out, const 
   uint8_t L[QK_K];
   for (int64_t b = 0; b < n_per_row / QK_K; ++b, x += QK_K, qw += QK_K, out += 144) {
     kquant_scales_imatrix<15>(x, qw, L, out + 4, out, out + 2);
-    uint8_t* q = out + 16;
-    for (int j = 0; j < QK_K; j += 64) {
-      for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 4));
-      q += 32;
-    }
+    pack_q4_K_codes(L, out);
   }
 }
 
@@ -1215,28 +1156,7 @@ void encode_q5_K_imatrix(const float* x, int64_t n_per_row, uint8_t* out, const 
   uint8_t L[QK_K];
   for (int64_t b = 0; b < n_per_row / QK_K; ++b, x += QK_K, qw += QK_K, out += 176) {
     kquant_scales_imatrix<31>(x, qw, L, out + 4, out, out + 2);
-    uint8_t* qh = out + 16;
-    uint8_t* ql = out + 48;
-    std::memset(qh, 0, QK_K / 8);
-    uint8_t m1 = 1, m2 = 2;
-    for (int k = 0; k < QK_K; k += 64) {
-      for (int j = 0; j < 32; ++j) {
-        int l1 = L[k + j];
-        if (l1 > 15) {
-          l1 -= 16;
-          qh[j] |= m1;
-        }
-        int l2 = L[k + j + 32];
-        if (l2 > 15) {
-          l2 -= 16;
-          qh[j] |= m2;
-        }
-        ql[j] = static_cast<uint8_t>(l1 | (l2 << 4));
-      }
-      m1 = static_cast<uint8_t>(m1 << 2);
-      m2 = static_cast<uint8_t>(m2 << 2);
-      ql += 32;
-    }
+    pack_q5_K_codes(L, out);
   }
 }
 
