@@ -177,3 +177,21 @@ def test_demo_prints_a_summary_and_no_path_that_it_deletes(tmp_path):
     r = run("demo", "--workdir", tmp_path / "d", "--layers")
     assert r.returncode == 0 and "SQNR dB" in r.stdout and f"arrowquant inspect {tmp_path / 'd'}" in r.stdout
     assert (tmp_path / "d" / "quantized" / "unet" / "diffusion_pytorch_model.aq").is_file()
+
+
+def test_manners_inspect_names_what_it_reads_validate_names_the_pairing_gguf_warns_of_a_gguf_named_folder(
+        model, tmp_path):
+    """Issue 22 item 9: inspect x.safetensors said "not a readable Arrow IPC (.aq) file"; validate of
+    a pipeline folder against one component's GGUF said the folder "holds no .safetensors files"; a
+    diffusers folder written to whole.gguf got no word."""
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    r = run("inspect", weights)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert "a safetensors file; inspect reads what arrowquant writes: .aq files (quantize) and .gguf files" in r.stderr
+    assert run("gguf", model / "unet", tmp_path / "unet.gguf", "--type", "Q8_0").returncode == 0
+    r = run("validate", model, tmp_path / "unet.gguf")
+    assert r.returncode == 1 and "is a diffusers folder (components unet" in r.stderr
+    assert f"pass the component folder it was made from (e.g. {model / 'unet'})" in r.stderr
+    r = run("gguf", model, tmp_path / "whole.gguf", "--type", "Q8_0")
+    assert r.returncode == 0 and "whole.gguf: a diffusers folder becomes a folder" in r.stderr
+    assert (tmp_path / "whole.gguf").is_dir()

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import __version__
 from .diffusion import DEFAULT_THRESHOLDS, PROFILES
-from .errors import ArrowQuantError, ParameterError
+from .errors import ArrowQuantError, FileFormatError, ParameterError
 from .paths import Terminated, terminate_as_interrupt
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -360,8 +360,16 @@ def inspect_gguf_report(path: Path) -> dict:
 
 
 def cmd_inspect(args) -> int:
+    from .sources import file_kind
     path = Path(args.file)
-    if path.name.endswith(".gguf"):
+    kind = file_kind(path) if path.is_file() else None
+    if kind in ("safetensors", "pickle") and not path.name.endswith(".aq"):
+        with open(path, "rb") as f:
+            arrow = f.read(6) == b"ARROW1"
+        if not arrow:
+            raise FileFormatError(f"{path}: a {'safetensors' if kind == 'safetensors' else 'PyTorch pickle'} file; "
+                                  "inspect reads what arrowquant writes: .aq files (quantize) and .gguf files (gguf)")
+    if path.name.endswith(".gguf") or kind == "gguf":
         report = inspect_gguf_report(path)
         if args.json:
             _print_json(report)

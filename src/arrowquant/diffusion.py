@@ -404,6 +404,11 @@ def _pairs(original: Path, quantized: Path) -> list[tuple[str, Path, Path]]:
     """(component, original weights, .aq or .gguf file) pairs for file/file, folder/folder inputs.
     Components a GGUF conversion kept as safetensors (no .aq or .gguf file) are left out."""
     if quantized.is_file():
+        if original.is_dir() and (original / "model_index.json").is_file():
+            kind, components = describe_model(original)
+            raise ParameterError(f"{original} is a diffusers folder (components {', '.join(n for n, _ in components)}) "
+                                 f"but {quantized} is one file: pass the component folder it was made from (e.g. "
+                                 f"{components[0][1]}), or the whole output folder")
         return [("model", original, quantized)]
     if not quantized.is_dir():
         raise MissingFileError(f"{quantized}: no such .aq / .gguf file or folder")

@@ -8,6 +8,7 @@ tensor in memory at a time, published atomically; folders through the shared mod
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +27,7 @@ from ..safetensors_io import Checkpoint, SafetensorsFile, TensorInfo, resolve_ch
 from .encode import encode_array, encoder_name, file_report
 from .imatrix import importances, read_imatrix
 from .container import ARRAY, INT32, UINT32, TensorSpec, Value, write_gguf
-from .llm import LlamaQuantizeOptions, LlmModel, LlmTypePolicy, llm_config, model_name, permute_for_rope, tokenizer_metadata
+from .llm import LLM_ARCHITECTURES, LlamaQuantizeOptions, LlmModel, LlmTypePolicy, llm_config, model_name, permute_for_rope, tokenizer_metadata
 from .requantize import requantize
 from .policy import TypePolicy, check_mix, parse_type_overrides
 from .t5 import T5EncoderModel, T5TypePolicy, t5_config, t5_tokenizer_metadata
@@ -160,6 +161,10 @@ def _convert(src: Any, out: Any, type: str, type_for: Any, arch: str | None, var
     if kind == "file":
         check_file_output(out, overwrite)
         warn_extension(out, ".gguf", "a GGUF file")
+    elif out.name.endswith(".gguf"):
+        warnings.warn(f"{out}: a {kind} folder becomes a folder (one .gguf per component beside the copied "
+                      "configs), but this name ends in .gguf; other tools will take it for a file", UserWarning,
+                      stacklevel=3)
     progress_of = component_progress({name: c.nbytes for name, c in checkpoints.items()}, progress_callback)
 
     def write(name: str, path: Path, overwrite_file: bool) -> dict:
@@ -218,8 +223,10 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
         if arch is None:
             where = checkpoint.index or checkpoint.files[0]
             raise ParameterError(f"{where}: cannot tell the model's architecture from its tensor names (arrowquant "
-                                 "knows flux, sd1, sdxl, sd3, aura, hidream, cosmos, ltxv, hyvid, wan, lumina2, "
-                                 "qwen_image); pass arch= (--arch) if you know it")
+                                 "knows the diffusion models flux, sd1, sdxl, sd3, aura, hidream, cosmos, ltxv, hyvid, "
+                                 "wan, lumina2, qwen_image: pass arch= (--arch) if it is one of them; language models "
+                                 "and text encoders are read from a Hugging Face folder whose config.json names "
+                                 f"{', '.join(LLM_ARCHITECTURES)} or T5 / UMT5, or from a GGUF file)")
         policy = policies(arch)
         mix = policies.mix
         decisions = []
