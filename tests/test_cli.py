@@ -195,3 +195,12 @@ def test_manners_inspect_names_what_it_reads_validate_names_the_pairing_gguf_war
     r = run("gguf", model, tmp_path / "whole.gguf", "--type", "Q8_0")
     assert r.returncode == 0 and "whole.gguf: a diffusers folder becomes a folder" in r.stderr
     assert (tmp_path / "whole.gguf").is_dir()
+
+
+def test_dequantize_of_an_unquantized_model_is_an_error_not_a_copy(model, tmp_path):
+    """Issue 22 item 9: dequantize of an unquantized model exited 0 and copied 55 MB."""
+    r = run("dequantize", model, tmp_path / "restored")
+    assert r.returncode == 1 and "holds no .aq file, nothing to dequantize" in r.stderr
+    r = run("dequantize", model / "unet" / "diffusion_pytorch_model.safetensors", tmp_path / "r.safetensors")
+    assert r.returncode == 1 and "a safetensors file, not quantized; dequantize reads .aq and .gguf files" in r.stderr
+    assert os.listdir(tmp_path) == []

@@ -85,7 +85,8 @@ def test_array_entry_points_do_not_leak(name):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("leak")
-    save_file({"w": W, "b": np.arange(4, dtype=np.int64)}, str(d / "m.safetensors"))
+    # w large enough to be quantized by default (a run that quantizes nothing is refused)
+    save_file({"w": np.tile(W, (4, 1)), "b": np.arange(4, dtype=np.int64)}, str(d / "m.safetensors"))
     (d / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
     Q.quantize_from_safetensors(d / "m.safetensors", d / "m.aq")
     return d

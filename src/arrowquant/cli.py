@@ -227,6 +227,16 @@ def cmd_dequantize(args) -> int:
     files = [source] if not source.is_dir() else [  # every .aq file inside the folder, links that leave it refused
         path_inside(source, str(p.relative_to(source)), f"{source}: .aq file")
         for p in sorted(source.rglob("*.aq")) if p.is_file()]
+    if source.is_dir() and not files:  # copying a model that holds nothing to decode helps no one
+        raise FileFormatError(f"{source}: holds no .aq file, nothing to dequantize (dequantize reads the output of "
+                              "quantize: a .aq file or a folder of them, or a .gguf file)")
+    if source.is_file() and not source.name.endswith((".aq", ".gguf")):
+        from .sources import file_kind
+        kind = file_kind(source)
+        if kind != "safetensors" or source.name.endswith(".safetensors"):
+            what = {"gguf": "a GGUF file", "pickle": "a PyTorch pickle"}.get(kind, "a safetensors file")
+            if kind != "gguf":
+                raise FileFormatError(f"{source}: {what}, not quantized; dequantize reads .aq and .gguf files")
     total = sum(f.stat().st_size for f in files) or 1
     bar = ProgressBar(total, not args.quiet and not args.json, "dequantize")
     done, written = 0, []
@@ -240,7 +250,7 @@ def cmd_dequantize(args) -> int:
         done += size
 
     try:
-        if source.is_file() and source.name.endswith(".gguf"):
+        if source.is_file() and (source.name.endswith(".gguf") or _is_gguf(source)):
             warn_extension(target, ".safetensors", "a safetensors file")
             from .gguf.container import gguf_to_safetensors
             gguf_to_safetensors(source, target, dtype, overwrite=args.overwrite, progress_callback=bar)
@@ -265,6 +275,11 @@ def cmd_dequantize(args) -> int:
     elif not args.quiet:
         print("\n".join(f"wrote {w}" for w in written))
     return EXIT_OK
+
+
+def _is_gguf(path: Path) -> bool:
+    from .sources import file_kind
+    return file_kind(path) == "gguf"
 
 
 def format_gguf_report(report: dict, layers: bool = False) -> str:
