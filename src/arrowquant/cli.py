@@ -230,13 +230,14 @@ def cmd_dequantize(args) -> int:
     if source.is_dir() and not files:  # copying a model that holds nothing to decode helps no one
         raise FileFormatError(f"{source}: holds no .aq file, nothing to dequantize (dequantize reads the output of "
                               "quantize: a .aq file or a folder of them, or a .gguf file)")
-    if source.is_file() and not source.name.endswith((".aq", ".gguf")):
+    if source.is_file() and not source.name.endswith((".aq", ".gguf")):  # told by content, not by name
         from .sources import file_kind
+        with open(source, "rb") as f:
+            arrow = f.read(6) == b"ARROW1"
         kind = file_kind(source)
-        if kind != "safetensors" or source.name.endswith(".safetensors"):
-            what = {"gguf": "a GGUF file", "pickle": "a PyTorch pickle"}.get(kind, "a safetensors file")
-            if kind != "gguf":
-                raise FileFormatError(f"{source}: {what}, not quantized; dequantize reads .aq and .gguf files")
+        if not arrow and kind != "gguf" and (kind == "pickle" or source.name.endswith(".safetensors")):
+            what = "a PyTorch pickle" if kind == "pickle" else "a safetensors file"
+            raise FileFormatError(f"{source}: {what}, not quantized; dequantize reads .aq and .gguf files")
     total = sum(f.stat().st_size for f in files) or 1
     bar = ProgressBar(total, not args.quiet and not args.json, "dequantize")
     done, written = 0, []
