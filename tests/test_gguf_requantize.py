@@ -230,9 +230,12 @@ def llama_quantize_with_imatrix(src, out, mix, entries):
 
 
 @needs_llama_cpp
-@pytest.mark.parametrize("mix", ["Q4_K_M", "Q5_K_M", "Q6_K", "Q4_0", "Q5_1", "Q8_0"])
+@pytest.mark.parametrize("mix", ["Q4_K_M", "Q5_K_M", "Q6_K", "Q4_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_M", "IQ4_XS",
+                                 "IQ4_NL"])
 @pytest.mark.parametrize("form", ["gguf", "dat"])
-def test_an_importance_matrix_gives_llama_quantizes_bytes(deep_f16_gguf, tmp_path, mix, form):
+@pytest.mark.parametrize("model", ["f16_gguf", "deep_f16_gguf"])  # rows of 256; rows of 320 and 640 (fallbacks)
+def test_an_importance_matrix_gives_llama_quantizes_bytes(request, model, tmp_path, mix, form):
+    deep_f16_gguf = request.getfixturevalue(model)
     entries = imatrix_entries(deep_f16_gguf)
     path = tmp_path / f"imatrix.{form}"
     (write_imatrix_gguf if form == "gguf" else write_imatrix_dat)(path, entries)
@@ -243,18 +246,15 @@ def test_an_importance_matrix_gives_llama_quantizes_bytes(deep_f16_gguf, tmp_pat
     assert "ggml-imatrix" in encoders
 
 
-def test_bad_importance_matrices_are_one_error_and_nothing_is_written(deep_f16_gguf, f16_gguf, tmp_path):
+def test_bad_importance_matrices_are_one_error_and_nothing_is_written(deep_f16_gguf, tmp_path):
     (tmp_path / "cut.dat").write_bytes(b"\x01\x00\x00\x00\x10\x00\x00\x00blk.0.at")
     (tmp_path / "huge.dat").write_bytes(b"\xff\xff\xff\x7f" + b"\0" * 32)
     write_imatrix_dat(tmp_path / "short.dat", {"blk.0.attn_q.weight": np.ones(100, np.float32)})
     write_imatrix_dat(tmp_path / "nan.dat", {"blk.0.attn_q.weight": np.full(320, np.nan, np.float32)})
-    write_imatrix_gguf(tmp_path / "q3.gguf", imatrix_entries(f16_gguf))
     for name, kwargs, message in (("cut.dat", {}, "entry 0 has a name of 16 bytes"),
                                   ("huge.dat", {}, "claims 2147483647 importance entries"),
                                   ("short.dat", {}, "importance entry for 'blk.0.attn_q.weight' holds 100 values"),
-                                  ("nan.dat", {}, "holds NaN or Inf"),
-                                  ("q3.gguf", {"type": "Q3_K_M"}, "goes to Q3_K; .* not yet to Q2_K, Q3_K")):
-        source = f16_gguf if name == "q3.gguf" else deep_f16_gguf  # rows of 256: Q3_K itself, no fallback
+                                  ("nan.dat", {}, "holds NaN or Inf")):
         with pytest.raises((ParameterError, FileFormatError), match=message):
-            ag.convert(source, tmp_path / "out.gguf", imatrix=tmp_path / name, **kwargs)
+            ag.convert(deep_f16_gguf, tmp_path / "out.gguf", imatrix=tmp_path / name, **kwargs)
         assert not (tmp_path / "out.gguf").exists()

@@ -368,8 +368,8 @@ nb::list gguf_encode_arrays(const std::vector<InputArray>& arrays, const std::ve
       const auto& w = *importance[i];
       const auto n_per_row = static_cast<int64_t>(w.size());
       if (type.encode_imatrix == nullptr) {
-        raise_error("ParameterError", labels[i] + ": importance matrices are applied to Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
-                                                  "Q4_K, Q5_K and Q6_K here; not to " + std::string(type.name));
+        raise_error("ParameterError", labels[i] + ": importance matrices apply to the quantized types, not to " +
+                                          std::string(type.name));
       }
       if (n_per_row == 0 || n_per_row % type.block_size != 0 || numel % n_per_row != 0) {
         raise_error("DataError", labels[i] + ": an importance entry of " + std::to_string(n_per_row) +

@@ -896,18 +896,28 @@ inline int best_index_int8(const int8_t* val, float x) {
 
 // quantize_row_iq4_nl_impl(super_block_size, 32, x, ..., quant_weights = NULL, ntry = 7).
 template <int kSuperBlock>
-void iq4_impl(const float* x, uint8_t* dh, uint8_t* q4, uint8_t* scales_h, uint8_t* scales_l) {
+void iq4_impl(const float* x, uint8_t* dh, uint8_t* q4, uint8_t* scales_h, uint8_t* scales_l,
+              const float* qw = nullptr) {
   constexpr int ntry = 7;
   const int8_t* values = kValuesIq4nl;
   uint8_t L[kSuperBlock];
   float scales[kSuperBlock / 32], weight[32];
+  float sigma2 = 0;
+  if (qw) {
+    for (int j = 0; j < kSuperBlock; ++j) sigma2 += x[j] * x[j];
+    sigma2 *= 2.f / kSuperBlock;
+  }
   std::memset(q4, 0, kSuperBlock / 2);
   store_half(dh, 0.f);
   float max_scale = 0, amax_scale = 0;
   for (int ib = 0; ib < kSuperBlock / 32; ++ib) {
     const float* xb = x + ib * 32;
     uint8_t* Lb = L + ib * 32;
-    for (int j = 0; j < 32; ++j) weight[j] = xb[j] * xb[j];
+    if (qw) {  // importance weights: qw * sqrt(sigma2 + x^2), sigma2 over the super-block
+      for (int j = 0; j < 32; ++j) weight[j] = qw[ib * 32 + j] * std::sqrt(sigma2 + xb[j] * xb[j]);
+    } else {
+      for (int j = 0; j < 32; ++j) weight[j] = xb[j] * xb[j];
+    }
     float amax = 0, max = 0;
     for (int j = 0; j < 32; ++j) {
       const float ax = std::fabs(xb[j]);
@@ -1223,6 +1233,88 @@ void legacy_affine_imatrix(const float* x, int64_t n_per_row, uint8_t* out, cons
   }
 }
 
+// Q2_K: 16 sub-blocks of 16, scale and min by make_qkx3_quants, 4-bit super-block scales by
+// make_qp_quants, codes re-rounded against what is stored.
+void encode_q2_K_imatrix(const float* x, int64_t n_per_row, uint8_t* out, const float* qw) {
+  uint8_t L[QK_K], Laux[16], Ls[QK_K / 16], Lm[QK_K / 16];
+  float mins[QK_K / 16], scales[QK_K / 16], sw[QK_K / 16], weight[16];
+  for (int64_t b = 0; b < n_per_row / QK_K; ++b, x += QK_K, qw += QK_K, out += 84) {
+    uint8_t* y_scales = out;
+    uint8_t* y_qs = out + 16;
+    float sumx2 = 0;
+    for (int j = 0; j < QK_K; ++j) sumx2 += x[j] * x[j];
+    const float sigma2 = sumx2 / QK_K;
+    for (int j = 0; j < QK_K / 16; ++j) {
+      for (int l = 0; l < 16; ++l) weight[l] = qw[16 * j + l] * std::sqrt(sigma2 + x[16 * j + l] * x[16 * j + l]);
+      sw[j] = 0;
+      for (int l = 0; l < 16; ++l) sw[j] += weight[l];
+      scales[j] = make_qkx3_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36);
+    }
+    store_half(out + 80, make_qp_quants(QK_K / 16, 15, scales, Ls, sw));
+    store_half(out + 82, make_qp_quants(QK_K / 16, 15, mins, Lm, sw));
+    const float dm = load_half(out + 80), mm = load_half(out + 82);
+    for (int j = 0; j < QK_K / 16; ++j) y_scales[j] = static_cast<uint8_t>(Ls[j] | (Lm[j] << 4));
+    for (int j = 0; j < QK_K / 16; ++j) {
+      const float d = dm * static_cast<float>(y_scales[j] & 0xF);
+      if (!d) continue;
+      const float m = mm * static_cast<float>(y_scales[j] >> 4);
+      for (int ii = 0; ii < 16; ++ii) {
+        const int l = nearest_int((x[16 * j + ii] + m) / d);
+        L[16 * j + ii] = static_cast<uint8_t>(std::max(0, std::min(3, l)));
+      }
+    }
+    for (int j = 0; j < QK_K; j += 128) {
+      for (int l = 0; l < 32; ++l) {
+        y_qs[j / 4 + l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
+      }
+    }
+  }
+}
+
+// Q3_K: 16 sub-blocks of 16 by make_qx_quants on the weights, the 6-bit scales by make_qx_quants
+// weighted by each sub-block's total weight.
+void encode_q3_K_imatrix(const float* x, int64_t n_per_row, uint8_t* out, const float* qw) {
+  int8_t L[QK_K], Ls[QK_K / 16];
+  float scales[QK_K / 16], weight[16], sw[QK_K / 16];
+  for (int64_t b = 0; b < n_per_row / QK_K; ++b, x += QK_K, qw += QK_K, out += 110) {
+    uint8_t* y_scales = out + 96;
+    float sumx2 = 0;
+    for (int j = 0; j < QK_K; ++j) sumx2 += x[j] * x[j];
+    const float sigma2 = 2 * sumx2 / QK_K;
+    for (int j = 0; j < QK_K / 16; ++j) {
+      for (int l = 0; l < 16; ++l) weight[l] = qw[16 * j + l] * std::sqrt(sigma2 + x[16 * j + l] * x[16 * j + l]);
+      float sumw = 0;
+      for (int l = 0; l < 16; ++l) sumw += weight[l];
+      sw[j] = sumw;
+      scales[j] = make_qx_quants(16, 4, x + 16 * j, L + 16 * j, 1, weight);
+    }
+    std::memset(y_scales, 0, 12);
+    const float d_block = make_qx_quants(QK_K / 16, 32, scales, Ls, 1, sw);
+    for (int j = 0; j < QK_K / 16; ++j) {
+      int l = Ls[j];
+      if (j < 8) {
+        y_scales[j] = static_cast<uint8_t>(l & 0xF);
+      } else {
+        y_scales[j - 8] |= static_cast<uint8_t>((l & 0xF) << 4);
+      }
+      l >>= 4;
+      y_scales[j % 4 + 8] |= static_cast<uint8_t>(l << (2 * (j / 4)));
+    }
+    store_half(out + 108, d_block);
+    q3_K_codes(x, L, out);
+  }
+}
+
+void encode_iq4_nl_imatrix(const float* x, int64_t n_per_row, uint8_t* out, const float* qw) {
+  for (int64_t b = 0; b < n_per_row / 32; ++b, x += 32, qw += 32, out += 18) iq4_impl<32>(x, out, out + 2, nullptr, nullptr, qw);
+}
+
+void encode_iq4_xs_imatrix(const float* x, int64_t n_per_row, uint8_t* out, const float* qw) {
+  for (int64_t b = 0; b < n_per_row / QK_K; ++b, x += QK_K, qw += QK_K, out += 136) {
+    iq4_impl<QK_K>(x, out, out + 8, out + 2, out + 4, qw);
+  }
+}
+
 // Q8_0: ggml's quantize_q8_0 ignores the weights.
 void encode_q8_0_imatrix(const float* x, int64_t n_per_row, uint8_t* out, const float*) { encode_q8_0(x, n_per_row, out); }
 
@@ -1235,16 +1327,18 @@ constexpr TypeTraits kTypes[] = {
     {GgmlType::kQ5_1, "Q5_1", 32, 24, encode_q5_1, decode_q5_1, nullptr, nullptr, legacy_affine_imatrix<31, 24>},
     {GgmlType::kQ8_0, "Q8_0", 32, 34, encode_q8_0, decode_q8_0, baseline_lanes::encode_q8_0_search, nullptr,
      encode_q8_0_imatrix},
-    {GgmlType::kQ2_K, "Q2_K", QK_K, 84, encode_q2_K, decode_q2_K, baseline_lanes::encode_q2_K_search, nullptr},
-    {GgmlType::kQ3_K, "Q3_K", QK_K, 110, encode_q3_K, decode_q3_K, baseline_lanes::encode_q3_K_search, nullptr},
+    {GgmlType::kQ2_K, "Q2_K", QK_K, 84, encode_q2_K, decode_q2_K, baseline_lanes::encode_q2_K_search, nullptr,
+     encode_q2_K_imatrix},
+    {GgmlType::kQ3_K, "Q3_K", QK_K, 110, encode_q3_K, decode_q3_K, baseline_lanes::encode_q3_K_search, nullptr,
+     encode_q3_K_imatrix},
     {GgmlType::kQ4_K, "Q4_K", QK_K, 144, encode_q4_K, decode_q4_K, baseline_lanes::encode_q4_K_search,
      baseline_lanes::encode_q4_K_fast, encode_q4_K_imatrix},
     {GgmlType::kQ5_K, "Q5_K", QK_K, 176, encode_q5_K, decode_q5_K, baseline_lanes::encode_q5_K_search,
      baseline_lanes::encode_q5_K_fast, encode_q5_K_imatrix},
     {GgmlType::kQ6_K, "Q6_K", QK_K, 210, encode_q6_K, decode_q6_K, baseline_lanes::encode_q6_K_search, nullptr,
      encode_q6_K_imatrix},
-    {GgmlType::kIQ4_NL, "IQ4_NL", 32, 18, encode_iq4_nl, decode_iq4_nl, nullptr, nullptr},
-    {GgmlType::kIQ4_XS, "IQ4_XS", QK_K, 136, encode_iq4_xs, decode_iq4_xs, nullptr, nullptr},
+    {GgmlType::kIQ4_NL, "IQ4_NL", 32, 18, encode_iq4_nl, decode_iq4_nl, nullptr, nullptr, encode_iq4_nl_imatrix},
+    {GgmlType::kIQ4_XS, "IQ4_XS", QK_K, 136, encode_iq4_xs, decode_iq4_xs, nullptr, nullptr, encode_iq4_xs_imatrix},
     {GgmlType::kBF16, "BF16", 1, 2, encode_bf16, decode_bf16, nullptr, nullptr},
 };
 

@@ -128,9 +128,8 @@ def importances(imatrix: dict[str, np.ndarray] | None, names, shapes, decisions,
     out = []
     for name, shape, decision in zip(names, shapes, decisions):
         weights = importance_for(imatrix, name, tuple(shape), where) if decision.type.quantized else None
-        if weights is not None and not decision.type.has_imatrix:
-            raise ParameterError(f"{where}: {name!r} goes to {decision.type.name}; importance matrices are applied to "
-                                 "Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K here, not yet to Q2_K, Q3_K or "
-                                 "IQ4_*: choose a mix of those types or leave out the importance matrix")
+        if weights is not None and not decision.type.has_imatrix:  # every quantized type has one today
+            raise ParameterError(f"{where}: {name!r} goes to {decision.type.name}, which has no importance-weighted "
+                                 "quantizer")
         out.append(weights)
     return out
