@@ -496,11 +496,52 @@ def test_rope_scaling_llama_cpp_would_apply_differently_is_refused(llm, tmp_path
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
     config = json.loads((copy / "config.json").read_text())
-    config["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0}
+    config["rope_scaling"] = {"rope_type": "yarn", "factor": 8.0}
     (copy / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ParameterError, match="rope scaling 'llama3' is not supported yet"):
+    with pytest.raises(ParameterError, match=r"rope scaling 'yarn' is not supported yet \(llama3 is\)"):
         ag.convert(copy, tmp_path / "m.gguf", type="F32")
     assert not (tmp_path / "m.gguf").exists()
+
+
+@needs_llama_cpp
+def test_llama_3_1_rope_scaling_runs_in_llama_cpp_like_transformers(llm, tmp_path):
+    """Llama 3.1's "llama3" rope scaling (refused before): rope_freqs.weight written as llama.cpp's
+    converter computes it; with an original context of 16 tokens most frequencies are scaled, and
+    llama.cpp's logits equal transformers' on the same tokens."""
+    _, _, tokenizer = llm
+    torch.manual_seed(3)
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=128, bos_token_id=tokenizer.bos_token_id,
+                                      eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+                                      rope_theta=500000.0,
+                                      rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 16})
+    model = transformers.LlamaForCausalLM(config).eval()
+    folder = tmp_path / "llama31"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    report = ag.convert(folder, tmp_path / "m.gguf", type="F32")
+    assert report["components"]["model"]["tensors"]["rope_freqs.weight"]["type"] == "F32"
+    stored = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(str(tmp_path / "m.gguf")).tensors}
+    assert stored["rope_freqs.weight"].shape == (32,) and stored["rope_freqs.weight"].max() == 8.0
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".arrowquant")]
+    import arrowquant as aq
+    assert aq.validate_quality(folder, tmp_path / "m.gguf")["passed"]
+    tokens = tokenizer("the quick brown fox jumps over a sunny windowsill and the lazy dog sleeps").input_ids
+    ours, _ = llama_logits(tmp_path / "m.gguf", tokens)
+    with torch.no_grad():
+        theirs = model(torch.tensor([tokens])).logits[0].numpy()
+    assert np.abs(ours - theirs).max() < 1e-3 * np.abs(theirs).max()
+    # without the factors the positions differ: the check above can fail
+    settings = {**config.to_dict(), "rope_scaling": None}
+    if "rope_parameters" in settings:  # transformers 5 keeps the scaling here
+        settings["rope_parameters"] = {"rope_type": "default", "rope_theta": 500000.0}
+    plain = transformers.LlamaForCausalLM(transformers.LlamaConfig(**settings))
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        unscaled = plain.eval()(torch.tensor([tokens])).logits[0].numpy()
+    assert np.abs(unscaled - theirs).max() > 1e-2 * np.abs(theirs).max()
 
 
 @pytest.fixture(scope="module")

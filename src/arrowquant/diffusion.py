@@ -573,7 +573,8 @@ def validate_quality(original_path: Any, quantized_path: Any, threshold: float |
                 skipped.extend(prefix + n for n in dropped)
                 for name in sorted(set(originals) - set(stored_names) - set(dropped)):
                     problems.append({"layer": prefix + name, "problem": "missing in the quantized model"})
-                for name in sorted(set(stored_names) - set(originals)):
+                generated = set(getattr(getattr(view, "model", None), "extra_tensors", dict)())  # rope_freqs
+                for name in sorted(set(stored_names) - set(originals) - generated):
                     problems.append({"layer": prefix + name, "problem": "not in the original model"})
                 for name, stored_name in stored_names.items():
                     if name not in originals:

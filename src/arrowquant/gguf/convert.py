@@ -7,6 +7,8 @@ tensor in memory at a time, published atomically; folders through the shared mod
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -23,7 +25,7 @@ from ..pickle_source import readable
 from ..sources import file_kind
 from ..paths import check_file_output, check_output_apart, warn_extension
 from ..validation import check_num_threads
-from ..safetensors_io import Checkpoint, SafetensorsFile, TensorInfo, resolve_checkpoint
+from ..safetensors_io import Checkpoint, SafetensorsFile, TensorInfo, resolve_checkpoint, write_safetensors
 from .encode import encode_array, encoder_name, file_report
 from .imatrix import importances, read_imatrix
 from .container import ARRAY, INT32, UINT32, TensorSpec, Value, write_gguf
@@ -302,10 +304,20 @@ def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, ov
                 general_name: str | None = None, options: LlamaQuantizeOptions | None = None,
                 imatrix: dict | None = None) -> dict[str, Any]:
     """A llama-family language model (or, with t5.py's model, policy and tokenizer, a T5 text
-    encoder) -> one GGUF file in llama.cpp's layout (see llm.py, t5.py)."""
+    encoder) -> one GGUF file in llama.cpp's layout (see llm.py, t5.py). Tensors llama.cpp needs
+    that the checkpoint lacks (Llama 3.1's rope_freqs) are written to a small safetensors file in a
+    temporary folder beside the output, read like the checkpoint's own, and removed at the end."""
     started = time.perf_counter()
     opened = checkpoint.open()
+    extra_folder = None
     try:
+        extra = getattr(model, "extra_tensors", dict)()
+        if extra:
+            extra_folder = Path(tempfile.mkdtemp(prefix=".arrowquant-extra-", dir=out.parent))
+            items = list(extra.items())
+            write_safetensors(extra_folder / "extra.safetensors", [(n, "F32", a.shape, a.nbytes) for n, a in items],
+                              (a for _, a in items))
+            opened.append(SafetensorsFile(extra_folder / "extra.safetensors"))
         fp8 = fp8_layout(opened)
         entries, stored_names, heads = [], [], []
         skipped = {name: "an FP8 scale or marker, applied to its weight" for name in sorted(fp8.owner)}
@@ -353,6 +365,8 @@ def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, ov
     finally:
         for sf in opened:
             sf.close()
+        if extra_folder is not None:
+            shutil.rmtree(extra_folder, ignore_errors=True)
     report = file_report(out, model.arch, "", skipped, size, tensors, stored_names, decisions, "", started)
     report["tokenizer"] = {"model": tokenizer["tokenizer.ggml.model"], "tokens": len(tokenizer["tokenizer.ggml.tokens"].value)}
     return report

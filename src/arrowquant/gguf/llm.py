@@ -67,6 +67,32 @@ TENSOR_NAMES: list[tuple[re.Pattern, str, str | None]] = [
 ]
 # Tensors llama.cpp recomputes itself.
 SKIPPED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
+ROPE_FREQS = "rope_freqs.weight"
+
+
+def llama3_rope_factors(scaling: dict, base: float, head_dim: int, where: Path) -> np.ndarray:
+    """Llama 3.1's rope scaling as the per-frequency factors llama.cpp reads from rope_freqs (what
+    its converter computes): 1 for wavelengths under original_context / high_freq_factor, `factor`
+    above original_context / low_freq_factor, a smooth blend between."""
+    factor = config_float(scaling, "factor", where, 8.0)
+    low = config_float(scaling, "low_freq_factor", where, 1.0)
+    high = config_float(scaling, "high_freq_factor", where, 4.0)
+    old_context = config_int(scaling, "original_max_position_embeddings", where, default=8192, limit=1 << 31)
+    if not (factor > 0 and 0 < low < high):
+        raise FileFormatError(f"{where}: llama3 rope scaling needs factor > 0 and 0 < low_freq_factor < "
+                              f"high_freq_factor; got {factor}, {low}, {high}")
+    freqs = (1.0 / (np.float32(base) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim))))
+    factors = []
+    for freq in freqs.astype(np.float32):
+        wavelen = np.float32(2 * math.pi) / freq
+        if wavelen < old_context / high:
+            factors.append(1.0)
+        elif wavelen > old_context / low:
+            factors.append(factor)
+        else:
+            smooth = (old_context / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, np.float32)
 
 
 
@@ -139,17 +165,26 @@ class LlmModel:
         kind = scaling.get("rope_type") or scaling.get("type") or "default"
         if not isinstance(kind, str):
             raise FileFormatError(f"{where}: rope scaling type {str(kind)[:40]!r} is not a name")
-        if kind != "default":
-            # llama.cpp needs extra tensors or keys for these (rope_freqs, LongRoPE factors) that
+        self.rope_freqs: np.ndarray | None = None
+        if kind == "llama3" and self.arch == "llama":
+            self.rope_freqs = llama3_rope_factors(scaling, self.rope_theta, self.head_dim, where)
+        elif kind != "default":
+            # llama.cpp needs other tensors or keys for these (LongRoPE factors, YaRN settings) that
             # arrowquant does not write yet: the model would compute positions differently.
-            raise ParameterError(f"{folder / 'config.json'}: rope scaling {kind!r} is not supported yet; llama.cpp "
-                                 "would run the model with different positions")
+            raise ParameterError(f"{folder / 'config.json'}: rope scaling {kind!r} is not supported yet (llama3 "
+                                 "is); llama.cpp would run the model with different positions")
+
+    def extra_tensors(self) -> dict[str, np.ndarray]:
+        """Tensors llama.cpp needs that the checkpoint does not hold: Llama 3.1's rope_freqs."""
+        return {} if self.rope_freqs is None else {ROPE_FREQS: self.rope_freqs}
 
     def gguf_name(self, name: str) -> tuple[str, str | None] | None:
         """(GGUF name, projection to permute) of a checkpoint tensor; None for tensors llama.cpp
         does not load. An unknown name is an error naming it."""
         if SKIPPED.search(name):
             return None
+        if name == ROPE_FREQS and self.rope_freqs is not None:
+            return ROPE_FREQS, None
         for pattern, target, permute in TENSOR_NAMES:
             m = pattern.match(name)
             if m:
