@@ -175,6 +175,10 @@ def test_five_dimensional_tensors_are_stored_in_two_in_f32_with_their_shape(tmp_
     (["down_blocks.0.downsamplers.0.conv.weight"], "sd1"),
     (["blocks.0.self_attn.norm_q.weight", "text_embedding.2.weight", "head.modulation"], "wan"),
     (["txt_norm.weight", "transformer_blocks.0.img_mod.1.weight"], "qwen_image"),
+    # diffusers' QwenImage also has flux's norm_added_k: qwen_image is told first
+    (["txt_norm.weight", "transformer_blocks.0.img_mod.1.weight", "transformer_blocks.0.attn.norm_added_k.weight"],
+     "qwen_image"),
+    (["blocks.0.attn1.norm_q.weight", "condition_embedder.text_embedder.linear_1.weight", "scale_shift_table"], "wan"),
 ])
 def test_architecture_detection(names, arch):
     from arrowquant.architectures import detect_architecture

@@ -27,6 +27,9 @@ class Architecture:
 # In ComfyUI-GGUF's detection order. `protected` are the substrings its llama.cpp patch keeps
 # unquantized; the diffusers spellings of the same layers are added for diffusers checkpoints.
 ARCHITECTURES = [
+    # Before flux: a diffusers-layout QwenImage also has flux's transformer_blocks.0.attn.norm_added_k.
+    Architecture("qwen_image", [("txt_norm.weight", "transformer_blocks.0.img_mod.1.weight")],
+                 protected=("img_in.", "txt_in.", "txt_norm.", "time_text_embed.", "norm_out.", "proj_out.")),
     Architecture("flux", [("transformer_blocks.0.attn.norm_added_k.weight",), ("double_blocks.0.img_attn.proj.weight",)],
                  protected=("txt_in.", "img_in.", "time_in.", "vector_in.", "guidance_in.", "final_layer.",
                             "x_embedder.", "context_embedder.", "time_text_embed.", "norm_out."),
@@ -56,10 +59,14 @@ ARCHITECTURES = [
     Architecture("hyvid", [("double_blocks.0.img_attn_proj.weight",
                             "txt_in.individual_token_refiner.blocks.1.self_attn_qkv.weight")],
                  protected=("txt_in.", "img_in.", "time_in.", "vector_in.", "guidance_in.", "final_layer.")),
-    Architecture("wan", [("blocks.0.self_attn.norm_q.weight", "text_embedding.2.weight", "head.modulation")],
+    Architecture("wan", [("blocks.0.self_attn.norm_q.weight", "text_embedding.2.weight", "head.modulation"),
+                         # the diffusers layout (WanTransformer3DModel)
+                         ("blocks.0.attn1.norm_q.weight", "condition_embedder.text_embedder.linear_1.weight",
+                          "scale_shift_table")],
                  protected=("modulation", "patch_embedding.", "text_embedding.", "time_projection.", "time_embedding.",
-                            "img_emb.", "head."),
-                 hiprec=(".modulation",)),
+                            "img_emb.", "head.", "condition_embedder."),
+                 protected_exact=("proj_out.weight", "proj_out.bias"),
+                 hiprec=(".modulation", "scale_shift_table")),
     Architecture("sdxl", [("down_blocks.0.downsamplers.0.conv.weight", "add_embedding.linear_1.weight"),
                           ("input_blocks.3.0.op.weight", "input_blocks.6.0.op.weight", "output_blocks.2.2.conv.weight",
                            "output_blocks.5.2.conv.weight"),
@@ -76,8 +83,6 @@ ARCHITECTURES = [
                  protected_exact=("input_blocks.0.0.weight", "out.2.weight"), shape_fix=True),
     Architecture("lumina2", [("cap_embedder.1.weight", "context_refiner.0.attention.qkv.weight")],
                  protected=("x_embedder.", "t_embedder.", "cap_embedder.", "final_layer.")),
-    Architecture("qwen_image", [("txt_norm.weight", "transformer_blocks.0.img_mod.1.weight")],
-                 protected=("img_in.", "txt_in.", "txt_norm.", "time_text_embed.", "norm_out.", "proj_out.")),
 ]
 _BY_NAME = {a.name: a for a in ARCHITECTURES}
 _PREFIXES = ("model.diffusion_model.",)
