@@ -72,7 +72,7 @@ def _print_json(document: Any) -> None:
 def _source_bytes(path: Path, variant: str | None = None) -> int:
     """Bytes of the weights a model path holds, for the progress bar (0 if it cannot tell: the
     command itself then reports the problem)."""
-    from .diffusion import describe_model
+    from .pipeline.folders import describe_model
     from .safetensors_io import resolve_checkpoint
     try:
         _, components = describe_model(path)

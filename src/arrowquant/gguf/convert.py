@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import __version__
 from ..architectures import architecture, detect_architecture, strip_prefix
-from ..diffusion import component_progress, describe_model, published_path, write_model_outputs
+from ..pipeline.folders import component_progress, describe_model, published_path, write_model_outputs
 from ..errors import FileFormatError, ParameterError
 from ..fp8 import FP8_DTYPES, Fp8Scale, fp8_layout, widen
 from ..pickle_source import readable
