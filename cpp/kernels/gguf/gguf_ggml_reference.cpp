@@ -641,6 +641,22 @@ void pack_scales_mins(const uint8_t* ls, const uint8_t* lm, uint8_t* scales12) {
   }
 }
 
+// Q4_K / Q5_K's second stage: codes re-rounded against the scales and mins actually stored.
+template <int kMaxCode>
+void rerounded_codes(const float* x, uint8_t* L, const uint8_t* scales12, const uint8_t* y_d, const uint8_t* y_dmin) {
+  uint8_t sc, m;
+  for (int j = 0; j < QK_K / 32; ++j) {
+    get_scale_min_k4(j, scales12, &sc, &m);
+    const float d = load_half(y_d) * static_cast<float>(sc);
+    if (!d) continue;
+    const float dm = load_half(y_dmin) * static_cast<float>(m);
+    for (int ii = 0; ii < 32; ++ii) {
+      const int l = nearest_int((x[32 * j + ii] + dm) / d);
+      L[32 * j + ii] = static_cast<uint8_t>(std::max(0, std::min(kMaxCode, l)));
+    }
+  }
+}
+
 // The first stage both share: per sub-block scale and min by make_qkx2_quants, then the 12-byte
 // packed 6-bit scales/mins and the fp16 d and dmin. Returns nothing; fills `scales12`, d, dmin.
 template <int kMaxCode>
@@ -668,18 +684,7 @@ void kquant_scales(const float* x, uint8_t* L, uint8_t* scales12, uint8_t* y_d, 
   pack_scales_mins(ls, lm, scales12);
   store_half(y_d, max_scale / 63.f);
   store_half(y_dmin, max_min / 63.f);
-  // Second stage: codes re-rounded against the scales and mins actually stored.
-  uint8_t sc, m;
-  for (int j = 0; j < QK_K / 32; ++j) {
-    get_scale_min_k4(j, scales12, &sc, &m);
-    const float d = load_half(y_d) * static_cast<float>(sc);
-    if (!d) continue;
-    const float dm = load_half(y_dmin) * static_cast<float>(m);
-    for (int ii = 0; ii < 32; ++ii) {
-      const int l = nearest_int((x[32 * j + ii] + dm) / d);
-      L[32 * j + ii] = static_cast<uint8_t>(std::max(0, std::min(kMaxCode, l)));
-    }
-  }
+  rerounded_codes<kMaxCode>(x, L, scales12, y_d, y_dmin);
 }
 
 // The codes of one Q4_K / Q5_K block (4-bit low nibbles; Q5_K's fifth bits in qh), as ggml packs them.
@@ -1141,17 +1146,7 @@ void kquant_scales_imatrix(const float* x, const float* qw, uint8_t* L, uint8_t*
   pack_scales_mins(Ls, Lm, scales12);
   store_half(y_d, d_block);
   store_half(y_dmin, m_block);
-  uint8_t sc, m;
-  for (int j = 0; j < QK_K / 32; ++j) {
-    get_scale_min_k4(j, scales12, &sc, &m);
-    const float d = load_half(y_d) * static_cast<float>(sc);
-    if (!d) continue;
-    const float dm = load_half(y_dmin) * static_cast<float>(m);
-    for (int ii = 0; ii < 32; ++ii) {
-      const int l = nearest_int((x[32 * j + ii] + dm) / d);
-      L[32 * j + ii] = static_cast<uint8_t>(std::max(0, std::min(kMaxCode, l)));
-    }
-  }
+  rerounded_codes<kMaxCode>(x, L, scales12, y_d, y_dmin);
 }
 
 void encode_q4_K_imatrix(const float* x, int64_t n_per_row, uint8_t* out, const float* qw) {
