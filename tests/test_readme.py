@@ -33,6 +33,12 @@ def test_readme_commands_and_python_blocks_run_in_order(tmp_path):
         python_blocks = [b for b in python_blocks if not any(
             needs in b for needs in ("import torch", "arrowquant.torch", "arrowquant.diffusers"))]
     script = "\n\n".join(python_blocks)
+    if os.environ.get("ARROWQUANT_SANITIZED"):
+        # Under `make sanitize` LeakSanitizer's own tracer crashed at this subprocess's exit while
+        # scanning a thread's TLS ("Tracer caught signal 11 ... LeakSanitizer has encountered a
+        # fatal error": a failure of the tool, not a leak report; with use_tls=0 it runs). ASan and
+        # UBSan stay on here; leaks are checked in the suite's own process and test_reliability.py.
+        env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
     r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr
