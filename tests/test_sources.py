@@ -28,7 +28,10 @@ def test_a_hub_id_is_told_to_be_downloaded_first(tmp_path):
         r = cli(command, "black-forest-labs/FLUX.1-dev", tmp_path / "out", cwd=tmp_path)
         assert r.returncode == 1
         assert r.stderr.count("\n") == 1, r.stderr
-        assert "looks like a Hugging Face Hub id" in r.stderr and "download it first" in r.stderr
+        assert "if this is a Hugging Face Hub id, download it first" in r.stderr
+    (tmp_path / "black-forest-labs").mkdir()  # its first part exists here: a local path that is missing
+    r = cli("gguf", "black-forest-labs/FLUX.1-dev", tmp_path / "out", cwd=tmp_path)
+    assert r.returncode == 1 and "Hub id" not in r.stderr and "no such file or directory" in r.stderr
     with pytest.raises(MissingFileError, match="huggingface-cli download org/model --local-dir model"):
         ag.convert("org/model", tmp_path / "out.gguf")
 

@@ -20,10 +20,11 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 def missing(path: Path) -> MissingFileError:
     """The error for a path that does not exist (a Hub id said as such)."""
     text = str(path)
-    if _HUB_ID.fullmatch(text) and not text.endswith((".safetensors", ".json", ".gguf") + PICKLE_SUFFIXES):
-        return MissingFileError(f"{text}: no such file or directory; this looks like a Hugging Face Hub id, and "
-                                f"arrowquant reads local files only: download it first (huggingface-cli download "
-                                f"{text} --local-dir {text.split('/')[1]}) and pass that folder")
+    if (_HUB_ID.fullmatch(text) and not text.endswith((".safetensors", ".json", ".gguf") + PICKLE_SUFFIXES)
+            and not Path(text.split("/")[0]).is_dir()):  # demo/model with demo/ present is a local path
+        return MissingFileError(f"{text}: no such file or directory; if this is a Hugging Face Hub id, download it "
+                                f"first (huggingface-cli download {text} --local-dir {text.split('/')[1]}) and pass "
+                                "that folder: arrowquant reads local files only")
     return MissingFileError(f"{path}: no such file or directory")
 
 
