@@ -21,6 +21,7 @@ from typing import Any
 from . import __version__
 from .diffusion import DEFAULT_THRESHOLDS, PROFILES
 from .errors import ArrowQuantError, FileFormatError, ParameterError
+from .sources import file_kind
 from .paths import Terminated, terminate_as_interrupt
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -230,14 +231,10 @@ def cmd_dequantize(args) -> int:
     if source.is_dir() and not files:  # copying a model that holds nothing to decode helps no one
         raise FileFormatError(f"{source}: holds no .aq file, nothing to dequantize (dequantize reads the output of "
                               "quantize: a .aq file or a folder of them, or a .gguf file)")
-    if source.is_file() and not source.name.endswith((".aq", ".gguf")):  # told by content, not by name
-        from .sources import file_kind
-        with open(source, "rb") as f:
-            arrow = f.read(6) == b"ARROW1"
-        kind = file_kind(source)
-        if not arrow and kind != "gguf" and (kind == "pickle" or source.name.endswith(".safetensors")):
-            what = "a PyTorch pickle" if kind == "pickle" else "a safetensors file"
-            raise FileFormatError(f"{source}: {what}, not quantized; dequantize reads .aq and .gguf files")
+    kind = file_kind(source) if source.is_file() else None  # told by content, not by name
+    if kind in ("safetensors", "pickle"):
+        what = "a PyTorch pickle" if kind == "pickle" else "a safetensors file"
+        raise FileFormatError(f"{source}: {what}, not quantized; dequantize reads .aq and .gguf files")
     total = sum(f.stat().st_size for f in files) or 1
     bar = ProgressBar(total, not args.quiet and not args.json, "dequantize")
     done, written = 0, []
@@ -251,7 +248,7 @@ def cmd_dequantize(args) -> int:
         done += size
 
     try:
-        if source.is_file() and (source.name.endswith(".gguf") or _is_gguf(source)):
+        if kind == "gguf" or (kind is not None and source.name.endswith(".gguf")):
             warn_extension(target, ".safetensors", "a safetensors file")
             from .gguf.container import gguf_to_safetensors
             gguf_to_safetensors(source, target, dtype, overwrite=args.overwrite, progress_callback=bar)
@@ -276,11 +273,6 @@ def cmd_dequantize(args) -> int:
     elif not args.quiet:
         print("\n".join(f"wrote {w}" for w in written))
     return EXIT_OK
-
-
-def _is_gguf(path: Path) -> bool:
-    from .sources import file_kind
-    return file_kind(path) == "gguf"
 
 
 def format_gguf_report(report: dict, layers: bool = False) -> str:
@@ -376,15 +368,11 @@ def inspect_gguf_report(path: Path) -> dict:
 
 
 def cmd_inspect(args) -> int:
-    from .sources import file_kind
     path = Path(args.file)
     kind = file_kind(path) if path.is_file() else None
-    if kind in ("safetensors", "pickle") and not path.name.endswith(".aq"):
-        with open(path, "rb") as f:
-            arrow = f.read(6) == b"ARROW1"
-        if not arrow:
-            raise FileFormatError(f"{path}: a {'safetensors' if kind == 'safetensors' else 'PyTorch pickle'} file; "
-                                  "inspect reads what arrowquant writes: .aq files (quantize) and .gguf files (gguf)")
+    if kind in ("safetensors", "pickle"):
+        raise FileFormatError(f"{path}: a {'safetensors' if kind == 'safetensors' else 'PyTorch pickle'} file; "
+                              "inspect reads what arrowquant writes: .aq files (quantize) and .gguf files (gguf)")
     if path.name.endswith(".gguf") or kind == "gguf":
         report = inspect_gguf_report(path)
         if args.json:

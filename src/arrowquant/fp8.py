@@ -66,12 +66,6 @@ class Fp8Scale:
     def __init__(self, kind: str, values: np.ndarray, name: str) -> None:
         self.kind, self.values, self.name = kind, values, name
 
-    def __getstate__(self):  # picklable for Ray tasks
-        return self.kind, self.values, self.name
-
-    def __setstate__(self, state) -> None:
-        self.kind, self.values, self.name = state
-
 
 def widen(codes: np.ndarray, dtype: str, scale: Fp8Scale | None) -> np.ndarray:
     """A float32 copy of an FP8 tensor (``codes``: its bytes as uint8, in the tensor's shape),

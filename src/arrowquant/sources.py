@@ -29,21 +29,23 @@ def missing(path: Path) -> MissingFileError:
 
 
 def file_kind(path: Path) -> str:
-    """'gguf', 'pickle' or 'safetensors' (anything else is left to the safetensors reader's checks),
-    from the file's first bytes and, for pickles, its suffix."""
+    """'safetensors', 'gguf', 'aq' (Arrow IPC), 'pickle' or 'unknown' (left to the readers' own
+    checks), from the file's first bytes and, for pickles, its suffix."""
     try:
         with open(path, "rb") as f:
             head = f.read(9)
     except OSError:
-        return "safetensors"  # the reader reports why it cannot open it
+        return "unknown"  # the reader reports why it cannot open it
     if head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
         return "safetensors"
+    if head[:6] == b"ARROW1":
+        return "aq"
     if head[:4] == b"GGUF":
         return "gguf"
     zip_or_pickle = head[:4] == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
     if zip_or_pickle or path.suffix in PICKLE_SUFFIXES:
         return "pickle"
-    return "safetensors"
+    return "unknown"
 
 
 def pickle_files(folder: Path) -> list[Path]:
