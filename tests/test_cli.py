@@ -33,7 +33,7 @@ def quantized(model, tmp_path_factory):
 def test_quantize_json_and_silent_progress_when_piped(quantized):
     out, report = quantized
     assert report["config"]["bit_width"] == 4 and report["config"]["min_accuracy"] == 0.85
-    assert set(report["components"]) == {"unet", "vae"}
+    assert set(report["components"]) == {"text_encoder", "unet", "vae"}
     assert (out / "unet" / "diffusion_pytorch_model.aq").is_file()
 
 
@@ -190,7 +190,7 @@ def test_manners_inspect_names_what_it_reads_validate_names_the_pairing_gguf_war
     assert "a safetensors file; inspect reads what arrowquant writes: .aq files (quantize) and .gguf files" in r.stderr
     assert run("gguf", model / "unet", tmp_path / "unet.gguf", "--type", "Q8_0").returncode == 0
     r = run("validate", model, tmp_path / "unet.gguf")
-    assert r.returncode == 1 and "is a diffusers folder (components unet" in r.stderr
+    assert r.returncode == 1 and "is a diffusers folder (components text_encoder, unet, vae)" in r.stderr
     assert f"pass the component folder it was made from (e.g. {model / 'unet'})" in r.stderr
     r = run("gguf", model, tmp_path / "whole.gguf", "--type", "Q8_0")
     assert r.returncode == 0 and "whole.gguf: a diffusers folder becomes a folder" in r.stderr

@@ -96,12 +96,13 @@ def test_module_function_end_to_end(demo_model, tmp_path):
     calls = []
     report = aq.quantize_diffusion_model(demo_model, out, DiffusionQuantConfig.from_profile("local"),
                                          progress_callback=lambda n, f: calls.append((n, f)))
-    assert sorted(os.listdir(out)) == [".arrowquant-output", "model_index.json", "scheduler", "tokenizer", "unet", "vae"]
+    assert sorted(os.listdir(out)) == [".arrowquant-output", "model_index.json", "scheduler", "text_encoder", "tokenizer",
+                                       "unet", "vae"]
     assert sorted(os.listdir(out / "unet")) == ["config.json", "diffusion_pytorch_model.aq"]
     for rel in ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json",
                 "tokenizer/merges.txt"):
         assert (out / rel).read_bytes() == (demo_model / rel).read_bytes()
-    assert [n for n, _ in calls][0].startswith(("unet/", "vae/"))
+    assert [n for n, _ in calls][0].startswith(("text_encoder/", "unet/", "vae/"))
     assert [f for _, f in calls] == sorted(f for _, f in calls) and calls[-1][1] == pytest.approx(1.0)
     unet = report["components"]["unet"]
     assert unet["layers"]["conv_in.weight"]["bit_width"] == 8
@@ -111,7 +112,9 @@ def test_module_function_end_to_end(demo_model, tmp_path):
     assert report["overall"]["compression_ratio"] > 4 and report["overall"]["min_cosine"] > 0.98
     from safetensors.numpy import load_file
     assert report["overall"]["bytes_before"] == sum(
-        a.nbytes for c in ("unet", "vae") for a in load_file(str(demo_model / c / "diffusion_pytorch_model.safetensors")).values())
+        a.nbytes for c, file in (("text_encoder", "model"), ("unet", "diffusion_pytorch_model"),
+                                 ("vae", "diffusion_pytorch_model"))
+        for a in load_file(str(demo_model / c / f"{file}.safetensors")).values())
     f = aq.open(out / "unet" / "diffusion_pytorch_model.aq")
     assert f.metadata["settings"]["diffusion_config"]["bit_width"] == 4
     assert not f.is_quantized("conv_in.bias")  # 1-D: carried through

@@ -420,8 +420,8 @@ def cmd_demo(args) -> int:
         config = DiffusionQuantConfig.from_profile("local")
         show = not args.quiet and not args.json
         if show:
-            print(f"arrowquant {__version__} demo: quantize a generated diffusers-style model (UNet + VAE, heavy-tailed "
-                  f"weights) with profile 'local' ({config.bit_width}-bit {config.scheme}, method {config.method}, "
+            print(f"arrowquant {__version__} demo: quantize a generated Stable Diffusion pipeline (a tiny, untrained "
+                  f"UNet, VAE and CLIP text encoder that diffusers loads; heavy-tailed weights) with profile 'local' ({config.bit_width}-bit {config.scheme}, method {config.method}, "
                   "diffusion mode), then validate it against the original.\n")
         bar = ProgressBar(_source_bytes(model), show, "quantize")
         try:

@@ -302,9 +302,11 @@ def _pairs(original: Path, quantized: Path) -> list[tuple[str, Path, Path]]:
     if quantized.is_file():
         if original.is_dir() and (original / "model_index.json").is_file():
             kind, components = describe_model(original)
+            # The likely one: the component the file is named after (unet-Q4_K_M.gguf), else the first.
+            named = [path for name, path in components if name in quantized.name] or [components[0][1]]
             raise ParameterError(f"{original} is a diffusers folder (components {', '.join(n for n, _ in components)}) "
                                  f"but {quantized} is one file: pass the component folder it was made from (e.g. "
-                                 f"{components[0][1]}), or the whole output folder")
+                                 f"{named[0]}), or the whole output folder")
         return [("model", original, quantized)]
     if not quantized.is_dir():
         raise MissingFileError(f"{quantized}: no such .aq / .gguf file or folder")
