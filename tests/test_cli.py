@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import safetensors
 
+import arrowquant.errors as aq_errors
 from arrowquant.demo import make_demo_model
 
 
@@ -204,3 +205,67 @@ def test_dequantize_of_an_unquantized_model_is_an_error_not_a_copy(model, tmp_pa
     r = run("dequantize", model / "unet" / "diffusion_pytorch_model.safetensors", tmp_path / "r.safetensors")
     assert r.returncode == 1 and "a safetensors file, not quantized; dequantize reads .aq and .gguf files" in r.stderr
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["quantize", "M", "O", "--threads", "0"], "argument --threads: must be a positive whole number; got '0'"),
+    (["quantize", "M", "O", "--group-size", "7"], "argument --group-size: must be a power of two from 16 to 4096"),
+    (["quantize", "M", "O", "--min-accuracy", "2"], "argument --min-accuracy: must be a cosine similarity in (0, 1]"),
+    (["validate", "M", "O", "--threshold", "abc"], "argument --threshold: must be a cosine similarity"),
+    (["gguf", "M", "O", "--threads", "-2"], "argument --threads: must be a positive whole number; got '-2'"),
+    (["gguf", "M", "O", "--type", "Q4KM"], "argument --type: must be one of F32, F16"),
+    (["gguf", "M", "O", "--type-for", "x"], "argument --type-for: takes GLOB=TYPE, e.g. '*.to_out.*=Q8_0'; got 'x'"),
+    (["gguf", "M", "O", "--type-for", "*.x=Q9_K"], "argument --type-for: 'Q9_K' is not a GGUF tensor type"),
+    (["gguf", "M", "O", "--tensor-type", "(=Q8_0"], "argument --tensor-type: '(' is not a regular expression"),
+    (["gguf", "M", "O", "--output-tensor-type", "q8-0"], "(did you mean Q8_0?)"),
+    (["gguf", "M", "O", "--token-embedding-type", "Q4KM"], "'Q4KM' is not a GGUF tensor type"),
+    (["gguf", "M", "O", "--arch", "fluxx"], "got 'fluxx' (did you mean flux?)"),
+])
+def test_a_bad_option_value_is_a_usage_error_naming_the_option(argv, expected, capsys, tmp_path):
+    """Round two: messages named Python arguments (num_threads, type_for) and exited 1; a bad
+    option value is a usage error (exit 2) naming the option, before anything is read."""
+    from arrowquant.cli import main
+    with pytest.raises(SystemExit) as stopped:
+        main([str(tmp_path / a) if a in ("M", "O") else a for a in argv])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and expected in err, err
+    assert not any(word in err for word in ("num_threads", "type_for", "group_size", "min_accuracy", "Traceback"))
+    if argv[-1] == "Q4KM" and argv[-2] == "--type":
+        assert "(did you mean Q4_K_M?)" in err
+    assert not (tmp_path / "O").exists()
+
+
+def test_library_messages_name_the_option_not_the_python_parameter(model, tmp_path):
+    """The library says "overwrite=True (--overwrite)"; the command says only --overwrite."""
+    (tmp_path / "taken.gguf").write_bytes(b"mine")
+    r = run("gguf", model / "unet", tmp_path / "taken.gguf")
+    assert r.returncode == 1 and "pass --overwrite to replace it" in r.stderr and "overwrite=True" not in r.stderr
+    assert (tmp_path / "taken.gguf").read_bytes() == b"mine"
+    weights = tmp_path / "odd.safetensors"
+    safetensors.numpy.save_file({"odd.weight": np.ones((64, 256), np.float32)}, str(weights))
+    r = run("gguf", weights, tmp_path / "odd.gguf")
+    assert r.returncode == 1 and "pass --arch if it is one of them" in r.stderr and "arch=" not in r.stderr
+    r = run("gguf", model / "unet", tmp_path / "u.gguf", "--pure")
+    assert r.returncode == 1 and "--pure" in r.stderr and "pure=" not in r.stderr
+    import arrowquant.gguf as ag
+    with pytest.raises(aq_errors.ParameterError, match=r"pass overwrite=True \(--overwrite\)"):
+        ag.convert(model / "unet", tmp_path / "taken.gguf")
+
+
+def test_ctrl_c_while_the_command_is_still_importing_is_one_line(tmp_path):
+    """Round two: Ctrl-C in the command's first second gave a KeyboardInterrupt traceback from
+    an import. Simulated exactly: the console script's import of pyarrow is interrupted."""
+    script = ("import sys\nsys.argv = ['/venv/bin/arrowquant', '--help']\n"
+              "class Interrupt:\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              "        if name == 'pyarrow':\n"
+              "            raise KeyboardInterrupt\n"
+              "sys.meta_path.insert(0, Interrupt())\n"
+              "from arrowquant.cli import main\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.stderr == "arrowquant: interrupted while starting; nothing was written\n"
+    assert r.returncode in (-2, 130)  # ended by SIGINT, as Python ends on an unhandled Ctrl-C
+    # A program that merely imports arrowquant keeps Python's own report.
+    r = subprocess.run([sys.executable, "-c", script.replace("/venv/bin/arrowquant", "my_tool.py")],
+                       capture_output=True, text=True, timeout=60)
+    assert "Traceback" in r.stderr and "KeyboardInterrupt" in r.stderr

@@ -42,7 +42,7 @@ def reference(source):
 def test_validate_passes_only_what_still_computes(source, reference, tmp_path, bits, embedding_floor, passes):
     quantized, restored = tmp_path / "q", tmp_path / "restored"
     config = aq.DiffusionQuantConfig(bit_width=bits, method="search", sensitive_bit_width=None)
-    with pytest.warns(UserWarning, match="mode 'base'"):  # a text encoder is not a diffusion model
+    with pytest.warns(UserWarning, match="mode='base'"):  # a text encoder is not a diffusion model
         aq.quantize_diffusion_model(source, quantized, config)
     assert (quantized / "1_Pooling" / "config.json").is_file()  # the subfolder came along
     assert aq.validate_quality(source, quantized)["passed"] is passes
@@ -62,7 +62,7 @@ def test_format_v2_with_fewer_bits_for_the_token_table_beats_4_bits_at_the_same_
     MiniLM's weights) at 3 bits: 4.46 bits per weight; measured 0.992 on these sentences (kquant
     4-bit everywhere: 0.979; affine 4-bit group 128: 0.964)."""
     config = aq.DiffusionQuantConfig(scheme="kquant", bit_width=5, embedding_bit_width=3, method="rtn")
-    with pytest.warns(UserWarning, match="mode 'base'"):
+    with pytest.warns(UserWarning, match="mode='base'"):
         report = aq.quantize_diffusion_model(source, tmp_path / "q", config)
     assert report["overall"]["bits_per_weight"] <= 4.5
     assert report["components"]["model"]["layers"]["embeddings.word_embeddings.weight"]["bit_width"] == 3

@@ -258,3 +258,104 @@ def test_bad_importance_matrices_are_one_error_and_nothing_is_written(deep_f16_g
         with pytest.raises((ParameterError, FileFormatError), match=message):
             ag.convert(deep_f16_gguf, tmp_path / "out.gguf", imatrix=tmp_path / name, **kwargs)
         assert not (tmp_path / "out.gguf").exists()
+
+
+def kv_overrides_array(overrides):
+    """llama_model_kv_override entries as llama-quantize's tool builds them (terminated by an
+    empty key): (key, 'int'|'float'|'bool'|'str', value)."""
+    Override = llama_cpp.llama_model_kv_override
+    array = (Override * (len(overrides) + 1))()
+    for item, (key, kind, value) in zip(array, overrides):
+        item.key = key.encode()
+        if kind == "int":
+            item.tag, item.value.val_i64 = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, value
+        elif kind == "float":
+            item.tag, item.value.val_f64 = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_FLOAT, value
+        elif kind == "bool":
+            item.tag, item.value.val_bool = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_BOOL, value
+        else:
+            item.tag, item.value.val_str = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, value.encode()
+    array[len(overrides)].key = b""
+    return array
+
+
+def metadata_of(path):
+    """[(key, value types, contents)] in file order, without arrowquant's own signature."""
+    return [(key, field.types, field.contents()) for key, field in gguf.GGUFReader(path).fields.items()
+            if not key.startswith("GGUF.") and key != "general.quantized_by"]
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("form", ["gguf", "dat"])
+def test_override_kv_and_the_imatrix_record_are_llama_quantizes_metadata(deep_f16_gguf, tmp_path, form):
+    """--override-kv (an int as u32 of its absolute value, a float as f32, a bool, a string) and,
+    with an importance matrix, the quantize.imatrix.* keys llama-quantize's tool adds (the file as
+    given, the first dataset, entry and chunk counts after --include-weights), each removed and
+    set again at the end: the whole metadata, keys, order, types and values, is llama.cpp's; the
+    tensors too, with only the included entries used."""
+    entries = imatrix_entries(deep_f16_gguf)
+    path = tmp_path / f"imatrix.{form}"
+    (write_imatrix_gguf if form == "gguf" else write_imatrix_dat)(path, entries)
+    included = {name: v for name, v in entries.items() if "ffn_down" in name or "attn_v" in name}
+    user = [("general.name", "str", "Renamed model"), ("llama.context_length", "int", -4096),
+            ("test.ratio", "float", 0.25), ("test.flag", "bool", True)]
+    tool = [("quantize.imatrix.file", "str", str(path)), ("quantize.imatrix.dataset", "str", "test.txt"),
+            ("quantize.imatrix.entries_count", "int", len(included)), ("quantize.imatrix.chunks_count", "int", 1)]
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread = FTYPES["Q4_K_M"], 2
+    Entry = llama_cpp.llama_model_imatrix_data
+    keep = [(name.encode(), np.ascontiguousarray(v)) for name, v in included.items()]
+    matrix = (Entry * (len(keep) + 1))()
+    for i, (name, values) in enumerate(keep):
+        matrix[i].name, matrix[i].data = name, values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        matrix[i].size = values.size
+    matrix[len(keep)].name = None
+    params.imatrix = ctypes.cast(matrix, ctypes.POINTER(Entry))
+    overrides = kv_overrides_array(user + tool)
+    params.kv_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_kv_override))
+    assert llama_cpp.llama_model_quantize(str(deep_f16_gguf).encode(), str(tmp_path / "llama.gguf").encode(),
+                                          ctypes.byref(params)) == 0
+    ag.convert(deep_f16_gguf, tmp_path / "ours.gguf", type="Q4_K_M", method="ggml", imatrix=path,
+               include_weights=["ffn_down", "attn_v"],
+               override_kv=["general.name=str:Renamed model", "llama.context_length=int:-4096",
+                            "test.ratio=float:0.25", "test.flag=bool:true"])
+    assert metadata_of(tmp_path / "ours.gguf") == metadata_of(tmp_path / "llama.gguf")
+    assert tensors_of(tmp_path / "ours.gguf") == tensors_of(tmp_path / "llama.gguf")
+    # --exclude-weights drops entries the same way (a name part, as llama-quantize's find())
+    report = ag.convert(deep_f16_gguf, tmp_path / "ex.gguf", type="Q4_K_M", method="ggml", imatrix=path,
+                        exclude_weights=["blk.", "output"])
+    encoders = {t["encoder"] for t in report["components"]["model"]["tensors"].values()}
+    assert "ggml-imatrix" not in encoders
+    fields = gguf.GGUFReader(tmp_path / "ex.gguf").fields
+    assert "quantize.imatrix.file" not in fields  # no entry left: quantized without one, nothing recorded
+
+
+def test_bad_kv_overrides_and_weight_filters_are_one_error(f16_gguf, tmp_path):
+    for kwargs, message in (({"override_kv": ["x"]}, "KEY=TYPE:VALUE"),
+                            ({"override_kv": ["x=int:1.5"]}, "'1.5' is not a whole number"),
+                            ({"override_kv": ["x=int:4294967296"]}, "does not fit"),
+                            ({"override_kv": ["x=bool:yes"]}, "a bool is true or false"),
+                            ({"override_kv": ["x=float:1e40"]}, "not a finite float32"),
+                            ({"override_kv": ["x=str:" + "a" * 128]}, "at most 127 bytes"),
+                            ({"override_kv": ["x=list:1"]}, "needs a type"),
+                            ({"include_weights": ["attn"]}, "pass one with imatrix="),
+                            ):
+        with pytest.raises(ParameterError, match=message):
+            ag.convert(f16_gguf, tmp_path / "out.gguf", **kwargs)
+        assert not (tmp_path / "out.gguf").exists()
+    write_imatrix_dat(tmp_path / "m.dat", {"blk.0.attn_q.weight": np.ones(64, np.float32)})
+    with pytest.raises(ParameterError, match="cannot be used together"):
+        ag.convert(f16_gguf, tmp_path / "out.gguf", imatrix=tmp_path / "m.dat", include_weights="a",
+                   exclude_weights="b")
+
+
+def test_the_command_takes_llama_quantizes_metadata_and_imatrix_options(f16_gguf, tmp_path):
+    from arrowquant.cli import main
+    entries = imatrix_entries(f16_gguf)
+    write_imatrix_dat(tmp_path / "m.dat", entries)
+    assert main(["gguf", str(f16_gguf), str(tmp_path / "q.gguf"), "--type", "Q4_K_M", "--quiet", "--imatrix",
+                 str(tmp_path / "m.dat"), "--exclude-weights", "attn_q", "--override-kv", "general.name=str:X",
+                 "--override-kv", "test.n=int:7"]) == 0
+    fields = gguf.GGUFReader(tmp_path / "q.gguf").fields
+    assert fields["general.name"].contents() == "X" and fields["test.n"].contents() == 7
+    assert fields["quantize.imatrix.entries_count"].contents() == sum("attn_q" not in n for n in entries)

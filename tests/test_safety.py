@@ -324,7 +324,7 @@ def test_diffusion_mode_on_a_model_without_diffusion_names_says_so(tmp_path):
     comp = tmp_path / "llm"
     comp.mkdir()
     save_file({"encoder.layer.0.attention.query.weight": np.ones((64, 64), np.float32)}, str(comp / "model.safetensors"))
-    with pytest.warns(UserWarning, match="mode 'base'"):
+    with pytest.warns(UserWarning, match="mode='base'"):
         report = aq.quantize_diffusion_model(comp, tmp_path / "q")
     assert report["warnings"]
 
@@ -349,3 +349,28 @@ def test_dequantize_refuses_an_aq_link_that_leaves_the_folder(tmp_path):
     r = subprocess.run([sys.executable, "-m", "arrowquant", "dequantize", folder, tmp_path / "back"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "leads outside" in r.stderr and not (tmp_path / "back").exists()
+
+
+def test_an_interrupt_between_the_two_renames_of_a_publish_waits_for_both(tmp_path, monkeypatch):
+    """Round two: where renameat2's exchange is missing, Ctrl-C right after the old output was
+    moved aside left the output path empty until a later run. The interrupt now arrives after
+    the new output is in place, and the old one is gone."""
+    import signal
+    target, staging = tmp_path / "out", tmp_path / ".out.new"
+    for folder, text in ((target, "old"), (staging, "new")):
+        folder.mkdir()
+        (folder / "model.aq").write_text(text)
+    monkeypatch.setattr(paths, "_rename2", lambda *a: False)
+    real_rename, calls = os.rename, []
+
+    def rename_then_interrupt(source, destination):
+        real_rename(source, destination)
+        calls.append(destination)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C with the old output aside, the new one not yet in
+
+    monkeypatch.setattr(os, "rename", rename_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        paths.publish(staging, target, overwrite=True)
+    assert len(calls) == 2 and (target / "model.aq").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

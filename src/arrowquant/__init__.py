@@ -1,5 +1,30 @@
 """arrowquant: fast, calibration-free quantization of neural-network weights, Arrow-native."""
 
+import sys as _sys
+
+
+def _interrupted_while_starting(previous_hook):
+    """Ctrl-C while the `arrowquant` command is still importing (its first few tenths of a second)
+    ends it with the one line a later Ctrl-C gives, not a traceback from inside numpy or pyarrow.
+    Any other exception, and every program that merely imports arrowquant, is left alone."""
+    def hook(kind, value, traceback):
+        if issubclass(kind, KeyboardInterrupt):
+            print("arrowquant: interrupted while starting; nothing was written", file=_sys.stderr)
+        else:
+            previous_hook(kind, value, traceback)
+    return hook
+
+
+def _is_the_command() -> bool:
+    argv = getattr(_sys, "orig_argv", [])
+    started_as_module = len(argv) >= 3 and argv[1] == "-m" and argv[2] in ("arrowquant", "arrowquant.cli")
+    script = _sys.argv[0].replace("\\", "/").rsplit("/", 1)[-1] if _sys.argv else ""
+    return started_as_module or script in ("arrowquant", "arrowquant.exe")
+
+
+if _is_the_command():
+    _sys.excepthook = _interrupted_while_starting(_sys.excepthook)
+
 # pyarrow first: it loads the libarrow.so that the compiled core links against.
 import pyarrow as _pyarrow  # noqa: F401
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .errors import ParameterError
+from .validation import closest
 
 
 class Architecture:
@@ -106,5 +107,7 @@ def detect_architecture(names: Sequence[str]) -> Architecture | None:
 
 def architecture(name: str) -> Architecture:
     if name not in _BY_NAME:
-        raise ParameterError(f"architecture must be one of {', '.join(_BY_NAME)}; got {name!r}")
+        near = closest(name, list(_BY_NAME))
+        raise ParameterError(f"architecture must be one of {', '.join(_BY_NAME)}; got {name!r}"
+                             + (f" (did you mean {near}?)" if near else ""))
     return _BY_NAME[name]

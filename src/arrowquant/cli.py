@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -183,10 +184,110 @@ def _config_from_args(args) -> Any:
     return DiffusionQuantConfig.from_profile("local", **{"min_accuracy": None, **overrides})
 
 
+# ----------------------------------------------------------------------------------------------
+# Option values, checked while parsing: a bad one is a usage error (exit 2) naming the option, as
+# argparse reports its own, and never reaches the library under its Python parameter name.
+
+def _usage(message: str) -> argparse.ArgumentTypeError:
+    return argparse.ArgumentTypeError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise _usage(f"must be a positive whole number; got {text!r}")
+    return value
+
+
+def _group_size(text: str) -> int:
+    from .validation import check_group_size
+    try:
+        return check_group_size(int(text))
+    except (ValueError, ParameterError):
+        raise _usage(f"must be a power of two from 16 to 4096 (e.g. 32, 64, 128, 256); got {text!r}") from None
+
+
+def _cosine(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise _usage(f"must be a cosine similarity in (0, 1], e.g. 0.9; got {text!r}")
+    return value
+
+
+def _gguf_type_name(text: str) -> str:
+    from .gguf.types import GGUF_TYPES, gguf_type
+    from .validation import closest
+    try:
+        gguf_type(text)
+    except KeyError:
+        near = closest(text, [t.name for t in GGUF_TYPES])
+        raise _usage(f"{text!r} is not a GGUF tensor type" + (f" (did you mean {near}?)" if near else "") + "; types: "
+                     + ", ".join(t.name for t in GGUF_TYPES)) from None
+    return text
+
+
+def _mix(text: str) -> str:
+    from .gguf.policy import check_mix
+    try:
+        check_mix(text)
+    except ParameterError as e:
+        raise _usage(str(e).removeprefix("type ")) from None
+    return text
+
+
+def _pattern_type(what: str):
+    """GLOB=TYPE (--type-for) or REGEX=TYPE (--tensor-type): the pattern and the type checked."""
+    def parse(text: str) -> str:
+        pattern, eq, name = text.rpartition("=")
+        if not eq or not pattern:
+            raise _usage(f"takes {what}=TYPE, e.g. '*.to_out.*=Q8_0'; got {text!r}")
+        if what == "REGEX":
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise _usage(f"{pattern!r} is not a regular expression ({e})") from None
+        _gguf_type_name(name)
+        return text
+    return parse
+
+
+def _kv_override(text: str) -> str:
+    from .gguf.metadata_edits import parse_kv_overrides
+    try:
+        parse_kv_overrides([text])
+    except ParameterError as e:
+        raise _usage(str(e).replace("override_kv entries are", "takes").removeprefix("override_kv ")) from None
+    return text
+
+
+def _architecture_name(text: str) -> str:
+    from .architectures import architecture
+    try:
+        architecture(text)
+    except ParameterError as e:
+        raise _usage(str(e).removeprefix("architecture ")) from None
+    return text
+
+
+# Library messages name a parameter in both vocabularies, "overwrite=True (--overwrite)"; the
+# command says only the option.
+_PYTHON_AND_OPTION = re.compile(r"\b\w+=[^\s(]* \((--[^)]+)\)")
+
+
+def _for_the_command(message: str) -> str:
+    return _PYTHON_AND_OPTION.sub(r"\1", message)
+
+
 def _warn(command: str, messages: list[str]) -> None:
     """Each warning once, as one line on stderr."""
     for message in dict.fromkeys(messages):
-        print(f"arrowquant {command}: warning: {message}", file=sys.stderr)
+        print(f"arrowquant {command}: warning: {_for_the_command(message)}", file=sys.stderr)
 
 
 def _start_ray(address: str | None) -> None:
@@ -320,7 +421,8 @@ def cmd_gguf(args) -> int:
                          allow_requantize=args.allow_requantize, output_tensor_type=args.output_tensor_type,
                          token_embedding_type=args.token_embedding_type, pure=args.pure,
                          leave_output_tensor=args.leave_output_tensor, tensor_type=args.tensor_type,
-                         imatrix=args.imatrix)
+                         imatrix=args.imatrix, include_weights=args.include_weights,
+                         exclude_weights=args.exclude_weights, override_kv=args.override_kv)
     finally:
         bar.close()
     if args.json:
@@ -509,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "rotation, lower error at the same size (format v2; 2.625 / 3.44 / 4.5 / 5.5 / 6.56 / 8.5 bits per "
                    "weight) (default: the profile's; local's is kquant)")
     q.add_argument("--no-rotate", action="store_true", help="kquant without the Hadamard rotation")
-    q.add_argument("--group-size", type=int, help="affine: weights per group sharing a scale and zero point, a power "
+    q.add_argument("--group-size", type=_group_size, help="affine: weights per group sharing a scale and zero point, a power "
                                                   "of two 16..4096 (default: 128, or the profile's)")
     q.add_argument("--symmetric", action="store_true", help="symmetric groups (zero point fixed at the middle code)")
     q.add_argument("--method", choices=["rtn", "search"],
@@ -522,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "the files without a variant, as diffusers does)")
     q.add_argument("--allow-pickle", action="store_true", help="read PyTorch pickles (.ckpt, .pt, .pth, .bin) with "
                    "torch.load(weights_only=True) (needs the torch extra); unpickling can run code hidden in a file")
-    q.add_argument("--min-accuracy", type=float, help="minimum weight cosine per layer; a layer below it moves to "
+    q.add_argument("--min-accuracy", type=_cosine, help="minimum weight cosine per layer; a layer below it moves to "
                                                       "more bits (2 -> 4 -> 8; kquant one width at a time) (default: none, or the profile's)")
     q.add_argument("--no-fallback", action="store_true", help="fail instead of raising a layer's bit width")
     q.add_argument("--no-keep-sensitive", action="store_true", help="quantize sensitive layers like the rest")
@@ -533,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "than the matrices (e.g. --scheme kquant --bits 5 --embedding-bits 3) (default: --bits)")
     q.add_argument("--include", action="append", metavar="GLOB", help="also quantize tensors matching (repeatable)")
     q.add_argument("--exclude", action="append", metavar="GLOB", help="never quantize tensors matching (repeatable)")
-    q.add_argument("--threads", type=int, help="worker threads (default: the CPUs this process may use)")
+    q.add_argument("--threads", type=_positive_int, help="worker threads (default: the CPUs this process may use)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing output (a folder only if an earlier "
                                                             "arrowquant run wrote it)")
     q.add_argument("--layers", action="store_true", help="also print per-component and per-bit-width tables")
@@ -563,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("original", help="the original model folder, safetensors file or index")
     v.add_argument("quantized", help="the .aq or .gguf file, or the folder `arrowquant quantize` / `arrowquant gguf` "
                                      "wrote from it")
-    v.add_argument("--threshold", type=float, help="minimum weight cosine per layer (default by bit width: "
+    v.add_argument("--threshold", type=_cosine, help="minimum weight cosine per layer (default by bit width: "
                    + ", ".join(f"{b}-bit {t}" for b, t in sorted(DEFAULT_THRESHOLDS.items())) + ")")
     v.add_argument("--variant", help="the original's weight variant, as given to quantize")
     v.add_argument("--layers", action="store_true", help="print every layer")
@@ -580,24 +682,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("model", help=".safetensors file, *.safetensors.index.json, component folder, diffusers folder, or "
                                  "a .gguf file (re-encoded with --type, as llama-quantize does)")
     g.add_argument("output", help="a .gguf file (a folder for a diffusers folder); must lie outside the input")
-    g.add_argument("--type", default="Q4_K_M", metavar="TYPE",
+    g.add_argument("--type", default="Q4_K_M", metavar="TYPE", type=_mix,
                    help="the mix, as llama.cpp names them: " + ", ".join(MIXES) + " (Q4_K means Q4_K_M)")
-    g.add_argument("--type-for", action="append", metavar="GLOB=TYPE", help="this tensor type for tensors matching "
+    g.add_argument("--type-for", action="append", metavar="GLOB=TYPE", type=_pattern_type("GLOB"), help="this tensor type for tensors matching "
                    "GLOB (repeatable; types: " + ", ".join(t.name for t in GGUF_TYPES) + ")")
-    g.add_argument("--arch", help="the architecture written as general.architecture (default: detected from the "
+    g.add_argument("--arch", type=_architecture_name, help="the architecture written as general.architecture (default: detected from the "
                                   "tensor names)")
     g.add_argument("--variant", help="take the weights of this variant, e.g. fp16 for *.fp16.safetensors")
-    g.add_argument("--output-tensor-type", metavar="TYPE", help="language models: this type for output.weight "
+    g.add_argument("--output-tensor-type", metavar="TYPE", type=_gguf_type_name, help="language models: this type for output.weight "
                    "(as llama-quantize's option)")
-    g.add_argument("--token-embedding-type", metavar="TYPE", help="language models: this type for token_embd.weight")
+    g.add_argument("--token-embedding-type", metavar="TYPE", type=_gguf_type_name, help="language models: this type for token_embd.weight")
     g.add_argument("--pure", action="store_true", help="language models: every quantized tensor in the mix's base "
                    "type, without llama-quantize's per-tensor rules")
     g.add_argument("--leave-output-tensor", action="store_true", help="language models: leave output.weight "
                    "unquantized")
-    g.add_argument("--tensor-type", action="append", metavar="REGEX=TYPE", help="language models: this type for "
+    g.add_argument("--tensor-type", action="append", metavar="REGEX=TYPE", type=_pattern_type("REGEX"), help="language models: this type for "
                    "tensors whose name REGEX matches (repeatable; llama-quantize's --tensor-type)")
     g.add_argument("--imatrix", metavar="FILE", help="an importance matrix from llama-imatrix (GGUF or .dat): "
                    "tensors it covers are quantized by ggml's importance-weighted quantizers, as llama-quantize does")
+    g.add_argument("--include-weights", action="append", metavar="NAME", help="use the importance matrix only for "
+                   "tensors whose name contains NAME (repeatable; llama-quantize's option)")
+    g.add_argument("--exclude-weights", action="append", metavar="NAME", help="do not use the importance matrix for "
+                   "tensors whose name contains NAME (repeatable; llama-quantize's option; not with --include-weights)")
+    g.add_argument("--override-kv", action="append", metavar="KEY=TYPE:VALUE", type=_kv_override,
+                   help="set a metadata entry in the output, TYPE int, float, bool or str (repeatable; "
+                        "llama-quantize's option, e.g. general.name=str:My model)")
     g.add_argument("--allow-requantize", action="store_true", help="with a GGUF source: re-quantize tensors that "
                    "are already quantized to another type (their error adds to the first; as llama-quantize's option)")
     g.add_argument("--allow-pickle", action="store_true", help="read PyTorch pickles (.ckpt, .pt, .pth, .bin) with "
@@ -608,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "reference quantizer (llama-quantize without an imatrix)")
     g.add_argument("--comfyui-rows", action="store_true", help="sd1/sdxl: store 3x3 convolutions as rows of 256 so they "
                    "are k-quantized too (ComfyUI-GGUF's own layout; diffusers and stable-diffusion.cpp cannot read it)")
-    g.add_argument("--threads", type=int, help="worker threads (default: the CPUs this process may use; with --ray, "
+    g.add_argument("--threads", type=_positive_int, help="worker threads (default: the CPUs this process may use; with --ray, "
                    "the CPUs of each task)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output")
     g.add_argument("--layers", action="store_true", help="list every tensor's type and every fallback and left-out "
@@ -647,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
     except (ArrowQuantError, OSError) as e:
-        print(f"arrowquant {args.command}: error: {e}", file=sys.stderr)
+        print(f"arrowquant {args.command}: error: {_for_the_command(str(e))}", file=sys.stderr)
         return EXIT_FAILED
     except Terminated:
         print(f"arrowquant {args.command}: terminated; partial output removed", file=sys.stderr)

@@ -253,7 +253,7 @@ def _quantize_model(model_path: Any, output_path: Any, config: DiffusionQuantCon
     if mode == "diffusion" and not looks_like_diffusion_model([n for ns in names_of.values() for n in ns]):
         warnings_out.append(f"{model_path}: no tensor name looks like a diffusion model's (no UNet/DiT/Flux blocks, "
                             "time embeddings or input/output layers), so mode 'diffusion' protects no layer; "
-                            "for other models use mode 'base' (--mode base)")
+                            "for other models use mode='base' (--mode base)")
         warnings.warn(warnings_out[-1], UserWarning, stacklevel=2)
     progress_of = component_progress({name: c.nbytes for name, c in checkpoints.items()}, progress_callback)
     executor = None

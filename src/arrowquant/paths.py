@@ -97,7 +97,7 @@ def check_file_output(path: Path, overwrite: bool) -> None:
     if path.is_dir():
         raise ParameterError(f"{path}: is a directory; give a file path for the output")
     if (path.exists() or path.is_symlink()) and not overwrite:
-        raise ParameterError(f"{path}: exists (pass overwrite=True / --overwrite to replace it)")
+        raise ParameterError(f"{path}: exists (pass overwrite=True (--overwrite) to replace it)")
 
 
 def warn_extension(path: Path, expected: str, written: str) -> str | None:
@@ -199,24 +199,51 @@ def publish(staging: Path, target: Path, overwrite: bool) -> None:
         if _rename2(staging, target, _RENAME_NOREPLACE):
             return
         if target.exists() or target.is_symlink():
-            raise ParameterError(f"{target}: exists (pass overwrite=True / --overwrite to replace it)")
+            raise ParameterError(f"{target}: exists (pass overwrite=True (--overwrite) to replace it)")
         os.rename(staging, target)
         return
     if staging.is_dir() and target.is_dir() and not target.is_symlink():
         if _rename2(staging, target, _RENAME_EXCHANGE):
             _remove(staging)  # now the old output
             return
-        # No atomic exchange here: move the old one aside, and put it back if anything stops us.
+        # No atomic exchange here: move the old one aside and the new one in, with Ctrl-C and
+        # SIGTERM held until both renames are done and the old one deleted (an interrupt between them would leave no
+        # output until a later run restored it); put the old one back if a rename fails.
         old = target.parent / f".{target.name}.{os.getpid()}.old.partial"
-        os.rename(target, old)
-        try:
-            os.rename(staging, target)
-        except BaseException:
-            os.rename(old, target)
-            raise
-        _remove(old)
+        with _interrupts_deferred():
+            os.rename(target, old)
+            try:
+                os.rename(staging, target)
+            except BaseException:
+                os.rename(old, target)
+                raise
+            _remove(old)
         return
     os.replace(staging, target)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM received inside the block are delivered when it ends, to the handlers
+    in place before it. Only the main thread runs Python signal handlers, so elsewhere the block
+    runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler is not None:  # None: a handler installed from C, which Python cannot put back
+            previous[signum] = handler
+            signal.signal(signum, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 class atomic_file:
@@ -257,7 +284,7 @@ def prepare_output_folder(output: Path, overwrite: bool) -> Path:
     if output.exists():
         entries = sorted(p.name for p in output.iterdir())
         if entries and not overwrite:
-            raise ParameterError(f"{output}: exists and is not an empty folder (pass overwrite=True / --overwrite to "
+            raise ParameterError(f"{output}: exists and is not an empty folder (pass overwrite=True (--overwrite) to "
                                  "replace a folder an earlier arrowquant run wrote)")
         if entries and OUTPUT_MARKER not in entries:
             shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")

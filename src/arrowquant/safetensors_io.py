@@ -254,7 +254,7 @@ class Checkpoint:
                     if name in owner:
                         raise FileFormatError(f"{sf.path}: tensor {name!r} is also in {owner[name].path}; a checkpoint "
                                               "defines each tensor once (two variants of the weights in one folder? "
-                                              "pass variant= / --variant)")
+                                              "pass variant= (--variant))")
                     owner[name] = sf
             for name, shard in (self.weight_map or {}).items():
                 if name not in owner:
@@ -326,7 +326,7 @@ def resolve_checkpoint(path: Any, variant: str | None = None) -> Checkpoint:
             chosen = [n for n in candidates if weight_variant(n) == variants[0]]
         elif not chosen and variants:
             raise MissingFileError(f"{path}: holds only variants {', '.join(variants)} of the weights; pass one "
-                                   "with variant= / --variant")
+                                   "with variant= (--variant)")
     else:
         chosen = [n for n in candidates if weight_variant(n) == variant]
         if not chosen:

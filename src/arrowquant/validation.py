@@ -4,7 +4,8 @@ imports nothing of arrowquant but its errors."""
 
 from __future__ import annotations
 
-from typing import Any
+import difflib
+from typing import Any, Sequence
 
 from .errors import ParameterError
 
@@ -60,3 +61,17 @@ def check_mode(mode: Any) -> str:
     if mode not in MODES:
         raise ParameterError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
     return mode
+
+
+def closest(value: Any, names: Sequence[str]) -> str | None:
+    """The name a mistyped ``value`` most likely meant, or None: the same letters without the
+    underscores or dashes ("Q4KM", "q4-k-m" -> Q4_K_M), else the nearest spelling."""
+    if not isinstance(value, str):
+        return None
+    by_letters = {n.upper().replace("_", "").replace("-", ""): n for n in names}
+    by_upper = {n.upper(): n for n in names}
+    near = by_letters.get(value.upper().replace("_", "").replace("-", ""))
+    if near is None:
+        matches = difflib.get_close_matches(value.upper(), list(by_upper), n=1)
+        near = by_upper[matches[0]] if matches else None
+    return near

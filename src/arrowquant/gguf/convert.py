@@ -28,6 +28,7 @@ from ..validation import check_num_threads
 from ..safetensors_io import Checkpoint, SafetensorsFile, TensorInfo, resolve_checkpoint, write_safetensors
 from .encode import encode_array, encoder_name, file_report
 from .imatrix import importances, read_imatrix
+from .metadata_edits import MetadataEdits, edited, parse_kv_overrides
 from .container import ARRAY, INT32, UINT32, TensorSpec, Value, write_gguf
 from .llm import LLM_ARCHITECTURES, LlamaQuantizeOptions, LlmModel, LlmTypePolicy, llm_config, model_name, permute_for_rope, tokenizer_metadata
 from .requantize import requantize
@@ -46,7 +47,8 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
             progress_callback: Callable[[str, float], Any] | None = None, ray: bool = False,
             allow_pickle: bool = False, allow_requantize: bool = False, output_tensor_type: str | None = None,
             token_embedding_type: str | None = None, pure: bool = False, leave_output_tensor: bool = False,
-            tensor_type: Any = None, imatrix: Any = None) -> dict[str, Any]:
+            tensor_type: Any = None, imatrix: Any = None, include_weights: Any = None,
+            exclude_weights: Any = None, override_kv: Any = None) -> dict[str, Any]:
     """Convert a safetensors checkpoint to GGUF with the mix ``type`` (Q4_K_M, Q8_0, Q6_K, ...).
 
     ``src`` is a ``.safetensors`` file, a ``*.safetensors.index.json`` or a component folder
@@ -72,10 +74,22 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
     ``leave_output_tensor`` (output.weight unquantized), ``tensor_type`` (["REGEX=TYPE"]).
     ``imatrix``: an importance matrix file of llama-imatrix (GGUF or legacy .dat): each tensor it
     has an entry for is written by ggml's importance-weighted quantizer, as llama-quantize
-    --imatrix does (Q4_0 ... Q8_0, Q4_K, Q5_K, Q6_K)."""
+    --imatrix does (Q4_0 ... Q8_0, Q4_K, Q5_K, Q6_K); ``include_weights`` / ``exclude_weights``
+    (name parts) keep only some of its entries, and the file records which matrix was used in
+    ``quantize.imatrix.*`` keys, as llama-quantize's tool does. ``override_kv`` (["KEY=TYPE:VALUE"],
+    TYPE int, float, bool or str) sets metadata entries last, as llama-quantize's --override-kv
+    (an int is written as u32)."""
     options = LlamaQuantizeOptions.parse(output_tensor_type, token_embedding_type, pure, leave_output_tensor,
                                          tensor_type)
-    importance = read_imatrix(imatrix) if imatrix is not None else None
+    options.metadata_edits = parse_kv_overrides(override_kv)
+    importance = None
+    if imatrix is not None:
+        matrix = read_imatrix(imatrix).selected(include_weights, exclude_weights)
+        importance = matrix.entries or None  # none left: quantized without one, as llama-quantize does
+        options.metadata_edits += matrix.metadata_edits()
+    elif include_weights is not None or exclude_weights is not None:
+        raise ParameterError("include_weights= (--include-weights) and exclude_weights= (--exclude-weights) choose "
+                             "the entries of an importance matrix; pass one with imatrix= (--imatrix)")
     options.has_imatrix = importance is not None
     if Path(src).is_file() and file_kind(Path(src)) == "gguf":
         if ray:
@@ -141,9 +155,10 @@ def _convert(src: Any, out: Any, type: str, type_for: Any, arch: str | None, var
                     "warnings": warnings_out + report["warnings"],
                     "seconds": time.perf_counter() - started}
     if options.given:
-        raise ParameterError(f"{src}: output_tensor_type, token_embedding_type, pure, leave_output_tensor and "
-                             "tensor_type are llama-quantize's options for language models (llama.cpp's tensor "
-                             "names); for a diffusion model use type_for (--type-for GLOB=TYPE)")
+        raise ParameterError(f"{src}: output_tensor_type= (--output-tensor-type), token_embedding_type= "
+                             "(--token-embedding-type), pure= (--pure), leave_output_tensor= (--leave-output-tensor) "
+                             "and tensor_type= (--tensor-type) are llama-quantize's options for language models (llama.cpp's tensor "
+                             "names); for a diffusion model use type_for= (--type-for GLOB=TYPE)")
     checkpoints = {name: resolve_checkpoint(path, variant) for name, path in components}
     check_output_apart(out, [src] + [p for c in checkpoints.values() for p in c.inputs])
     kept_as_is: list[str] = []
@@ -172,7 +187,7 @@ def _convert(src: Any, out: Any, type: str, type_for: Any, arch: str | None, var
     def write(name: str, path: Path, overwrite_file: bool) -> dict:
         return convert_checkpoint(checkpoints[name], path, TypePolicyFactory(mix, overrides, rearrange_rows, method),
                                   forced_arch, overwrite_file, num_threads, with_stats, progress_of(name), component=name,
-                                  executor=executor, imatrix=importance)
+                                  executor=executor, imatrix=importance, metadata_edits=options.metadata_edits)
 
     reports = write_model_outputs(src, out, kind, components, checkpoints, ".gguf", overwrite, write)
     for report in reports.values():
@@ -198,10 +213,11 @@ class TypePolicyFactory:
 
 def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFactory, forced_arch, overwrite: bool,
                        num_threads: int | None, with_stats: bool, progress: Callable[[str, float], None],
-                       component: str = "", executor: Any = None, imatrix: dict | None = None) -> dict[str, Any]:
+                       component: str = "", executor: Any = None, imatrix: dict | None = None,
+                       metadata_edits: MetadataEdits = ()) -> dict[str, Any]:
     """One checkpoint -> one GGUF file (see convert). ``executor(jobs)`` (default: here, one tensor
     at a time) yields (bytes, stats) for each (path, name, GgufType, method, with_stats, rope heads,
-    source bytes) in order."""
+    source bytes) in order; ``metadata_edits`` are applied to the metadata last."""
     started = time.perf_counter()
     opened = checkpoint.open()
     try:
@@ -249,8 +265,8 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
         weights = importances(imatrix, stored_names, [sf.tensors[n].shape for sf, n in entries], decisions,
                               str(checkpoint.index or checkpoint.files[0]))
         methods = [encoder_name(policies.method, d, w) for d, w in zip(decisions, weights)]
-        size, tensors = write_tensors(out, metadata, specs, entries, stored_names, decisions, methods,
-                                      [None] * len(entries), executor, num_threads, with_stats, overwrite, progress,
+        size, tensors = write_tensors(out, edited(metadata, metadata_edits), specs, entries, stored_names, decisions,
+                                      methods, [None] * len(entries), executor, num_threads, with_stats, overwrite, progress,
                                       [fp8.scales.get(name) for _, name in entries], weights)
     finally:
         for sf in opened:
@@ -359,6 +375,8 @@ def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, ov
         weights = importances(imatrix, stored_names, [sf.tensors[n].shape for sf, n in entries], decisions,
                               str(model.folder))
         methods = [encoder_name(method, d, w) for d, w in zip(decisions, weights)]
+        if options is not None:
+            metadata = edited(metadata, options.metadata_edits)
         size, tensors = write_tensors(out, metadata, specs, entries, stored_names, decisions, methods, heads, executor,
                                       num_threads, with_stats, overwrite, progress,
                                       [fp8.scales.get(name) for _, name in entries], weights)

@@ -484,6 +484,8 @@ class LlamaQuantizeOptions:
         self.output_tensor_type, self.token_embedding_type = output_tensor_type, token_embedding_type
         self.pure, self.leave_output_tensor, self.tensor_types = pure, leave_output_tensor, list(tensor_types)
         self.has_imatrix = False  # an importance matrix is given (some of llama-quantize's rules change)
+        # --override-kv and the importance matrix's keys, applied to the metadata last (metadata_edits.py)
+        self.metadata_edits: list = []
 
     @classmethod
     def parse(cls, output_tensor_type: Any = None, token_embedding_type: Any = None, pure: Any = False,

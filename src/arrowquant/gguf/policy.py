@@ -7,13 +7,13 @@ The policy only decides; it never touches tensor data.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import math
 from typing import Any
 
 from ..architectures import Architecture
 from ..errors import ParameterError
+from ..validation import closest
 from .types import MIX_ALIASES, MIXES, GgufType, gguf_type
 
 # Tensors of at most this many elements, and 1-D tensors, are not quantized (ComfyUI-GGUF's
@@ -31,12 +31,8 @@ MAX_GGUF_DIMS = 4
 def check_mix(mix: Any) -> str:
     key = MIX_ALIASES.get(str(mix).upper(), str(mix).upper()) if isinstance(mix, str) else None
     if key not in MIXES:
-        hint = ""
-        if isinstance(mix, str):  # "Q4KM", "q4-k-m": the same letters without the underscores
-            squeezed = {m.replace("_", ""): m for m in MIXES}
-            near = squeezed.get(mix.upper().replace("_", "").replace("-", "")) or \
-                next(iter(difflib.get_close_matches(mix.upper(), list(MIXES), n=1)), None)
-            hint = f" (did you mean {near}?)" if near else ""
+        near = closest(mix, list(MIXES))
+        hint = f" (did you mean {near}?)" if near else ""
         raise ParameterError(f"type must be one of {', '.join(MIXES)}; got {mix!r}{hint}")
     return key
 

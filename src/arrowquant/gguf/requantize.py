@@ -22,6 +22,7 @@ from ..paths import check_file_output, check_output_apart, warn_extension
 from ..tensor import bfloat16
 from .encode import encode_array, encoder_name, file_report
 from .imatrix import importances
+from .metadata_edits import edited
 from .container import UINT32, GgufFile, TensorSpec, Value, write_gguf
 from .llm import LlamaQuantizeOptions, LlmTypePolicy
 from .policy import TypePolicy
@@ -62,7 +63,7 @@ def type_policy(f: GgufFile, mix: str, overrides, options: LlamaQuantizeOptions)
     if arch in {a.name for a in ARCHITECTURES}:
         if options.given:
             raise ParameterError(f"{f.path}: a {arch} diffusion model; llama-quantize's tensor options are for "
-                                 "language models: use type_for (--type-for GLOB=TYPE)")
+                                 "language models: use type_for= (--type-for GLOB=TYPE)")
         return TypePolicy(mix, architecture(arch), overrides)
     facts = GgufModelFacts(f)
     policy = T5TypePolicy if arch == "t5encoder" else LlmTypePolicy
@@ -133,6 +134,8 @@ def requantize(src: Path, out: Path, mix: str, overrides, method: str, allow_req
                 if progress_callback is not None:
                     progress_callback(name, done / total)
 
+        if options is not None:
+            metadata = edited(metadata, options.metadata_edits)
         size = write_gguf(out, metadata, specs, chunks(), overwrite=overwrite)
         arch = f.architecture
     report = file_report(out, arch, "", {}, size, tensors, names, decisions, "", started)
