@@ -266,6 +266,15 @@ def _kv_override(text: str) -> str:
     return text
 
 
+def _split_size(text: str) -> str:
+    from .gguf.splits import parse_size
+    try:
+        parse_size(text)
+    except ParameterError:
+        raise _usage(f"must be a size such as 500M or 2G (10^6 / 10^9 bytes, as gguf-split); got {text!r}") from None
+    return text
+
+
 def _architecture_name(text: str) -> str:
     from .architectures import architecture
     try:
@@ -385,7 +394,9 @@ def format_gguf_report(report: dict, layers: bool = False) -> str:
         for t in comp["tensors"].values():
             counts[t["type"]] = counts.get(t["type"], 0) + 1
         lines.append(f"{name}: {comp['architecture']}, {len(comp['tensors'])} tensors ("
-                     + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f") -> {comp['output']}")
+                     + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f") -> {comp['output']}"
+                     + (f" and {len(comp['shards']) - 1} more shards (llama.cpp loads them from the first)"
+                        if comp.get("shards") else ""))
         if layers:
             lines += [f"  {t}: {v['type']} ({v['reason']})" for t, v in comp["tensors"].items()]
         by_reason: dict[str, list[str]] = {}
@@ -422,7 +433,9 @@ def cmd_gguf(args) -> int:
                          token_embedding_type=args.token_embedding_type, pure=args.pure,
                          leave_output_tensor=args.leave_output_tensor, tensor_type=args.tensor_type,
                          imatrix=args.imatrix, include_weights=args.include_weights,
-                         exclude_weights=args.exclude_weights, override_kv=args.override_kv)
+                         exclude_weights=args.exclude_weights, override_kv=args.override_kv,
+                         split_max_size=args.split_max_size, split_max_tensors=args.split_max_tensors,
+                         keep_split=args.keep_split)
     finally:
         bar.close()
     if args.json:
@@ -707,6 +720,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--override-kv", action="append", metavar="KEY=TYPE:VALUE", type=_kv_override,
                    help="set a metadata entry in the output, TYPE int, float, bool or str (repeatable; "
                         "llama-quantize's option, e.g. general.name=str:My model)")
+    g.add_argument("--split-max-size", metavar="N(M|G)", type=_split_size, help="language models: write shards "
+                   "of at most N megabytes / gigabytes of tensors, model-00001-of-0000K.gguf ... (gguf-split's "
+                   "option; llama.cpp loads them from the first)")
+    g.add_argument("--split-max-tensors", metavar="N", type=_positive_int, help="language models: write shards of "
+                   "at most N tensors (gguf-split's option)")
+    g.add_argument("--keep-split", action="store_true", help="with a split GGUF source: write the output in the "
+                   "same shards (llama-quantize's option)")
     g.add_argument("--allow-requantize", action="store_true", help="with a GGUF source: re-quantize tensors that "
                    "are already quantized to another type (their error adds to the first; as llama-quantize's option)")
     g.add_argument("--allow-pickle", action="store_true", help="read PyTorch pickles (.ckpt, .pt, .pth, .bin) with "

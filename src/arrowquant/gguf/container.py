@@ -105,6 +105,18 @@ def write_gguf(path: Any, metadata: dict[str, Any], specs: list[TensorSpec], chu
     """Stream a GGUF file: ``specs`` in order, ``chunks`` yielding each tensor's encoded bytes in
     the same order. Published atomically (over an existing file only with ``overwrite``);
     returns the file's size."""
+    path = Path(path)
+    header, alignment = gguf_header(metadata, specs, alignment)
+    with atomic_file(path, overwrite) as tmp, open(tmp, "wb") as f:
+        f.write(header)
+        write_tensor_data(f, path, specs, iter(chunks), alignment)
+        size = f.tell()
+    return size
+
+
+def gguf_header(metadata: dict[str, Any], specs: list[TensorSpec],
+                alignment: int = DEFAULT_ALIGNMENT) -> tuple[bytes, int]:
+    """The header of a GGUF file holding ``specs`` (padded to the alignment) and that alignment."""
     if "general.alignment" in metadata:
         alignment = int(_typed(metadata["general.alignment"]).value)
     header = bytearray(MAGIC + struct.pack("<IQQ", VERSION, len(specs), len(metadata)))
@@ -118,18 +130,17 @@ def write_gguf(path: Any, metadata: dict[str, Any], specs: list[TensorSpec], chu
         header += struct.pack("<IQ", spec.type.id, offset)
         offset += spec.nbytes + _pad(spec.nbytes, alignment)
     header += b"\0" * _pad(len(header), alignment)
-    path = Path(path)
-    with atomic_file(path, overwrite) as tmp, open(tmp, "wb") as f:
-        f.write(header)
-        iterator: Iterator[Any] = iter(chunks)
-        for spec in specs:
-            data = memoryview(next(iterator)).cast("B")
-            if data.nbytes != spec.nbytes:
-                raise FileFormatError(f"{path}: tensor {spec.name!r} produced {data.nbytes} bytes, expected {spec.nbytes}")
-            f.write(data)
-            f.write(b"\0" * _pad(spec.nbytes, alignment))
-        size = f.tell()
-    return size
+    return bytes(header), alignment
+
+
+def write_tensor_data(f, path: Path, specs: list[TensorSpec], chunks: Iterator[Any], alignment: int) -> None:
+    """Each spec's bytes, taken from ``chunks`` in order and checked for size, padded."""
+    for spec in specs:
+        data = memoryview(next(chunks)).cast("B")
+        if data.nbytes != spec.nbytes:
+            raise FileFormatError(f"{path}: tensor {spec.name!r} produced {data.nbytes} bytes, expected {spec.nbytes}")
+        f.write(data)
+        f.write(b"\0" * _pad(spec.nbytes, alignment))
 
 
 class GgufTensor:
@@ -323,16 +334,21 @@ class GgufFile:
 
     def original_shape(self, name: str) -> tuple[int, ...]:
         """The shape before writing: ComfyUI-GGUF's ``comfy.gguf.orig_shape.<name>`` if present."""
-        t = self._tensor(name)
-        stored = self.metadata.get(f"comfy.gguf.orig_shape.{name}")
-        if stored is None:
-            return t.shape
-        if not isinstance(stored, list) or not 1 <= len(stored) <= MAX_ORIG_DIMS \
-                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in stored) \
-                or math.prod(stored) != t.numel:
-            raise FileFormatError(f"{self.path}: comfy.gguf.orig_shape.{name} = {stored!r} does not fit the tensor's "
-                                  f"{t.numel} elements")
-        return tuple(stored)
+        return original_shape(self._tensor(name), self.metadata, self.path)
+
+
+def original_shape(t: GgufTensor, metadata: dict[str, Any], where: Any) -> tuple[int, ...]:
+    """``t``'s shape before writing: ``comfy.gguf.orig_shape.<name>`` in ``metadata`` if there,
+    checked against the tensor's element count."""
+    stored = metadata.get(f"comfy.gguf.orig_shape.{t.name}")
+    if stored is None:
+        return t.shape
+    if not isinstance(stored, list) or not 1 <= len(stored) <= MAX_ORIG_DIMS \
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in stored) \
+            or math.prod(stored) != t.numel:
+        raise FileFormatError(f"{where}: comfy.gguf.orig_shape.{t.name} = {stored!r} does not fit the tensor's "
+                              f"{t.numel} elements")
+    return tuple(stored)
 
 
 def open_gguf(path: Any) -> GgufFile:

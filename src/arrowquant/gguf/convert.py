@@ -29,6 +29,7 @@ from ..safetensors_io import Checkpoint, SafetensorsFile, TensorInfo, resolve_ch
 from .encode import encode_array, encoder_name, file_report
 from .imatrix import importances, read_imatrix
 from .metadata_edits import MetadataEdits, edited, parse_kv_overrides
+from .splits import SplitPlan, shard_report, write_gguf_shards
 from .container import ARRAY, INT32, UINT32, TensorSpec, Value, write_gguf
 from .llm import LLM_ARCHITECTURES, LlamaQuantizeOptions, LlmModel, LlmTypePolicy, llm_config, model_name, permute_for_rope, tokenizer_metadata
 from .requantize import requantize
@@ -48,7 +49,8 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
             allow_pickle: bool = False, allow_requantize: bool = False, output_tensor_type: str | None = None,
             token_embedding_type: str | None = None, pure: bool = False, leave_output_tensor: bool = False,
             tensor_type: Any = None, imatrix: Any = None, include_weights: Any = None,
-            exclude_weights: Any = None, override_kv: Any = None) -> dict[str, Any]:
+            exclude_weights: Any = None, override_kv: Any = None, split_max_size: Any = None,
+            split_max_tensors: Any = None, keep_split: bool = False) -> dict[str, Any]:
     """Convert a safetensors checkpoint to GGUF with the mix ``type`` (Q4_K_M, Q8_0, Q6_K, ...).
 
     ``src`` is a ``.safetensors`` file, a ``*.safetensors.index.json`` or a component folder
@@ -78,10 +80,14 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
     (name parts) keep only some of its entries, and the file records which matrix was used in
     ``quantize.imatrix.*`` keys, as llama-quantize's tool does. ``override_kv`` (["KEY=TYPE:VALUE"],
     TYPE int, float, bool or str) sets metadata entries last, as llama-quantize's --override-kv
-    (an int is written as u32)."""
+    (an int is written as u32). Language models can be written split, as llama.cpp's loader reads
+    them (``model-00001-of-0000N.gguf`` ...; splits.py): ``split_max_size`` ("2G", "500M" or
+    bytes per shard, as gguf-split), ``split_max_tensors``, or ``keep_split`` (a split GGUF
+    source's own shards, as llama-quantize --keep-split); a split GGUF source is read whole."""
     options = LlamaQuantizeOptions.parse(output_tensor_type, token_embedding_type, pure, leave_output_tensor,
                                          tensor_type)
     options.metadata_edits = parse_kv_overrides(override_kv)
+    options.split = SplitPlan.parse(split_max_size, split_max_tensors, keep_split)
     importance = None
     if imatrix is not None:
         matrix = read_imatrix(imatrix).selected(include_weights, exclude_weights)
@@ -134,6 +140,10 @@ def _convert(src: Any, out: Any, type: str, type_for: Any, arch: str | None, var
         kind = "file"
         config, t5 = llm_config(src), t5_config(src)
         if config is not None or t5 is not None:  # a language model or text encoder for llama.cpp's layout
+            if options.split.keep_split:
+                raise ParameterError(f"{src}: keep_split= (--keep-split) keeps a split GGUF source's shards; this "
+                                     "is a Hugging Face folder (split by size with split_max_size= / "
+                                     "--split-max-size)")
             checkpoint = resolve_checkpoint(src, variant)
             check_output_apart(out, [src] + checkpoint.inputs)
             check_file_output(out, overwrite)
@@ -147,13 +157,16 @@ def _convert(src: Any, out: Any, type: str, type_for: Any, arch: str | None, var
             else:
                 report = convert_llm(checkpoint, out, LlmModel(src, config), mix, overrides, method, overwrite,
                                      num_threads, with_stats, progress, executor, options=options, imatrix=importance)
-            return {"input": str(src), "output": str(out), "kind": "text_encoder" if t5 is not None else "llm",
+            return {"input": str(src), "output": report["output"], "kind": "text_encoder" if t5 is not None else "llm",
                     "type": mix, "method": method,
                     "kept_as_safetensors": [], "components": {"model": report}, "bytes_before": report["input_bytes"],
                     "bytes_after": report["output_bytes"], "compression_ratio": report["compression_ratio"],
                     "tensors": len(report["tensors"]), "fallbacks": report["fallbacks"],
                     "warnings": warnings_out + report["warnings"],
                     "seconds": time.perf_counter() - started}
+    if options.split.given:
+        raise ParameterError(f"{src}: split GGUF files are llama.cpp's; ComfyUI-GGUF, diffusers and "
+                             "stable-diffusion.cpp read a diffusion model from one file, so it is not split")
     if options.given:
         raise ParameterError(f"{src}: output_tensor_type= (--output-tensor-type), token_embedding_type= "
                              "(--token-embedding-type), pure= (--pure), leave_output_tensor= (--leave-output-tensor) "
@@ -265,8 +278,8 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
         weights = importances(imatrix, stored_names, [sf.tensors[n].shape for sf, n in entries], decisions,
                               str(checkpoint.index or checkpoint.files[0]))
         methods = [encoder_name(policies.method, d, w) for d, w in zip(decisions, weights)]
-        size, tensors = write_tensors(out, edited(metadata, metadata_edits), specs, entries, stored_names, decisions,
-                                      methods, [None] * len(entries), executor, num_threads, with_stats, overwrite, progress,
+        [(_, size)], tensors = write_tensors(out, edited(metadata, metadata_edits), specs, entries, stored_names,
+                                             decisions, methods, [None] * len(entries), executor, num_threads, with_stats, overwrite, progress,
                                       [fp8.scales.get(name) for _, name in entries], weights)
     finally:
         for sf in opened:
@@ -276,9 +289,9 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
 
 def write_tensors(out: Path, metadata: dict[str, Any], specs: list[TensorSpec], entries, stored_names, decisions,
                   methods, heads, executor, num_threads, with_stats: bool, overwrite: bool, progress, fp8_scales,
-                  importances=None) -> tuple[int, dict[str, dict[str, Any]]]:
-    """Encodes every tensor (here, or by ``executor``), streams them into ``out`` in order, and
-    returns the file's size and the per-tensor report."""
+                  importances=None, split: SplitPlan | None = None) -> tuple[list[tuple[Path, int]], dict[str, dict[str, Any]]]:
+    """Encodes every tensor (here, or by ``executor``), streams them into ``out`` in order (into
+    shards as ``split`` says), and returns [(file, size)] and the per-tensor report."""
     files = {str(sf.path): sf for sf, _ in entries}
     total = sum(sf.tensors[n].nbytes for sf, n in entries) or 1
     tensors: dict[str, dict[str, Any]] = {}
@@ -311,7 +324,8 @@ def write_tensors(out: Path, metadata: dict[str, Any], specs: list[TensorSpec], 
             done += info.nbytes
             progress(stored, done / total)
 
-    return write_gguf(out, metadata, specs, chunks(), overwrite=overwrite), tensors
+    shard_of = split.shards(specs) if split is not None else [0] * len(specs)
+    return write_gguf_shards(out, metadata, specs, chunks(), shard_of, overwrite=overwrite), tensors
 
 
 def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, overrides, method: str, overwrite: bool,
@@ -377,15 +391,17 @@ def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, ov
         methods = [encoder_name(method, d, w) for d, w in zip(decisions, weights)]
         if options is not None:
             metadata = edited(metadata, options.metadata_edits)
-        size, tensors = write_tensors(out, metadata, specs, entries, stored_names, decisions, methods, heads, executor,
-                                      num_threads, with_stats, overwrite, progress,
-                                      [fp8.scales.get(name) for _, name in entries], weights)
+        written, tensors = write_tensors(out, metadata, specs, entries, stored_names, decisions, methods, heads,
+                                         executor, num_threads, with_stats, overwrite, progress,
+                                         [fp8.scales.get(name) for _, name in entries], weights,
+                                         options.split if options is not None else None)
     finally:
         for sf in opened:
             sf.close()
         if extra_folder is not None:
             shutil.rmtree(extra_folder, ignore_errors=True)
-    report = file_report(out, model.arch, "", skipped, size, tensors, stored_names, decisions, "", started)
+    report = shard_report(file_report(written[0][0], model.arch, "", skipped, sum(s for _, s in written), tensors,
+                                      stored_names, decisions, "", started), written)
     report["tokenizer"] = {"model": tokenizer["tokenizer.ggml.model"], "tokens": len(tokenizer["tokenizer.ggml.tokens"].value)}
     return report
 

@@ -486,6 +486,7 @@ class LlamaQuantizeOptions:
         self.has_imatrix = False  # an importance matrix is given (some of llama-quantize's rules change)
         # --override-kv and the importance matrix's keys, applied to the metadata last (metadata_edits.py)
         self.metadata_edits: list = []
+        self.split = None  # a splits.SplitPlan: how to cut the output into shards (None: one file)
 
     @classmethod
     def parse(cls, output_tensor_type: Any = None, token_embedding_type: Any = None, pure: Any = False,
@@ -537,6 +538,9 @@ class LlmTypePolicy(TypePolicy):
         self.options = options or LlamaQuantizeOptions()
         self.i_ffn_down = 0
         self.falcon = getattr(model, "arch", None) == "falcon"
+        # llama-quantize --keep-split takes the tensors in the source's file order, not its
+        # loader's layer-by-layer order, and its layer counts follow that order (see _layer).
+        self.layers_in_file_order = False
 
     def decide(self, name: str, shape: tuple[int, ...], source_dtype: str) -> Decision:
         shape = tuple(shape) or (1,)
@@ -557,11 +561,14 @@ class LlmTypePolicy(TypePolicy):
                     return self._fit(name, Decision(forced, f"tensor_type {pattern.pattern}", shape))
         return super().decide(name, shape, source_dtype)
 
-    @staticmethod
-    def _layer(name: str, counted: int) -> int:
+    def _layer(self, name: str, counted: int) -> int:
         """The tensor's layer: llama-quantize counts attn_v / ffn_down tensors in its loader's order,
         layer by layer, so its count is the layer index; a checkpoint lists them in any order
-        (safetensors sorts blk.10 before blk.2), so the index is read from the name."""
+        (safetensors sorts blk.10 before blk.2), so the index is read from the name. With
+        --keep-split llama-quantize counts in the source's file order instead: then the count,
+        whatever layer it names, is what its rules use."""
+        if self.layers_in_file_order:
+            return counted
         m = _BLOCK_INDEX.match(name)
         return int(m.group(1)) if m else counted
 

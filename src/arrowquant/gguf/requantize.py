@@ -23,7 +23,8 @@ from ..tensor import bfloat16
 from .encode import encode_array, encoder_name, file_report
 from .imatrix import importances
 from .metadata_edits import edited
-from .container import UINT32, GgufFile, TensorSpec, Value, write_gguf
+from .container import UINT32, TensorSpec, Value
+from .splits import GgufModel, planned_paths, shard_report, write_gguf_shards
 from .llm import LlamaQuantizeOptions, LlmTypePolicy
 from .policy import TypePolicy
 from .t5 import T5TypePolicy
@@ -39,14 +40,14 @@ class GgufModelFacts:
     """What llama-quantize's per-tensor rules need of a language model (layer count, embedding
     width, head counts), read from a GGUF file's ``<arch>.*`` metadata and checked."""
 
-    def __init__(self, f: GgufFile) -> None:
+    def __init__(self, f: GgufModel) -> None:
         self.arch = f.architecture
         self.n_layer = self._count(f, "block_count")
         self.n_embd = self._count(f, "embedding_length")
         self.n_head = self._count(f, "attention.head_count", 1)
         self.n_head_kv = self._count(f, "attention.head_count_kv", self.n_head)
 
-    def _count(self, f: GgufFile, key: str, default: int | None = None) -> int:
+    def _count(self, f: GgufModel, key: str, default: int | None = None) -> int:
         value = f.metadata.get(f"{self.arch}.{key}", default)
         if isinstance(value, list) and value:  # per-layer counts (some architectures): the largest
             value = max(value)
@@ -56,7 +57,7 @@ class GgufModelFacts:
         return value
 
 
-def type_policy(f: GgufFile, mix: str, overrides, options: LlamaQuantizeOptions) -> TypePolicy:
+def type_policy(f: GgufModel, mix: str, overrides, options: LlamaQuantizeOptions) -> TypePolicy:
     arch = f.architecture
     if not isinstance(arch, str) or not arch:
         raise FileFormatError(f"{f.path}: no general.architecture; cannot tell which rules choose the tensor types")
@@ -64,6 +65,9 @@ def type_policy(f: GgufFile, mix: str, overrides, options: LlamaQuantizeOptions)
         if options.given:
             raise ParameterError(f"{f.path}: a {arch} diffusion model; llama-quantize's tensor options are for "
                                  "language models: use type_for= (--type-for GLOB=TYPE)")
+        if options.split is not None and options.split.given:
+            raise ParameterError(f"{f.path}: a {arch} diffusion model; ComfyUI-GGUF, diffusers and "
+                                 "stable-diffusion.cpp read it from one file, so it is not split")
         return TypePolicy(mix, architecture(arch), overrides)
     facts = GgufModelFacts(f)
     policy = T5TypePolicy if arch == "t5encoder" else LlmTypePolicy
@@ -80,10 +84,15 @@ def requantize(src: Path, out: Path, mix: str, overrides, method: str, allow_req
     check_output_apart(out, [src])
     check_file_output(out, overwrite)
     warnings_out = [w for w in [warn_extension(out, ".gguf", "a GGUF file")] if w]
-    with GgufFile(src) as f:
-        policy = type_policy(f, mix, overrides, options or LlamaQuantizeOptions())
-        names, decisions = list(f.tensors), []
-        for name in names:
+    with GgufModel(src) as f:
+        options = options or LlamaQuantizeOptions()
+        policy = type_policy(f, mix, overrides, options)
+        names, by_name = list(f.tensors), {}
+        order = names
+        if options.split is not None and options.split.keep_split and isinstance(policy, LlmTypePolicy):
+            policy.layers_in_file_order = True  # llama-quantize --keep-split: its rules see the file's order
+            order = sorted(names, key=lambda n: (f.shard_of[n], f.tensors[n].offset))
+        for name in order:
             t = f.tensors[name]
             stored = f.original_shape(name)
             source_dtype = t.type.name if t.type.name in ("F32", "F16", "BF16") else "F32"
@@ -96,7 +105,8 @@ def requantize(src: Path, out: Path, mix: str, overrides, method: str, allow_req
                                      f"{decision.type.name} adds a second error to the first: pass "
                                      "allow_requantize=True (--allow-requantize), as llama-quantize asks, or start "
                                      "from the F16 / BF16 original")
-            decisions.append(decision)
+            by_name[name] = decision
+        decisions = [by_name[name] for name in names]
         copied = [d.type.id == f.tensors[n].type.id for n, d in zip(names, decisions)]
         weights = [None if same else w for same, w in zip(copied, importances(
             imatrix, names, [f.tensors[n].shape for n in names], decisions, str(src)))]
@@ -136,10 +146,15 @@ def requantize(src: Path, out: Path, mix: str, overrides, method: str, allow_req
 
         if options is not None:
             metadata = edited(metadata, options.metadata_edits)
-        size = write_gguf(out, metadata, specs, chunks(), overwrite=overwrite)
+        split = options.split if options is not None else None
+        shard_of = split.shards(specs, [f.shard_of[n] for n in names]) if split is not None else [0] * len(names)
+        for path in planned_paths(out, shard_of):  # a shard never replaces one of the source's
+            check_output_apart(path, [s.path for s in f.shards])
+        written = write_gguf_shards(out, metadata, specs, chunks(), shard_of, overwrite=overwrite)
         arch = f.architecture
-    report = file_report(out, arch, "", {}, size, tensors, names, decisions, "", started)
-    return {"input": str(src), "output": str(out), "kind": "gguf", "type": mix, "method": method,
+    report = shard_report(file_report(written[0][0], arch, "", {}, sum(s for _, s in written), tensors, names,
+                                      decisions, "", started), written)
+    return {"input": str(src), "output": report["output"], "kind": "gguf", "type": mix, "method": method,
             "kept_as_safetensors": [], "components": {"model": report}, "bytes_before": report["input_bytes"],
             "bytes_after": report["output_bytes"], "compression_ratio": report["compression_ratio"],
             "tensors": len(tensors), "fallbacks": report["fallbacks"], "warnings": warnings_out + report["warnings"],
