@@ -12,7 +12,8 @@ gguf = pytest.importorskip("gguf")
 
 import arrowquant.gguf as ag  # noqa: E402
 from arrowquant.errors import FileFormatError, MissingFileError, ParameterError  # noqa: E402
-from arrowquant.gguf.splits import GgufModel, parse_size  # noqa: E402
+from arrowquant.gguf.model_file import GgufModel
+from arrowquant.gguf.splits import parse_size  # noqa: E402
 
 from test_gguf_llm import llm, needs_llama_cpp, llama_cpp  # noqa: E402,F401
 from test_gguf_requantize import (FTYPES, deep_f16_gguf, f16_gguf, metadata_of,  # noqa: E402,F401
@@ -168,3 +169,21 @@ def test_the_command_splits_and_says_where_the_shards_are(llm, tmp_path, capsys)
     with pytest.raises(SystemExit) as stopped:
         main(["gguf", str(folder), str(tmp_path / "x.gguf"), "--split-max-size", "2GB"])
     assert stopped.value.code == 2 and "argument --split-max-size: must be a size such as 500M" in capsys.readouterr().err
+
+
+def test_inspect_dequantize_and_validate_read_a_split_model_whole(llm, tmp_path, capsys):
+    import json
+    from safetensors.numpy import load_file
+    from arrowquant.cli import main
+    folder, _, _ = llm
+    ag.convert(folder, tmp_path / "whole.gguf", type="Q8_0")
+    report = ag.convert(folder, tmp_path / "m.gguf", type="Q8_0", split_max_tensors=9)
+    paths = [s["path"] for s in report["components"]["model"]["shards"]]
+    assert main(["inspect", paths[1], "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["shards"] == paths and len(doc["tensors"]) == len(gguf.GGUFReader(tmp_path / "whole.gguf").tensors)
+    assert main(["dequantize", paths[0], str(tmp_path / "split.safetensors"), "--quiet"]) == 0
+    assert main(["dequantize", str(tmp_path / "whole.gguf"), str(tmp_path / "whole.safetensors"), "--quiet"]) == 0
+    a, b = load_file(str(tmp_path / "split.safetensors")), load_file(str(tmp_path / "whole.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert main(["validate", str(folder), paths[0], "--quiet"]) == 0

@@ -360,7 +360,7 @@ def cmd_dequantize(args) -> int:
     try:
         if kind == "gguf" or (kind is not None and source.name.endswith(".gguf")):
             warn_extension(target, ".safetensors", "a safetensors file")
-            from .gguf.container import gguf_to_safetensors
+            from .gguf.model_file import gguf_to_safetensors
             gguf_to_safetensors(source, target, dtype, overwrite=args.overwrite, progress_callback=bar)
             written.append(str(target))
         elif source.is_dir():
@@ -478,8 +478,10 @@ def inspect_gguf_report(path: Path) -> dict:
     counts: dict[str, int] = {}
     for t in tensors:
         counts[t["type"]] = counts.get(t["type"], 0) + 1
-    return {"file": str(path), "bytes": path.stat().st_size, "architecture": metadata.get("general.architecture"),
-            "metadata": metadata, "tensors": tensors, "types": counts}
+        shards = [str(s.path) for s in f.shards]
+    return {"file": str(path), "bytes": sum(Path(s).stat().st_size for s in shards),
+            "architecture": metadata.get("general.architecture"), "metadata": metadata, "tensors": tensors,
+            "types": counts, **({"shards": shards} if len(shards) > 1 else {})}
 
 
 def cmd_inspect(args) -> int:
@@ -493,7 +495,8 @@ def cmd_inspect(args) -> int:
         if args.json:
             _print_json(report)
         elif not args.quiet:
-            print(f"{report['file']}: GGUF, architecture {report['architecture']}, {_mb(report['bytes'])}, "
+            split = f" in {len(report['shards'])} shards" if "shards" in report else ""
+            print(f"{report['file']}: GGUF{split}, architecture {report['architecture']}, {_mb(report['bytes'])}, "
                   + ", ".join(f"{k} {v}" for k, v in sorted(report["types"].items())))
             meta = {k: v for k, v in report["metadata"].items()
                     if isinstance(v, (str, int, float)) or (isinstance(v, list) and len(v) <= 8)}

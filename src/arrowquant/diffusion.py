@@ -364,10 +364,10 @@ class _StoredGguf:
     back to Hugging Face's, the query and key projections compared in llama.cpp's rotary layout."""
 
     def __init__(self, path: Path, source_names: list[str], source: Path | None = None) -> None:
-        from .gguf.container import GgufFile
         from .gguf.llm import LlmModel, llm_config
+        from .gguf.model_file import GgufModel
         from .gguf.t5 import T5EncoderModel, t5_config
-        self.file, self.path = GgufFile(path), path
+        self.file, self.path = GgufModel(path), path
         self.prefix = strip_prefix(source_names)
         self.names = self.file.names
         self.mapped: dict[str, tuple[str, int | None]] | None = None  # GGUF name -> (source name, rope heads)

@@ -9,8 +9,9 @@ writes byte for byte as ggml's reference quantizer does.
 docs/gguf.md describes the mixes, the per-tensor rules and how to load the result.
 """
 
-from .container import GgufFile, open_gguf as open  # noqa: A004 - mirrors arrowquant.open
+from .container import GgufFile
+from .model_file import GgufModel, open_model as open  # noqa: A004 - mirrors arrowquant.open
 from .convert import convert
 from .types import GGUF_TYPES, MIXES, gguf_type
 
-__all__ = ["convert", "open", "GgufFile", "GGUF_TYPES", "MIXES", "gguf_type"]
+__all__ = ["convert", "open", "GgufFile", "GgufModel", "GGUF_TYPES", "MIXES", "gguf_type"]

@@ -30,7 +30,7 @@ from .encode import encode_array, encoder_name, file_report
 from .imatrix import importances, read_imatrix
 from .metadata_edits import MetadataEdits, edited, parse_kv_overrides
 from .splits import SplitPlan, shard_report, write_gguf_shards
-from .container import ARRAY, INT32, UINT32, TensorSpec, Value, write_gguf
+from .container import ARRAY, INT32, UINT32, TensorSpec, Value
 from .llm import LLM_ARCHITECTURES, LlamaQuantizeOptions, LlmModel, LlmTypePolicy, llm_config, model_name, permute_for_rope, tokenizer_metadata
 from .requantize import requantize
 from .policy import TypePolicy, check_mix, parse_type_overrides

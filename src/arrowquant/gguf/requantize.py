@@ -24,7 +24,8 @@ from .encode import encode_array, encoder_name, file_report
 from .imatrix import importances
 from .metadata_edits import edited
 from .container import UINT32, TensorSpec, Value
-from .splits import GgufModel, planned_paths, shard_report, write_gguf_shards
+from .model_file import GgufModel
+from .splits import planned_paths, shard_report, write_gguf_shards
 from .llm import LlamaQuantizeOptions, LlmTypePolicy
 from .policy import TypePolicy
 from .t5 import T5TypePolicy
