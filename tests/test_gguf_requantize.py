@@ -359,3 +359,82 @@ def test_the_command_takes_llama_quantizes_metadata_and_imatrix_options(f16_gguf
     fields = gguf.GGUFReader(tmp_path / "q.gguf").fields
     assert fields["general.name"].contents() == "X" and fields["test.n"].contents() == 7
     assert fields["quantize.imatrix.entries_count"].contents() == sum("attn_q" not in n for n in entries)
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("mix", ["Q4_K_M", "Q3_K_M"])
+def test_prune_layers_is_llama_quantizes(deep_f16_gguf, tmp_path, mix):
+    """--prune-layers: the layers left out, the rest renumbered, block_count set last, the
+    attn_v rules counting the attn_v tensors left, the imatrix looked up by the original names;
+    the whole metadata and every tensor equal llama_model_quantize's with the same prune list."""
+    entries = imatrix_entries(deep_f16_gguf)
+    write_imatrix_dat(tmp_path / "m.dat", entries)
+    prune = [1, 5, 6, 15]
+    array = (ctypes.c_int32 * (len(prune) + 1))(*prune, -1)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread = FTYPES[mix], 2
+    params.prune_layers = ctypes.cast(array, ctypes.POINTER(ctypes.c_int))
+    Entry = llama_cpp.llama_model_imatrix_data
+    keep = [(name.encode(), np.ascontiguousarray(v)) for name, v in entries.items()]
+    matrix = (Entry * (len(keep) + 1))()
+    for i, (name, values) in enumerate(keep):
+        matrix[i].name, matrix[i].data = name, values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        matrix[i].size = values.size
+    matrix[len(keep)].name = None
+    params.imatrix = ctypes.cast(matrix, ctypes.POINTER(Entry))
+    overrides = kv_overrides_array([("quantize.imatrix.file", "str", str(tmp_path / "m.dat")),
+                                    ("quantize.imatrix.dataset", "str", "test.txt"),
+                                    ("quantize.imatrix.entries_count", "int", len(entries)),
+                                    ("quantize.imatrix.chunks_count", "int", 1)])
+    params.kv_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_kv_override))
+    assert llama_cpp.llama_model_quantize(str(deep_f16_gguf).encode(), str(tmp_path / "llama.gguf").encode(),
+                                          ctypes.byref(params)) == 0
+    report = ag.convert(deep_f16_gguf, tmp_path / "ours.gguf", type=mix, method="ggml", prune_layers="15,1,5,6",
+                        imatrix=tmp_path / "m.dat")
+    assert metadata_of(tmp_path / "ours.gguf") == metadata_of(tmp_path / "llama.gguf")
+    assert tensors_of(tmp_path / "ours.gguf") == tensors_of(tmp_path / "llama.gguf")
+    names = report["components"]["model"]["tensors"]
+    assert "blk.11.attn_q.weight" in names and "blk.12.attn_q.weight" not in names
+    assert gguf.GGUFReader(tmp_path / "ours.gguf").fields["llama.block_count"].contents() == 12
+    model = llama_cpp.Llama(model_path=str(tmp_path / "ours.gguf"), n_ctx=32, verbose=False, n_threads=1)
+    model.eval([1, 5, 9])  # llama.cpp runs the pruned model
+    for bad, message in (("3,99", r"prune_layers \[99\] name no layer"), ("a,b", "layer numbers such as"),
+                         (list(range(16)), "would leave none")):
+        with pytest.raises(ParameterError, match=message):
+            ag.convert(deep_f16_gguf, tmp_path / "bad.gguf", prune_layers=bad)
+    assert not (tmp_path / "bad.gguf").exists()
+
+
+def test_a_dry_run_reports_the_sizes_it_would_write_and_writes_nothing(deep_f16_gguf, llm, tmp_path):
+    folder, _, _ = llm
+    for source, kwargs in ((deep_f16_gguf, {}), (deep_f16_gguf, {"split_max_tensors": 50}), (folder, {})):
+        dry = ag.convert(source, tmp_path / "dry.gguf", type="Q4_K_M", dry_run=True, **kwargs)
+        assert dry["dry_run"] and not list(tmp_path.glob("dry*"))
+        real = ag.convert(source, tmp_path / "real.gguf", type="Q4_K_M", **kwargs)
+        assert not real["dry_run"] and dry["bytes_after"] == real["bytes_after"]
+        sizes = [os.path.getsize(s["path"]) for s in real["components"]["model"].get("shards", [])] or \
+            [os.path.getsize(real["output"])]
+        assert sum(sizes) == dry["bytes_after"]
+        d, r = dry["components"]["model"]["tensors"], real["components"]["model"]["tensors"]
+        assert {n: (t["type"], t["bytes_after"]) for n, t in d.items()} == \
+            {n: (t["type"], t["bytes_after"]) for n, t in r.items()}
+        for p in tmp_path.glob("real*"):
+            p.unlink()
+
+
+def test_the_command_reads_tensor_type_files_and_dry_runs(f16_gguf, tmp_path, capsys):
+    from arrowquant.cli import main
+    (tmp_path / "types.txt").write_text("attn_q=Q8_0\n  ffn_up=q5_k ffn_gate=Q6_K\n")
+    assert main(["gguf", str(f16_gguf), str(tmp_path / "q.gguf"), "--tensor-type-file", str(tmp_path / "types.txt"),
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: the types and sizes above were decided; nothing was quantized or written" in out
+    assert not (tmp_path / "q.gguf").exists()
+    assert main(["gguf", str(f16_gguf), str(tmp_path / "q.gguf"), "--tensor-type-file", str(tmp_path / "types.txt"),
+                 "--quiet"]) == 0
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(tmp_path / "q.gguf").tensors}
+    assert types["blk.0.attn_q.weight"] == "Q8_0" and types["blk.1.ffn_up.weight"] == "Q5_K"
+    assert types["blk.0.ffn_gate.weight"] == "Q6_K"
+    (tmp_path / "bad.txt").write_text("attn_q=Q8_0 ffn_up=Q9\n")
+    assert main(["gguf", str(f16_gguf), str(tmp_path / "b.gguf"), "--tensor-type-file", str(tmp_path / "bad.txt")]) == 1
+    assert "bad.txt: entry 'ffn_up=Q9': 'Q9' is not a GGUF tensor type" in capsys.readouterr().err

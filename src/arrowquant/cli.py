@@ -23,7 +23,7 @@ from . import __version__
 from .diffusion import DEFAULT_THRESHOLDS, PROFILES
 from .errors import ArrowQuantError, FileFormatError, ParameterError
 from .sources import file_kind
-from .paths import Terminated, terminate_as_interrupt
+from .paths import Terminated, open_input, terminate_as_interrupt
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -275,6 +275,15 @@ def _split_size(text: str) -> str:
     return text
 
 
+def _layer_list(text: str) -> str:
+    from .gguf.convert import parse_layer_list
+    try:
+        parse_layer_list(text)
+    except ParameterError:
+        raise _usage(f"must be layer numbers separated by commas, e.g. 0,3,5; got {text!r}") from None
+    return text
+
+
 def _architecture_name(text: str) -> str:
     from .architectures import architecture
     try:
@@ -417,7 +426,34 @@ def format_gguf_report(report: dict, layers: bool = False) -> str:
     lines.append(f"{report['type']}: {_mb(report['bytes_before'])} -> {_mb(report['bytes_after'])} "
                  f"({report['compression_ratio']:.2f}x smaller, source tensor bytes / .gguf bytes) in "
                  f"{report['seconds']:.2f} s -> {report['output']}")
+    if report.get("dry_run"):
+        lines.append("dry run: the types and sizes above were decided; nothing was quantized or written")
     return "\n".join(lines)
+
+
+MAX_TENSOR_TYPE_FILE = 1 << 20
+
+
+def _tensor_type_files(paths: list[str] | None) -> list[str]:
+    """--tensor-type-file: REGEX=TYPE entries separated by spaces or newlines, each checked as
+    --tensor-type's are (an error names the file and the entry)."""
+    entries = []
+    for path in paths or []:
+        with open_input(Path(path), "a tensor type file") as f:
+            data = f.read(MAX_TENSOR_TYPE_FILE + 1)
+        if len(data) > MAX_TENSOR_TYPE_FILE:
+            raise ParameterError(f"{path}: over {MAX_TENSOR_TYPE_FILE} bytes; a tensor type file lists REGEX=TYPE entries")
+        try:
+            words = data.decode("utf-8").split()
+        except UnicodeDecodeError:
+            raise ParameterError(f"{path}: not UTF-8 text; a tensor type file lists REGEX=TYPE entries") from None
+        for word in words:
+            try:
+                _pattern_type("REGEX")(word)
+            except argparse.ArgumentTypeError as e:
+                raise ParameterError(f"{path}: entry {word!r}: {e}") from None
+        entries += words
+    return entries
 
 
 def cmd_gguf(args) -> int:
@@ -431,11 +467,12 @@ def cmd_gguf(args) -> int:
                          ray=args.ray is not None, allow_pickle=args.allow_pickle,
                          allow_requantize=args.allow_requantize, output_tensor_type=args.output_tensor_type,
                          token_embedding_type=args.token_embedding_type, pure=args.pure,
-                         leave_output_tensor=args.leave_output_tensor, tensor_type=args.tensor_type,
+                         leave_output_tensor=args.leave_output_tensor,
+                         tensor_type=(args.tensor_type or []) + _tensor_type_files(args.tensor_type_file) or None,
                          imatrix=args.imatrix, include_weights=args.include_weights,
                          exclude_weights=args.exclude_weights, override_kv=args.override_kv,
                          split_max_size=args.split_max_size, split_max_tensors=args.split_max_tensors,
-                         keep_split=args.keep_split)
+                         keep_split=args.keep_split, prune_layers=args.prune_layers, dry_run=args.dry_run)
     finally:
         bar.close()
     if args.json:
@@ -730,6 +767,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "at most N tensors (gguf-split's option)")
     g.add_argument("--keep-split", action="store_true", help="with a split GGUF source: write the output in the "
                    "same shards (llama-quantize's option)")
+    g.add_argument("--prune-layers", metavar="L0,L1,...", type=_layer_list, help="with a language-model GGUF "
+                   "source: leave these blk.N layers out and renumber the rest (llama-quantize's option)")
+    g.add_argument("--tensor-type-file", metavar="FILE", action="append", help="language models: REGEX=TYPE "
+                   "entries, separated by spaces or newlines, as --tensor-type (llama-quantize's option)")
+    g.add_argument("--dry-run", action="store_true", help="choose every tensor's type and report the output's size "
+                   "without quantizing or writing anything (llama-quantize's option)")
     g.add_argument("--allow-requantize", action="store_true", help="with a GGUF source: re-quantize tensors that "
                    "are already quantized to another type (their error adds to the first; as llama-quantize's option)")
     g.add_argument("--allow-pickle", action="store_true", help="read PyTorch pickles (.ckpt, .pt, .pth, .bin) with "

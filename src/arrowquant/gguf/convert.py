@@ -28,8 +28,8 @@ from ..validation import check_num_threads
 from ..safetensors_io import Checkpoint, SafetensorsFile, TensorInfo, resolve_checkpoint, write_safetensors
 from .encode import encode_array, encoder_name, file_report
 from .imatrix import importances, read_imatrix
-from .metadata_edits import MetadataEdits, edited, parse_kv_overrides
-from .splits import SplitPlan, shard_report, write_gguf_shards
+from .metadata_edits import edited, parse_kv_overrides
+from .splits import SplitPlan, planned_sizes, shard_report, write_gguf_shards
 from .container import ARRAY, INT32, UINT32, TensorSpec, Value
 from .llm import LLM_ARCHITECTURES, LlamaQuantizeOptions, LlmModel, LlmTypePolicy, llm_config, model_name, permute_for_rope, tokenizer_metadata
 from .requantize import requantize
@@ -50,7 +50,8 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
             token_embedding_type: str | None = None, pure: bool = False, leave_output_tensor: bool = False,
             tensor_type: Any = None, imatrix: Any = None, include_weights: Any = None,
             exclude_weights: Any = None, override_kv: Any = None, split_max_size: Any = None,
-            split_max_tensors: Any = None, keep_split: bool = False) -> dict[str, Any]:
+            split_max_tensors: Any = None, keep_split: bool = False, prune_layers: Any = None,
+            dry_run: bool = False) -> dict[str, Any]:
     """Convert a safetensors checkpoint to GGUF with the mix ``type`` (Q4_K_M, Q8_0, Q6_K, ...).
 
     ``src`` is a ``.safetensors`` file, a ``*.safetensors.index.json`` or a component folder
@@ -83,11 +84,19 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
     (an int is written as u32). Language models can be written split, as llama.cpp's loader reads
     them (``model-00001-of-0000N.gguf`` ...; splits.py): ``split_max_size`` ("2G", "500M" or
     bytes per shard, as gguf-split), ``split_max_tensors``, or ``keep_split`` (a split GGUF
-    source's own shards, as llama-quantize --keep-split); a split GGUF source is read whole."""
+    source's own shards, as llama-quantize --keep-split); a split GGUF source is read whole.
+    ``prune_layers`` ([layer, ...] or "L0,L1,..."), with a language-model GGUF source, leaves
+    those ``blk.N`` layers out and renumbers the rest, as llama-quantize --prune-layers.
+    ``dry_run`` decides every tensor's type and reports the sizes without encoding or writing
+    anything (llama-quantize --dry-run; one output file, or a split one, not a pipeline folder)."""
     options = LlamaQuantizeOptions.parse(output_tensor_type, token_embedding_type, pure, leave_output_tensor,
                                          tensor_type)
     options.metadata_edits = parse_kv_overrides(override_kv)
     options.split = SplitPlan.parse(split_max_size, split_max_tensors, keep_split)
+    options.prune_layers = parse_layer_list(prune_layers)
+    if not isinstance(dry_run, bool):
+        raise ParameterError(f"dry_run must be True or False; got {dry_run!r}")
+    options.dry_run = dry_run
     importance = None
     if imatrix is not None:
         matrix = read_imatrix(imatrix).selected(include_weights, exclude_weights)
@@ -104,17 +113,36 @@ def convert(src: Any, out: Any, type: str = "Q4_K_M", *, type_for: Any = None,  
             raise ParameterError(f"progress_callback must be callable; got {progress_callback!r}")
         if method not in ("ggml", "search"):
             raise ParameterError(f"method must be 'ggml' or 'search'; got {method!r}")
-        return requantize(Path(src), Path(out), check_mix(type), parse_type_overrides(type_for), method,
-                          allow_requantize, overwrite, check_num_threads(num_threads), with_stats, progress_callback,
-                          options, importance)
+        report = requantize(Path(src), Path(out), check_mix(type), parse_type_overrides(type_for), method,
+                            allow_requantize, overwrite, check_num_threads(num_threads), with_stats, progress_callback,
+                            options, importance)
+        return {**report, "dry_run": options.dry_run}
+    if options.prune_layers:
+        raise ParameterError(f"{src}: prune_layers= (--prune-layers) takes a GGUF source, as llama-quantize does; "
+                             "convert this model to GGUF first")
     with readable(Path(src), allow_pickle, Path(out), GGUF_TO_GGUF) as source:
         report = _convert(source, out, type, type_for, arch, variant, overwrite, rearrange_rows, method, num_threads,
                           with_stats, progress_callback, ray, options, importance)
     report["input"] = str(src)
+    report["dry_run"] = options.dry_run
     return report
 
 
 GGUF_TO_GGUF = "a GGUF source is a file, not part of a folder"
+
+
+def parse_layer_list(value: Any) -> list[int]:
+    """--prune-layers "L0,L1,..." (or a list of layer numbers) -> sorted, without repeats."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        layers = [int(x.strip()) if isinstance(x, str) else x for x in items]
+    except (TypeError, ValueError):
+        layers = None
+    if not layers or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**31 for x in layers):
+        raise ParameterError(f"prune_layers must be layer numbers such as \"0,3,5\" (or [0, 3, 5]); got {value!r}")
+    return sorted(set(layers))
 
 
 def _convert(src: Any, out: Any, type: str, type_for: Any, arch: str | None, variant: str | None,  # noqa: A002
@@ -172,6 +200,9 @@ def _convert(src: Any, out: Any, type: str, type_for: Any, arch: str | None, var
                              "(--token-embedding-type), pure= (--pure), leave_output_tensor= (--leave-output-tensor) "
                              "and tensor_type= (--tensor-type) are llama-quantize's options for language models (llama.cpp's tensor "
                              "names); for a diffusion model use type_for= (--type-for GLOB=TYPE)")
+    if kind == "diffusers" and options.dry_run:
+        raise ParameterError(f"{src}: dry_run= (--dry-run) reports one output file; give one component folder "
+                             "(e.g. its transformer or unet)")
     checkpoints = {name: resolve_checkpoint(path, variant) for name, path in components}
     check_output_apart(out, [src] + [p for c in checkpoints.values() for p in c.inputs])
     kept_as_is: list[str] = []
@@ -200,7 +231,7 @@ def _convert(src: Any, out: Any, type: str, type_for: Any, arch: str | None, var
     def write(name: str, path: Path, overwrite_file: bool) -> dict:
         return convert_checkpoint(checkpoints[name], path, TypePolicyFactory(mix, overrides, rearrange_rows, method),
                                   forced_arch, overwrite_file, num_threads, with_stats, progress_of(name), component=name,
-                                  executor=executor, imatrix=importance, metadata_edits=options.metadata_edits)
+                                  executor=executor, imatrix=importance, options=options)
 
     reports = write_model_outputs(src, out, kind, components, checkpoints, ".gguf", overwrite, write)
     for report in reports.values():
@@ -227,10 +258,11 @@ class TypePolicyFactory:
 def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFactory, forced_arch, overwrite: bool,
                        num_threads: int | None, with_stats: bool, progress: Callable[[str, float], None],
                        component: str = "", executor: Any = None, imatrix: dict | None = None,
-                       metadata_edits: MetadataEdits = ()) -> dict[str, Any]:
+                       options: LlamaQuantizeOptions | None = None) -> dict[str, Any]:
     """One checkpoint -> one GGUF file (see convert). ``executor(jobs)`` (default: here, one tensor
     at a time) yields (bytes, stats) for each (path, name, GgufType, method, with_stats, rope heads,
-    source bytes) in order; ``metadata_edits`` are applied to the metadata last."""
+    source bytes) in order; ``options``: its metadata edits are applied last, and with its
+    ``dry_run`` nothing is encoded or written."""
     started = time.perf_counter()
     opened = checkpoint.open()
     try:
@@ -278,9 +310,12 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
         weights = importances(imatrix, stored_names, [sf.tensors[n].shape for sf, n in entries], decisions,
                               str(checkpoint.index or checkpoint.files[0]))
         methods = [encoder_name(policies.method, d, w) for d, w in zip(decisions, weights)]
-        [(_, size)], tensors = write_tensors(out, edited(metadata, metadata_edits), specs, entries, stored_names,
-                                             decisions, methods, [None] * len(entries), executor, num_threads, with_stats, overwrite, progress,
-                                      [fp8.scales.get(name) for _, name in entries], weights)
+        options = options or LlamaQuantizeOptions()
+        [(_, size)], tensors = write_tensors(out, edited(metadata, options.metadata_edits), specs, entries,
+                                             stored_names, decisions, methods, [None] * len(entries), executor,
+                                             num_threads, with_stats, overwrite, progress,
+                                             [fp8.scales.get(name) for _, name in entries], weights,
+                                             dry_run=options.dry_run)
     finally:
         for sf in opened:
             sf.close()
@@ -289,12 +324,29 @@ def convert_checkpoint(checkpoint: Checkpoint, out: Path, policies: TypePolicyFa
 
 def write_tensors(out: Path, metadata: dict[str, Any], specs: list[TensorSpec], entries, stored_names, decisions,
                   methods, heads, executor, num_threads, with_stats: bool, overwrite: bool, progress, fp8_scales,
-                  importances=None, split: SplitPlan | None = None) -> tuple[list[tuple[Path, int]], dict[str, dict[str, Any]]]:
+                  importances=None, split: SplitPlan | None = None,
+                  dry_run: bool = False) -> tuple[list[tuple[Path, int]], dict[str, dict[str, Any]]]:
     """Encodes every tensor (here, or by ``executor``), streams them into ``out`` in order (into
-    shards as ``split`` says), and returns [(file, size)] and the per-tensor report."""
+    shards as ``split`` says), and returns [(file, size)] and the per-tensor report. With
+    ``dry_run`` nothing is encoded or written: the sizes the files would have, and the report
+    without error statistics."""
     files = {str(sf.path): sf for sf, _ in entries}
     total = sum(sf.tensors[n].nbytes for sf, n in entries) or 1
     tensors: dict[str, dict[str, Any]] = {}
+    shard_of = split.shards(specs) if split is not None else [0] * len(specs)
+
+    def entry(sf, name, stored, d, method, encoded_bytes, stats) -> None:
+        info = sf.tensors[name]
+        tensors[stored] = {"type": d.type.name, "reason": d.reason, "encoder": method, "shape": list(info.shape),
+                           "stored_shape": list(d.shape), "source_dtype": info.dtype, "bytes_before": info.nbytes,
+                           "bytes_after": encoded_bytes, **stats}
+        if stored != name:
+            tensors[stored]["source_name"] = name
+
+    if dry_run:
+        for (sf, name), stored, d, method, spec in zip(entries, stored_names, decisions, methods, specs):
+            entry(sf, name, stored, d, method, spec.nbytes, {})
+        return planned_sizes(out, metadata, specs, shard_of), tensors
 
     def local(jobs):
         for path, name, gguf, method, stats_wanted, n_heads, _, fp8_scale, importance in jobs:
@@ -313,18 +365,12 @@ def write_tensors(out: Path, metadata: dict[str, Any], specs: list[TensorSpec], 
         for (sf, name), stored, d, method in zip(entries, stored_names, decisions, methods):
             info = sf.tensors[name]
             encoded, stats = next(results)
-            tensors[stored] = {"type": d.type.name, "reason": d.reason, "encoder": method,
-                               "shape": list(info.shape),
-                               "stored_shape": list(d.shape), "source_dtype": info.dtype,
-                               "bytes_before": info.nbytes, "bytes_after": int(encoded.nbytes), **stats}
-            if stored != name:
-                tensors[stored]["source_name"] = name
+            entry(sf, name, stored, d, method, int(encoded.nbytes), stats)
             yield encoded
             sf.release(name)
             done += info.nbytes
             progress(stored, done / total)
 
-    shard_of = split.shards(specs) if split is not None else [0] * len(specs)
     return write_gguf_shards(out, metadata, specs, chunks(), shard_of, overwrite=overwrite), tensors
 
 
@@ -394,7 +440,8 @@ def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, ov
         written, tensors = write_tensors(out, metadata, specs, entries, stored_names, decisions, methods, heads,
                                          executor, num_threads, with_stats, overwrite, progress,
                                          [fp8.scales.get(name) for _, name in entries], weights,
-                                         options.split if options is not None else None)
+                                         options.split if options is not None else None,
+                                         options is not None and options.dry_run)
     finally:
         for sf in opened:
             sf.close()

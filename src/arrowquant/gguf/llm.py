@@ -487,6 +487,8 @@ class LlamaQuantizeOptions:
         # --override-kv and the importance matrix's keys, applied to the metadata last (metadata_edits.py)
         self.metadata_edits: list = []
         self.split = None  # a splits.SplitPlan: how to cut the output into shards (None: one file)
+        self.prune_layers: list[int] = []  # layers to leave out of a GGUF source (--prune-layers)
+        self.dry_run = False  # decide and report sizes, write nothing (--dry-run)
 
     @classmethod
     def parse(cls, output_tensor_type: Any = None, token_embedding_type: Any = None, pure: Any = False,
@@ -541,6 +543,8 @@ class LlmTypePolicy(TypePolicy):
         # llama-quantize --keep-split takes the tensors in the source's file order, not its
         # loader's layer-by-layer order, and its layer counts follow that order (see _layer).
         self.layers_in_file_order = False
+        # llama-quantize's attn_v rules count the attn_v tensors present (fewer after --prune-layers)
+        self.n_attention_wv = model.n_layer
 
     def decide(self, name: str, shape: tuple[int, ...], source_dtype: str) -> Decision:
         shape = tuple(shape) or (1,)
@@ -589,7 +593,7 @@ class LlmTypePolicy(TypePolicy):
                 new = "Q5_K" if i < 2 else "Q4_K"
             elif mix in ("IQ4_NL", "IQ4_XS") and gqa >= 4:
                 new = "Q5_K"
-            elif mix in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
+            elif mix in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, self.n_attention_wv):
                 new = "Q6_K"
             elif mix == "Q4_K_S" and i < 4:
                 new = "Q5_K"

@@ -9,6 +9,7 @@ byte for byte, and a tensor already quantized to another type re-quantized only 
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +26,7 @@ from .imatrix import importances
 from .metadata_edits import edited
 from .container import UINT32, TensorSpec, Value
 from .model_file import GgufModel
-from .splits import planned_paths, shard_report, write_gguf_shards
+from .splits import planned_paths, planned_sizes, shard_report, write_gguf_shards
 from .llm import LlamaQuantizeOptions, LlmTypePolicy
 from .policy import TypePolicy
 from .t5 import T5TypePolicy
@@ -35,6 +36,31 @@ QUANTIZATION_VERSION = 2
 _FLOAT_VIEWS = {"F32": np.float32, "F16": np.float16}
 KEPT_REASONS = ("1-D or small tensor", "llama-quantize keeps it as it is")
 _REPLACED = ("general.file_type", "general.quantization_version", "general.quantized_by")
+_BLOCK = re.compile(r"blk\.(\d+)\.")
+
+
+def pruned_names(f: GgufModel, names: list[str], prune: list[int]) -> dict[str, str]:
+    """{output name: source name} without the tensors of the ``prune`` layers, the others
+    renumbered from 0 in order (llama-quantize's --prune-layers: blk.3 becomes blk.2 once blk.1 is
+    gone). Nothing pruned: every name as it is."""
+    if not prune:
+        return {n: n for n in names}
+    layers = sorted({int(m.group(1)) for m in map(_BLOCK.match, names) if m})
+    missing = [p for p in prune if p not in layers]
+    if missing:
+        raise ParameterError(f"{f.path}: prune_layers {missing} name no layer of this model (it has blocks "
+                             f"{layers[0]} to {layers[-1]})" if layers else f"{f.path}: no blk.N layers to prune")
+    if len(prune) >= len(layers):
+        raise ParameterError(f"{f.path}: prune_layers would leave none of its {len(layers)} layers")
+    new_id = {layer: i for i, layer in enumerate(x for x in layers if x not in prune)}
+    out = {}
+    for name in names:
+        m = _BLOCK.match(name)
+        if m is None:
+            out[name] = name
+        elif int(m.group(1)) in new_id:
+            out[f"blk.{new_id[int(m.group(1))]}.{name[m.end():]}"] = name
+    return out
 
 
 class GgufModelFacts:
@@ -69,6 +95,9 @@ def type_policy(f: GgufModel, mix: str, overrides, options: LlamaQuantizeOptions
         if options.split is not None and options.split.given:
             raise ParameterError(f"{f.path}: a {arch} diffusion model; ComfyUI-GGUF, diffusers and "
                                  "stable-diffusion.cpp read it from one file, so it is not split")
+        if options.prune_layers:
+            raise ParameterError(f"{f.path}: a {arch} diffusion model; prune_layers= (--prune-layers) removes "
+                                 "a language model's blk.N layers")
         return TypePolicy(mix, architecture(arch), overrides)
     facts = GgufModelFacts(f)
     policy = T5TypePolicy if arch == "t5encoder" else LlmTypePolicy
@@ -88,14 +117,18 @@ def requantize(src: Path, out: Path, mix: str, overrides, method: str, allow_req
     with GgufModel(src) as f:
         options = options or LlamaQuantizeOptions()
         policy = type_policy(f, mix, overrides, options)
-        names, by_name = list(f.tensors), {}
+        source_names = list(f.tensors)
+        renamed = pruned_names(f, source_names, options.prune_layers)  # output name -> source name
+        names, by_name = list(renamed), {}
+        if options.prune_layers and isinstance(policy, LlmTypePolicy):
+            policy.n_attention_wv = sum("attn_v.weight" in n or "attn_qkv.weight" in n for n in names)
         order = names
         if options.split is not None and options.split.keep_split and isinstance(policy, LlmTypePolicy):
             policy.layers_in_file_order = True  # llama-quantize --keep-split: its rules see the file's order
-            order = sorted(names, key=lambda n: (f.shard_of[n], f.tensors[n].offset))
+            order = sorted(names, key=lambda n: (f.shard_of[renamed[n]], f.tensors[renamed[n]].offset))
         for name in order:
-            t = f.tensors[name]
-            stored = f.original_shape(name)
+            t = f.tensors[renamed[name]]
+            stored = f.original_shape(renamed[name])
             source_dtype = t.type.name if t.type.name in ("F32", "F16", "BF16") else "F32"
             decision = policy.decide(name, stored if len(stored) > len(t.shape) else t.shape, source_dtype)
             decision.shape = t.shape  # the stored layout stays (rows of 256, 5-D folded)
@@ -108,22 +141,29 @@ def requantize(src: Path, out: Path, mix: str, overrides, method: str, allow_req
                                      "from the F16 / BF16 original")
             by_name[name] = decision
         decisions = [by_name[name] for name in names]
-        copied = [d.type.id == f.tensors[n].type.id for n, d in zip(names, decisions)]
+        sources = [renamed[n] for n in names]
+        copied = [d.type.id == f.tensors[s].type.id for s, d in zip(sources, decisions)]
+        # The importance matrix was taken on the whole model: looked up by the source's names.
         weights = [None if same else w for same, w in zip(copied, importances(
-            imatrix, names, [f.tensors[n].shape for n in names], decisions, str(src)))]
+            imatrix, sources, [f.tensors[s].shape for s in sources], decisions, str(src)))]
         metadata: dict[str, Any] = {k: v for k, v in f.typed_metadata().items() if k not in _REPLACED}
         metadata["general.quantization_version"] = Value(UINT32, QUANTIZATION_VERSION)
         metadata["general.file_type"] = Value(UINT32, MIXES[mix][0])
         metadata["general.quantized_by"] = f"arrowquant {__version__}"
         specs = [TensorSpec(name, d.shape, d.type) for name, d in zip(names, decisions)]
-        total = sum(f.tensors[n].nbytes for n in names) or 1
+        if options.prune_layers:
+            kept = len({m.group(1) for m in map(_BLOCK.match, names) if m})
+            metadata = edited(metadata, options.metadata_edits + [(f"{f.architecture}.block_count", Value(UINT32, kept))])
+        else:
+            metadata = edited(metadata, options.metadata_edits)
+        total = sum(f.tensors[s].nbytes for s in sources) or 1
         tensors: dict[str, dict[str, Any]] = {}
 
         def chunks():
             done = 0
-            for name, d, importance in zip(names, decisions, weights):
-                t = f.tensors[name]
-                raw = f.raw(name)
+            for name, source, d, importance in zip(names, sources, decisions, weights):
+                t = f.tensors[source]
+                raw = f.raw(source)
                 if d.type.id == t.type.id:  # unchanged: the bytes as they are (llama-quantize copies them)
                     encoded, stats, encoder = raw, {}, "copied"
                 else:
@@ -133,7 +173,7 @@ def requantize(src: Path, out: Path, mix: str, overrides, method: str, allow_req
                     elif t.type.name == "BF16":
                         values, dtype = raw.view(bfloat16()), "BF16"
                     else:
-                        values, dtype = f.dequantize(name, num_threads).reshape(-1), "F32"
+                        values, dtype = f.dequantize(source, num_threads).reshape(-1), "F32"
                     encoder = encoder_name(method, d, importance)
                     encoded, stats = encode_array(values, dtype, d.type, label, num_threads, with_stats,
                                                   "ggml" if importance is not None else encoder, importance)
@@ -145,13 +185,20 @@ def requantize(src: Path, out: Path, mix: str, overrides, method: str, allow_req
                 if progress_callback is not None:
                     progress_callback(name, done / total)
 
-        if options is not None:
-            metadata = edited(metadata, options.metadata_edits)
-        split = options.split if options is not None else None
-        shard_of = split.shards(specs, [f.shard_of[n] for n in names]) if split is not None else [0] * len(names)
+        split = options.split
+        shard_of = split.shards(specs, [f.shard_of[s] for s in sources]) if split is not None else [0] * len(names)
         for path in planned_paths(out, shard_of):  # a shard never replaces one of the source's
             check_output_apart(path, [s.path for s in f.shards])
-        written = write_gguf_shards(out, metadata, specs, chunks(), shard_of, overwrite=overwrite)
+        if options.dry_run:  # llama-quantize --dry-run: the types and sizes, nothing encoded or written
+            for name, source, d, importance, spec in zip(names, sources, decisions, weights, specs):
+                t = f.tensors[source]
+                tensors[name] = {"type": d.type.name, "reason": d.reason, "shape": list(t.shape),
+                                 "encoder": "copied" if d.type.id == t.type.id else encoder_name(method, d, importance),
+                                 "stored_shape": list(d.shape), "source_dtype": t.type.name,
+                                 "bytes_before": t.nbytes, "bytes_after": spec.nbytes}
+            written = planned_sizes(out, metadata, specs, shard_of)
+        else:
+            written = write_gguf_shards(out, metadata, specs, chunks(), shard_of, overwrite=overwrite)
         arch = f.architecture
     report = shard_report(file_report(written[0][0], arch, "", {}, sum(s for _, s in written), tensors, names,
                                       decisions, "", started), written)

@@ -99,6 +99,25 @@ class SplitPlan:
         return out
 
 
+def _shard_metadata(metadata: dict[str, Any], index: int, count: int, n_tensors: int) -> dict[str, Any]:
+    """A shard's metadata: the model's in the first only, then the split keys (llama-quantize's order)."""
+    return {**(metadata if index == 0 else {}), "split.no": Value(UINT16, index), "split.count": Value(UINT16, count),
+            "split.tensors.count": Value(INT32, n_tensors)}
+
+
+def planned_sizes(out: Path, metadata: dict[str, Any], specs: list[TensorSpec],
+                  shard_of: list[int]) -> list[tuple[Path, int]]:
+    """[(file, size)] that write_gguf_shards would write, computed without writing (--dry-run)."""
+    paths = planned_paths(out, shard_of)
+    sizes = []
+    for index, path in enumerate(paths):
+        group = [s for s, i in zip(specs, shard_of) if i == index]
+        header, alignment = gguf_header(metadata if len(paths) == 1 else
+                                        _shard_metadata(metadata, index, len(paths), len(specs)), group)
+        sizes.append((path, len(header) + sum(s.nbytes + (-s.nbytes % alignment) for s in group)))
+    return sizes
+
+
 def planned_paths(out: Path, shard_of: list[int]) -> list[Path]:
     """The files ``shard_of`` makes of ``out``: ``out`` itself for one shard."""
     count = max(shard_of) + 1 if shard_of else 1
@@ -124,9 +143,7 @@ def write_gguf_shards(out: Path, metadata: dict[str, Any], specs: list[TensorSpe
     sizes = []
     with contextlib.ExitStack() as stack:
         for index, (path, group) in enumerate(zip(paths, groups)):
-            split_keys = {"split.no": Value(UINT16, index), "split.count": Value(UINT16, count),
-                          "split.tensors.count": Value(INT32, len(specs))}
-            header, alignment = gguf_header({**(metadata if index == 0 else {}), **split_keys}, group)
+            header, alignment = gguf_header(_shard_metadata(metadata, index, count, len(specs)), group)
             tmp = stack.enter_context(atomic_file(path, overwrite))  # published when every shard is written
             with open(tmp, "wb") as f:
                 f.write(header)
