@@ -438,3 +438,10 @@ def test_the_command_reads_tensor_type_files_and_dry_runs(f16_gguf, tmp_path, ca
     (tmp_path / "bad.txt").write_text("attn_q=Q8_0 ffn_up=Q9\n")
     assert main(["gguf", str(f16_gguf), str(tmp_path / "b.gguf"), "--tensor-type-file", str(tmp_path / "bad.txt")]) == 1
     assert "bad.txt: entry 'ffn_up=Q9': 'Q9' is not a GGUF tensor type" in capsys.readouterr().err
+
+
+def test_mixes_are_also_named_by_llama_quantizes_numeric_ids():
+    from arrowquant.gguf.policy import check_mix
+    assert all(check_mix(str(ftype)) == mix and check_mix(ftype) == mix for mix, ftype in FTYPES.items())
+    with pytest.raises(ParameterError, match="got '99'"):
+        check_mix("99")

@@ -736,7 +736,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "a .gguf file (re-encoded with --type, as llama-quantize does)")
     g.add_argument("output", help="a .gguf file (a folder for a diffusers folder); must lie outside the input")
     g.add_argument("--type", default="Q4_K_M", metavar="TYPE", type=_mix,
-                   help="the mix, as llama.cpp names them: " + ", ".join(MIXES) + " (Q4_K means Q4_K_M)")
+                   help="the mix, as llama.cpp names them: " + ", ".join(MIXES) + " (Q4_K means Q4_K_M; "
+                        "llama-quantize's numeric ids too, e.g. 15 for Q4_K_M)")
     g.add_argument("--type-for", action="append", metavar="GLOB=TYPE", type=_pattern_type("GLOB"), help="this tensor type for tensors matching "
                    "GLOB (repeatable; types: " + ", ".join(t.name for t in GGUF_TYPES) + ")")
     g.add_argument("--arch", type=_architecture_name, help="the architecture written as general.architecture (default: detected from the "

@@ -29,6 +29,12 @@ MAX_GGUF_DIMS = 4
 
 
 def check_mix(mix: Any) -> str:
+    """A mix name (any case, llama.cpp's aliases such as Q4_K) or llama-quantize's numeric id
+    (15 or "15" for Q4_K_M: its llama_ftype) -> the mix's name."""
+    if isinstance(mix, int) and not isinstance(mix, bool) or isinstance(mix, str) and mix.strip().isdigit():
+        by_id = {ftype: name for name, (ftype, *_) in MIXES.items()}
+        if int(mix) in by_id:
+            return by_id[int(mix)]
     key = MIX_ALIASES.get(str(mix).upper(), str(mix).upper()) if isinstance(mix, str) else None
     if key not in MIXES:
         near = closest(mix, list(MIXES))
