@@ -632,7 +632,10 @@ def add_ray_argument(parser: argparse.ArgumentParser, verb: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arrowquant", formatter_class=_HelpFormatter,
-        description="Calibration-free 2/4/8-bit quantization of diffusion models and safetensors checkpoints.",
+        description="Calibration-free quantization of neural-network weights, 2 to 8 bits: diffusion models\n"
+                    "(UNet, DiT, Flux, SD3, Wan, ...) and language models, from safetensors, FP8, GGUF or PyTorch\n"
+                    "checkpoints, into .aq files for PyTorch or GGUF files for ComfyUI-GGUF, diffusers,\n"
+                    "stable-diffusion.cpp and llama.cpp.",
         epilog="examples:\n  arrowquant demo --workdir demo\n  arrowquant quantize demo/model out --profile local\n"
                "  arrowquant validate demo/model out\n\n`arrowquant COMMAND --help` describes each command.")
     parser.add_argument("--version", action="version", version=f"arrowquant {__version__}")
