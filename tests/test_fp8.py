@@ -210,3 +210,33 @@ def test_the_cli_quantizes_fp8_and_a_run_that_quantizes_nothing_exits_1(tmp_path
     assert not (tmp_path / "ints.aq").exists()
     with pytest.raises(ParameterError, match="no tensor to quantize"):
         aq.quantize_diffusion_model(ints, tmp_path / "ints.aq")
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS, ids=lambda c: f"{c[0]}{c[1]}")
+def test_gguf_widens_fp8_a_few_rows_at_a_time_with_the_same_bytes_and_statistics(tmp_path, monkeypatch, convention):
+    """The GGUF sink widens an FP8 weight in pieces of whole rows (128-row multiples under block
+    scales), so the float32 copy of the largest tensor never exists whole: pieces of 4 KB here
+    give the bytes and the error statistics of the float twin, for every scale convention."""
+    import arrowquant.fp8 as fp8
+    src, expected = flux_checkpoint(tmp_path, "F8_E4M3", convention)
+    twin = float_twin(tmp_path, src, expected)
+    pieces = []
+    real = fp8.widened_pieces
+
+    def counted(*args, **kwargs):
+        for piece in real(*args, **kwargs):
+            pieces.append(piece.shape[0])
+            yield piece
+
+    monkeypatch.setattr(fp8, "WIDEN_PIECE_BYTES", 4096)
+    import importlib
+    monkeypatch.setattr(importlib.import_module("arrowquant.gguf.convert"), "widened_pieces", counted)
+    a = ag.convert(src, tmp_path / "a.gguf", type="Q4_K_M")["components"]["model"]["tensors"]
+    b = ag.convert(twin, tmp_path / "b.gguf", type="Q4_K_M")["components"]["model"]["tensors"]
+    assert len(pieces) >= 3 * len(expected)  # every weight in several pieces
+    ta, tb = gguf_tensors(tmp_path / "a.gguf"), gguf_tensors(tmp_path / "b.gguf")
+    for name in expected:
+        assert ta[name][0] == tb[name][0] and np.array_equal(ta[name][1], tb[name][1]), name
+        if "relative_rmse" in b[name]:
+            assert a[name]["relative_rmse"] == pytest.approx(b[name]["relative_rmse"], rel=1e-9)
+            assert a[name]["cosine"] == pytest.approx(b[name]["cosine"], rel=1e-9)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -84,6 +84,33 @@ def widen(codes: np.ndarray, dtype: str, scale: Fp8Scale | None) -> np.ndarray:
             per_column = np.repeat(scale.values[block_row], BLOCK)[:cols]
             values[block_row * BLOCK:(block_row + 1) * BLOCK] *= per_column
     return values
+
+
+# Float32 bytes an FP8 tensor is widened into at a time where its consumer takes pieces (GGUF).
+WIDEN_PIECE_BYTES = 8 << 20
+
+
+def widened_pieces(codes: np.ndarray, dtype: str, scale: Fp8Scale | None,
+                   piece_bytes: int | None = None) -> Iterator[np.ndarray]:
+    """widen() a few rows (of the first dimension) at a time, about ``piece_bytes`` of float32
+    each (a multiple of 128 rows for block scales), so that a consumer encoding row by row never
+    holds the whole tensor in float32."""
+    piece_bytes = piece_bytes or WIDEN_PIECE_BYTES
+    if codes.ndim < 2:
+        yield widen(codes, dtype, scale)
+        return
+    row_bytes = 4 * (codes.size // codes.shape[0] or 1)
+    step = max(1, piece_bytes // row_bytes)
+    if scale is not None and scale.kind == "block":
+        step = max(BLOCK, step // BLOCK * BLOCK)
+    for start in range(0, codes.shape[0], step):
+        stop = min(start + step, codes.shape[0])
+        part = scale
+        if scale is not None and scale.kind == "channel":
+            part = Fp8Scale("channel", scale.values.reshape(-1)[start:stop], scale.name)
+        elif scale is not None and scale.kind == "block":
+            part = Fp8Scale("block", scale.values[start // BLOCK:(stop + BLOCK - 1) // BLOCK], scale.name)
+        yield widen(codes[start:stop], dtype, part)
 
 
 class Fp8Layout:

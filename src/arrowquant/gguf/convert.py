@@ -20,13 +20,13 @@ from .. import __version__
 from ..architectures import architecture, detect_architecture, strip_prefix
 from ..pipeline.folders import component_progress, describe_model, published_path, write_model_outputs
 from ..errors import FileFormatError, ParameterError
-from ..fp8 import FP8_DTYPES, Fp8Scale, fp8_layout, widen
+from ..fp8 import FP8_DTYPES, Fp8Scale, fp8_layout, widen, widened_pieces
 from ..pickle_source import readable
 from ..sources import file_kind
 from ..paths import check_file_output, check_output_apart, warn_extension
 from ..validation import check_num_threads
 from ..safetensors_io import Checkpoint, SafetensorsFile, TensorInfo, resolve_checkpoint, write_safetensors
-from .encode import encode_array, encoder_name, file_report
+from .encode import encode_array, encode_pieces, encoder_name, file_report
 from .imatrix import importances, read_imatrix
 from .metadata_edits import edited, parse_kv_overrides
 from .splits import SplitPlan, planned_sizes, shard_report, write_gguf_shards
@@ -468,9 +468,13 @@ def encode_tensor(sf: SafetensorsFile, info: TensorInfo, gguf, num_threads: int 
     ggml's importance-weighted quantizer."""
     array = sf.array(info.name)
     dtype = info.dtype
+    label = f"{sf.path}: tensor {info.name!r}"
+    if dtype in FP8_DTYPES and rope_heads is None:  # widened a few rows at a time: never all in float32
+        return encode_pieces(widened_pieces(array, dtype, fp8_scale), array.size, "F32", gguf, label, num_threads,
+                             with_stats, method, importance)
     if dtype in FP8_DTYPES:
         array, dtype = widen(array, dtype, fp8_scale), "F32"
     if rope_heads is not None:
         array = permute_for_rope(array, rope_heads)
-    return encode_array(array, dtype, gguf, f"{sf.path}: tensor {info.name!r}", num_threads, with_stats, method,
+    return encode_array(array, dtype, gguf, label, num_threads, with_stats, method,
                         importance)

@@ -8,7 +8,7 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -51,25 +51,58 @@ def encode_array(array: np.ndarray, dtype: str, gguf, label: str, num_threads: i
     ``gguf``, and, if asked, the relative RMSE and cosine of its decoded values to ``array``. With
     ``importance`` (one weight per column: an imatrix entry) ggml's importance-weighted quantizer
     writes it, as llama-quantize --imatrix does."""
-    if dtype == "F64":
-        array, dtype = array.astype(np.float32), "F32"
-    flat = array.reshape(-1)
-    if dtype in ("F16", "BF16"):
-        flat = flat.view(np.uint16)
+    return encode_pieces([array], array.size, dtype, gguf, label, num_threads, with_stats, method, importance)
+
+
+def encode_pieces(pieces: Iterable[np.ndarray], size: int, dtype: str, gguf, label: str, num_threads: int | None,
+                  with_stats: bool, method: str,
+                  importance: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """encode_array of an array given as consecutive pieces of whole rows (``size`` values in all,
+    each piece made only when the one before is encoded, as an FP8 tensor is widened): the same
+    bytes, since every GGUF type encodes each row on its own, and the statistics of the whole."""
     weights = [importance] if importance is not None and gguf.quantized else []
-    [encoded] = _core.gguf_encode_arrays([flat], [_ELEMENT[dtype]], [gguf.id], [label], num_threads or 0, method,
-                                         weights)
+    encoded = None
+    sums = np.zeros(4)  # x.x, (x - y).(x - y), x.y, y.y over the whole array
+    done = 0
+    for piece in pieces:
+        if dtype == "F64":
+            piece, dtype = piece.astype(np.float32), "F32"
+        flat = piece.reshape(-1)
+        [part] = _core.gguf_encode_arrays([flat.view(np.uint16) if dtype in ("F16", "BF16") else flat],
+                                          [_ELEMENT[dtype]], [gguf.id], [label], num_threads or 0, method, weights)
+        if flat.size == size:  # the whole array in one piece: its bytes as the kernels return them
+            encoded = part
+        else:
+            if encoded is None:
+                encoded = np.empty(gguf.encoded_bytes(size), np.uint8)
+            at = gguf.encoded_bytes(done)
+            encoded[at:at + part.size] = part
+        if with_stats and gguf.quantized and dtype in QUANTIZABLE_DTYPES:
+            sums += _error_sums(flat, part, gguf, label, num_threads)
+        done += flat.size
+    if done != size:
+        raise ValueError(f"{label}: pieces of {done} values for a tensor of {size}")
+    if encoded is None:  # no values at all
+        encoded = np.empty(0, np.uint8)
     stats: dict[str, float] = {}
     if with_stats and gguf.quantized and dtype in QUANTIZABLE_DTYPES:
-        source = array.reshape(-1)
-        xx = dd = xy = yy = 0.0
-        for start in range(0, source.size, _STATS_CHUNK):  # bounded memory: one chunk in float32 at a time
-            x = source[start:start + _STATS_CHUNK].astype(np.float32)
-            chunk = encoded[gguf.encoded_bytes(start):gguf.encoded_bytes(start + x.size)]
-            [y] = _core.gguf_decode_arrays([chunk], [gguf.id], [x.size], [label], num_threads or 0)
-            diff = x - y
-            xx, dd = xx + float(np.dot(x, x)), dd + float(np.dot(diff, diff))
-            xy, yy = xy + float(np.dot(x, y)), yy + float(np.dot(y, y))
+        xx, dd, xy, yy = (float(v) for v in sums)
         stats = {"relative_rmse": math.sqrt(dd / xx) if xx else 0.0,
                  "cosine": xy / math.sqrt(xx * yy) if xx and yy else (1.0 if xx == yy else 0.0)}
     return encoded, stats
+
+
+def _error_sums(source: np.ndarray, encoded: np.ndarray, gguf, label: str, num_threads: int | None) -> np.ndarray:
+    """x.x, (x - y).(x - y), x.y and y.y of ``source`` and its decoded ``encoded`` bytes, a chunk
+    at a time (bounded memory), summed in float64 so that a tensor's statistics do not depend on
+    how it was cut into pieces."""
+    xx = dd = xy = yy = 0.0
+    for start in range(0, source.size, _STATS_CHUNK):
+        x = source[start:start + _STATS_CHUNK].astype(np.float64)
+        chunk = encoded[gguf.encoded_bytes(start):gguf.encoded_bytes(start + x.size)]
+        [y] = _core.gguf_decode_arrays([chunk], [gguf.id], [x.size], [label], num_threads or 0)
+        y = y.astype(np.float64)
+        diff = x - y
+        xx, dd = xx + float(np.dot(x, x)), dd + float(np.dot(diff, diff))
+        xy, yy = xy + float(np.dot(x, y)), yy + float(np.dot(y, y))
+    return np.array([xx, dd, xy, yy])
