@@ -31,6 +31,14 @@ ARCHITECTURES = [
     # Before flux: a diffusers-layout QwenImage also has flux's transformer_blocks.0.attn.norm_added_k.
     Architecture("qwen_image", [("txt_norm.weight", "transformer_blocks.0.img_mod.1.weight")],
                  protected=("img_in.", "txt_in.", "txt_norm.", "time_text_embed.", "norm_out.", "proj_out.")),
+    # Before flux too: a diffusers-layout HunyuanVideo has flux's norm_added_k as well.
+    Architecture("hyvid", [("double_blocks.0.img_attn_proj.weight",
+                            "txt_in.individual_token_refiner.blocks.1.self_attn_qkv.weight"),
+                           # the diffusers layout (HunyuanVideoTransformer3DModel)
+                           ("context_embedder.token_refiner.refiner_blocks.0.attn.to_q.weight", "x_embedder.proj.weight")],
+                 protected=("txt_in.", "img_in.", "time_in.", "vector_in.", "guidance_in.", "final_layer.",
+                            "x_embedder.", "context_embedder.", "time_text_embed.", "norm_out."),
+                 protected_exact=("proj_out.weight", "proj_out.bias")),
     Architecture("flux", [("transformer_blocks.0.attn.norm_added_k.weight",), ("double_blocks.0.img_attn.proj.weight",)],
                  protected=("txt_in.", "img_in.", "time_in.", "vector_in.", "guidance_in.", "final_layer.",
                             "x_embedder.", "context_embedder.", "time_text_embed.", "norm_out."),
@@ -49,17 +57,23 @@ ARCHITECTURES = [
                  protected=("p_embedder.", "t_embedder.", "x_embedder.", "final_layer.", ".ff_i.gate.weight",
                             "caption_projection."),
                  hiprec=(".ff_i.gate.weight", "img_emb.emb_pos")),
-    Architecture("cosmos", [("blocks.0.mlp.layer1.weight", "blocks.0.adaln_modulation_cross_attn.1.weight")],
+    Architecture("cosmos", [("blocks.0.mlp.layer1.weight", "blocks.0.adaln_modulation_cross_attn.1.weight"),
+                            # the diffusers layout (CosmosTransformer3DModel)
+                            ("patch_embed.proj.weight", "time_embed.t_embedder.linear_1.weight",
+                             "transformer_blocks.0.attn2.to_k.weight")],
                  protected=("p_embedder.", "t_embedder.", "t_embedding_norm.", "x_embedder.", "pos_embedder.",
-                            "final_layer."),
-                 hiprec=("pos_embedder",)),
+                            "final_layer.", "patch_embed.", "time_embed.", "learnable_pos_embed.", "norm_out."),
+                 protected_exact=("proj_out.weight", "proj_out.bias"),
+                 hiprec=("pos_embedder", "learnable_pos_embed")),
     Architecture("ltxv", [("adaln_single.emb.timestep_embedder.linear_2.weight", "transformer_blocks.27.scale_shift_table",
+                           "caption_projection.linear_2.weight"),
+                          # the diffusers layout (LTXVideoTransformer3DModel)
+                          ("time_embed.emb.timestep_embedder.linear_2.weight", "transformer_blocks.0.scale_shift_table",
                            "caption_projection.linear_2.weight")],
-                 protected=("adaln_single.", "caption_projection.", "patchify_proj.", "proj_out.", "scale_shift_table"),
+                 protected=("adaln_single.", "caption_projection.", "patchify_proj.", "proj_out.", "scale_shift_table",
+                            "time_embed."),
+                 protected_exact=("proj_in.weight", "proj_in.bias"),
                  hiprec=("scale_shift_table",)),
-    Architecture("hyvid", [("double_blocks.0.img_attn_proj.weight",
-                            "txt_in.individual_token_refiner.blocks.1.self_attn_qkv.weight")],
-                 protected=("txt_in.", "img_in.", "time_in.", "vector_in.", "guidance_in.", "final_layer.")),
     Architecture("wan", [("blocks.0.self_attn.norm_q.weight", "text_embedding.2.weight", "head.modulation"),
                          # the diffusers layout (WanTransformer3DModel)
                          ("blocks.0.attn1.norm_q.weight", "condition_embedder.text_embedder.linear_1.weight",
@@ -82,8 +96,11 @@ ARCHITECTURES = [
                  protected=("class_embedding.", "time_embedding.", "add_embedding.", "time_embed.", "label_emb.",
                             "conv_in.", "conv_out."),
                  protected_exact=("input_blocks.0.0.weight", "out.2.weight"), shape_fix=True),
-    Architecture("lumina2", [("cap_embedder.1.weight", "context_refiner.0.attention.qkv.weight")],
-                 protected=("x_embedder.", "t_embedder.", "cap_embedder.", "final_layer.")),
+    Architecture("lumina2", [("cap_embedder.1.weight", "context_refiner.0.attention.qkv.weight"),
+                             # the diffusers layout (Lumina2Transformer2DModel)
+                             ("time_caption_embed.caption_embedder.1.weight", "context_refiner.0.attn.to_q.weight")],
+                 protected=("x_embedder.", "t_embedder.", "cap_embedder.", "final_layer.", "time_caption_embed.",
+                            "norm_out.")),
 ]
 _BY_NAME = {a.name: a for a in ARCHITECTURES}
 _PREFIXES = ("model.diffusion_model.",)
