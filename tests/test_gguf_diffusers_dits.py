@@ -101,6 +101,13 @@ def test_the_diffusers_layouts_of_the_video_transformers_are_recognised(tmp_path
                                             max_size=(4, 16, 16), patch_size=(1, 2, 2)),
          "cosmos", ["patch_embed.proj.weight", "time_embed.t_embedder.linear_2.weight", "proj_out.weight"],
          "transformer_blocks.0.attn1.to_q.weight"),
+        (diffusers.HiDreamImageTransformer2DModel(patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+                                                  num_single_layers=1, attention_head_dim=128, num_attention_heads=2,
+                                                  caption_channels=[256, 256], text_emb_dim=256, num_routed_experts=2,
+                                                  num_activated_experts=1, axes_dims_rope=(32, 48, 48),
+                                                  max_resolution=(32, 32), llama_layers=[0, 1]),
+         "hidream", ["x_embedder.proj.weight", "caption_projection.0.linear.weight", "t_embedder.timestep_embedder.linear_2.weight"],
+         "double_stream_blocks.0.block.attn1.to_q.weight"),
     ]
     for model, arch, kept, quantized in cases:
         model.save_pretrained(tmp_path / arch)
