@@ -215,17 +215,25 @@ def write_imatrix_dat(path, entries, ncall=4):
         f.write(struct.pack("<i", 1) + struct.pack("<i", 8) + b"test.txt")
 
 
-def llama_quantize_with_imatrix(src, out, mix, entries):
-    Entry = llama_cpp.llama_model_imatrix_data
-    keep = [(name.encode(), np.ascontiguousarray(v)) for name, v in entries.items()]
-    array = (Entry * (len(keep) + 1))()
-    for i, (name, values) in enumerate(keep):
-        array[i].name, array[i].data = name, values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        array[i].size = values.size
-    array[len(keep)].name = None
+def llama_quantize_with_imatrix(src, out, mix, entries, overrides=None, prune=None):
+    """llama_model_quantize as llama-quantize's tool calls it: importance entries, kv overrides
+    ((key, kind, value), terminated by an empty key) and layers to prune (terminated by -1)."""
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype, params.nthread = FTYPES[mix], 2
-    params.imatrix = ctypes.cast(array, ctypes.POINTER(Entry))
+    Entry = llama_cpp.llama_model_imatrix_data
+    keep = [(name.encode(), np.ascontiguousarray(v)) for name, v in entries.items()]
+    matrix = (Entry * (len(keep) + 1))()
+    for i, (name, values) in enumerate(keep):
+        matrix[i].name, matrix[i].data = name, values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        matrix[i].size = values.size
+    matrix[len(keep)].name = None
+    params.imatrix = ctypes.cast(matrix, ctypes.POINTER(Entry))
+    if overrides:
+        kv = kv_overrides_array(overrides)
+        params.kv_overrides = ctypes.cast(kv, ctypes.POINTER(llama_cpp.llama_model_kv_override))
+    if prune:
+        layers = (ctypes.c_int32 * (len(prune) + 1))(*prune, -1)
+        params.prune_layers = ctypes.cast(layers, ctypes.POINTER(ctypes.c_int))
     assert llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params)) == 0
 
 
@@ -301,20 +309,7 @@ def test_override_kv_and_the_imatrix_record_are_llama_quantizes_metadata(deep_f1
             ("test.ratio", "float", 0.25), ("test.flag", "bool", True)]
     tool = [("quantize.imatrix.file", "str", str(path)), ("quantize.imatrix.dataset", "str", "test.txt"),
             ("quantize.imatrix.entries_count", "int", len(included)), ("quantize.imatrix.chunks_count", "int", 1)]
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype, params.nthread = FTYPES["Q4_K_M"], 2
-    Entry = llama_cpp.llama_model_imatrix_data
-    keep = [(name.encode(), np.ascontiguousarray(v)) for name, v in included.items()]
-    matrix = (Entry * (len(keep) + 1))()
-    for i, (name, values) in enumerate(keep):
-        matrix[i].name, matrix[i].data = name, values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        matrix[i].size = values.size
-    matrix[len(keep)].name = None
-    params.imatrix = ctypes.cast(matrix, ctypes.POINTER(Entry))
-    overrides = kv_overrides_array(user + tool)
-    params.kv_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_kv_override))
-    assert llama_cpp.llama_model_quantize(str(deep_f16_gguf).encode(), str(tmp_path / "llama.gguf").encode(),
-                                          ctypes.byref(params)) == 0
+    llama_quantize_with_imatrix(deep_f16_gguf, tmp_path / "llama.gguf", "Q4_K_M", included, overrides=user + tool)
     ag.convert(deep_f16_gguf, tmp_path / "ours.gguf", type="Q4_K_M", method="ggml", imatrix=path,
                include_weights=["ffn_down", "attn_v"],
                override_kv=["general.name=str:Renamed model", "llama.context_length=int:-4096",
@@ -369,26 +364,10 @@ def test_prune_layers_is_llama_quantizes(deep_f16_gguf, tmp_path, mix):
     the whole metadata and every tensor equal llama_model_quantize's with the same prune list."""
     entries = imatrix_entries(deep_f16_gguf)
     write_imatrix_dat(tmp_path / "m.dat", entries)
-    prune = [1, 5, 6, 15]
-    array = (ctypes.c_int32 * (len(prune) + 1))(*prune, -1)
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype, params.nthread = FTYPES[mix], 2
-    params.prune_layers = ctypes.cast(array, ctypes.POINTER(ctypes.c_int))
-    Entry = llama_cpp.llama_model_imatrix_data
-    keep = [(name.encode(), np.ascontiguousarray(v)) for name, v in entries.items()]
-    matrix = (Entry * (len(keep) + 1))()
-    for i, (name, values) in enumerate(keep):
-        matrix[i].name, matrix[i].data = name, values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        matrix[i].size = values.size
-    matrix[len(keep)].name = None
-    params.imatrix = ctypes.cast(matrix, ctypes.POINTER(Entry))
-    overrides = kv_overrides_array([("quantize.imatrix.file", "str", str(tmp_path / "m.dat")),
-                                    ("quantize.imatrix.dataset", "str", "test.txt"),
-                                    ("quantize.imatrix.entries_count", "int", len(entries)),
-                                    ("quantize.imatrix.chunks_count", "int", 1)])
-    params.kv_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_kv_override))
-    assert llama_cpp.llama_model_quantize(str(deep_f16_gguf).encode(), str(tmp_path / "llama.gguf").encode(),
-                                          ctypes.byref(params)) == 0
+    overrides = [("quantize.imatrix.file", "str", str(tmp_path / "m.dat")), ("quantize.imatrix.dataset", "str", "test.txt"),
+                 ("quantize.imatrix.entries_count", "int", len(entries)), ("quantize.imatrix.chunks_count", "int", 1)]
+    llama_quantize_with_imatrix(deep_f16_gguf, tmp_path / "llama.gguf", mix, entries, overrides=overrides,
+                                prune=[1, 5, 6, 15])
     report = ag.convert(deep_f16_gguf, tmp_path / "ours.gguf", type=mix, method="ggml", prune_layers="15,1,5,6",
                         imatrix=tmp_path / "m.dat")
     assert metadata_of(tmp_path / "ours.gguf") == metadata_of(tmp_path / "llama.gguf")

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import __version__
 from .diffusion import DEFAULT_THRESHOLDS, PROFILES
@@ -232,13 +232,18 @@ def _gguf_type_name(text: str) -> str:
     return text
 
 
+def _checked(text: str, check: Callable[[str], Any], explain: Callable[[ParameterError], str]) -> str:
+    """``text`` if the library's ``check`` takes it, else a usage error worded by ``explain``."""
+    try:
+        check(text)
+    except ParameterError as e:
+        raise _usage(explain(e)) from None
+    return text
+
+
 def _mix(text: str) -> str:
     from .gguf.policy import check_mix
-    try:
-        check_mix(text)
-    except ParameterError as e:
-        raise _usage(str(e).removeprefix("type ")) from None
-    return text
+    return _checked(text, check_mix, lambda e: str(e).removeprefix("type "))
 
 
 def _pattern_type(what: str):
@@ -259,38 +264,24 @@ def _pattern_type(what: str):
 
 def _kv_override(text: str) -> str:
     from .gguf.metadata_edits import parse_kv_overrides
-    try:
-        parse_kv_overrides([text])
-    except ParameterError as e:
-        raise _usage(str(e).replace("override_kv entries are", "takes").removeprefix("override_kv ")) from None
-    return text
+    return _checked(text, lambda t: parse_kv_overrides([t]),
+                    lambda e: str(e).replace("override_kv entries are", "takes").removeprefix("override_kv "))
 
 
 def _split_size(text: str) -> str:
     from .gguf.splits import parse_size
-    try:
-        parse_size(text)
-    except ParameterError:
-        raise _usage(f"must be a size such as 500M or 2G (10^6 / 10^9 bytes, as gguf-split); got {text!r}") from None
-    return text
+    return _checked(text, parse_size,
+                    lambda e: f"must be a size such as 500M or 2G (10^6 / 10^9 bytes, as gguf-split); got {text!r}")
 
 
 def _layer_list(text: str) -> str:
     from .gguf.convert import parse_layer_list
-    try:
-        parse_layer_list(text)
-    except ParameterError:
-        raise _usage(f"must be layer numbers separated by commas, e.g. 0,3,5; got {text!r}") from None
-    return text
+    return _checked(text, parse_layer_list, lambda e: f"must be layer numbers separated by commas, e.g. 0,3,5; got {text!r}")
 
 
 def _architecture_name(text: str) -> str:
     from .architectures import architecture
-    try:
-        architecture(text)
-    except ParameterError as e:
-        raise _usage(str(e).removeprefix("architecture ")) from None
-    return text
+    return _checked(text, architecture, lambda e: str(e).removeprefix("architecture "))
 
 
 # Library messages name a parameter in both vocabularies, "overwrite=True (--overwrite)"; the
