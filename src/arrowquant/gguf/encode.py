@@ -103,6 +103,8 @@ def _error_sums(source: np.ndarray, encoded: np.ndarray, gguf, label: str, num_t
         [y] = _core.gguf_decode_arrays([chunk], [gguf.id], [x.size], [label], num_threads or 0)
         y = y.astype(np.float64)
         diff = x - y
-        xx, dd = xx + float(np.dot(x, x)), dd + float(np.dot(diff, diff))
-        xy, yy = xy + float(np.dot(x, y)), yy + float(np.dot(y, y))
+        # numpy's own pairwise sums, not BLAS dot products: BLAS may split a sum over threads
+        # differently in each process, and a Ray worker must report the same figures as here.
+        xx, dd = xx + float(np.sum(x * x)), dd + float(np.sum(diff * diff))
+        xy, yy = xy + float(np.sum(x * y)), yy + float(np.sum(y * y))
     return np.array([xx, dd, xy, yy])
