@@ -691,3 +691,56 @@ def test_validate_maps_llama_cpp_names_back_and_compares_every_tensor(llm, tmp_p
     ag.convert(folder, tmp_path / "f32.gguf", type="F32")
     exact = aq.validate_quality(folder, tmp_path / "f32.gguf")
     assert exact["passed"] and min(v["cosine"] for v in exact["layers"].values()) > 0.999999
+
+
+@needs_llama_cpp
+def test_a_qwen2_5_vl_text_model_runs_in_llama_cpp_like_transformers(tmp_path):
+    """Qwen-Image's text encoder, Qwen2.5-VL: the text model becomes llama.cpp's qwen2vl (its rope
+    sections in the metadata, padded to four), the vision tower is left out with its reason
+    (llama.cpp reads it from a separate mmproj file), and on text llama.cpp's logits match
+    transformers' (every section sees the same positions then)."""
+    tokenizer = qwen_tokenizer()
+    torch.manual_seed(4)
+    config = transformers.Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]},
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+                         # llama.cpp 0.3.36's qwen2vl does not read layer_norm_rms_epsilon (its qwen2
+                         # does; the file holds it, as llama.cpp's converter writes it): an epsilon
+                         # that matters for nothing here keeps the comparison about the rest.
+                         rms_norm_eps=1e-12),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=128,
+                           fullatt_block_indexes=[0]))
+    model = transformers.Qwen2_5_VLForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for layer in model.model.language_model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    folder = tmp_path / "tiny-qwen2.5-vl"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    report = ag.convert(folder, tmp_path / "te.gguf", type="F32")
+    fields = {name: f.contents() for name, f in gguf.GGUFReader(str(tmp_path / "te.gguf")).fields.items()}
+    assert fields["general.architecture"] == "qwen2vl" and fields["qwen2vl.rope.dimension_sections"] == [4, 6, 6, 0]
+    assert fields["qwen2vl.embedding_length"] == 128 and fields["tokenizer.ggml.pre"] == "qwen2"
+    assert fields["qwen2vl.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-12)
+    why = report["components"]["model"]["why_dropped"]
+    assert why and all(name.startswith(("visual.", "model.visual.")) and "mmproj" in reason for name, reason in why.items())
+    runner = llama_cpp.Llama(model_path=str(tmp_path / "te.gguf"), n_ctx=128, logits_all=True, verbose=False,
+                             n_threads=1)
+    tokens = tokenizer("the quick brown fox jumps over a sunny windowsill 2026").input_ids
+    runner.eval(tokens)
+    ours = np.array(runner.scores[:len(tokens)])
+    with torch.no_grad():
+        reference = model(input_ids=torch.tensor([tokens])).logits[0].numpy()
+    assert np.abs(ours - reference).max() < 1e-3 * np.abs(reference).max()
+    bad = tmp_path / "bad"
+    model.save_pretrained(bad)
+    tokenizer.save_pretrained(bad)
+    import json
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["text_config"]["rope_parameters"]["mrope_section"] = [4, 6, 7]
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FileFormatError, match=r"mrope_section \[4, 6, 7\] covers 17 rotary pairs; the heads have 16"):
+        ag.convert(bad, tmp_path / "bad.gguf")

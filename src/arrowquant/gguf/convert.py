@@ -31,7 +31,8 @@ from .imatrix import importances, read_imatrix
 from .metadata_edits import edited, parse_kv_overrides
 from .splits import SplitPlan, planned_sizes, shard_report, write_gguf_shards
 from .container import ARRAY, INT32, UINT32, TensorSpec, Value
-from .llm import LLM_ARCHITECTURES, LlamaQuantizeOptions, LlmModel, LlmTypePolicy, llm_config, model_name, permute_for_rope, tokenizer_metadata
+from .llm import (LLM_ARCHITECTURES, VISION_TOWER, LlamaQuantizeOptions, LlmModel, LlmTypePolicy, llm_config,
+                  model_name, permute_for_rope, tokenizer_metadata)
 from .requantize import requantize
 from .policy import TypePolicy, check_mix, parse_type_overrides
 from .t5 import T5EncoderModel, T5TypePolicy, t5_config, t5_tokenizer_metadata
@@ -403,7 +404,9 @@ def convert_llm(checkpoint: Checkpoint, out: Path, model: LlmModel, mix: str, ov
                     continue
                 mapped = model.gguf_name(name)
                 if mapped is None:
-                    skipped[name] = "not part of the model llama.cpp runs (a decoder, a rotary-embedding buffer)"
+                    skipped[name] = ("the vision tower: llama.cpp reads it from a separate mmproj file"
+                                     if VISION_TOWER.match(name) else
+                                     "not part of the model llama.cpp runs (a decoder, a rotary-embedding buffer)")
                     continue
                 entries.append((sf, name))
                 stored_names.append(mapped[0])

@@ -36,17 +36,21 @@ from .types import gguf_type
 # applies to the Hugging Face layout directly; Qwen3 drops the biases and normalises each head's
 # query and key (RMS norms of head_dim weights).
 # Phi-3 fuses the query, key and value projections (attn_qkv) and the gate and up projections
-# (ffn_up, which llama.cpp splits itself).
+# (ffn_up, which llama.cpp splits itself). Qwen2-VL / Qwen2.5-VL (Qwen-Image's text encoder) are
+# Qwen2 text models with a multimodal rope whose sections llama.cpp's qwen2vl reads from the
+# metadata; their vision tower goes to llama.cpp's separate mmproj file, not this one.
 LLM_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
-                     "Qwen3ForCausalLM": "qwen3", "Phi3ForCausalLM": "phi3"}
+                     "Qwen3ForCausalLM": "qwen3", "Phi3ForCausalLM": "phi3",
+                     "Qwen2VLForConditionalGeneration": "qwen2vl", "Qwen2_5_VLForConditionalGeneration": "qwen2vl"}
 # Architectures whose query and key rows llama.cpp wants regrouped for its (GPT-J style) rope.
 PERMUTED_ROPE = {"llama"}
 
 # HF tensor name -> (GGUF name, which projection to permute for llama.cpp's rope, or None).
-_LAYER = r"^model\.layers\.(\d+)\."
+# (Vision-language checkpoints may put the text model under model.language_model.)
+_LAYER = r"^model\.(?:language_model\.)?layers\.(\d+)\."
 TENSOR_NAMES: list[tuple[re.Pattern, str, str | None]] = [
-    (re.compile(r"^model\.embed_tokens\.weight$"), "token_embd.weight", None),
-    (re.compile(r"^model\.norm\.weight$"), "output_norm.weight", None),
+    (re.compile(r"^model\.(?:language_model\.)?embed_tokens\.weight$"), "token_embd.weight", None),
+    (re.compile(r"^model\.(?:language_model\.)?norm\.weight$"), "output_norm.weight", None),
     (re.compile(r"^lm_head\.weight$"), "output.weight", None),
     (re.compile(_LAYER + r"input_layernorm\.weight$"), "blk.{}.attn_norm.weight", None),
     (re.compile(_LAYER + r"self_attn\.q_proj\.weight$"), "blk.{}.attn_q.weight", "q"),
@@ -65,9 +69,24 @@ TENSOR_NAMES: list[tuple[re.Pattern, str, str | None]] = [
     (re.compile(_LAYER + r"mlp\.up_proj\.weight$"), "blk.{}.ffn_up.weight", None),
     (re.compile(_LAYER + r"mlp\.down_proj\.weight$"), "blk.{}.ffn_down.weight", None),
 ]
-# Tensors llama.cpp recomputes itself.
+# Tensors llama.cpp recomputes itself, and a vision-language model's vision tower (llama.cpp's mmproj).
 SKIPPED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
+VISION_TOWER = re.compile(r"^(?:model\.)?visual\.")
 ROPE_FREQS = "rope_freqs.weight"
+
+
+def mrope_sections(scaling: dict, head_dim: int, where: Path) -> list[int]:
+    """Qwen2-VL's rope sections (temporal, height, width: rotary pairs each), padded to the four
+    llama.cpp's qwen2vl reads, as its converter writes them; they must cover head_dim / 2 pairs."""
+    sections = scaling.get("mrope_section")
+    if not isinstance(sections, list) or not 1 <= len(sections) <= 4 or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= head_dim for s in sections):
+        raise FileFormatError(f"{where}: a Qwen2-VL model needs rope mrope_section, up to 4 counts; found "
+                              f"{str(sections)[:60]!r}")
+    if sum(sections) != head_dim // 2:
+        raise FileFormatError(f"{where}: mrope_section {sections} covers {sum(sections)} rotary pairs; the heads "
+                              f"have {head_dim // 2}")
+    return sections + [0] * (4 - len(sections))
 
 
 def llama3_rope_factors(scaling: dict, base: float, head_dim: int, where: Path) -> np.ndarray:
@@ -140,8 +159,10 @@ class LlmModel:
     """One llama-family model: its hyper-parameters and how its tensors map to GGUF."""
 
     def __init__(self, folder: Path, config: dict) -> None:
-        self.folder, self.config = folder, config
         self.arch = LLM_ARCHITECTURES[config["architectures"][0]]
+        if isinstance(config.get("text_config"), dict):  # a vision-language model: its text model's settings
+            config = {**config, **config["text_config"], "architectures": config["architectures"]}
+        self.folder, self.config = folder, config
 
         where = folder / "config.json"
         self.n_embd, self.n_layer = config_int(config, "hidden_size", where), config_int(config, "num_hidden_layers", where)
@@ -166,8 +187,13 @@ class LlmModel:
         if not isinstance(kind, str):
             raise FileFormatError(f"{where}: rope scaling type {str(kind)[:40]!r} is not a name")
         self.rope_freqs: np.ndarray | None = None
+        self.rope_sections: list[int] | None = None
+        if self.arch == "qwen2vl":
+            self.rope_sections = mrope_sections(scaling, self.head_dim, where)
         if kind == "llama3" and self.arch == "llama":
             self.rope_freqs = llama3_rope_factors(scaling, self.rope_theta, self.head_dim, where)
+        elif kind == "mrope" and self.arch == "qwen2vl":
+            pass
         elif kind != "default":
             # llama.cpp needs other tensors or keys for these (LongRoPE factors, YaRN settings) that
             # arrowquant does not write yet: the model would compute positions differently.
@@ -181,7 +207,7 @@ class LlmModel:
     def gguf_name(self, name: str) -> tuple[str, str | None] | None:
         """(GGUF name, projection to permute) of a checkpoint tensor; None for tensors llama.cpp
         does not load. An unknown name is an error naming it."""
-        if SKIPPED.search(name):
+        if SKIPPED.search(name) or VISION_TOWER.match(name):
             return None
         if name == ROPE_FREQS and self.rope_freqs is not None:
             return ROPE_FREQS, None
@@ -228,6 +254,8 @@ class LlmModel:
         if c.get("head_dim"):
             out[f"{a}.attention.key_length"] = Value(UINT32, self.head_dim)
             out[f"{a}.attention.value_length"] = Value(UINT32, self.head_dim)
+        if self.rope_sections is not None:
+            out[f"{a}.rope.dimension_sections"] = Value(ARRAY, self.rope_sections, INT32)
         if a == "phi3":  # as llama.cpp's converter writes them (0: no sliding window)
             original = c.get("original_max_position_embeddings") or self.n_ctx
             out["phi3.rope.scaling.original_context_length"] = Value(UINT32, int(original))
