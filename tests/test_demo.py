@@ -101,3 +101,14 @@ def test_a_clip_checkpoint_with_the_text_model_prefix_loads_strictly(model, tmp_
     assert checkpoint_names({"m.a.w", "m.b.w"}, {"a.w", "b.w"}) == {"m.a.w": "a.w", "m.b.w": "b.w"}
     assert checkpoint_names({"a.w"}, {"a.w", "m.a.w"}) == {"a.w": "a.w"}  # names that match are never changed
     assert checkpoint_names({"a.w"}, {"x.w", "y.w"}) == {"a.w": "a.w"}  # no common part: reported as missing
+
+
+def test_the_demo_command_refuses_a_model_folder_it_did_not_write_this_version(tmp_path, capsys):
+    """An older demo (another layout) or a user's folder under --workdir is never written over."""
+    from arrowquant.cli import main
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    assert main(["demo", "--workdir", str(tmp_path), "--quiet"]) == 1
+    assert "is not this version's demo model" in capsys.readouterr().err
+    assert (tmp_path / "model" / "model_index.json").read_text() == '{"_class_name": "StableDiffusionPipeline"}'
+    assert demo.is_current_demo(demo.make_demo_model(tmp_path / "fresh"))

@@ -552,7 +552,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import make_demo_model
+    from .demo import is_current_demo, make_demo_model
     from .diffusion import DiffusionQuantConfig, validate_quality
     from .quantizer import ArrowQuantV2
     keep = args.workdir is not None
@@ -561,7 +561,10 @@ def cmd_demo(args) -> int:
         if keep:
             workdir.mkdir(parents=True, exist_ok=True)
         model = workdir / "model"
-        if not (model / "model_index.json").is_file():
+        if not is_current_demo(model):
+            if model.exists() and (not model.is_dir() or any(model.iterdir())):  # never written over
+                raise ParameterError(f"{model}: exists and is not this version's demo model (an earlier demo's "
+                                     "layout, or other files); remove it or choose another --workdir")
             make_demo_model(model)
         config = DiffusionQuantConfig.from_profile("local")
         show = not args.quiet and not args.json

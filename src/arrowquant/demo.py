@@ -211,8 +211,12 @@ def text_encoder_config(vocab_size: int) -> dict:
             "bos_token_id": vocab_size - 2, "eos_token_id": vocab_size - 1, "pad_token_id": vocab_size - 1}
 
 
+# Written into model_index.json (diffusers ignores keys starting with "_"): `arrowquant demo`
+# regenerates a kept demo folder written by another version of this generator.
+DEMO_VERSION = 2
+
 MODEL_INDEX = {
-    "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0",
+    "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0", "_arrowquant_demo": DEMO_VERSION,
     "feature_extractor": [None, None], "safety_checker": [None, None], "requires_safety_checker": False,
     "scheduler": ["diffusers", "PNDMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
     "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
@@ -238,6 +242,14 @@ def _weights(layers, rng, dtype) -> dict[str, np.ndarray]:
 
 def _write_json(path: Path, value: dict) -> None:
     path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def is_current_demo(path: Path) -> bool:
+    """Whether ``path`` holds a demo model this version generates (not an older layout)."""
+    try:
+        return json.loads((Path(path) / "model_index.json").read_text()).get("_arrowquant_demo") == DEMO_VERSION
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def make_demo_model(path: Path, seed: int = 0) -> Path:
