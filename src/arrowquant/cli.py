@@ -740,38 +740,40 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--arch", type=_architecture_name, help="the architecture written as general.architecture (default: detected from the "
                                   "tensor names)")
     g.add_argument("--variant", help="take the weights of this variant, e.g. fp16 for *.fp16.safetensors")
-    g.add_argument("--output-tensor-type", metavar="TYPE", type=_gguf_type_name, help="language models: this type for output.weight "
+    lq = g.add_argument_group("llama-quantize's options", "under llama-quantize's (and gguf-split's) names; the "
+                              "per-tensor ones apply to\nlanguage models and text encoders")
+    lq.add_argument("--output-tensor-type", metavar="TYPE", type=_gguf_type_name, help="language models: this type for output.weight "
                    "(as llama-quantize's option)")
-    g.add_argument("--token-embedding-type", metavar="TYPE", type=_gguf_type_name, help="language models: this type for token_embd.weight")
-    g.add_argument("--pure", action="store_true", help="language models: every quantized tensor in the mix's base "
+    lq.add_argument("--token-embedding-type", metavar="TYPE", type=_gguf_type_name, help="language models: this type for token_embd.weight")
+    lq.add_argument("--pure", action="store_true", help="language models: every quantized tensor in the mix's base "
                    "type, without llama-quantize's per-tensor rules")
-    g.add_argument("--leave-output-tensor", action="store_true", help="language models: leave output.weight "
+    lq.add_argument("--leave-output-tensor", action="store_true", help="language models: leave output.weight "
                    "unquantized")
-    g.add_argument("--tensor-type", action="append", metavar="REGEX=TYPE", type=_pattern_type("REGEX"), help="language models: this type for "
+    lq.add_argument("--tensor-type", action="append", metavar="REGEX=TYPE", type=_pattern_type("REGEX"), help="language models: this type for "
                    "tensors whose name REGEX matches (repeatable; llama-quantize's --tensor-type)")
-    g.add_argument("--imatrix", metavar="FILE", help="an importance matrix from llama-imatrix (GGUF or .dat): "
+    lq.add_argument("--imatrix", metavar="FILE", help="an importance matrix from llama-imatrix (GGUF or .dat): "
                    "tensors it covers are quantized by ggml's importance-weighted quantizers, as llama-quantize does")
-    g.add_argument("--include-weights", action="append", metavar="NAME", help="use the importance matrix only for "
+    lq.add_argument("--include-weights", action="append", metavar="NAME", help="use the importance matrix only for "
                    "tensors whose name contains NAME (repeatable; llama-quantize's option)")
-    g.add_argument("--exclude-weights", action="append", metavar="NAME", help="do not use the importance matrix for "
+    lq.add_argument("--exclude-weights", action="append", metavar="NAME", help="do not use the importance matrix for "
                    "tensors whose name contains NAME (repeatable; llama-quantize's option; not with --include-weights)")
-    g.add_argument("--override-kv", action="append", metavar="KEY=TYPE:VALUE", type=_kv_override,
+    lq.add_argument("--override-kv", action="append", metavar="KEY=TYPE:VALUE", type=_kv_override,
                    help="set a metadata entry in the output, TYPE int, float, bool or str (repeatable; "
                         "llama-quantize's option, e.g. general.name=str:My model)")
-    g.add_argument("--split-max-size", metavar="N(M|G)", type=_split_size, help="language models: write shards "
+    lq.add_argument("--split-max-size", metavar="N(M|G)", type=_split_size, help="language models: write shards "
                    "of at most N megabytes / gigabytes of tensors, model-00001-of-0000K.gguf ... (gguf-split's "
                    "option; llama.cpp loads them from the first)")
-    g.add_argument("--split-max-tensors", metavar="N", type=_positive_int, help="language models: write shards of "
+    lq.add_argument("--split-max-tensors", metavar="N", type=_positive_int, help="language models: write shards of "
                    "at most N tensors (gguf-split's option)")
-    g.add_argument("--keep-split", action="store_true", help="with a split GGUF source: write the output in the "
+    lq.add_argument("--keep-split", action="store_true", help="with a split GGUF source: write the output in the "
                    "same shards (llama-quantize's option)")
-    g.add_argument("--prune-layers", metavar="L0,L1,...", type=_layer_list, help="with a language-model GGUF "
+    lq.add_argument("--prune-layers", metavar="L0,L1,...", type=_layer_list, help="with a language-model GGUF "
                    "source: leave these blk.N layers out and renumber the rest (llama-quantize's option)")
-    g.add_argument("--tensor-type-file", metavar="FILE", action="append", help="language models: REGEX=TYPE "
+    lq.add_argument("--tensor-type-file", metavar="FILE", action="append", help="language models: REGEX=TYPE "
                    "entries, separated by spaces or newlines, as --tensor-type (llama-quantize's option)")
-    g.add_argument("--dry-run", action="store_true", help="choose every tensor's type and report the output's size "
+    lq.add_argument("--dry-run", action="store_true", help="choose every tensor's type and report the output's size "
                    "without quantizing or writing anything (llama-quantize's option)")
-    g.add_argument("--allow-requantize", action="store_true", help="with a GGUF source: re-quantize tensors that "
+    lq.add_argument("--allow-requantize", action="store_true", help="with a GGUF source: re-quantize tensors that "
                    "are already quantized to another type (their error adds to the first; as llama-quantize's option)")
     g.add_argument("--allow-pickle", action="store_true", help="read PyTorch pickles (.ckpt, .pt, .pth, .bin) with "
                    "torch.load(weights_only=True) (needs the torch extra); unpickling can run code hidden in a file")
