@@ -21,6 +21,16 @@ before = status("VmHWM:")
 """
 
 
+def bench_args(doc: str):
+    """The arguments every benchmark script takes: --quick (smallest size, one repeat: the CI
+    smoke run) and --json PATH (write the result there too)."""
+    import argparse
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smallest size, one repeat (CI smoke run)")
+    parser.add_argument("--json", help="also write the result here")
+    return parser.parse_args()
+
+
 def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
     """Median wall time of fn() over `repeats` runs, after `warmup` unmeasured ones."""
     for _ in range(warmup):

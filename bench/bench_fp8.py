@@ -9,7 +9,6 @@ peak RSS above the process's baseline next to the largest tensor.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from bench_common import PEAK_RSS_PRELUDE, cpu_model, emit
+from bench_common import bench_args, PEAK_RSS_PRELUDE, cpu_model, emit
 
 RUN = """
 import json, sys, time
@@ -64,10 +63,7 @@ def make_checkpoints(folder: Path, layers: int) -> tuple[Path, Path, int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json")
-    args = parser.parse_args()
+    args = bench_args(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
         bf16, fp8, weights, largest = make_checkpoints(Path(tmp), 1 if args.quick else 3)
         rows = {}

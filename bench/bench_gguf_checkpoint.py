@@ -7,7 +7,6 @@ method (search) with and without error statistics, and with method="ggml".
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -21,7 +20,7 @@ import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
 
-from bench_common import PEAK_RSS_PRELUDE, emit
+from bench_common import bench_args, PEAK_RSS_PRELUDE, emit
 
 RUN = """
 import json, sys, time
@@ -66,10 +65,7 @@ def read_speed(path: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json")
-    args = parser.parse_args()
+    args = bench_args(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "flux.safetensors", Path(tmp) / "flux-Q4_K_M.gguf"
         size, largest = make_checkpoint(src, 1 if args.quick else 4)

@@ -7,7 +7,6 @@ quantize_checkpoint and a dataset through quantize_dataset, on a local Ray clust
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from bench_common import emit
+from bench_common import bench_args, emit
 
 RUN = r"""
 import json, sys, time
@@ -59,10 +58,7 @@ def run(*args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json")
-    args = parser.parse_args()
+    args = bench_args(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "m.safetensors"
         rng = np.random.default_rng(0)

@@ -10,7 +10,6 @@ the cost of re-quantizing llama-quantize's Q8_0 file to Q4_K_M against convertin
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import os
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_common import cpu_model, emit, median_seconds
+from bench_common import bench_args, cpu_model, emit, median_seconds
 
 
 def make_model(folder: Path, layers: int, hidden: int, ffn: int) -> Path:
@@ -65,10 +64,7 @@ def relative_rmse(source: Path, quantized: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json")
-    args = parser.parse_args()
+    args = bench_args(__doc__)
     import llama_cpp
 
     import arrowquant.gguf as ag

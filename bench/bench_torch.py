@@ -6,7 +6,6 @@ one thread) and a small UNet's forward pass quantized against float32, in the sa
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -16,14 +15,11 @@ import torch
 import arrowquant as aq
 import arrowquant.torch as at
 from arrowquant.torch.decode import decode_with_torch
-from bench_common import emit, median_seconds
+from bench_common import bench_args, emit, median_seconds
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json")
-    args = parser.parse_args()
+    args = bench_args(__doc__)
     torch.set_num_threads(1)
     aq_threads = aq.ArrowQuantV2(num_threads=1)
     rows, cols = (512, 1024) if args.quick else (4096, 4096)

@@ -159,13 +159,19 @@ def requantize(src: Path, out: Path, mix: str, overrides, method: str, allow_req
         total = sum(f.tensors[s].nbytes for s in sources) or 1
         tensors: dict[str, dict[str, Any]] = {}
 
+        def entry(name: str, t, d, importance, encoded_bytes: int, stats: dict) -> None:
+            encoder = "copied" if d.type.id == t.type.id else encoder_name(method, d, importance)
+            tensors[name] = {"type": d.type.name, "reason": d.reason, "encoder": encoder, "shape": list(t.shape),
+                             "stored_shape": list(d.shape), "source_dtype": t.type.name, "bytes_before": t.nbytes,
+                             "bytes_after": encoded_bytes, **stats}
+
         def chunks():
             done = 0
             for name, source, d, importance in zip(names, sources, decisions, weights):
                 t = f.tensors[source]
                 raw = f.raw(source)
                 if d.type.id == t.type.id:  # unchanged: the bytes as they are (llama-quantize copies them)
-                    encoded, stats, encoder = raw, {}, "copied"
+                    encoded, stats = raw, {}
                 else:
                     label = f"{src}: tensor {name!r}"
                     if t.type.name in _FLOAT_VIEWS:
@@ -177,9 +183,7 @@ def requantize(src: Path, out: Path, mix: str, overrides, method: str, allow_req
                     encoder = encoder_name(method, d, importance)
                     encoded, stats = encode_array(values, dtype, d.type, label, num_threads, with_stats,
                                                   "ggml" if importance is not None else encoder, importance)
-                tensors[name] = {"type": d.type.name, "reason": d.reason, "encoder": encoder, "shape": list(t.shape),
-                                 "stored_shape": list(d.shape), "source_dtype": t.type.name,
-                                 "bytes_before": t.nbytes, "bytes_after": int(encoded.nbytes), **stats}
+                entry(name, t, d, importance, int(encoded.nbytes), stats)
                 yield encoded
                 done += t.nbytes
                 if progress_callback is not None:
@@ -191,11 +195,7 @@ def requantize(src: Path, out: Path, mix: str, overrides, method: str, allow_req
             check_output_apart(path, [s.path for s in f.shards])
         if options.dry_run:  # llama-quantize --dry-run: the types and sizes, nothing encoded or written
             for name, source, d, importance, spec in zip(names, sources, decisions, weights, specs):
-                t = f.tensors[source]
-                tensors[name] = {"type": d.type.name, "reason": d.reason, "shape": list(t.shape),
-                                 "encoder": "copied" if d.type.id == t.type.id else encoder_name(method, d, importance),
-                                 "stored_shape": list(d.shape), "source_dtype": t.type.name,
-                                 "bytes_before": t.nbytes, "bytes_after": spec.nbytes}
+                entry(name, f.tensors[source], d, importance, spec.nbytes, {})
             written = planned_sizes(out, metadata, specs, shard_of)
         else:
             written = write_gguf_shards(out, metadata, specs, chunks(), shard_of, overwrite=overwrite)
